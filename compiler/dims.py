@@ -1,0 +1,144 @@
+"""Symbolic dimensions: a dim is an int or a string naming a symbol or a small expression.
+
+Products of symbols and integers are kept in a canonical form (`3*N*S`) so that shape
+arithmetic from Shape -> Gather -> Mul -> Reshape chains stays exact; sums and quotients
+are kept as readable expressions (`N+1`, `(N)//2`) without further algebra.
+"""
+
+from __future__ import annotations
+
+import re
+
+Dim = int | str
+
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _product(dim: Dim) -> tuple[int, tuple[str, ...]] | None:
+    """Split a dim into (coefficient, sorted symbols) if it is a pure product, else None."""
+    if isinstance(dim, int):
+        return dim, ()
+    coef, syms = 1, []
+    for factor in dim.split("*"):
+        if factor.lstrip("-").isdigit():
+            coef *= int(factor)
+        elif _SYMBOL.match(factor):
+            syms.append(factor)
+        else:
+            return None
+    return coef, tuple(sorted(syms))
+
+
+def _join(coef: int, syms: tuple[str, ...]) -> Dim:
+    if not syms or coef == 0:
+        return coef
+    parts = ([str(coef)] if coef != 1 else []) + list(syms)
+    return "*".join(parts)
+
+
+def _wrap(dim: Dim) -> str:
+    text = str(dim)
+    return text if _product(dim) is not None else f"({text})"
+
+
+def mul(a: Dim, b: Dim) -> Dim:
+    """a * b."""
+    pa, pb = _product(a), _product(b)
+    if pa is not None and pb is not None:
+        return _join(pa[0] * pb[0], tuple(sorted(pa[1] + pb[1])))
+    return f"{_wrap(a)}*{_wrap(b)}"
+
+
+def add(a: Dim, b: Dim) -> Dim:
+    """a + b."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a + b
+    if b == 0:
+        return a
+    if a == 0:
+        return b
+    if isinstance(b, int) and b < 0:
+        return f"{a}-{-b}"
+    return f"{a}+{b}"
+
+
+def sub(a: Dim, b: Dim) -> Dim:
+    """a - b."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a - b
+    if a == b:
+        return 0
+    if b == 0:
+        return a
+    return f"{a}-{_wrap(b)}"
+
+
+def floordiv(a: Dim, b: Dim) -> Dim:
+    """a // b (exact when a is a product with a coefficient divisible by b)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a // b
+    if b == 1:
+        return a
+    pa, pb = _product(a), _product(b)
+    if pa is not None and pb is not None and pb[0] != 0 and pa[0] % pb[0] == 0:
+        syms = list(pa[1])
+        if all(s in syms for s in pb[1]):
+            for s in pb[1]:
+                syms.remove(s)
+            return _join(pa[0] // pb[0], tuple(syms))
+    return f"{_wrap(a)}//{_wrap(b)}"
+
+
+def ceildiv(a: Dim, b: Dim) -> Dim:
+    """ceil(a / b)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return -(-a // b)
+    if b == 1:
+        return a
+    return floordiv(add(a, sub(b, 1)), b)
+
+
+def is_static(shape: tuple[Dim, ...]) -> bool:
+    """True when every dim is an int."""
+    return all(isinstance(d, int) for d in shape)
+
+
+def numel(shape: tuple[Dim, ...]) -> Dim:
+    """The product of the dims."""
+    total: Dim = 1
+    for d in shape:
+        total = mul(total, d)
+    return total
+
+
+def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
+    """Numpy-style multidirectional broadcasting of (possibly symbolic) shapes.
+
+    Raises ValueError for two different static dims neither of which is 1. Two different
+    symbolic dims are assumed equal (the first wins), as ONNX shape inference does.
+    """
+    rank = max((len(s) for s in shapes), default=0)
+    out: list[Dim] = []
+    for axis in range(rank):
+        dim: Dim = 1
+        for shape in shapes:
+            offset = axis - (rank - len(shape))
+            if offset < 0:
+                continue
+            d = shape[offset]
+            if d == 1 or d == dim:
+                continue
+            if dim == 1:
+                dim = d
+            elif isinstance(d, int) and isinstance(dim, int):
+                raise ValueError(f"shapes {list(shapes)} do not broadcast (axis {axis}: {dim} vs {d})")
+            elif isinstance(dim, str) and isinstance(d, int):
+                dim = d  # a static size pins the symbol
+        out.append(dim)
+    return tuple(out)
+
+
+def parse(text: str) -> Dim:
+    """A dim from its printed form."""
+    text = text.strip()
+    return int(text) if text.lstrip("-").isdigit() else text

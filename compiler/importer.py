@@ -1,0 +1,338 @@
+"""ONNX -> ember IR.
+
+Reads a model (with external data), checks it, lists every unsupported operator at once,
+turns initializers and Constant nodes into constants, rewrites old-opset forms into the
+canonical (newest) form through each op's `upgrade`, makes attribute defaults explicit and
+types every value with ember's own inference rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ember.compiler import dtypes
+from ember.compiler.dims import Dim
+from ember.compiler.errors import EmberError, InferError, InvalidModelError, UnsupportedModelError
+from ember.compiler.infer import Scope, infer_node
+from ember.compiler.ir import Const, Graph, Namer, Node, TensorType, Value
+from ember.compiler.ops.registry import REQUIRED
+
+MIN_OPSET = 11
+MAX_OPSET = onnx.defs.onnx_opset_version()
+ONNX_DOMAINS = ("", "ai.onnx")
+
+
+def load_onnx(path: str | Path) -> onnx.ModelProto:
+    """Read and check an ONNX file; InvalidModelError with the reason if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidModelError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-like errors...
+        raise InvalidModelError(f"{path}: not a valid ONNX model (cannot parse protobuf: {err})") from None
+    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
+        raise InvalidModelError(f"{path}: not a valid ONNX model (no graph)")
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as err:
+        raise InvalidModelError(f"{path}: cannot read external data: {err}") from None
+    return model
+
+
+def check_onnx(model: onnx.ModelProto, where: str) -> None:
+    """onnx.checker, with its complaint turned into one InvalidModelError."""
+    try:
+        onnx.checker.check_model(model)
+    except ValueError as err:
+        if "2GB" not in str(err):
+            raise InvalidModelError(f"{where}: invalid ONNX model: {str(err).splitlines()[0]}") from None
+    except onnx.checker.ValidationError as err:
+        message = str(err).strip().splitlines()
+        raise InvalidModelError(f"{where}: invalid ONNX model: {message[0] if message else err}") from None
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    """The ai.onnx opset version the model imports."""
+    for entry in model.opset_import:
+        if entry.domain in ONNX_DOMAINS:
+            return int(entry.version)
+    raise InvalidModelError("the model imports no ai.onnx opset")
+
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """One line per unsupported (domain, op, opset): 'Op (opset N): node names'."""
+    from ember.compiler.ops import OPS
+
+    opsets = {e.domain: int(e.version) for e in model.opset_import}
+    found: dict[tuple[str, str], list[str]] = {}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for index, node in enumerate(graph.node):
+            if node.domain not in ONNX_DOMAINS or node.op_type not in OPS or OPS[node.op_type].domain:
+                found.setdefault((node.domain, node.op_type), []).append(node.name or f"#{index} in {graph.name}")
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for sub in attr.graphs:
+                        visit(sub)
+
+    visit(model.graph)
+    lines = []
+    for (domain, op), names in sorted(found.items()):
+        qual = f"{domain}.{op}" if domain not in ONNX_DOMAINS else op
+        version = opsets.get(domain, opsets.get("ai.onnx", 0) if domain in ONNX_DOMAINS else 0)
+        shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        lines.append(f"  {qual} (opset {version}): {len(names)} node(s): {shown}")
+    return lines
+
+
+def import_model(path: str | Path) -> Graph:
+    """Load an ONNX file and import it; every failure is an EmberError with one clear message."""
+    model = load_onnx(path)
+    return import_proto(model, where=str(path))
+
+
+def import_proto(model: onnx.ModelProto, where: str = "model") -> Graph:
+    """Import an in-memory ONNX model."""
+    check_onnx(model, where)
+    opset = model_opset(model)
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedModelError(
+            f"{where}: ai.onnx opset {opset} is not supported (ember takes {MIN_OPSET} to {MAX_OPSET}); "
+            "convert it with onnx.version_converter.convert_version(model, 17)"
+        )
+    if model.functions:
+        try:
+            model = onnx.inliner.inline_local_functions(model)
+        except Exception as err:
+            raise InvalidModelError(f"{where}: cannot inline model-local functions: {err}") from None
+    missing = unsupported_ops(model)
+    if missing:
+        raise UnsupportedModelError(
+            f"{where}: {len(missing)} unsupported operator(s):\n" + "\n".join(missing)
+        )
+    importer = _Importer(opset, where)
+    try:
+        return importer.graph(model.graph, parent=None, top=True)
+    except EmberError:
+        raise
+    except Exception as err:  # a malformed graph the checker let through
+        raise InvalidModelError(f"{where}: cannot import: {type(err).__name__}: {err}") from None
+
+
+_SYMBOL = re.compile(r"[^A-Za-z0-9_]+")
+
+
+def _dim(dim: onnx.TensorShapeProto.Dimension, fallback: str) -> Dim:
+    if dim.HasField("dim_value") and dim.dim_value >= 0:
+        return int(dim.dim_value)
+    if dim.HasField("dim_param") and dim.dim_param:
+        clean = _SYMBOL.sub("_", dim.dim_param).strip("_") or fallback
+        return clean if not clean[0].isdigit() else f"d{clean}"
+    return fallback
+
+
+def _value_type(info: onnx.ValueInfoProto, where: str) -> TensorType:
+    if not info.type.HasField("tensor_type"):
+        kind = info.type.WhichOneof("value")
+        raise UnsupportedModelError(f"{where}: value {info.name!r} is a {kind}; ember supports tensors only")
+    tensor = info.type.tensor_type
+    dtype = dtypes.from_onnx(tensor.elem_type, f"value {info.name!r}")
+    if not tensor.HasField("shape"):
+        raise UnsupportedModelError(
+            f"{where}: input {info.name!r} has no shape (unknown rank); give it a shape in the model"
+        )
+    base = _SYMBOL.sub("_", info.name).strip("_") or "input"
+    shape = tuple(_dim(d, f"{base}_{i}") for i, d in enumerate(tensor.shape.dim))
+    return TensorType(dtype, shape)
+
+
+def attr_value(attr: onnx.AttributeProto) -> Any:
+    """A Python value for an ONNX attribute (tuples for lists, numpy for tensors)."""
+    kind = attr.type
+    A = onnx.AttributeProto
+    if kind == A.INT:
+        return int(attr.i)
+    if kind == A.FLOAT:
+        return float(np.float32(attr.f))
+    if kind == A.STRING:
+        return attr.s.decode("utf-8", errors="replace")
+    if kind == A.INTS:
+        return tuple(int(x) for x in attr.ints)
+    if kind == A.FLOATS:
+        return tuple(float(np.float32(x)) for x in attr.floats)
+    if kind == A.STRINGS:
+        return tuple(s.decode("utf-8", errors="replace") for s in attr.strings)
+    if kind == A.TENSOR:
+        return _readonly(numpy_helper.to_array(attr.t))
+    raise UnsupportedModelError(f"attribute {attr.name!r} of type {A.AttributeType.Name(kind)} is not supported")
+
+
+def _readonly(array: np.ndarray) -> np.ndarray:
+    array = np.array(array)
+    dtypes.from_numpy(array.dtype)
+    array.flags.writeable = False
+    return array
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
+    attr = node.attribute[0]
+    if attr.name == "value":
+        return _readonly(numpy_helper.to_array(attr.t))
+    if attr.name == "sparse_value":
+        return _readonly(numpy_helper.to_array(attr.sparse_tensor))
+    value = attr_value(attr)
+    kinds = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64, "value_ints": np.int64}
+    if attr.name not in kinds:
+        raise UnsupportedModelError(f"Constant node {node.name!r}: attribute {attr.name} is not supported")
+    return _readonly(np.array(value, dtype=kinds[attr.name]))
+
+
+class _Importer:
+    """Builds ember graphs from ONNX graphs (recursively for subgraphs)."""
+
+    def __init__(self, opset: int, where: str) -> None:
+        self.opset = opset
+        self.where = where
+        self.namer = Namer(set())
+
+    def graph(self, proto: onnx.GraphProto, parent: Scope | None, top: bool = False) -> Graph:
+        """Import one graph in the scope `parent` (None for the main graph)."""
+        from ember.compiler.ops import OPS
+
+        scope = Scope(parent=parent)
+        consts: dict[str, Const] = {}
+        for init in proto.initializer:
+            data = _readonly(numpy_helper.to_array(init))
+            consts[init.name] = Const(init.name, data)
+        for sparse in proto.sparse_initializer:
+            name = sparse.values.name
+            consts[name] = Const(name, _readonly(numpy_helper.to_array(sparse)))
+        inputs = []
+        for info in proto.input:
+            if info.name in consts:  # IR < 4: initializers listed as inputs are constants
+                continue
+            value = Value(info.name, _value_type(info, self.where))
+            inputs.append(value)
+            scope.types[value.name] = value.type
+        for const in consts.values():
+            scope.define_const(const.name, const.data)
+        self.namer.taken |= set(scope.types) | {n for node in proto.node for n in node.output}
+
+        nodes: list[Node] = []
+        for index, onode in enumerate(_topological(proto)):
+            label = onode.name or f"#{index} ({onode.op_type})"
+            if onode.op_type == "Constant" and onode.domain in ONNX_DOMAINS:
+                data = _constant_node_value(onode)
+                consts[onode.output[0]] = Const(onode.output[0], data)
+                scope.define_const(onode.output[0], data)
+                continue
+            opdef = OPS[onode.op_type]
+            node = self.node(onode, opdef, scope, consts, label)
+            try:
+                node = infer_node(node, scope)
+            except InferError as err:
+                raise InferError(f"{self.where}: node {label}: {err}") from None
+            for value in node.outputs:
+                scope.types[value.name] = value.type
+            nodes.append(node)
+        outputs = tuple(o.name for o in proto.output)
+        for name in outputs:
+            if scope.lookup_type(name) is None:
+                raise InvalidModelError(f"{self.where}: graph output {name!r} is never computed")
+        return Graph(tuple(inputs), tuple(nodes), outputs, tuple(consts.values()), name="main" if top else (proto.name or "body"))
+
+    def node(self, onode: onnx.NodeProto, opdef: Any, scope: Scope, consts: dict[str, Const], label: str) -> Node:
+        """One ONNX node in canonical form, attribute defaults explicit, outputs untyped yet."""
+        attrs: dict[str, Any] = {}
+        for attr in onode.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                attrs[attr.name] = self.graph(attr.g, parent=scope)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                attrs[attr.name] = tuple(self.graph(g, parent=scope) for g in attr.graphs)
+            else:
+                attrs[attr.name] = attr_value(attr)
+        inputs: list[Any] = list(onode.input)
+        while inputs and not inputs[-1]:
+            inputs.pop()
+        types = [scope.lookup_type(n) if isinstance(n, str) and n else None for n in inputs]
+        if opdef.upgrade is not None:
+            schema = onnx.defs.get_schema(onode.op_type, self.opset, "")
+            inputs, attrs = opdef.upgrade(schema.since_version, inputs, attrs, types)
+        names: list[str] = []
+        for item in inputs:
+            if isinstance(item, np.ndarray):  # an attribute that became an input
+                name = self.namer(f"{onode.output[0] if onode.output else onode.op_type}_{len(names)}")
+                data = _readonly(item)
+                consts[name] = Const(name, data)
+                scope.define_const(name, data)
+                names.append(name)
+            else:
+                names.append(item)
+        types = [scope.lookup_type(n) if n else None for n in names]
+        unknown = sorted(set(attrs) - set(opdef.attrs))
+        if unknown:
+            raise UnsupportedModelError(f"{self.where}: node {label} ({onode.op_type}): unknown attribute(s) {unknown}")
+        for key, spec in opdef.attrs.items():
+            if key in attrs:
+                continue
+            if spec.default is REQUIRED:
+                raise InvalidModelError(f"{self.where}: node {label} ({onode.op_type}) lacks required attribute {key!r}")
+            default = spec.resolve_default(types)
+            if default is not None:
+                attrs[key] = default
+        lo, hi = opdef.inputs
+        if len(names) < lo or (hi >= 0 and len(names) > hi):
+            raise InvalidModelError(f"{self.where}: node {label} ({onode.op_type}) has {len(names)} inputs; expected {lo} to {hi if hi >= 0 else 'any'}")
+        outputs = list(onode.output)
+        while outputs and not outputs[-1]:
+            outputs.pop()
+        values = []
+        for k, name in enumerate(outputs):
+            if not name:  # an omitted output in the middle: give it a name nobody reads
+                name = self.namer(f"{outputs[-1]}_unused{k}")
+            values.append(Value(name, TensorType("f32", ())))
+        return Node(onode.op_type, tuple(names), tuple(values), attrs)
+
+
+def _topological(proto: onnx.GraphProto) -> Sequence[onnx.NodeProto]:
+    """The graph's nodes in a topological order (ONNX files are supposed to be sorted already)."""
+    nodes = list(proto.node)
+    produced = {o for n in nodes for o in n.output if o}
+    available = {i.name for i in proto.input} | {i.name for i in proto.initializer}
+    order: list[onnx.NodeProto] = []
+    pending = nodes
+    while pending:
+        rest = []
+        for node in pending:
+            needs = [n for n in _reads(node) if n in produced and n not in available]
+            if needs:
+                rest.append(node)
+            else:
+                order.append(node)
+                available.update(o for o in node.output if o)
+        if len(rest) == len(pending):
+            names = ", ".join(n.name or n.op_type for n in rest[:5])
+            raise InvalidModelError(f"the graph has a cycle or reads values nobody computes (at {names})")
+        pending = rest
+    return order
+
+
+def _reads(node: onnx.NodeProto) -> list[str]:
+    reads = [n for n in node.input if n]
+    for attr in node.attribute:
+        subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for sub in subs:
+            inner = {o for n in sub.node for o in n.output} | {i.name for i in sub.input} | {i.name for i in sub.initializer}
+            for n in sub.node:
+                reads.extend(x for x in _reads(n) if x not in inner)
+    return reads

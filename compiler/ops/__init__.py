@@ -1,0 +1,15 @@
+"""The op table: `OPS[name] -> OpDef`, assembled from one module per family of operators."""
+
+from __future__ import annotations
+
+from ember.compiler.ops import control, elementwise, nn, quant, reduce, shape, tensor
+from ember.compiler.ops.registry import REQUIRED, AttrSpec, EvalCtx, InferCtx, OpDef
+
+OPS: dict[str, OpDef] = {}
+for _module in (elementwise, reduce, shape, tensor, nn, quant, control):
+    for _op in _module.OPS:
+        if _op.name in OPS:
+            raise RuntimeError(f"operator {_op.name} defined twice")
+        OPS[_op.name] = _op
+
+__all__ = ["OPS", "REQUIRED", "AttrSpec", "EvalCtx", "InferCtx", "OpDef"]

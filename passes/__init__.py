@@ -1,0 +1,1 @@
+"""ember.passes: one module per graph rewrite, and the registry PASSES."""
