@@ -1,0 +1,131 @@
+"""The importer: clear errors for bad input, constants, external data, symbolic shapes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from conftest import make_model, run_onnxruntime
+from onnx import TensorProto as T
+from onnx import helper
+
+from ember.compiler import interp
+from ember.compiler.cli import main
+from ember.compiler.errors import InvalidModelError, UnsupportedModelError
+from ember.compiler.importer import import_model, import_proto
+
+
+def _mlp(opset: int = 17) -> onnx.ModelProto:
+    w = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    return make_model(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+            helper.make_node("Constant", [], ["b"], value=onnx.numpy_helper.from_array(np.ones(4, np.float32))),
+            helper.make_node("Add", ["h", "b"], ["a"], name="bias"),
+            helper.make_node("Relu", ["a"], ["y"], name="act"),
+        ],
+        [("x", T.FLOAT, ["batch", 8])],
+        [("y", T.FLOAT, ["batch", 4])],
+        {"w": w},
+        opset=opset,
+    )
+
+
+def test_import_keeps_names_makes_constants_and_symbolic_batch(rng: np.random.Generator) -> None:
+    graph = import_proto(_mlp())
+    assert [v.name for v in graph.inputs] == ["x"]
+    assert sorted(c.name for c in graph.consts) == ["b", "w"]
+    assert [n.op for n in graph.nodes] == ["MatMul", "Add", "Relu"]
+    assert str(graph.value("y").type) == "f32[batch,4]"
+    for batch in (1, 3):
+        x = rng.standard_normal((batch, 8)).astype(np.float32)
+        got = interp.run(graph, {"x": x})["y"]
+        np.testing.assert_allclose(got, run_onnxruntime(_mlp(), {"x": x})["y"], rtol=1e-5, atol=1e-6)
+
+
+def test_unsupported_operators_are_listed_once_with_opset_and_nodes(tmp_path: Path) -> None:
+    model = make_model(
+        [
+            helper.make_node("Relu", ["x"], ["a"], name="r"),
+            helper.make_node("Frobnicate", ["a"], ["b"], name="frob1", domain="com.example"),
+            helper.make_node("Frobnicate", ["b"], ["c"], name="frob2", domain="com.example"),
+            helper.make_node("StringNormalizer", ["c"], ["y"], name="strnorm"),
+        ],
+        [("x", T.FLOAT, [2])],
+        [("y", T.FLOAT, [2])],
+    )
+    model.opset_import.append(helper.make_opsetid("com.example", 1))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    with pytest.raises(UnsupportedModelError) as info:
+        import_proto(model, where="m.onnx")
+    message = str(info.value)
+    assert "2 unsupported operator(s)" in message
+    assert "com.example.Frobnicate (opset 1): 2 node(s): frob1, frob2" in message
+    assert "StringNormalizer (opset 17): 1 node(s): strnorm" in message
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2
+    assert "Frobnicate" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "dangling"])
+def test_malformed_files_give_one_clear_error(tmp_path: Path, damage: str) -> None:
+    good = _mlp().SerializeToString()
+    path = tmp_path / "bad.onnx"
+    if damage == "truncated":
+        path.write_bytes(good[: len(good) // 2])
+    elif damage == "random":
+        path.write_bytes(np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    elif damage == "empty":
+        path.write_bytes(b"")
+    else:
+        model = _mlp()
+        model.graph.node[0].input[0] = "nobody"
+        path.write_bytes(model.SerializeToString())
+    with pytest.raises(InvalidModelError, match=r"bad\.onnx"):
+        import_model(path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 2
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+
+
+def test_old_and_too_new_opsets_are_explained() -> None:
+    model = _mlp()
+    model.opset_import[0].version = 9
+    with pytest.raises(UnsupportedModelError, match="opset 9 is not supported .*convert_version"):
+        import_proto(model)
+
+
+def test_external_data_is_loaded(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = _mlp()
+    big = rng.standard_normal((8, 4)).astype(np.float32)
+    model.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(big, "w"))
+    path = tmp_path / "ext.onnx"
+    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True, location="ext.bin", size_threshold=0)
+    assert (tmp_path / "ext.bin").exists()
+    graph = import_model(path)
+    np.testing.assert_array_equal(graph.const("w").data, big)
+    (tmp_path / "ext.bin").unlink()
+    with pytest.raises(InvalidModelError, match="external data"):
+        import_model(path)
+
+
+def test_initializers_listed_as_inputs_are_constants() -> None:
+    model = _mlp()
+    model.graph.input.append(helper.make_tensor_value_info("w", T.FLOAT, [8, 4]))
+    graph = import_proto(model)
+    assert [v.name for v in graph.inputs] == ["x"]
+
+
+def test_inspect_reports_cost(tmp_path: Path) -> None:
+    path = tmp_path / "mlp.onnx"
+    onnx.save(_mlp(), path)
+    result = CliRunner().invoke(main, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "x: f32[batch,8]" in result.output
+    assert "MatMul" in result.output and "(costs are per unit of batch)" in result.output
+    macs_line = next(line for line in result.output.splitlines() if line.startswith("MatMul"))
+    assert macs_line.split()[2] == "32"  # 8x4 MACs per batch item
