@@ -88,7 +88,7 @@ def _compare(got: np.ndarray, want: np.ndarray, rtol: float, atol: float) -> str
         return f"shape {list(got.shape)} != {list(want.shape)}"
     if got.dtype != want.dtype:
         return f"dtype {got.dtype} != {want.dtype}"
-    if want.dtype.kind in "fc":
+    if want.dtype.kind not in "biuSUO":  # floats, including ml_dtypes (bfloat16: kind V)
         ok = np.allclose(got.astype(np.float64), want.astype(np.float64), rtol=rtol, atol=atol, equal_nan=True)
         if not ok:
             err = np.nanmax(np.abs(got.astype(np.float64) - want.astype(np.float64)))
