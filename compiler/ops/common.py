@@ -61,7 +61,8 @@ def unary(name: str, fn: Callable[..., Any], *, floats_only: bool = False, doc: 
         return [t]
 
     def ref(inputs: Sequence[np.ndarray | None], attrs: Any, ctx: EvalCtx) -> list[np.ndarray]:
-        return [as_dtype(fn(inputs[0]), ctx)]
+        with np.errstate(all="ignore"):  # log(0) = -inf, sqrt(-1) = nan, as ONNX specifies
+            return [as_dtype(fn(inputs[0]), ctx)]
 
     return OpDef(name=name, infer=infer, ref=ref, doc=doc)
 
@@ -74,6 +75,7 @@ def binary(name: str, fn: Callable[..., Any], *, result: str | None = None, doc:
         return [broadcast_types(ctx, result)]
 
     def ref(inputs: Sequence[np.ndarray | None], attrs: Any, ctx: EvalCtx) -> list[np.ndarray]:
-        return [as_dtype(fn(inputs[0], inputs[1]), ctx)]
+        with np.errstate(all="ignore"):
+            return [as_dtype(fn(inputs[0], inputs[1]), ctx)]
 
     return OpDef(name=name, infer=infer, ref=ref, inputs=(2, 2), doc=doc)
