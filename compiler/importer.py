@@ -27,6 +27,17 @@ from ember.compiler.ops.registry import REQUIRED
 MIN_OPSET = 11
 MAX_OPSET = onnx.defs.onnx_opset_version()
 ONNX_DOMAINS = ("", "ai.onnx")
+# Operators the importer consumes itself (they never reach the IR).
+IMPORTER_OPS = frozenset({"Constant"})
+
+
+def is_supported(op_type: str, domain: str = "") -> bool:
+    """True when ember imports this ONNX operator."""
+    from ember.compiler.ops import OPS
+
+    if domain not in ONNX_DOMAINS:
+        return False
+    return op_type in IMPORTER_OPS or (op_type in OPS and not OPS[op_type].domain)
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -69,14 +80,12 @@ def model_opset(model: onnx.ModelProto) -> int:
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     """One line per unsupported (domain, op, opset): 'Op (opset N): node names'."""
-    from ember.compiler.ops import OPS
-
     opsets = {e.domain: int(e.version) for e in model.opset_import}
     found: dict[tuple[str, str], list[str]] = {}
 
     def visit(graph: onnx.GraphProto) -> None:
         for index, node in enumerate(graph.node):
-            if node.domain not in ONNX_DOMAINS or node.op_type not in OPS or OPS[node.op_type].domain:
+            if not is_supported(node.op_type, node.domain):
                 found.setdefault((node.domain, node.op_type), []).append(node.name or f"#{index} in {graph.name}")
             for attr in node.attribute:
                 if attr.type == onnx.AttributeProto.GRAPH:
@@ -205,8 +214,13 @@ class _Importer:
         self.where = where
         self.namer = Namer(set())
 
-    def graph(self, proto: onnx.GraphProto, parent: Scope | None, top: bool = False) -> Graph:
-        """Import one graph in the scope `parent` (None for the main graph)."""
+    def graph(
+        self, proto: onnx.GraphProto, parent: Scope | None, top: bool = False, hints: Sequence[TensorType] | None = None
+    ) -> Graph:
+        """Import one graph in the scope `parent` (None for the main graph).
+
+        `hints` type subgraph inputs that the ONNX file leaves untyped (Loop/Scan bodies).
+        """
         from ember.compiler.ops import OPS
 
         scope = Scope(parent=parent)
@@ -218,10 +232,14 @@ class _Importer:
             name = sparse.values.name
             consts[name] = Const(name, _readonly(numpy_helper.to_array(sparse)))
         inputs = []
-        for info in proto.input:
+        for k, info in enumerate(proto.input):
             if info.name in consts:  # IR < 4: initializers listed as inputs are constants
                 continue
-            value = Value(info.name, _value_type(info, self.where))
+            untyped = not info.type.HasField("tensor_type") and not info.type.WhichOneof("value")
+            if untyped and hints is not None and k < len(hints):
+                value = Value(info.name, hints[k])
+            else:
+                value = Value(info.name, _value_type(info, self.where))
             inputs.append(value)
             scope.types[value.name] = value.type
         for const in consts.values():
@@ -254,9 +272,11 @@ class _Importer:
     def node(self, onode: onnx.NodeProto, opdef: Any, scope: Scope, consts: dict[str, Const], label: str) -> Node:
         """One ONNX node in canonical form, attribute defaults explicit, outputs untyped yet."""
         attrs: dict[str, Any] = {}
+        in_types = [scope.lookup_type(n) if n else None for n in onode.input]
         for attr in onode.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                attrs[attr.name] = self.graph(attr.g, parent=scope)
+                hints = opdef.subgraph_inputs(attr.name, in_types, onode) if opdef.subgraph_inputs else None
+                attrs[attr.name] = self.graph(attr.g, parent=scope, hints=hints)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 attrs[attr.name] = tuple(self.graph(g, parent=scope) for g in attr.graphs)
             else:

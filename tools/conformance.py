@@ -24,8 +24,7 @@ from onnx.backend.test.case.node import collect_testcases
 
 from ember.compiler import interp
 from ember.compiler.errors import EmberError, UnsupportedModelError
-from ember.compiler.importer import import_proto
-from ember.compiler.ops import OPS
+from ember.compiler.importer import import_proto, is_supported
 
 
 @dataclass(frozen=True)
@@ -102,8 +101,11 @@ def run_case(case: object, mode: str) -> CaseResult:
     model: onnx.ModelProto = case.model  # type: ignore[attr-defined]
     ops = case_ops(model)
     name = case.name  # type: ignore[attr-defined]
-    if any(op not in OPS for op in ops):
-        return CaseResult(name, ops, mode, "unsupported", ",".join(op for op in ops if op not in OPS))
+    missing = [op for op in ops if not is_supported(*reversed(op.rsplit(".", 1))) if "." in op] + [
+        op for op in ops if "." not in op and not is_supported(op)
+    ]
+    if missing:
+        return CaseResult(name, ops, mode, "unsupported", ",".join(missing))
     rtol = getattr(case, "rtol", 1e-3)
     atol = getattr(case, "atol", 1e-7)
     for inputs, outputs in case.data_sets:  # type: ignore[attr-defined]

@@ -303,6 +303,13 @@ def _round_even(x: np.ndarray) -> np.ndarray:
     return np.round(x)
 
 
+def _dropout_upgrade(since: int, inputs: list[Any], attrs: dict[str, Any], types: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    # Dropout < 12 had `ratio` as an attribute (and is_test before 7); at inference it is identity.
+    attrs.pop("ratio", None)
+    attrs.pop("is_test", None)
+    return inputs, attrs
+
+
 OPS: list[OpDef] = [
     # unary math: y = f(x)
     unary("Abs", np.abs),
@@ -398,7 +405,7 @@ OPS: list[OpDef] = [
     OpDef(name="Where", infer=_where_infer, ref=_where_ref, inputs=(3, 3), value=_where_value),
     OpDef(name="Identity", infer=lambda ctx: [ctx.types[0]], ref=lambda i, a, c: [i[0]], value=lambda ctx: ctx.const_or_value(0)),
     OpDef(name="Dropout", infer=_dropout_infer, ref=_dropout_ref, inputs=(1, 3), outputs=(1, 2),
-          attrs={"seed": AttrSpec("int", None)}),
+          attrs={"seed": AttrSpec("int", None), "ratio": AttrSpec("float", None)}, upgrade=_dropout_upgrade),
     OpDef(
         name="Cast",
         infer=_cast_infer,

@@ -125,3 +125,6 @@ class OpDef:
     upgrade: UpgradeFn | None = None
     domain: str = ""  # "" = ai.onnx; "ember" for ember's own ops
     doc: str = ""
+    # (attribute name, input types, ONNX node) -> types of a body's inputs, for bodies whose
+    # inputs the ONNX file leaves untyped (Loop, Scan).
+    subgraph_inputs: Callable[[str, list[TensorType | None], Any], list[TensorType] | None] | None = None

@@ -509,7 +509,9 @@ def _s2d_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     assert x is not None
     b = attrs["blocksize"]
     n, c, h, w = x.shape
-    y = x.reshape(n, c, h // b, b, w // b, b).transpose(0, 3, 5, 1, 2, 4)
+    y = x.reshape(n, c, h // b, b, w // b, b)
+    # DCR puts the block offsets before the channel; CRD after it (inverse of DepthToSpace).
+    y = y.transpose(0, 3, 5, 1, 2, 4) if attrs["mode"] == "DCR" else y.transpose(0, 1, 3, 5, 2, 4)
     return [y.reshape(n, c * b * b, h // b, w // b)]
 
 
@@ -574,6 +576,7 @@ OPS: list[OpDef] = [
     OpDef(name="Trilu", infer=lambda ctx: [_t(ctx)], ref=_trilu_ref, inputs=(1, 2), attrs={"upper": AttrSpec("int", 1)}),
     OpDef(name="DepthToSpace", infer=_d2s_infer, ref=_d2s_ref,
           attrs={"blocksize": AttrSpec("int"), "mode": AttrSpec("str", "DCR")}),
-    OpDef(name="SpaceToDepth", infer=_s2d_infer, ref=_s2d_ref, attrs={"blocksize": AttrSpec("int")}),
+    OpDef(name="SpaceToDepth", infer=_s2d_infer, ref=_s2d_ref,
+          attrs={"blocksize": AttrSpec("int"), "mode": AttrSpec("str", "DCR")}),
     OpDef(name="CenterCropPad", infer=_ccp_infer, ref=_ccp_ref, inputs=(2, 2), attrs={"axes": AttrSpec("ints", None)}),
 ]
