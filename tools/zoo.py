@@ -250,7 +250,13 @@ def _gpt2() -> Any:
 
 
 # --- export -------------------------------------------------------------------------------------
-def _export(model: Any, inputs: dict[str, np.ndarray], outputs: list[str], path: Path, dynamic: dict[str, dict[int, str]] | None = None) -> None:
+def _export(
+    model: Any, inputs: dict[str, np.ndarray], outputs: list[str], path: Path,
+    dynamic: dict[str, dict[int, str]] | None = None, dynamo: bool = False,
+) -> None:
+    """torch -> ONNX. The TorchScript exporter by default (its graphs carry the run-time
+    Shape/Gather/Concat chains real models have); the dynamo exporter where TorchScript
+    cannot export the model (GPT-2's mask code uses aten::diff)."""
     torch = _torch()
 
     class Wrapped(torch.nn.Module):
@@ -270,7 +276,8 @@ def _export(model: Any, inputs: dict[str, np.ndarray], outputs: list[str], path:
     with torch.no_grad():
         torch.onnx.export(
             Wrapped().eval(), args, str(path), input_names=list(inputs), output_names=outputs,
-            opset_version=OPSET, dynamo=False, dynamic_axes=dynamic, do_constant_folding=True,
+            opset_version=OPSET if not dynamo else 18, dynamo=dynamo, dynamic_axes=dynamic,
+            **({"do_constant_folding": True} if not dynamo else {"external_data": False}),
         )
 
 
@@ -314,7 +321,7 @@ def _build(name: str, out_dir: Path) -> dict[str, Any]:
         _export(model, inputs, ["last_hidden_state", "sentence_embedding"], path)
     elif name == "gpt2_small":
         inputs = {"input_ids": np.random.default_rng(0).integers(0, 50257, (1, 128)).astype(np.int64)}
-        _export(_gpt2(), inputs, ["logits"], path)
+        _export(_gpt2(), inputs, ["logits"], path, dynamo=True)
     else:
         raise SystemExit(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}")
     import onnx
