@@ -61,7 +61,7 @@ class Scope:
         """Add a constant (its contents are tracked when it is a small integer tensor)."""
         self.types[name] = TensorType(dtypes.from_numpy(data.dtype), tuple(int(d) for d in data.shape))
         self.consts[name] = data
-        if data.dtype.kind in "iu" and data.ndim <= 1 and data.size <= MAX_TRACKED:
+        if data.dtype.kind in "iub" and data.ndim <= 1 and data.size <= MAX_TRACKED:
             self.values[name] = tuple(int(x) for x in data.reshape(-1))
 
 def node_ctx_types(node: Node, scope: Scope) -> list[TensorType | None]:
@@ -122,7 +122,8 @@ def infer_node(node: Node, scope: Scope) -> Node:
     outputs = tuple(replace(v, type=t) for v, t in zip(node.outputs, out_types))
     attrs = {**node.attrs, **ctx.new_attrs}
     new = Node(node.op, node.inputs, outputs, attrs)
-    if opdef.value is not None and outputs and outputs[0].type.dtype in dtypes.INTS and outputs[0].type.rank <= 1:
+    tracked = outputs and (outputs[0].type.dtype in dtypes.INTS or outputs[0].type.dtype == "bool")
+    if opdef.value is not None and tracked and outputs[0].type.rank <= 1:
         try:
             contents = opdef.value(ctx)
         except Exception:  # contents are an optimisation for shape arithmetic, never required

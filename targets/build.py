@@ -1,0 +1,79 @@
+"""Build: Relax module -> compiled VM executable for a target, and its export.
+
+Pipeline: LegalizeOps (ops to TIR), AnnotateTIROpPattern + FuseTIR (ember's Fused groups,
+already Primitive functions, become single PrimFuncs; TVM's FuseOps does not run so ember's
+grouping stands), dlight's CPU rules where they apply, then TVM's default lowering.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax
+
+from ember.compiler.errors import EmberError
+from ember.compiler.ir import Graph
+from ember.targets.lower import to_relax
+from ember.targets.registry import TargetSpec
+
+
+@dataclass
+class Built:
+    """A compiled graph: the executable, its kernels and how long each step took."""
+
+    executable: Any
+    target: TargetSpec
+    kernels: tuple[str, ...]
+    stats: dict[str, float] = field(default_factory=dict)
+
+    def export(self, path: Path) -> None:
+        """Write the shared library."""
+        self.executable.export_library(str(path))
+
+
+def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """ember's Relax pipeline up to (not including) TVM's low-level lowering."""
+    from tvm.s_tir import dlight as dl
+
+    seq = tvm.transform.Sequential(
+        [
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FuseTIR(),
+            relax.transform.DeadCodeElimination(),
+            relax.transform.FoldConstant(),
+        ]
+    )
+    with target:
+        mod = seq(mod)
+        mod = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
+    return mod
+
+
+def kernel_names(mod: tvm.IRModule) -> tuple[str, ...]:
+    """Names of the PrimFuncs (kernels) in a module."""
+    return tuple(sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)))
+
+
+def build(graph: Graph, target: TargetSpec) -> Built:
+    """Lower, optimize and compile a graph for a target."""
+    stats: dict[str, float] = {}
+    start = time.perf_counter()
+    mod = to_relax(graph)
+    stats["lower_s"] = time.perf_counter() - start
+    tvm_target = tvm.target.Target(target.tvm_target())
+    start = time.perf_counter()
+    try:
+        mod = optimize(mod, tvm_target)
+        kernels = kernel_names(mod)
+        executable = tvm.compile(mod, target=tvm_target)
+    except EmberError:
+        raise
+    except Exception as err:
+        raise EmberError(f"TVM failed to build for {target.name}: {type(err).__name__}: {str(err).splitlines()[0][:400]}") from None
+    stats["build_s"] = time.perf_counter() - start
+    return Built(executable, target, kernels, stats)
