@@ -22,7 +22,7 @@ from ember.compiler.ops.registry import AttrSpec, EvalCtx, InferCtx, OpDef
 
 Arrays = Sequence["np.ndarray | None"]
 Attrs = Mapping[str, Any]
-# fn(x, axes, keepdims) -> reduced array; x is upcast, axes non-empty, normalised and sorted.
+# fn(x, axes, keepdims) -> reduced array; x is upcast, axes normalised and sorted (maybe empty).
 ReduceFn = Callable[[np.ndarray, tuple[int, ...], bool], np.ndarray]
 
 
@@ -76,11 +76,11 @@ def _reduce(name: str, fn: ReduceFn, identity: Callable[[np.dtype], Any], allowe
         x = inputs[0]
         assert x is not None
         raw = () if len(inputs) < 2 or inputs[1] is None else inputs[1].reshape(-1).tolist()
-        if not raw and attrs["noop_with_empty_axes"]:
-            return [x]
-        axes = _norm_axes(raw, x.ndim) if raw else tuple(range(x.ndim))
+        # Empty axes: every axis, or with noop_with_empty_axes none (the elementwise part still
+        # applies: ReduceSumSquare is then Square, ReduceLogSum is Log).
+        axes = _norm_axes(raw, x.ndim) if raw else () if attrs["noop_with_empty_axes"] else tuple(range(x.ndim))
         keep = bool(attrs["keepdims"])
-        if x.size == 0:  # every reduced set is empty (or the output is empty too)
+        if x.size == 0 and axes:  # every reduced set is empty (or the output is empty too)
             shape = np.sum(np.empty(x.shape, np.int8), axis=axes, keepdims=keep).shape
             return [np.full(shape, identity(x.dtype), dtype=ctx.out_types[0].np_dtype)]
         with np.errstate(all="ignore"):
@@ -290,8 +290,8 @@ OPS: list[OpDef] = [
     _reduce("ReduceL1", lambda x, a, k: np.sum(np.abs(x), axis=a, keepdims=k), _zero),
     _reduce("ReduceL2", lambda x, a, k: np.sqrt(np.sum(np.square(x), axis=a, keepdims=k)), _zero),
     _reduce("ReduceSumSquare", lambda x, a, k: np.sum(np.square(x), axis=a, keepdims=k), _zero),
-    _reduce("ReduceLogSum", lambda x, a, k: np.log(np.sum(x, axis=a, keepdims=k)), _lowest, FLOAT),
-    _reduce("ReduceLogSumExp", _log_sum_exp, _lowest, FLOAT),
+    _reduce("ReduceLogSum", lambda x, a, k: np.log(np.sum(x, axis=a, keepdims=k)), _lowest),
+    _reduce("ReduceLogSumExp", _log_sum_exp, _lowest),
     _argreduce("ArgMax", np.argmax),
     _argreduce("ArgMin", np.argmin),
     _softmax_family("Softmax", _softmax),
