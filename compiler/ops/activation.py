@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from ember.compiler import dims
 from ember.compiler.ir import TensorType
 from ember.compiler.ops.common import as_dtype, check_same_dtype
 from ember.compiler.ops.elementwise import (
@@ -65,7 +64,8 @@ def _prelu_infer(ctx: InferCtx) -> list[TensorType]:
     check_dtype(ctx, 0, NUMERIC)
     check_same_dtype(ctx)
     # slope broadcasts to X (unidirectionally): the output has X's shape.
-    if slope.rank > x.rank or dims.broadcast(x.shape, slope.shape) != x.shape:
+    aligned = zip(reversed(x.shape), reversed(slope.shape))
+    if slope.rank > x.rank or any(isinstance(d, int) and isinstance(s, int) and s not in (1, d) for d, s in aligned):
         raise ValueError(f"PRelu slope {slope} does not broadcast to X {x}")
     return [x]
 

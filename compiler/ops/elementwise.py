@@ -411,7 +411,7 @@ OPS: list[OpDef] = [
     _math("Floor", np.floor),
     _math("Ceil", np.ceil),
     _math("Round", np.round),  # half to even, as ONNX specifies
-    _math("Erf", special.erf),
+    _math("Erf", special.erf, NUMERIC),  # Erf-9 took integers too
     _math("Sin", np.sin),
     _math("Cos", np.cos),
     _math("Tan", np.tan),
