@@ -118,3 +118,13 @@ def passes() -> None:
         doc = (fn.__doc__ or "").strip().splitlines()
         click.echo(f"{name:20s} {doc[0] if doc else ''}")
     click.echo(f"default pipeline: {','.join(DEFAULT_PIPELINE)}")
+
+
+def _add_commands() -> None:
+    from ember.compiler.cli_artifact import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_commands()

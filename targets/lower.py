@@ -64,7 +64,7 @@ Emitter = Callable[[Lowering, Node, list[Any]], Sequence[relax.Expr]]
 
 
 def _const(array: np.ndarray) -> relax.Expr:
-    data = np.ascontiguousarray(array)
+    data = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
     if data.dtype == np.bool_:
         return relax.const(data, "bool")
     return relax.const(data, TVM_DTYPE[dtypes.from_numpy(data.dtype)])

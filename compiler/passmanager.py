@@ -1,0 +1,173 @@
+"""The pass manager: runs a pipeline, verifies after each pass, times it, dumps IR, checks
+numerics on request, and turns a failure into a PassError with a reproducer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ember.compiler import interp
+from ember.compiler.errors import EmberError
+from ember.compiler.ir import Graph
+from ember.compiler.parser import graph_tensors
+from ember.compiler.pipeline import pipeline_text, validate_pipeline
+from ember.compiler.printer import print_graph
+from ember.compiler.verify import verify
+
+# Numeric check after each pass (--check-each): float outputs may move by reassociation.
+CHECK_RTOL, CHECK_ATOL = 1e-4, 1e-5
+
+
+class PassError(EmberError):
+    """A pass failed or broke the graph; the message names it and the passes before it."""
+
+
+class DivergenceError(PassError):
+    """--check-each found a pass that changed the graph's numbers."""
+
+
+@dataclass
+class PassRecord:
+    """What one pass did."""
+
+    name: str
+    seconds: float
+    stats: dict[str, int]
+    nodes_before: int
+    nodes_after: int
+    bytes_before: int
+    bytes_after: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The manifest's form."""
+        return {"pass": self.name, "seconds": round(self.seconds, 4), "stats": self.stats,
+                "nodes": [self.nodes_before, self.nodes_after], "param_bytes": [self.bytes_before, self.bytes_after]}
+
+
+@dataclass
+class PipelineResult:
+    """The final graph and one record per pass."""
+
+    graph: Graph
+    records: list[PassRecord] = field(default_factory=list)
+
+
+def _write_reproducer(directory: Path, graph: Graph, remaining: Sequence[str], error: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "input.ir").write_text(print_graph(graph, pipeline=pipeline_text(tuple(remaining))))
+    np.savez(directory / "tensors.npz", **graph_tensors(graph))
+    (directory / "pipeline.txt").write_text(pipeline_text(tuple(remaining)) + "\n")
+    (directory / "error.txt").write_text(error + "\n")
+
+
+def _compare(reference: dict[str, np.ndarray], got: dict[str, np.ndarray], order: Sequence[str]) -> tuple[str, float] | None:
+    """The first tensor (in graph order) that differs beyond tolerance, and its error."""
+    for name in order:
+        if name not in reference or name not in got:
+            continue
+        a, b = np.asarray(reference[name]), np.asarray(got[name])
+        if a.shape != b.shape:
+            return name, float("inf")
+        if a.dtype.kind in "biu":
+            if not np.array_equal(a, b):
+                return name, float(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) if a.size else 0.0
+            continue
+        if not np.allclose(b.astype(np.float64), a.astype(np.float64), rtol=CHECK_RTOL, atol=CHECK_ATOL, equal_nan=True):
+            return name, float(np.nanmax(np.abs(b.astype(np.float64) - a.astype(np.float64))))
+    return None
+
+
+def run_pipeline(
+    graph: Graph,
+    pipeline: Sequence[str],
+    *,
+    dump_dir: Path | None = None,
+    print_after: Sequence[str] = (),
+    print_after_all: bool = False,
+    print_after_change: bool = False,
+    check_each: dict[str, np.ndarray] | bool | None = None,
+    reproducer_dir: Path | None = None,
+    echo: Callable[[str], None] | None = None,
+    registry: dict[str, Callable[[Graph], Any]] | None = None,
+) -> PipelineResult:
+    """Run the passes in order; see the module docstring for what happens around each."""
+    from ember.passes import PASSES
+
+    table = registry if registry is not None else PASSES
+    validate_pipeline(tuple(pipeline), table)
+    text = pipeline_text(tuple(pipeline))
+    say = echo or (lambda s: None)
+    if dump_dir is not None:
+        dump_dir = Path(dump_dir)
+        dump_dir.mkdir(parents=True, exist_ok=True)
+        (dump_dir / "000_input.ir").write_text(print_graph(graph, pipeline=text, after="input (0)"))
+    reference: dict[str, np.ndarray] | None = None
+    feeds: dict[str, np.ndarray] | None = None
+    if check_each:
+        feeds = check_each if isinstance(check_each, dict) else interp.random_feeds(graph, np.random.default_rng(0))
+        reference = interp.run(graph, feeds, keep_all=True)
+    records: list[PassRecord] = []
+    current = graph
+    for index, name in enumerate(pipeline, start=1):
+        done = ",".join(pipeline[: index - 1]) or "nothing"
+        start = time.perf_counter()
+        try:
+            result = table[name](current)
+            verify(result.graph)
+        except EmberError as err:
+            message = f"pass {name!r} failed after {done}: {err}"
+            if reproducer_dir is not None:
+                _write_reproducer(Path(reproducer_dir), current, pipeline[index - 1 :], message)
+                message += f" (reproducer in {reproducer_dir})"
+            raise PassError(message) from None
+        except Exception as err:  # a crash inside a pass is ember's bug: say where
+            message = f"pass {name!r} crashed after {done}: {type(err).__name__}: {err}"
+            if reproducer_dir is not None:
+                _write_reproducer(Path(reproducer_dir), current, pipeline[index - 1 :], message)
+                message += f" (reproducer in {reproducer_dir})"
+            raise PassError(message) from err
+        seconds = time.perf_counter() - start
+        after = result.graph
+        records.append(PassRecord(name, seconds, dict(result.stats), len(current.nodes), len(after.nodes),
+                                  current.param_bytes(), after.param_bytes()))
+        header = dict(pipeline=text, after=f"{name} ({index})", stats=result.stats)
+        if dump_dir is not None:
+            (dump_dir / f"{index:03d}_{name}.ir").write_text(print_graph(after, **header))
+        if print_after_all or name in print_after or (print_after_change and result.stats):
+            say(print_graph(after, **header))
+        if reference is not None and feeds is not None:
+            got = interp.run(after, feeds, keep_all=True)
+            order = [n for node in graph.nodes for n in node.output_names] + list(graph.outputs)
+            diverged = _compare(reference, got, list(graph.outputs) + order)
+            if diverged is not None:
+                tensor, error = diverged
+                raise DivergenceError(
+                    f"--check-each: pass {name!r} (after {done}) changed tensor {tensor!r} by {error:.3g} "
+                    f"(tolerance rtol {CHECK_RTOL}, atol {CHECK_ATOL})"
+                )
+        current = after
+    return PipelineResult(current, records)
+
+
+def summary_table(records: Sequence[PassRecord]) -> str:
+    """The per-pass summary printed at the end of a compile."""
+    lines = [f"{'pass':18s} {'ms':>8s} {'nodes':>11s} {'param MB':>15s}  stats"]
+    for r in records:
+        stats = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())) or "-"
+        lines.append(f"{r.name:18s} {r.seconds * 1e3:8.1f} {r.nodes_before:5d}->{r.nodes_after:<5d} "
+                     f"{r.bytes_before / 1e6:7.2f}->{r.bytes_after / 1e6:<7.2f}  {stats}")
+    return "\n".join(lines)
+
+
+def records_json(records: Sequence[PassRecord]) -> str:
+    """Records as JSON text."""
+    return json.dumps([r.as_json() for r in records], indent=2)
+
+

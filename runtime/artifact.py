@@ -1,0 +1,131 @@
+"""The artifact directory's format: manifest, checksums, and the checks made before loading.
+
+    OUT/
+      manifest.json     format version, versions, target, inputs/outputs, pipeline, sha256 of files
+      model.so          the compiled library
+      sample.npz        sample inputs (fixed seed), keyed by input name
+      reference.npz     the reference interpreter's outputs on sample.npz
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(Exception):
+    """The artifact is missing, damaged or built for another machine; the message says what to do."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output: name, ember dtype name, shape (ints and symbolic dim names)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> TensorSpec:
+        """From the manifest's form."""
+        return TensorSpec(data["name"], data["dtype"], tuple(data["shape"]))
+
+    def text(self) -> str:
+        """`f32[N,3,224,224]`."""
+        return f"{self.dtype}[{','.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed manifest.json."""
+
+    path: Path
+    data: dict[str, Any]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        """Input specs in call order."""
+        return [TensorSpec.from_json(d) for d in self.data["inputs"]]
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        """Output specs in order."""
+        return [TensorSpec.from_json(d) for d in self.data["outputs"]]
+
+    @property
+    def library(self) -> Path:
+        """The compiled library's path."""
+        return self.path.parent / self.data["library"]
+
+    @property
+    def machine(self) -> str:
+        """CPU architecture the library was built for (x86_64, aarch64)."""
+        return str(self.data["target"]["triple"]).split("-")[0]
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_manifest(artifact: str | Path) -> Manifest:
+    """Read and sanity-check manifest.json; ArtifactError with what to do otherwise."""
+    root = Path(artifact)
+    path = root / MANIFEST
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not an ember artifact directory (compile one with `ember compile MODEL.onnx -o {root}`)")
+    if not path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST}; the artifact is incomplete or not an ember artifact; recompile it")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: damaged manifest ({err}); recompile the artifact") from None
+    if not isinstance(data, dict) or data.get("format") != "ember-artifact":
+        raise ArtifactError(f"{path}: not an ember artifact manifest; recompile the artifact")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: artifact format {data.get('format_version')} but this runtime reads format {FORMAT_VERSION}; "
+            "recompile the artifact with this ember version"
+        )
+    for key in ("library", "inputs", "outputs", "files", "target"):
+        if key not in data:
+            raise ArtifactError(f"{path}: manifest lacks {key!r}; recompile the artifact")
+    return Manifest(path, data)
+
+
+def verify_files(manifest: Manifest) -> None:
+    """Every file the manifest lists exists with its recorded sha256 (checked before loading)."""
+    root = manifest.path.parent
+    for name, digest in sorted(manifest.data["files"].items()):
+        path = root / name
+        if not path.is_file():
+            raise ArtifactError(f"{root}: file {name} is missing; the artifact is incomplete, recompile it")
+        if sha256(path) != digest:
+            raise ArtifactError(f"{root}: file {name} is damaged (sha256 mismatch); recompile or copy the artifact again")
+    if manifest.data["library"] not in manifest.data["files"]:
+        raise ArtifactError(f"{root}: the library is not covered by the manifest's checksums; recompile the artifact")
+
+
+def check_machine(manifest: Manifest) -> None:
+    """The library runs on this CPU architecture; otherwise say which machine it is for."""
+    here = platform.machine()
+    want = manifest.machine
+    aliases = {"arm64": "aarch64", "amd64": "x86_64", "AMD64": "x86_64"}
+    if aliases.get(here, here) != aliases.get(want, want):
+        raise ArtifactError(
+            f"{manifest.path.parent}: built for {want} ({manifest.data['target'].get('name')}), this machine is {here}; "
+            f"run it on a {want} machine or recompile with --target for this one"
+        )
