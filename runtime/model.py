@@ -60,12 +60,21 @@ def _load_runtime_extras(tvm: Any) -> None:
 
 
 def set_threads(count: int) -> None:
-    """Size TVM's CPU thread pool (mode 1 = exclusive workers)."""
+    """Size TVM's CPU thread pool to `count` workers sharing this process's CPUs.
+
+    Mode -3 (threads share all listed cores) rather than TVM's default pinning, which would
+    also pin the caller's own thread to one core.
+    """
     import tvm
 
     config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
-    if config is not None:
-        config(1, int(count))
+    if config is None:
+        return
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        cpus = list(range(os.cpu_count() or 1))
+    config(-3, int(count), [str(c) for c in cpus])
 
 
 class Model:
