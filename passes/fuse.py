@@ -120,8 +120,8 @@ def fuse(graph: Graph) -> PassResult:
             continue
         if node.op in ANCHORS or node.op in ELEMENTWISE:
             group = _grow(graph, node, taken, index, view, outputs, rejections)
-            if len(group) == 1 and node.op in ELEMENTWISE:
-                continue  # a lone elementwise op is a kernel already
+            if len(group) == 1:
+                continue  # a lone op is a kernel already: no group needed
             for member in group:
                 taken.add(index[id(member)])
             groups[index[id(group[-1])]] = group
