@@ -121,9 +121,9 @@ def passes() -> None:
 
 
 def _add_commands() -> None:
-    from ember.compiler.cli_artifact import COMMANDS
+    from ember.compiler import cli_artifact, cli_passes
 
-    for command in COMMANDS:
+    for command in cli_artifact.COMMANDS + cli_passes.COMMANDS:
         main.add_command(command)
 
 

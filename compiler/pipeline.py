@@ -15,6 +15,7 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "cse",  # exported models repeat Shape/Gather/Unsqueeze computations
     "simplify",  # folding exposes new identities (Reshape to the same shape...)
     "dce",
+    "fuse_composites",  # decomposed GELU -> Gelu (one op for the epilogue to absorb)
     "fuse",  # anchors with their elementwise epilogues become one kernel each
 )
 

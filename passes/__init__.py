@@ -11,6 +11,7 @@ from ember.passes.dce import dce
 from ember.passes.fold_batchnorm import fold_batchnorm
 from ember.passes.fold_constants import fold_constants
 from ember.passes.fuse import fuse
+from ember.passes.fuse_composites import fuse_composites
 from ember.passes.simplify import simplify
 
 PASSES: dict[str, Callable[[Graph], PassResult]] = {
@@ -19,5 +20,6 @@ PASSES: dict[str, Callable[[Graph], PassResult]] = {
     "cse": cse,
     "simplify": simplify,
     "fold_batchnorm": fold_batchnorm,
+    "fuse_composites": fuse_composites,
     "fuse": fuse,
 }
