@@ -101,6 +101,11 @@ def fold_batchnorm(graph: Graph) -> PassResult:
             rejections.append(affine)
             continue
         scale, shift = affine
+        if node.op == "Add" and (anchor.op == "MatMul" or len(anchor.inputs) > 2):
+            # A bias add after MatMul, or a second bias on Conv/Gemm: nothing to gain from
+            # rewriting weights; the fuse pass makes it the anchor's epilogue.
+            rejections.append(_reject(node, "a plain bias add; fuse makes it an epilogue"))
+            continue
         bias_c = graph.const(anchor.inputs[2]) if len(anchor.inputs) > 2 and anchor.inputs[2] else None
         if len(anchor.inputs) > 2 and anchor.inputs[2] and (bias_c is None or len(graph.consumers(bias_c.name)) != 1):
             rejections.append(_reject(node, "the anchor's bias is not a constant of its own"))

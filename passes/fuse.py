@@ -17,7 +17,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ember.compiler.ir import Const, Graph, Namer, Node, Value, free_names
-from ember.compiler.rewrite import PassResult, Rejection, count
+from ember.compiler.rewrite import PassResult, Rejection, count, without_unused_consts
 
 ANCHORS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
@@ -136,4 +136,5 @@ def fuse(graph: Graph) -> PassResult:
             count(stats, "nodes_fused", len(groups[i]))
         elif i not in taken:
             nodes.append(node)
-    return PassResult(graph.replace(nodes=tuple(nodes)), stats, rejections)
+    fused, _ = without_unused_consts(graph.replace(nodes=tuple(nodes)))  # small constants moved into bodies
+    return PassResult(fused, stats, rejections)
