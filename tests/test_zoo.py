@@ -58,3 +58,43 @@ def test_zoo_model_imports_and_matches_onnxruntime(name: str, rng: np.random.Gen
         want = run_onnxruntime(onnx.load(str(path)), feeds)
         for out in graph.outputs:
             np.testing.assert_allclose(got[out], want[out], rtol=RTOL, atol=ATOL, err_msg=f"{name}:{out}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO)
+def test_default_pipeline_keeps_zoo_outputs(name: str) -> None:
+    """Optimized graph vs input graph (interpreter), and exported ONNX vs onnxruntime."""
+    import zoo
+
+    from ember.compiler.exporter import to_onnx
+    from ember.compiler.passmanager import run_pipeline
+    from ember.compiler.pipeline import DEFAULT_PIPELINE
+
+    path = Path(zoo.ensure(name))
+    graph = import_model(path)
+    optimized = run_pipeline(graph, DEFAULT_PIPELINE).graph
+    feeds = dict(np.load(path.with_suffix(".inputs.npz")))
+    want = interp.run(graph, feeds)
+    got = interp.run(optimized, feeds)
+    exported = run_onnxruntime(to_onnx(optimized), feeds)
+    for out in graph.outputs:
+        np.testing.assert_allclose(got[out], want[out], rtol=RTOL, atol=ATOL, err_msg=f"{name}:{out} (interpreter)")
+        np.testing.assert_allclose(exported[out], want[out], rtol=RTOL, atol=ATOL, err_msg=f"{name}:{out} (exported ONNX)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_cnn", "digits_cnn_dyn", "resnet18", "mobilenetv2", "minilm"])
+def test_zoo_artifact_matches_onnxruntime(name: str, tmp_path: Path) -> None:
+    """Compile to an artifact and compare with onnxruntime on the zoo's sample."""
+    import zoo
+
+    from ember.compiler.driver import compile_model
+    from ember.runtime import load
+
+    path = Path(zoo.ensure(name))
+    art = compile_model(path, tmp_path / f"{name}.ember").path
+    feeds = dict(np.load(path.with_suffix(".inputs.npz")))
+    got = load(art)(**feeds)
+    want = run_onnxruntime(onnx.load(str(path)), feeds)
+    for out, value in want.items():
+        np.testing.assert_allclose(got[out], value, rtol=RTOL, atol=ATOL, err_msg=f"{name}:{out}")
