@@ -36,6 +36,7 @@ class CompileResult:
     path: Path
     graph: Graph
     kernels: tuple[str, ...]
+    launches: int
     seconds: dict[str, float] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
 
@@ -114,6 +115,7 @@ def compile_model(
             "pipeline": pipeline,
             "passes": [r.as_json() if hasattr(r, "as_json") else str(r) for r in records],
             "kernels": len(built.kernels),
+            "kernel_launches": built.launches,
             "tolerance": TOLERANCE,
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "files": files,
@@ -131,8 +133,8 @@ def compile_model(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"wrote {out} ({len(built.kernels)} kernels, {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.2f} MB)")
-    return CompileResult(out, optimized, built.kernels, seconds, records)
+    say(f"wrote {out} ({built.launches} kernel launches, {len(built.kernels)} distinct kernels, {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.2f} MB)")
+    return CompileResult(out, optimized, built.kernels, built.launches, seconds, records)
 
 
 def _sha256(path: Path) -> str:

@@ -23,11 +23,16 @@ from ember.targets.registry import TargetSpec
 
 @dataclass
 class Built:
-    """A compiled graph: the executable, its kernels and how long each step took."""
+    """A compiled graph: the executable, its kernels and how long each step took.
+
+    `kernels` are the distinct PrimFuncs (TVM merges structurally equal ones);
+    `launches` is how many kernel calls one inference makes.
+    """
 
     executable: Any
     target: TargetSpec
     kernels: tuple[str, ...]
+    launches: int = 0
     stats: dict[str, float] = field(default_factory=dict)
 
     def export(self, path: Path) -> None:
@@ -54,6 +59,19 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     return mod
 
 
+def kernel_launches(mod: tvm.IRModule) -> int:
+    """Number of call_tir sites in `main` (one per kernel launch of an inference)."""
+    found = [0]
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            found[0] += 1
+
+    relax.analysis.post_order_visit(mod["main"], visit)
+    return found[0]
+
+
 def kernel_names(mod: tvm.IRModule) -> tuple[str, ...]:
     """Names of the PrimFuncs (kernels) in a module."""
     return tuple(sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)))
@@ -70,10 +88,11 @@ def build(graph: Graph, target: TargetSpec) -> Built:
     try:
         mod = optimize(mod, tvm_target)
         kernels = kernel_names(mod)
+        launches = kernel_launches(mod)
         executable = tvm.compile(mod, target=tvm_target)
     except EmberError:
         raise
     except Exception as err:
         raise EmberError(f"TVM failed to build for {target.name}: {type(err).__name__}: {str(err).splitlines()[0][:400]}") from None
     stats["build_s"] = time.perf_counter() - start
-    return Built(executable, target, kernels, stats)
+    return Built(executable, target, kernels, launches, stats)
