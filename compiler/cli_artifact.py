@@ -70,10 +70,12 @@ def _print_comparison(rows: list[tuple[str, float, float, bool]]) -> bool:
 @click.option("--check-each", is_flag=True, help="after every pass, compare the interpreter's outputs with the input graph's")
 @click.option("--emit-onnx", type=click.Path(dir_okay=False, path_type=Path), help="also write the optimized graph as ONNX")
 @click.option("--verify", is_flag=True, help="compare the compiled model with onnxruntime before writing the artifact")
+@click.option("--sample", "sample_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="real inputs (.npz by input name) for --verify, --check-each and the artifact's self-check")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, dump_dir: Path | None,
             print_after: tuple[str, ...], print_after_all: bool, print_after_change: bool, check_each: bool,
-            emit_onnx: Path | None, verify: bool) -> None:
+            emit_onnx: Path | None, verify: bool, sample_path: Path | None) -> None:
     """Compile an ONNX model into an artifact directory.
 
     \b
@@ -82,8 +84,10 @@ def compile(model: Path, output: Path | None, target: str, passes: str | None, d
     """
     from ember.compiler import driver
 
+    sample = _load_npz(sample_path) if sample_path is not None else None
     options: dict[str, Any] = {"dump_dir": dump_dir, "print_after": print_after, "print_after_all": print_after_all,
-                               "print_after_change": print_after_change, "check_each": check_each or None,
+                               "print_after_change": print_after_change,
+                               "check_each": (sample if sample is not None else True) if check_each else None,
                                "echo": click.echo}
 
     def check(graph: Any, built: Any, sample: dict[str, np.ndarray]) -> None:
@@ -99,7 +103,7 @@ def compile(model: Path, output: Path | None, target: str, passes: str | None, d
         if not _print_comparison(driver.compare(got, want, list(got))):
             raise EmberError("the compiled model differs from onnxruntime beyond tolerance; no artifact written")
 
-    result = driver.compile_model(model, output, target, passes, options, check if verify else None, click.echo)
+    result = driver.compile_model(model, output, target, passes, options, check if verify else None, click.echo, sample)
     if result.records:
         from ember.compiler.passmanager import summary_table
 

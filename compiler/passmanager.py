@@ -111,7 +111,7 @@ def run_pipeline(
     reference: dict[str, np.ndarray] | None = None
     feeds: dict[str, np.ndarray] | None = None
     if check_each:
-        feeds = check_each if isinstance(check_each, dict) else interp.random_feeds(graph, np.random.default_rng(0))
+        feeds = check_each if isinstance(check_each, dict) else interp.sample_feeds(graph)
         reference = interp.run(graph, feeds, keep_all=True)
     records: list[PassRecord] = []
     current = graph

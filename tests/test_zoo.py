@@ -92,8 +92,8 @@ def test_zoo_artifact_matches_onnxruntime(name: str, tmp_path: Path) -> None:
     from ember.runtime import load
 
     path = Path(zoo.ensure(name))
-    art = compile_model(path, tmp_path / f"{name}.ember").path
     feeds = dict(np.load(path.with_suffix(".inputs.npz")))
+    art = compile_model(path, tmp_path / f"{name}.ember", sample=feeds).path
     got = load(art)(**feeds)
     want = run_onnxruntime(onnx.load(str(path)), feeds)
     for out, value in want.items():

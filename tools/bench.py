@@ -79,7 +79,7 @@ def bench_ember(path: Path, feeds: dict[str, np.ndarray], threads: int, warmup: 
     out = Path(tempfile.mkdtemp(prefix="ember-bench-")) / "model.ember"
     try:
         start = time.perf_counter()
-        result = compile_model(path, out)
+        result = compile_model(path, out, sample=feeds)
         compile_s = time.perf_counter() - start
         model = load(out, threads=threads)
         latency = float(np.median(model.timed(feeds, warmup, repeat)) * 1e3)
