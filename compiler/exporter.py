@@ -50,7 +50,21 @@ def _inline(node: Node) -> list[Node]:
     return nodes
 
 
+def _types(graph: Graph) -> dict[str, Any]:
+    """Every value's type, Fused bodies' internal values included."""
+    table: dict[str, Any] = {v.name: v.type for v in graph.inputs}
+    table.update((c.name, c.type) for c in graph.consts)
+    for node in graph.nodes:
+        table.update((v.name, v.type) for v in node.outputs)
+        if node.op == "Fused":
+            table.update(_types(node.attrs["body"]))
+    return table
+
+
 def _graph(graph: Graph, opset: int, top: bool = True) -> onnx.GraphProto:
+    from ember.compiler.printer import printed_attrs
+
+    table = _types(graph)
     onnx_nodes = []
     initializers = [numpy_helper.from_array(np.asarray(c.data), c.name) for c in graph.consts]
     for node in graph.nodes:
@@ -58,7 +72,9 @@ def _graph(graph: Graph, opset: int, top: bool = True) -> onnx.GraphProto:
         if node.op == "Fused":
             initializers += [numpy_helper.from_array(np.asarray(c.data), c.name) for c in node.attrs["body"].consts]
         for m in members:
-            attrs = [_attr(m.op, k, v, opset) for k, v in m.attrs.items()]
+            # Attributes equal to their default are left out: newer opsets added some
+            # (Cast's round_mode) that older readers reject.
+            attrs = [_attr(m.op, k, v, opset) for k, v in printed_attrs(m, table.get).items()]
             label = f"{node.attrs['kernel']}/{m.name}" if node.op == "Fused" else m.name
             proto = helper.make_node(m.op, list(m.inputs), list(m.output_names), name=label)
             proto.attribute.extend(attrs)
