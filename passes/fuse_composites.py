@@ -2,9 +2,11 @@
 
     y = 0.5 * x * (1 + erf(x / sqrt(2)))                          ->  y = Gelu(x)
     y = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))   ->  y = Gelu(x) {approximate="tanh"}
+    m = ReduceMean(x, [-1]); d = x - m; v = ReduceMean(d * d or d ^ 2, [-1]);
+    y = d / Sqrt(v + eps) [* g] [+ b]                              ->  y = LayerNormalization(x, g, b) {epsilon}
+    e = Exp(x - ReduceMax(x, [a])); y = e / ReduceSum(e, [a])      ->  y = Softmax(x) {axis=a}
 
-(LayerNormalization, Softmax and attention arrive as single ONNX ops from the exporters ember
-is tested with; their decomposed forms are not matched yet.)
+(Scaled-dot-product attention is not matched yet: ember's op table has no Attention op.)
 
 Preconditions: every intermediate value has exactly one reader (so removing the pattern
 removes nothing else) and constants match the formula to 1e-4. The replaced nodes become
@@ -107,12 +109,110 @@ def _gelu_tanh(graph: Graph, tanh: Node) -> tuple[str, Node, str]:
     return x, _half_times(graph, one.outputs[0].name, x), "tanh"
 
 
+def _axes(graph: Graph, node: Node) -> list[int] | None:
+    """Constant reduction axes of a Reduce* node (normalised), None if unknown."""
+    if len(node.inputs) < 2 or not node.inputs[1]:
+        return None
+    c = graph.const(node.inputs[1])
+    if c is None:
+        return None
+    rank = graph.value(node.inputs[0]).type.rank
+    return sorted(int(a) % rank for a in c.data.reshape(-1))
+
+
+def _trailing(axes: list[int] | None, rank: int) -> bool:
+    return bool(axes) and axes == list(range(rank - len(axes), rank))  # type: ignore[arg-type]
+
+
+def _layernorm(graph: Graph, sub: Node) -> tuple[str, Node, list[str], float, int]:
+    """From d = x - mean(x): (x, final node, [gamma, beta] names, epsilon, axis)."""
+    x, mean_name = sub.inputs
+    mean = _producer(graph, mean_name, "ReduceMean")
+    rank = graph.value(x).type.rank
+    axes = _axes(graph, mean)
+    if mean.inputs[0] != x or not mean.attrs["keepdims"] or not _trailing(axes, rank):
+        raise _NoMatch("the mean is not over x's trailing axes with keepdims")
+    readers = graph.consumers(sub.outputs[0].name)
+    square = next((r for r in readers if r.op in ("Pow", "Mul")), None)
+    div = next((r for r in readers if r.op == "Div" and r.inputs[0] == sub.outputs[0].name), None)
+    if square is None or div is None or len(readers) != 2:
+        raise _NoMatch("x - mean is not both squared and divided")
+    if square.op == "Pow" and abs((_scalar(graph, square.inputs[1]) or 0) - 2.0) > TOL:
+        raise _NoMatch("the deviation is not squared")
+    if square.op == "Mul" and square.inputs[0] != square.inputs[1]:
+        raise _NoMatch("the deviation is not squared")
+    var = _single(graph, square.outputs[0].name)
+    if var.op != "ReduceMean" or _axes(graph, var) != axes or not var.attrs["keepdims"]:
+        raise _NoMatch("the variance is not a ReduceMean over the same axes")
+    add = _single(graph, var.outputs[0].name)
+    if add.op != "Add":
+        raise _NoMatch("no epsilon added to the variance")
+    eps_name = add.inputs[1] if add.inputs[0] == var.outputs[0].name else add.inputs[0]
+    eps = _scalar(graph, eps_name)
+    sqrt = _single(graph, add.outputs[0].name)
+    if eps is None or sqrt.op != "Sqrt" or div.inputs[1] != sqrt.outputs[0].name:
+        raise _NoMatch("the deviation is not divided by sqrt(var + eps)")
+    final, params = div, []
+    for op in ("Mul", "Add"):
+        readers = graph.consumers(final.outputs[0].name)
+        if len(readers) != 1 or readers[0].op != op:
+            break
+        nxt = readers[0]
+        other = nxt.inputs[1] if nxt.inputs[0] == final.outputs[0].name else nxt.inputs[0]
+        c = graph.const(other)
+        if c is None or c.data.ndim > len(axes):  # type: ignore[arg-type]
+            break
+        params.append(other)
+        final = nxt
+    if len(params) == 1 and final.op == "Add":
+        raise _NoMatch("a bias without a scale")
+    return x, final, params, eps, rank - len(axes)  # type: ignore[arg-type]
+
+
+def _softmax(graph: Graph, sub: Node) -> tuple[str, Node, int]:
+    """From x - ReduceMax(x): (x, final Div, axis)."""
+    x, mx_name = sub.inputs
+    mx = _producer(graph, mx_name, "ReduceMax")
+    axes = _axes(graph, mx)
+    if mx.inputs[0] != x or not mx.attrs["keepdims"] or axes is None or len(axes) != 1:
+        raise _NoMatch("not x - ReduceMax(x) over one axis")
+    exp = _single(graph, sub.outputs[0].name)
+    if exp.op != "Exp":
+        raise _NoMatch("the shifted input is not exponentiated")
+    readers = graph.consumers(exp.outputs[0].name)
+    total = next((r for r in readers if r.op == "ReduceSum"), None)
+    div = next((r for r in readers if r.op == "Div"), None)
+    if total is None or div is None or len(readers) != 2 or _axes(graph, total) != axes or not total.attrs["keepdims"]:
+        raise _NoMatch("exp is not divided by its sum over the same axis")
+    if div.inputs != (exp.outputs[0].name, total.outputs[0].name):
+        raise _NoMatch("exp is not divided by its sum")
+    return x, div, axes[0]
+
+
 def fuse_composites(graph: Graph) -> PassResult:
-    """Rewrite GELU patterns (erf and tanh forms) to Gelu nodes."""
+    """Rewrite GELU (erf and tanh forms), LayerNorm and Softmax patterns to single ops."""
     stats: dict[str, int] = {}
     rejections: list[Rejection] = []
     replaced: dict[str, Node] = {}
     for node in graph.nodes:
+        if node.op == "Sub":
+            try:
+                x, final, params, eps, axis = _layernorm(graph, node)
+                if len(params) < 2:  # LayerNormalization needs a scale: add ones / zeros
+                    raise _NoMatch("no constant scale and bias (not rewritten)")
+                replaced[final.outputs[0].name] = Node("LayerNormalization", (x, params[0], params[1]), final.outputs,
+                                                       {"axis": axis, "epsilon": eps, "stash_type": 1})
+                count(stats, "layernorm")
+                continue
+            except _NoMatch as why:
+                layer_why = str(why)
+            try:
+                x, final, axis = _softmax(graph, node)
+                replaced[final.outputs[0].name] = Node("Softmax", (x,), final.outputs, {"axis": axis})
+                count(stats, "softmax")
+            except _NoMatch as why:
+                rejections.append(Rejection("layernorm/softmax", node.name, node.op, f"{layer_why}; {why}"))
+            continue
         matcher = {"Erf": _gelu_erf, "Tanh": _gelu_tanh}.get(node.op)
         if matcher is None:
             continue

@@ -108,3 +108,48 @@ def test_diff_ignores_headers_and_explain_lists_rejections(tmp_path: Path) -> No
     assert "epilogue:" in result.output and "not an elementwise op" in result.output
     result = CliRunner().invoke(main, ["explain", "nope", str(digits)])
     assert result.exit_code == 1 and "unknown pass 'nope'" in result.output
+
+
+LAYERNORM = """graph main(%x: f32[N,4,8]) -> (%y: f32[N,4,8]) {
+  const %axes: i64[1] = [-1]
+  const %b: f32[8] = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+  const %eps: f32[] = 9.999999747378752e-06
+  const %g: f32[8] = [1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0]
+  const %two: f32[] = 2.0
+  %m: f32[N,4,1] = ReduceMean(%x, %axes)
+  %d: f32[N,4,8] = Sub(%x, %m)
+  %p: f32[N,4,8] = Pow(%d, %two)
+  %v: f32[N,4,1] = ReduceMean(%p, %axes)
+  %ve: f32[N,4,1] = Add(%v, %eps)
+  %s: f32[N,4,1] = Sqrt(%ve)
+  %n: f32[N,4,8] = Div(%d, %s)
+  %gn: f32[N,4,8] = Mul(%n, %g)
+  %y: f32[N,4,8] = Add(%gn, %b)
+  return %y
+}
+"""
+
+SOFTMAX = """graph main(%x: f32[2,5]) -> (%y: f32[2,5]) {
+  const %axes: i64[1] = [1]
+  %m: f32[2,1] = ReduceMax(%x, %axes)
+  %d: f32[2,5] = Sub(%x, %m)
+  %e: f32[2,5] = Exp(%d)
+  %s: f32[2,1] = ReduceSum(%e, %axes)
+  %y: f32[2,5] = Div(%e, %s)
+  return %y
+}
+"""
+
+
+def test_layernorm_and_softmax_patterns(rng: np.random.Generator) -> None:
+    from ember.compiler.printer import print_graph
+
+    for text, op, stat in ((LAYERNORM, "LayerNormalization", "layernorm"), (SOFTMAX, "Softmax", "softmax")):
+        graph = parse_graph(text)
+        result = PASSES["fuse_composites"](graph)
+        assert result.stats == {stat: 1}, result.rejections
+        assert [n.op for n in result.graph.nodes] == [op]
+        assert PASSES["fuse_composites"](result.graph).stats == {}
+        feeds = interp.random_feeds(graph, rng, {"N": 3})
+        np.testing.assert_allclose(interp.run(result.graph, feeds)["y"], interp.run(graph, feeds)["y"], rtol=1e-5, atol=1e-5)
+        assert print_graph(result.graph).count(f"= {op}(%x") == 1
