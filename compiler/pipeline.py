@@ -15,7 +15,9 @@ DEFAULT_PIPELINE: tuple[str, ...] = (
     "cse",  # exported models repeat Shape/Gather/Unsqueeze computations
     "simplify",  # folding exposes new identities (Reshape to the same shape...)
     "dce",
-    "fuse_composites",  # decomposed GELU -> Gelu (one op for the epilogue to absorb)
+    "fuse_composites",  # GELU, LayerNorm, Softmax, attention patterns -> single ops
+    "simplify",  # attention's K transpose cancels against the exporter's
+    "dce",
     "fuse",  # anchors with their elementwise epilogues become one kernel each
 )
 

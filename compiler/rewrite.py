@@ -96,3 +96,18 @@ def without_unused_consts(graph: Graph) -> tuple[Graph, int]:
 def add_consts(graph: Graph, consts: Iterable[Const]) -> Graph:
     """The graph with more constants."""
     return graph.replace(consts=graph.consts + tuple(consts))
+
+
+def new_node(graph: Graph, op: str, inputs: tuple[str, ...], outputs: tuple[Any, ...], attrs: Mapping[str, Any] | None = None) -> Node:
+    """A node for `op` with every defaulted attribute made explicit (the IR's invariant)."""
+    from ember.compiler.ops import OPS, REQUIRED
+
+    full = dict(attrs or {})
+    types = [graph.value(n).type if n and graph.has_value(n) else None for n in inputs]
+    for key, spec in OPS[op].attrs.items():
+        if key in full or spec.default is REQUIRED or spec.default is None:
+            continue
+        default = spec.resolve_default(types)
+        if default is not None:
+            full[key] = default
+    return Node(op, inputs, outputs, full)

@@ -6,7 +6,10 @@
     y = d / Sqrt(v + eps) [* g] [+ b]                              ->  y = LayerNormalization(x, g, b) {epsilon}
     e = Exp(x - ReduceMax(x, [a])); y = e / ReduceSum(e, [a])      ->  y = Softmax(x) {axis=a}
 
-(Scaled-dot-product attention is not matched yet: ember's op table has no Attention op.)
+    s = MatMul(Q, KT) * c (or / c); [s = s + mask]; p = Softmax(s, axis=-1); y = MatMul(p, V)
+        ->  K = Transpose(KT, perm=[0,1,3,2]); y = Attention(Q, K, V[, mask]) {scale=c}
+        (4-D [batch, heads, seq, head] operands; the new Transpose usually cancels against the
+        exporter's own in simplify)
 
 Preconditions: every intermediate value has exactly one reader (so removing the pattern
 removes nothing else) and constants match the formula to 1e-4. The replaced nodes become
@@ -18,8 +21,8 @@ from __future__ import annotations
 import math
 
 
-from ember.compiler.ir import Graph, Node
-from ember.compiler.rewrite import PassResult, Rejection, count
+from ember.compiler.ir import Graph, Namer, Node, Value
+from ember.compiler.rewrite import PassResult, Rejection, count, new_node
 
 TOL = 1e-4
 
@@ -189,29 +192,80 @@ def _softmax(graph: Graph, sub: Node) -> tuple[str, Node, int]:
     return x, div, axes[0]
 
 
+def _attention(graph: Graph, softmax: Node) -> tuple[list[str], float, Node, str]:
+    """From Softmax: ([Q, KT, V, mask?], scale, final MatMul, KT)."""
+    t = softmax.outputs[0].type
+    if t.rank != 4 or softmax.attrs["axis"] % 4 != 3:
+        raise _NoMatch("not a softmax over the last axis of a 4-D tensor")
+    src = graph.producer(softmax.inputs[0])
+    mask = None
+    if src is not None and src.op == "Add":
+        left = graph.producer(src.inputs[0])
+        if left is not None and left.op in ("Mul", "Div"):
+            mask, src = src.inputs[1], left
+        else:
+            mask, src = src.inputs[0], graph.producer(src.inputs[1])
+    if src is None or src.op not in ("Mul", "Div"):
+        raise _NoMatch("the scores are not scaled by a constant")
+    factor = next((_scalar(graph, n) for n in src.inputs if _scalar(graph, n) is not None), None)
+    scores = next((n for n in src.inputs if _scalar(graph, n) is None), None)
+    if factor is None or scores is None or factor == 0:
+        raise _NoMatch("the scores are not scaled by a constant")
+    scale = factor if src.op == "Mul" else 1.0 / factor
+    qk = _producer(graph, scores, "MatMul")
+    for name in (qk.outputs[0].name, src.outputs[0].name) + ((softmax.inputs[0],) if mask else ()):
+        _single(graph, name)
+    pv = _single(graph, softmax.outputs[0].name)
+    if pv.op != "MatMul" or pv.inputs[0] != softmax.outputs[0].name:
+        raise _NoMatch("the probabilities do not multiply V")
+    q, kt, v = qk.inputs[0], qk.inputs[1], pv.inputs[1]
+    if any(graph.value(n).type.rank != 4 for n in (q, kt, v)):
+        raise _NoMatch("Q, K^T and V are not all 4-D")
+    if mask is not None and graph.value(mask).type.dtype != t.dtype:
+        raise _NoMatch("the mask is not additive in the scores' dtype")
+    return [q, kt, v] + ([mask] if mask else []), scale, pv, kt
+
+
 def fuse_composites(graph: Graph) -> PassResult:
     """Rewrite GELU (erf and tanh forms), LayerNorm and Softmax patterns to single ops."""
     stats: dict[str, int] = {}
     rejections: list[Rejection] = []
     replaced: dict[str, Node] = {}
+    extra_nodes: dict[str, list[Node]] = {}
+    namer = Namer(graph)
     for node in graph.nodes:
         if node.op == "Sub":
             try:
                 x, final, params, eps, axis = _layernorm(graph, node)
                 if len(params) < 2:  # LayerNormalization needs a scale: add ones / zeros
                     raise _NoMatch("no constant scale and bias (not rewritten)")
-                replaced[final.outputs[0].name] = Node("LayerNormalization", (x, params[0], params[1]), final.outputs,
-                                                       {"axis": axis, "epsilon": eps, "stash_type": 1})
+                replaced[final.outputs[0].name] = new_node(graph, "LayerNormalization", (x, params[0], params[1]),
+                                                           final.outputs, {"axis": axis, "epsilon": eps})
                 count(stats, "layernorm")
                 continue
             except _NoMatch as why:
                 layer_why = str(why)
             try:
                 x, final, axis = _softmax(graph, node)
-                replaced[final.outputs[0].name] = Node("Softmax", (x,), final.outputs, {"axis": axis})
+                replaced[final.outputs[0].name] = new_node(graph, "Softmax", (x,), final.outputs, {"axis": axis})
                 count(stats, "softmax")
             except _NoMatch as why:
                 rejections.append(Rejection("layernorm/softmax", node.name, node.op, f"{layer_why}; {why}"))
+            continue
+        if node.op == "Softmax":
+            try:
+                operands, scale, final, kt = _attention(graph, node)
+            except _NoMatch as why:
+                rejections.append(Rejection("attention", node.name, node.op, str(why)))
+                continue
+            k_name = namer(f"{kt}_bhsd")
+            kt_type = graph.value(kt).type
+            k_type = type(kt_type)(kt_type.dtype, kt_type.shape[:2] + (kt_type.shape[3], kt_type.shape[2]))
+            transpose = new_node(graph, "Transpose", (kt,), (Value(k_name, k_type),), {"perm": (0, 1, 3, 2)})
+            attention = new_node(graph, "Attention", (operands[0], k_name, operands[2], *operands[3:]), final.outputs,
+                                 {"scale": float(scale)})
+            extra_nodes[final.outputs[0].name] = [transpose, attention]
+            count(stats, "attention")
             continue
         matcher = {"Erf": _gelu_erf, "Tanh": _gelu_tanh}.get(node.op)
         if matcher is None:
@@ -224,11 +278,17 @@ def fuse_composites(graph: Graph) -> PassResult:
         if graph.value(x).type != final.outputs[0].type:
             rejections.append(Rejection(f"gelu_{node.op.lower()}", node.name, node.op, "broadcasting changes the type"))
             continue
-        replaced[final.outputs[0].name] = Node("Gelu", (x,), final.outputs, {"approximate": approx})
+        replaced[final.outputs[0].name] = new_node(graph, "Gelu", (x,), final.outputs, {"approximate": approx})
         count(stats, f"gelu_{approx}")
-    if not replaced:
+    if not replaced and not extra_nodes:
         return PassResult(graph, {}, rejections)
-    nodes = [replaced.get(n.outputs[0].name, n) if n.outputs else n for n in graph.nodes]
+    nodes: list[Node] = []
+    for n in graph.nodes:
+        key = n.outputs[0].name if n.outputs else ""
+        if key in extra_nodes:
+            nodes.extend(extra_nodes[key])
+        else:
+            nodes.append(replaced.get(key, n))
     from ember.passes.dce import dce
 
     return PassResult(dce(graph.replace(nodes=tuple(nodes))).graph, stats, rejections)

@@ -7,6 +7,7 @@
     Reshape(x) to x's own shape    -> x
     Reshape(Reshape(x, s1), s2)    -> Reshape(x, s2)
     Transpose(Transpose(x, p), q)  -> x          when q∘p is the identity
+    Transpose(Transpose(x, p), q)  -> Transpose(x, q∘p)   when the inner one has no other reader
     Cast(x, to=dtype(x))           -> x
     Squeeze(Unsqueeze(x, a), a)    -> x
     Unsqueeze(Squeeze(x, a), a)    -> x          (x's squeezed dims were 1)
@@ -71,16 +72,19 @@ def _reshape(graph: Graph, node: Node) -> str | Node | Rejection:
     return _reject("reshape", node, "changes the shape and its input is not a single-use Reshape")
 
 
-def _transpose(graph: Graph, node: Node) -> str | Rejection:
+def _transpose(graph: Graph, node: Node) -> str | Node | Rejection:
     producer = graph.producer(node.inputs[0])
     if producer is None or producer.op != "Transpose":
         return _reject("transpose_pair", node, "input is not a Transpose")
     rank = node.outputs[0].type.rank
     p = producer.attrs.get("perm") or tuple(reversed(range(rank)))
     q = node.attrs.get("perm") or tuple(reversed(range(rank)))
-    if tuple(p[i] for i in q) != tuple(range(rank)):
-        return _reject("transpose_pair", node, f"perms {list(p)} then {list(q)} do not cancel")
-    return producer.inputs[0]
+    composed = tuple(p[i] for i in q)
+    if composed == tuple(range(rank)):
+        return producer.inputs[0]
+    if len(graph.consumers(producer.outputs[0].name)) == 1:  # Transpose(Transpose(x, p), q) = Transpose(x, p∘q)
+        return Node("Transpose", (producer.inputs[0],), node.outputs, {"perm": composed})
+    return _reject("transpose_pair", node, f"perms {list(p)} then {list(q)} do not cancel and the inner one is shared")
 
 
 def _cast(graph: Graph, node: Node) -> str | Rejection:

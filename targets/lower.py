@@ -434,6 +434,35 @@ def _matmul(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [R.matmul(a[0], a[1])]
 
 
+def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """softmax(Q K^T * scale + mask) V for 4-D operands (no cache, causal or window yet)."""
+    at = node.attrs
+    q_t, k_t = _in(lw, node, 0), _in(lw, node, 1)
+    unsupported = [
+        what for what, bad in (
+            ("3-D inputs", q_t.rank != 4), ("extra outputs", len(node.outputs) > 1), ("is_causal", bool(at["is_causal"])),
+            ("softcap", bool(at.get("softcap"))), ("sliding windows", at["left_window_size"] >= 0 or at["right_window_size"] >= 0),
+            ("past key/value or nonpad_kv_seqlen", len(node.inputs) > 4 and any(node.inputs[4:])),
+        ) if bad
+    ]
+    if unsupported:
+        raise LoweringError(f"node {node.name!r} (Attention): {', '.join(unsupported)} not lowered yet")
+    t = _out(node)
+    k, v = a[1], a[2]
+    hq, hkv = q_t.shape[1], k_t.shape[1]
+    if isinstance(hq, int) and isinstance(hkv, int) and hq != hkv:  # grouped-query attention
+        k, v = R.repeat(k, hq // hkv, axis=1), R.repeat(v, hq // hkv, axis=1)
+    head = q_t.shape[3]
+    scale = at.get("scale") if at.get("scale") is not None else 1.0 / float(np.sqrt(int(head)))
+    scores = R.multiply(R.matmul(a[0], R.permute_dims(k, [0, 1, 3, 2])), _scalar(scale, t))
+    if len(a) > 3 and a[3] is not None:
+        if _in(lw, node, 3).dtype == "bool":
+            scores = R.where(a[3], scores, _scalar(float("-inf"), t))
+        else:
+            scores = R.add(scores, a[3])
+    return [R.matmul(R.nn.softmax(scores, axis=-1), v)]
+
+
 def _softplus(lw: Lowering, node: Node, x: relax.Expr) -> relax.Expr:
     return R.nn.softplus(x)
 
@@ -472,7 +501,7 @@ EMITTERS: dict[str, Emitter] = {
     # anchors
     "Conv": _conv, "ConvTranspose": _conv_transpose, "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _global_pool(R.mean), "GlobalMaxPool": _global_pool(R.max),
-    "Gemm": _gemm, "MatMul": _matmul,
+    "Gemm": _gemm, "MatMul": _matmul, "Attention": _attention,
 }
 
 

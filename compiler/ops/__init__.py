@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from ember.compiler.ops import activation, control, elementwise, fused, nn, quant, recurrent, reduce, shape, tensor
+from ember.compiler.ops import activation, attention, control, elementwise, fused, nn, quant, recurrent, reduce, shape, tensor
 from ember.compiler.ops.registry import REQUIRED, AttrSpec, EvalCtx, InferCtx, OpDef
 
 OPS: dict[str, OpDef] = {}
-for _module in (elementwise, activation, reduce, shape, tensor, nn, recurrent, quant, control, fused):
+for _module in (elementwise, activation, reduce, shape, tensor, nn, attention, recurrent, quant, control, fused):
     for _op in _module.OPS:
         if _op.name in OPS:
             raise RuntimeError(f"operator {_op.name} defined twice")

@@ -153,3 +153,37 @@ def test_layernorm_and_softmax_patterns(rng: np.random.Generator) -> None:
         feeds = interp.random_feeds(graph, rng, {"N": 3})
         np.testing.assert_allclose(interp.run(result.graph, feeds)["y"], interp.run(graph, feeds)["y"], rtol=1e-5, atol=1e-5)
         assert print_graph(result.graph).count(f"= {op}(%x") == 1
+
+
+SDPA = """graph main(%q: f32[1,2,5,4], %k: f32[1,5,2,4], %v: f32[1,2,5,4], %mask: f32[1,1,5,5]) -> (%y: f32[1,2,5,4]) {
+  const %scale: f32[] = 0.5
+  %kt: f32[1,2,4,5] = Transpose(%k) {perm=[0,2,3,1]}
+  %s: f32[1,2,5,5] = MatMul(%q, %kt)
+  %ss: f32[1,2,5,5] = Mul(%s, %scale)
+  %sm: f32[1,2,5,5] = Add(%ss, %mask)
+  %p: f32[1,2,5,5] = Softmax(%sm)
+  %y: f32[1,2,5,4] = MatMul(%p, %v)
+  return %y
+}
+"""
+
+
+def test_attention_pattern_becomes_attention_and_compiles(rng: np.random.Generator) -> None:
+    from ember.targets import build, resolve_target
+
+    graph = parse_graph(SDPA)
+    result = run_pipeline(graph, ("fuse_composites", "simplify", "dce"))
+    assert result.records[0].stats == {"attention": 1}
+    assert [n.op for n in result.graph.nodes] == ["Transpose", "Attention"]
+    assert result.graph.nodes[0].attrs["perm"] == (0, 2, 1, 3)  # the two transposes merged
+    assert result.graph.nodes[1].attrs["scale"] == 0.5
+    feeds = interp.random_feeds(graph, rng)
+    want = interp.run(graph, feeds)["y"]
+    np.testing.assert_allclose(interp.run(result.graph, feeds)["y"], want, rtol=1e-5, atol=1e-6)
+    import tvm
+    from tvm.runtime import vm as tvm_vm
+
+    built = build(result.graph, resolve_target("cpu"))
+    vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
+    got = vm["main"](*[tvm.runtime.tensor(feeds[v.name]) for v in graph.inputs]).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
