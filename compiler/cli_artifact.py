@@ -223,7 +223,8 @@ def targets() -> None:
     Example:
       ember targets
     """
-    from ember.targets.registry import BUILDABLE, targets as table
+    from ember.targets.registry import BUILDABLE
+    from ember.targets.registry import targets as table
 
     for name, spec in table().items():
         state = "" if spec.kind in BUILDABLE else "  (not buildable yet)"

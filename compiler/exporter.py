@@ -18,7 +18,7 @@ from onnx import helper, numpy_helper
 from ember.compiler import dtypes
 from ember.compiler.ir import Graph, Node
 
-EXPORT_OPSET = 22
+EXPORT_OPSET = 23  # Attention (fuse_composites) exists from opset 23
 # Attributes that hold an ember dtype name in the IR and a TensorProto code in ONNX.
 DTYPE_ATTRS = {("Cast", "to"), ("EyeLike", "dtype"), ("QuantizeLinear", "output_dtype"),
                ("DequantizeLinear", "output_dtype"), ("QuantizeLinear", "precision")}

@@ -49,7 +49,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as err:  # protobuf raises DecodeError, RuntimeWarning-like errors...
         raise InvalidModelError(f"{path}: not a valid ONNX model (cannot parse protobuf: {err})") from None
-    if not model.HasField("graph") or not model.graph.node and not model.graph.output:
+    if not model.HasField("graph") or (not model.graph.node and not model.graph.output):
         raise InvalidModelError(f"{path}: not a valid ONNX model (no graph)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))

@@ -43,9 +43,8 @@ def check_feeds(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.n
         ):
             raise EvalError(f"input {value.name!r} must have shape {want}, got {list(array.shape)}")
         for d, s in zip(want.shape, array.shape):
-            if isinstance(d, str):
-                if bound.setdefault(d, s) != s:
-                    raise EvalError(f"input {value.name!r}: dim {d} is {s} here but {bound[d]} in another input")
+            if isinstance(d, str) and bound.setdefault(d, s) != s:
+                raise EvalError(f"input {value.name!r}: dim {d} is {s} here but {bound[d]} in another input")
         out[value.name] = array
     return out
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-
 from ember.compiler.ir import Graph, Namer, Node, Value
 from ember.compiler.rewrite import PassResult, Rejection, count, new_node
 

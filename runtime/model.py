@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import time
@@ -52,10 +53,9 @@ def _load_runtime_extras(tvm: Any) -> None:
     lib_dir = Path(tvm.__file__).parent / "lib"
     extra = lib_dir / "libtvm_runtime_extra.so"
     if extra.is_file():
-        try:
+        # An incomplete runtime copy: models that need sort/topk will say so when called.
+        with contextlib.suppress(OSError):
             ctypes.CDLL(str(extra), mode=ctypes.RTLD_GLOBAL)
-        except OSError:
-            pass  # an incomplete runtime copy: models that need sort/topk will say so when called
     _EXTRA_LOADED = True
 
 

@@ -47,7 +47,7 @@ class Lowering:
         if d in self.dims:
             return self.dims[d]
         try:  # expressions of known symbols: 3*N, N+1, (N)//2
-            return eval(d, {"__builtins__": {}}, dict(self.dims))  # noqa: S307 - names are tir.Vars only
+            return eval(d, {"__builtins__": {}}, dict(self.dims))
         except Exception:
             raise LoweringError(f"dimension {d!r} depends on run-time data; ember's code generator needs it bound by an input") from None
 
@@ -269,8 +269,8 @@ def _range(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     vals = [lw.const_of(n) for n in node.inputs]  # type: ignore[attr-defined]
     if any(v is None for v in vals):
         raise LoweringError(f"node {node.name!r} (Range): bounds must be constant for code generation")
-    start, limit, delta = (np.asarray(v).reshape(-1)[0] for v in vals)  # type: ignore[union-attr]
-    t = _out(node)
+    start, _, delta = (np.asarray(v).reshape(-1)[0] for v in vals)  # type: ignore[union-attr]
+    t = _out(node)  # its length (from limit) is already in the inferred type
     return [_const((start + np.arange(int(t.shape[0])) * delta).astype(t.np_dtype))]
 
 

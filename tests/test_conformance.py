@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import conformance  # noqa: E402
+import conformance
 
 MIN_PASS_RATE = 0.95
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-import golden  # noqa: E402
+import golden
 
 
 def test_default_pipeline_matches_golden_dumps(tmp_path: Path) -> None:

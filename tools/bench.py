@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import zoo  # noqa: E402
+import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -90,11 +90,16 @@ def bench_ember(path: Path, feeds: dict[str, np.ndarray], threads: int, warmup: 
         shutil.rmtree(out.parent, ignore_errors=True)
 
 
-def _cell(fn: Any) -> tuple[Any, str]:
+def _cell(fn: Any, *args: Any) -> tuple[Any, str]:
+    """fn(*args), or (None, a short error) — a failing column is reported in its cell."""
     try:
-        return fn(), ""
-    except Exception as err:  # a failing column is reported in its cell; the run goes on
+        return fn(*args), ""
+    except Exception as err:
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:60]}"
+
+
+def _fmt(value: Any, spec: str, fallback: str = "-") -> str:
+    return format(value, spec) if value is not None else fallback
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,20 +124,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         path = zoo.ensure(name)
         feeds = dict(np.load(path.with_suffix(".inputs.npz")))
-        ort_ms, ort_err = _cell(lambda: bench_ort(path, feeds, args.threads, args.warmup, args.repeat))
-        ember, ember_err = _cell(lambda: bench_ember(path, feeds, args.threads, args.warmup, args.repeat))
-        tvm_res, tvm_err = (None, "skipped") if args.skip_tvm else _cell(
-            lambda: bench_tvm(path, feeds, 1, args.tvm_repeat))
-        e_ms = f"{ember['ms']:.2f}" if ember else ember_err
-        ratio = f"{ember['ms'] / ort_ms:.2f}" if ember and ort_ms else "-"
-        t_ms = f"{tvm_res[1]:.2f}" if tvm_res else tvm_err
-        t_ratio = f"{tvm_res[1] / ort_ms:.1f}" if tvm_res and ort_ms else "-"
-        row = (f"| {name} | {ort_ms:.2f} | {e_ms} | {ratio} | {t_ms} | {t_ratio} | "
-               f"{ember['compile_s']:.1f} | {tvm_res[0]:.1f} | {ember['size_mb']:.1f} | {ember['nodes']} | {ember['kernels']} |"
-               if ember and tvm_res and ort_ms else
-               f"| {name} | {ort_ms if ort_ms is None else f'{ort_ms:.2f}'} | {e_ms} | {ratio} | {t_ms} | {t_ratio} | "
-               f"{ember['compile_s'] if ember else '-'} | {tvm_res[0] if tvm_res else '-'} | "
-               f"{ember['size_mb'] if ember else '-'} | {ember['nodes'] if ember else '-'} | {ember['kernels'] if ember else '-'} |")
+        ort_ms, ort_err = _cell(bench_ort, path, feeds, args.threads, args.warmup, args.repeat)
+        ember, ember_err = _cell(bench_ember, path, feeds, args.threads, args.warmup, args.repeat)
+        tvm_res, tvm_err = (None, "skipped") if args.skip_tvm else _cell(bench_tvm, path, feeds, 1, args.tvm_repeat)
+        ember = ember or {}
+        tvm_compile, tvm_ms = tvm_res if tvm_res else (None, None)
+        cells = [
+            name,
+            _fmt(ort_ms, ".2f", ort_err),
+            _fmt(ember.get("ms"), ".2f", ember_err),
+            _fmt(ember["ms"] / ort_ms if ember and ort_ms else None, ".2f"),
+            _fmt(tvm_ms, ".2f", tvm_err),
+            _fmt(tvm_ms / ort_ms if tvm_ms and ort_ms else None, ".1f"),
+            _fmt(ember.get("compile_s"), ".1f"),
+            _fmt(tvm_compile, ".1f"),
+            _fmt(ember.get("size_mb"), ".1f"),
+            _fmt(ember.get("nodes"), "d"),
+            _fmt(ember.get("kernels"), "d"),
+        ]
+        row = "| " + " | ".join(cells) + " |"
         print(row, flush=True)
         rows.append(row)
     if args.write:

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import zoo  # noqa: E402
+import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- passes:start -->", "<!-- passes:end -->"

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from ember.compiler.ops import activation, attention, control, elementwise, fused, nn, quant, recurrent, reduce, shape, tensor
+from ember.compiler.ops import (
+    activation,
+    attention,
+    control,
+    elementwise,
+    fused,
+    nn,
+    quant,
+    recurrent,
+    reduce,
+    shape,
+    tensor,
+)
 from ember.compiler.ops.registry import REQUIRED, AttrSpec, EvalCtx, InferCtx, OpDef
 
 OPS: dict[str, OpDef] = {}

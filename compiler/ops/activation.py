@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import special
+
 from ember.compiler.ir import TensorType
 from ember.compiler.ops.common import as_dtype, check_same_dtype
 from ember.compiler.ops.elementwise import (
@@ -22,7 +24,6 @@ from ember.compiler.ops.elementwise import (
     upcast,
 )
 from ember.compiler.ops.registry import AttrSpec, EvalCtx, InferCtx, OpDef
-from scipy import special
 
 Arrays = Sequence["np.ndarray | None"]
 Attrs = Mapping[str, Any]

@@ -15,12 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import special
+
 from ember.compiler import dims, dtypes
 from ember.compiler.dims import Dim
 from ember.compiler.ir import TensorType
 from ember.compiler.ops.common import as_dtype, broadcast_types, check_same_dtype
 from ember.compiler.ops.registry import AttrSpec, EvalCtx, InferCtx, OpDef
-from scipy import special
 
 Arrays = Sequence["np.ndarray | None"]
 Attrs = Mapping[str, Any]

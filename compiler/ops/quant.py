@@ -47,7 +47,7 @@ def _dtype_upgrade(since: int, inputs: list[Any], attrs: dict[str, Any], types: 
 
 def _broadcast_param(p: np.ndarray, x: np.ndarray, axis: int, block: int) -> np.ndarray:
     """A scale/zero point shaped to broadcast against x (per tensor, per axis or blocked)."""
-    if p.ndim == 0 or p.size == 1 and block == 0:
+    if p.ndim == 0 or (p.size == 1 and block == 0):
         return p.reshape(())
     if block:
         return np.repeat(p, block, axis=axis).take(np.arange(x.shape[axis]), axis=axis)

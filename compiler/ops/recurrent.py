@@ -162,7 +162,7 @@ def _clip(x: np.ndarray, clip: float | None) -> np.ndarray:
     return np.clip(x, -clip, clip) if clip is not None else x
 
 
-def _lstm_step(xt, h, c, w, r, b, peep, fns, clip, attrs):  # noqa: ANN001, ANN202
+def _lstm_step(xt, h, c, w, r, b, peep, fns, clip, attrs):
     hsz = h.shape[1]
     g = xt @ w.T + h @ r.T + b[: 4 * hsz] + b[4 * hsz :]
     gi, go, gf, gc = (g[:, k * hsz : (k + 1) * hsz] for k in range(4))
@@ -180,7 +180,7 @@ def _lstm_step(xt, h, c, w, r, b, peep, fns, clip, attrs):  # noqa: ANN001, ANN2
     return o * h_act(c_new), c_new
 
 
-def _gru_step(xt, h, c, w, r, b, peep, fns, clip, attrs):  # noqa: ANN001, ANN202
+def _gru_step(xt, h, c, w, r, b, peep, fns, clip, attrs):
     hsz = h.shape[1]
     wb, rb = b[: 3 * hsz], b[3 * hsz :]
     xw = xt @ w.T + wb
@@ -194,7 +194,7 @@ def _gru_step(xt, h, c, w, r, b, peep, fns, clip, attrs):  # noqa: ANN001, ANN20
     return (1 - z) * cand + z * h, None
 
 
-def _rnn_step(xt, h, c, w, r, b, peep, fns, clip, attrs):  # noqa: ANN001, ANN202
+def _rnn_step(xt, h, c, w, r, b, peep, fns, clip, attrs):
     hsz = h.shape[1]
     return fns[0](_clip(xt @ w.T + h @ r.T + b[:hsz] + b[hsz:], clip)), None
 

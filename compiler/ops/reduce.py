@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from ember.compiler import dims
 from ember.compiler.errors import UnsupportedModelError
 from ember.compiler.ir import TensorType

@@ -432,7 +432,7 @@ def _unique_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     assert x is not None
     axis = attrs.get("axis")
     values, index, inverse, counts = np.unique(
-        x if axis is None else x, return_index=True, return_inverse=True, return_counts=True,
+        x, return_index=True, return_inverse=True, return_counts=True,
         axis=None if axis is None else norm_axis(axis, x.ndim),
     )
     if not attrs["sorted"]:

@@ -12,6 +12,10 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_model, run_onnxruntime
+from onnx import TensorProto as T
+from onnx import helper
+from onnx.reference import ReferenceEvaluator
+
 from ember.compiler import dtypes, interp
 from ember.compiler.dims import Dim
 from ember.compiler.errors import EmberError, UnsupportedModelError
@@ -21,9 +25,6 @@ from ember.compiler.ir import TensorType
 from ember.compiler.ops import OPS, REQUIRED, InferCtx, activation, elementwise
 from ember.compiler.parser import parse_graph
 from ember.compiler.printer import print_graph
-from onnx import TensorProto as T
-from onnx import helper
-from onnx.reference import ReferenceEvaluator
 
 # Every type written below is what inference must give back.
 SYMBOLIC = """\

@@ -10,6 +10,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import make_model, run_onnxruntime
+from onnx import TensorProto as T
+from onnx import helper
+
 from ember.compiler import dtypes, interp
 from ember.compiler.errors import EmberError, UnsupportedModelError
 from ember.compiler.importer import import_proto
@@ -18,8 +21,6 @@ from ember.compiler.ir import TensorType
 from ember.compiler.ops import OPS, REQUIRED, InferCtx, reduce
 from ember.compiler.parser import parse_graph
 from ember.compiler.printer import print_graph
-from onnx import TensorProto as T
-from onnx import helper
 
 # Every type written below is what inference must give back; %axes is only known at run time.
 SYMBOLIC = """\

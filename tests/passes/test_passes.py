@@ -231,7 +231,7 @@ def test_check_each_names_the_broken_pass_and_tensor() -> None:
         run_pipeline(parse_graph(text), ("dce", "flip_sign", "simplify"), check_each=True, registry=registry)
 
 
-def test_failing_pass_writes_a_reproducer(tmp_path) -> None:  # noqa: ANN001
+def test_failing_pass_writes_a_reproducer(tmp_path) -> None:
     def broken(graph: Graph) -> PassResult:
         return PassResult(graph.replace(outputs=("nowhere",)), {"broke": 1})
 

@@ -85,7 +85,7 @@ def test_manifest_describes_the_artifact(dyn_artifact: Path) -> None:
         (lambda m, x: m(), r"missing input\(s\) \['x'\]"),
     ],
 )
-def test_wrong_inputs_are_named(dyn_artifact: Path, call, message: str) -> None:  # noqa: ANN001
+def test_wrong_inputs_are_named(dyn_artifact: Path, call, message: str) -> None:
     model = load(dyn_artifact)
     with pytest.raises(RuntimeInputError, match=message):
         call(model, np.zeros((2, 3, 8, 8), np.float32))
@@ -128,7 +128,7 @@ def test_wrong_architecture_is_explained(dyn_artifact: Path, tmp_path: Path) -> 
 def test_failed_compile_leaves_nothing(dyn_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ember.compiler.errors import EmberError
 
-    def explode(graph, built, sample):  # noqa: ANN001, ANN202
+    def explode(graph, built, sample):
         raise EmberError("verification failed on purpose")
 
     out = tmp_path / "never.ember"

@@ -41,7 +41,7 @@ def _graph() -> tuple[str, dict[str, np.ndarray]]:
     return BLOCK.replace("W1", digest(w1)).replace("W2", digest(w2)), {"w1": w1, "w2": w2}
 
 
-def _run(built, graph, feeds):  # noqa: ANN001, ANN202
+def _run(built, graph, feeds):
     vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(feeds[v.name]) for v in graph.inputs])
     outs = [out] if hasattr(out, "numpy") else list(out)
