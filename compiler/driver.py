@@ -1,7 +1,15 @@
 """The driver: ONNX file -> imported graph -> pass pipeline -> build -> artifact directory.
 
-The artifact is written into a temporary directory beside the destination and renamed into
-place only when complete, so a failed compile never leaves something that looks valid.
+    compile_model("m.onnx", "m.ember", target="cpu", verify=True)
+
+Steps: import; run the pass pipeline (`passes` text, default pipeline otherwise); build for
+the target; run the built module on a sample (fixed seed, symbolic dims = 1, or the caller's)
+and compare it with the reference interpreter's outputs on the original graph (and, with
+`verify`, with onnxruntime's, graph optimizations off); only then write the artifact.
+
+The artifact is written into a temporary directory beside the destination, fsynced, and
+renamed into place only when complete, so a failed compile never leaves something that looks
+valid. An existing destination is replaced only if it is an ember artifact (or empty).
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +31,16 @@ from ember.compiler import __version__, interp
 from ember.compiler.errors import EmberError
 from ember.compiler.importer import import_model
 from ember.compiler.ir import Graph, Value
+from ember.runtime.artifact import DIGEST_KEY, FORMAT_VERSION, MANIFEST, manifest_digest, sha256
+from ember.runtime.check import TOLERANCE, Comparison, OutputMismatchError, compare
+from ember.runtime.model import quiet_tvm_scope_logs
 
-# How far the compiled artifact may stray from the reference interpreter (float32 models):
-# accumulation order differs between TVM kernels and numpy/BLAS.
-TOLERANCE = {"rtol": 1e-3, "atol": 1e-4}
+LIBRARY = "model.so"
 
 
 @dataclass
 class CompileResult:
-    """What a compile produced."""
+    """What a compile produced: where, the optimized graph, its kernels, timings, pass records."""
 
     path: Path
     graph: Graph
@@ -39,13 +48,15 @@ class CompileResult:
     launches: int
     seconds: dict[str, float] = field(default_factory=dict)
     records: list[Any] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
 
 
 def _spec(value: Value) -> dict[str, Any]:
-    return {"name": value.name, "dtype": value.type.dtype, "shape": list(value.type.shape)}
+    return {"name": value.name, "dtype": value.type.dtype, "shape": [d if isinstance(d, int) else str(d) for d in value.type.shape]}
 
 
-def _run_passes(graph: Graph, passes: str | None, options: dict[str, Any]) -> tuple[Graph, list[Any], str]:
+def run_passes(graph: Graph, passes: str | None, options: Mapping[str, Any]) -> tuple[Graph, list[Any], str]:
+    """Run `passes` (pipeline text; None = the default pipeline): (graph, records, pipeline text)."""
     from ember.compiler.passmanager import run_pipeline
     from ember.compiler.pipeline import DEFAULT_PIPELINE, parse_pipeline, pipeline_text
 
@@ -54,96 +65,201 @@ def _run_passes(graph: Graph, passes: str | None, options: dict[str, Any]) -> tu
     return result.graph, list(result.records), pipeline_text(pipeline)
 
 
+def run_built(built: Any, graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run a freshly built module (before export) on feeds; outputs by name."""
+    import tvm
+    from tvm.runtime import vm as tvm_vm
+
+    vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
+    try:
+        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[v.name])) for v in graph.inputs])
+    except Exception as err:
+        raise EmberError(f"the built module failed on the sample inputs: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
+    outs = [result] if hasattr(result, "numpy") else list(result)
+    return {v.name: o.numpy() for v, o in zip(graph.output_values, outs)}
+
+
+def onnxruntime_outputs(model: Path, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """onnxruntime's outputs with graph optimizations off (the reference, not a peer)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise EmberError("onnxruntime is not installed; `pip install onnxruntime` to verify against it") from None
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        return dict(zip(names, session.run(names, dict(feeds))))
+    except Exception as err:  # onnxruntime's pybind errors (NoSuchFile, InvalidProtobuf, InvalidArgument...)
+        raise EmberError(f"onnxruntime could not run {model}: {str(err).strip().splitlines()[0]}") from None
+
+
+def checked(rows: list[Comparison], what: str, echo: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Echo each comparison; EmberError naming the outputs beyond tolerance; the manifest's form."""
+    echo(f"compare with {what}:")
+    for row in rows:
+        echo(f"  {row.text()}")
+    bad = [row.name for row in rows if not row.ok]
+    if bad:
+        raise EmberError(f"outputs {bad} differ from {what} beyond tolerance; no artifact written")
+    return [{"name": r.name, "max_abs": r.max_abs, "max_rel": r.max_rel} for r in rows]
+
+
 def compile_model(
     model: str | Path,
     output: str | Path | None = None,
+    *,
     target: str = "cpu",
     passes: str | None = None,
-    pass_options: dict[str, Any] | None = None,
+    pass_options: Mapping[str, Any] | None = None,
+    verify: bool = False,
+    rtol: float = TOLERANCE["rtol"],
+    atol: float = TOLERANCE["atol"],
+    sample: Mapping[str, np.ndarray] | None = None,
     check: Callable[[Graph, Any, dict[str, np.ndarray]], None] | None = None,
     echo: Callable[[str], None] | None = None,
-    sample: dict[str, np.ndarray] | None = None,
 ) -> CompileResult:
-    """Compile an ONNX model into an artifact directory; returns where and what.
+    """Compile an ONNX model into an artifact directory (default `<model>.ember`).
 
-    `check(graph, built, sample)` runs before the artifact is moved into place (used by
-    `--verify`); raising there leaves nothing behind.
+    `passes`: pipeline text (`fold_constants,dce,fuse`), None for the default pipeline;
+    `pass_options`: forwarded to the pass manager (dump_dir, print_after, check_each, echo...).
+    `verify`: also compare with onnxruntime on the sample before writing.
+    `sample`: inputs by name for the checks and the artifact's self-check (default: fixed-seed
+    random inputs, symbolic dims = 1). `check(graph, built, sample)` runs last before writing;
+    raising there (like any failure) leaves nothing behind.
     """
     from ember.targets import build, resolve_target
 
     say = echo or (lambda text: None)
     model = Path(model)
-    out = Path(output) if output else model.with_suffix(".ember")
+    out = Path(output) if output is not None else model.with_suffix(".ember")
     spec = resolve_target(target)
+    _check_replaceable(out)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     graph = import_model(model)
     seconds["import"] = time.perf_counter() - start
     start = time.perf_counter()
-    optimized, records, pipeline = _run_passes(graph, passes, pass_options or {})
+    optimized, records, pipeline = run_passes(graph, passes, pass_options or {})
     seconds["passes"] = time.perf_counter() - start
     start = time.perf_counter()
     built = build(optimized, spec)
     seconds["build"] = time.perf_counter() - start
-    if sample is None:  # valid-for-most-models inputs; `sample=` gives real ones
-        sample = interp.sample_feeds(graph)
-    reference = interp.run(graph, sample)
-    if check is not None:
-        check(optimized, built, sample)
 
+    feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
+    start = time.perf_counter()
+    reference = interp.run(graph, feeds)
+    got = run_built(built, optimized, feeds)
+    names = [v.name for v in graph.output_values]
+    try:
+        checks = {"interpreter": checked(compare(got, reference, names, rtol, atol), "the reference interpreter", say)}
+        if verify:
+            ort_out = onnxruntime_outputs(model, feeds)
+            checks["onnxruntime"] = checked(compare(got, ort_out, names, rtol, atol), "onnxruntime (graph optimizations off)", say)
+    except OutputMismatchError as err:
+        raise EmberError(f"{err}; no artifact written") from None
+    seconds["check"] = time.perf_counter() - start
+    if check is not None:
+        check(optimized, built, feeds)
+
+    manifest = {
+        "format": "ember-artifact",
+        "format_version": FORMAT_VERSION,
+        "ember_version": __version__,
+        "tvm_version": _tvm_version(),
+        "model": {"name": model.name, "sha256": sha256(model)},
+        "built_on": {"machine": platform.machine(), "system": platform.system(), "python": platform.python_version()},
+        "target": spec.as_json(),
+        "arch": {"machine": spec.machine, "triple": spec.triple},
+        "library": LIBRARY,
+        "inputs": [_spec(v) for v in graph.inputs],
+        "outputs": [_spec(v) for v in graph.output_values],
+        "pipeline": pipeline,
+        "passes": [r.as_json() if hasattr(r, "as_json") else str(r) for r in records],
+        "kernels": len(built.kernels),
+        "kernel_launches": built.launches,
+        "tolerance": {"rtol": rtol, "atol": atol},
+        "checks": checks,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "build_stats": {k: round(v, 3) for k, v in built.stats.items()},
+    }
+    def write_library(tmp: Path) -> None:
+        with quiet_tvm_scope_logs():
+            built.export(tmp / LIBRARY)
+
+    write_artifact(out, manifest, write_library, feeds, reference)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    say(f"wrote {out} ({built.launches} kernel launches, {len(built.kernels)} distinct kernels, {size:.2f} MB)")
+    return CompileResult(out, optimized, built.kernels, built.launches, seconds, records, manifest)
+
+
+def write_artifact(
+    out: Path,
+    manifest: dict[str, Any],
+    write_library: Callable[[Path], None],
+    sample: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray],
+) -> None:
+    """Write the artifact directory atomically: temp dir beside `out`, fsync, rename.
+
+    `manifest` gets `files` (sha256 of every file) and its own digest added.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = out.with_name(f".{out.name}.old")
     try:
-        built.export(tmp / "model.so")
+        write_library(tmp)
         np.savez(tmp / "sample.npz", **sample)
         np.savez(tmp / "reference.npz", **reference)
-        files = {name: _sha256(tmp / name) for name in ("model.so", "sample.npz", "reference.npz")}
-        manifest = {
-            "format": "ember-artifact",
-            "format_version": 1,
-            "ember_version": __version__,
-            "tvm_version": _tvm_version(),
-            "model": model.name,
-            "built_on": {"machine": platform.machine(), "python": platform.python_version()},
-            "target": spec.as_json(),
-            "library": "model.so",
-            "inputs": [_spec(v) for v in graph.inputs],
-            "outputs": [_spec(v) for v in graph.output_values],
-            "pipeline": pipeline,
-            "passes": [r.as_json() if hasattr(r, "as_json") else str(r) for r in records],
-            "kernels": len(built.kernels),
-            "kernel_launches": built.launches,
-            "tolerance": TOLERANCE,
-            "seconds": {k: round(v, 3) for k, v in seconds.items()},
-            "files": files,
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        _fsync_dir(tmp)
+        manifest["files"] = {p.name: sha256(p) for p in sorted(tmp.iterdir())}
+        if manifest["library"] not in manifest["files"]:
+            raise EmberError(f"the build wrote no {manifest['library']}; no artifact written")
+        manifest[DIGEST_KEY] = manifest_digest(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _fsync_tree(tmp)
         if out.exists():
-            old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
+        tmp.rename(out)
+        _fsync_path(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not out.exists():
+            old.rename(out)  # put the previous artifact back
         raise
-    say(f"wrote {out} ({built.launches} kernel launches, {len(built.kernels)} distinct kernels, {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.2f} MB)")
-    return CompileResult(out, optimized, built.kernels, built.launches, seconds, records)
+    shutil.rmtree(old, ignore_errors=True)
 
 
-def _sha256(path: Path) -> str:
-    from ember.runtime.artifact import sha256
+def _check_replaceable(out: Path) -> None:
+    """Refuse to replace anything but an ember artifact or an empty directory."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise EmberError(f"{out} exists and is not a directory; choose another output (-o)")
+    if not any(out.iterdir()):
+        return
+    try:
+        is_artifact = json.loads((out / MANIFEST).read_text()).get("format") == "ember-artifact"
+    except (OSError, ValueError, AttributeError):
+        is_artifact = False
+    if not is_artifact:
+        raise EmberError(f"{out} exists and is not an ember artifact; refusing to replace it (choose another output with -o)")
 
-    return sha256(path)
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_tree(path: Path) -> None:
     for item in path.iterdir():
-        with open(item, "rb") as f:
-            os.fsync(f.fileno())
+        _fsync_path(item)
+    _fsync_path(path)
 
 
 def _tvm_version() -> str:
@@ -151,21 +267,3 @@ def _tvm_version() -> str:
 
     return str(tvm.__version__)
 
-
-def compare(got: dict[str, np.ndarray], want: dict[str, np.ndarray], names: Sequence[str]) -> list[tuple[str, float, float, bool]]:
-    """(name, max abs error, max rel error, within tolerance) per output."""
-    rows = []
-    for name in names:
-        a, b = np.asarray(got[name]), np.asarray(want[name])
-        if a.shape != b.shape:
-            raise EmberError(f"output {name!r}: shape {list(a.shape)} vs reference {list(b.shape)}")
-        if a.dtype.kind in "biu":
-            diff = float(np.max(np.abs(a.astype(np.int64) - b.astype(np.int64)))) if a.size else 0.0
-            rows.append((name, diff, diff, diff == 0))
-            continue
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        abs_err = float(np.max(np.abs(a64 - b64))) if a.size else 0.0
-        rel_err = float(np.max(np.abs(a64 - b64) / (np.abs(b64) + 1e-12))) if a.size else 0.0
-        ok = bool(np.allclose(a64, b64, rtol=TOLERANCE["rtol"], atol=TOLERANCE["atol"]))
-        rows.append((name, abs_err, rel_err, ok))
-    return rows

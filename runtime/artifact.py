@@ -1,10 +1,15 @@
 """The artifact directory's format: manifest, checksums, and the checks made before loading.
 
     OUT/
-      manifest.json     format version, versions, target, inputs/outputs, pipeline, sha256 of files
+      manifest.json     format version, versions, target and arch, inputs/outputs, pipeline,
+                        sha256 of every other file, and a digest of the manifest itself
       model.so          the compiled library
       sample.npz        sample inputs (fixed seed), keyed by input name
       reference.npz     the reference interpreter's outputs on sample.npz
+
+Checks before the library is loaded, in this order: the manifest parses and has this format
+version; its own digest matches (an edited manifest is refused); every listed file exists with
+its sha256; the library is built for this machine's CPU architecture.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+DIGEST_KEY = "manifest_sha256"
+ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "AMD64": "x86_64"}
 
 
 class ArtifactError(Exception):
@@ -69,7 +76,12 @@ class Manifest:
     @property
     def machine(self) -> str:
         """CPU architecture the library was built for (x86_64, aarch64)."""
-        return str(self.data["target"]["triple"]).split("-")[0]
+        return str(self.data["arch"]["machine"])
+
+    @property
+    def device(self) -> str:
+        """The device kind the library runs on: "cpu" (x86 and ARM CPUs) or "cuda"."""
+        return "cuda" if self.data["target"].get("kind") == "cuda" else "cpu"
 
 
 def sha256(path: Path) -> str:
@@ -79,6 +91,12 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def manifest_digest(data: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own digest field."""
+    body = {k: v for k, v in data.items() if k != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_manifest(artifact: str | Path) -> Manifest:
@@ -100,9 +118,14 @@ def read_manifest(artifact: str | Path) -> Manifest:
             f"{path}: artifact format {data.get('format_version')} but this runtime reads format {FORMAT_VERSION}; "
             "recompile the artifact with this ember version"
         )
-    for key in ("library", "inputs", "outputs", "files", "target"):
+    for key in ("library", "inputs", "outputs", "files", "target", "arch", DIGEST_KEY):
         if key not in data:
             raise ArtifactError(f"{path}: manifest lacks {key!r}; recompile the artifact")
+    if manifest_digest(data) != data[DIGEST_KEY]:
+        raise ArtifactError(
+            f"{path}: the manifest was edited or damaged (its digest does not match its contents); "
+            "recompile the artifact or copy it again"
+        )
     return Manifest(path, data)
 
 
@@ -110,6 +133,8 @@ def verify_files(manifest: Manifest) -> None:
     """Every file the manifest lists exists with its recorded sha256 (checked before loading)."""
     root = manifest.path.parent
     for name, digest in sorted(manifest.data["files"].items()):
+        if Path(name).name != name or name in (".", ".."):
+            raise ArtifactError(f"{root}: the manifest lists {name!r}, which is not a file of the artifact; recompile it")
         path = root / name
         if not path.is_file():
             raise ArtifactError(f"{root}: file {name} is missing; the artifact is incomplete, recompile it")
@@ -123,9 +148,9 @@ def check_machine(manifest: Manifest) -> None:
     """The library runs on this CPU architecture; otherwise say which machine it is for."""
     here = platform.machine()
     want = manifest.machine
-    aliases = {"arm64": "aarch64", "amd64": "x86_64", "AMD64": "x86_64"}
-    if aliases.get(here, here) != aliases.get(want, want):
+    if ARCH_ALIASES.get(here, here) != ARCH_ALIASES.get(want, want):
         raise ArtifactError(
-            f"{manifest.path.parent}: built for {want} ({manifest.data['target'].get('name')}), this machine is {here}; "
+            f"{manifest.path.parent}: built for {want} ({manifest.data['arch'].get('triple')}, target "
+            f"{manifest.data['target'].get('name')}), this machine is {here}; "
             f"run it on a {want} machine or recompile with --target for this one"
         )

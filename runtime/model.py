@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
+import sys
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ember.runtime.artifact import ArtifactError, Manifest, TensorSpec, check_machine, read_manifest, verify_files
+from ember.runtime.check import Comparison, compare
+
+log = logging.getLogger(__name__)
 
 NUMPY_DTYPES = {
     "f64": "float64", "f32": "float32", "f16": "float16", "i64": "int64", "i32": "int32", "i16": "int16",
@@ -24,6 +30,12 @@ class RuntimeInputError(ValueError):
     """Inputs do not match the artifact (name, dtype or shape); the message says which."""
 
     exit_code = 2
+
+
+class ModelRunError(RuntimeError):
+    """The compiled code failed while running (TVM's VM raised); the message says where."""
+
+    exit_code = 1
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -53,9 +65,11 @@ def _load_runtime_extras(tvm: Any) -> None:
     lib_dir = Path(tvm.__file__).parent / "lib"
     extra = lib_dir / "libtvm_runtime_extra.so"
     if extra.is_file():
-        # An incomplete runtime copy: models that need sort/topk will say so when called.
-        with contextlib.suppress(OSError):
+        try:
             ctypes.CDLL(str(extra), mode=ctypes.RTLD_GLOBAL)
+        except OSError as err:
+            # Only models with sort/topk/random kernels need it; they fail naming the function.
+            log.warning("could not load %s (%s); models that use sort/topk/random will fail", extra, err)
     _EXTRA_LOADED = True
 
 
@@ -67,14 +81,38 @@ def set_threads(count: int) -> None:
     """
     import tvm
 
+    if count < 1:
+        raise ValueError(f"threads must be at least 1, got {count}")
     config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
     if config is None:
+        log.warning("this TVM runtime cannot size its thread pool; it picks its own thread count")
         return
     try:
         cpus = sorted(os.sched_getaffinity(0))
     except AttributeError:
         cpus = list(range(os.cpu_count() or 1))
     config(-3, int(count), [str(c) for c in cpus])
+
+
+@contextlib.contextmanager
+def quiet_tvm_scope_logs() -> Iterator[None]:
+    """Drop TVM's "Scope Saving/Loaded" lines (one per kernel, logged as warnings by its VM
+    executable's save/load) from stderr; every other line written meanwhile is passed on."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().splitlines(keepends=True)
+                    if b"Warning: Scope Loaded:" not in line and b"Warning: Scope Saving:" not in line]
+            if kept:
+                sys.stderr.write(b"".join(kept).decode(errors="replace"))
+                sys.stderr.flush()
 
 
 class Model:
@@ -118,48 +156,87 @@ class Model:
             arrays.append(np.ascontiguousarray(array))
         return arrays
 
-    def __call__(self, *args: Any, **named: Any) -> dict[str, np.ndarray]:
-        """Run once; outputs by name."""
+    def _tensors(self, args: tuple[Any, ...], named: Mapping[str, Any]) -> list[Any]:
         import tvm
 
-        arrays = self._bind(args, named)
-        tensors = [tvm.runtime.tensor(a, self._device) for a in arrays]
-        result = self._vm["main"](*tensors)
+        return [tvm.runtime.tensor(a, self._device) for a in self._bind(args, named)]
+
+    def _invoke(self, tensors: list[Any]) -> Any:
+        try:
+            return self._vm["main"](*tensors)
+        except Exception as err:  # TVM's VM raises its own error types; keep the message, not the trace
+            lines = [line for line in str(err).strip().splitlines() if line.strip()]
+            raise ModelRunError(f"{self.manifest.path.parent}: the model failed while running: "
+                                f"{type(err).__name__}: {lines[0] if lines else ''}") from None
+
+    def __call__(self, *args: Any, **named: Any) -> dict[str, np.ndarray]:
+        """Run once on arrays given by position and/or input name; outputs by name."""
+        result = self._invoke(self._tensors(args, named))
         outs = [result] if hasattr(result, "numpy") else list(result)
+        if len(outs) != len(self.outputs):
+            raise ModelRunError(f"the library returned {len(outs)} outputs, the manifest lists {len(self.outputs)}; "
+                                "recompile the artifact")
         return {spec.name: out.numpy() for spec, out in zip(self.outputs, outs)}
 
-    def timed(self, feeds: Mapping[str, np.ndarray], warmup: int, repeat: int) -> list[float]:
-        """Latencies in seconds of `repeat` calls after `warmup` (inputs copied once)."""
-        import tvm
+    def self_check(self, rtol: float | None = None, atol: float | None = None) -> list[Comparison]:
+        """Run the bundled sample and compare with the bundled reference outputs.
 
-        arrays = self._bind((), feeds)
-        tensors = [tvm.runtime.tensor(a, self._device) for a in arrays]
-        fn = self._vm["main"]
+        Tolerances default to the ones the compiler recorded in the manifest.
+        """
+        root = self.manifest.path.parent
+        with np.load(root / "sample.npz") as data:
+            sample = {k: data[k] for k in data.files}
+        with np.load(root / "reference.npz") as data:
+            reference = {k: data[k] for k in data.files}
+        tolerance = self.manifest.data.get("tolerance", {})
+        return compare(self(**sample), reference, [s.name for s in self.outputs],
+                       rtol=tolerance.get("rtol", 1e-3) if rtol is None else rtol,
+                       atol=tolerance.get("atol", 1e-4) if atol is None else atol)
+
+    def timed(self, feeds: Mapping[str, np.ndarray], warmup: int, repeat: int) -> list[float]:
+        """Latencies in seconds of `repeat` calls after `warmup` (inputs copied to the device once)."""
+        if repeat < 1 or warmup < 0:
+            raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
+        tensors = self._tensors((), feeds)
         for _ in range(warmup):
-            fn(*tensors)
+            self._invoke(tensors)
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            fn(*tensors)
+            self._invoke(tensors)
             self._device.sync()
             times.append(time.perf_counter() - start)
         return times
 
 
-def load(path: str | Path, device: str = "cpu", threads: int | None = None) -> Model:
-    """Load an artifact: checks the manifest, checksums and CPU architecture, then the library."""
+def load(path: str | Path, device: str | None = None, threads: int | None = None) -> Model:
+    """Load an artifact: checks the manifest, checksums and CPU architecture, then the library.
+
+    `device`: where to run ("cpu"); by default the device the artifact was built for.
+    `threads`: CPU threads for TVM's pool; by default every CPU this process may run on
+    (TVM's own default halves the count on x86).
+    """
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     manifest = read_manifest(path)
     verify_files(manifest)
     check_machine(manifest)
+    device = device or manifest.device
+    if device != manifest.device:
+        raise ArtifactError(
+            f"device {device!r}: {manifest.path.parent} was built for {manifest.device} "
+            f"(target {manifest.data['target'].get('name')}); use device={manifest.device!r} or recompile"
+        )
     if device != "cpu":
-        raise ArtifactError(f"device {device!r}: this artifact was built for {manifest.data['target']['kind']}; use device='cpu'")
+        raise ArtifactError(f"device {device!r}: this runtime runs CPU artifacts only so far")
     import tvm
     from tvm.runtime import vm as tvm_vm
 
     _load_runtime_extras(tvm)
     set_threads(threads or usable_cpus())
     try:
-        lib = tvm.runtime.load_module(str(manifest.library))
+        with quiet_tvm_scope_logs():
+            lib = tvm.runtime.load_module(str(manifest.library))
     except Exception as err:  # dlopen failures: wrong glibc, truncated file that passed checksums...
         raise ArtifactError(f"{manifest.library}: cannot load the library: {str(err).splitlines()[0]}") from None
     dev = tvm.cpu(0)
