@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ember.targets.build import Built, build
-from ember.targets.registry import TargetSpec, resolve_target, targets
+from ember.targets.build import Built, build, kernel_count
+from ember.targets.registry import TARGETS, TargetSpec, resolve_target, targets
 
-__all__ = ["Built", "TargetSpec", "build", "resolve_target", "targets"]
+__all__ = ["TARGETS", "Built", "TargetSpec", "build", "kernel_count", "resolve_target", "targets"]

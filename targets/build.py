@@ -77,6 +77,15 @@ def kernel_names(mod: tvm.IRModule) -> tuple[str, ...]:
     return tuple(sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)))
 
 
+def kernel_count(built: Built) -> int:
+    """Distinct kernels (PrimFuncs) in a built module: one per Fused group plus one per other computing op.
+
+    Structurally identical kernels are one PrimFunc (TVM deduplicates them); `built.launches`
+    counts calls instead.
+    """
+    return len(built.kernels)
+
+
 def build(graph: Graph, target: TargetSpec) -> Built:
     """Lower, optimize and compile a graph for a target."""
     stats: dict[str, float] = {}

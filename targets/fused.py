@@ -11,14 +11,15 @@ from typing import Any
 from tvm import relax
 
 from ember.compiler.ir import Graph, Node
-from ember.targets.lower import TVM_DTYPE, _const, _GraphLowering, lower_node
+from ember.targets.emit_common import TVM_DTYPE, Lowering, const
+from ember.targets.lower import lower_node
 
 # Outer constants up to this size are visible to the body's emitters as data (axes, pads,
 # exponents); larger ones (weights) only flow in as parameters.
 SMALL_CONST = 1024
 
 
-def lower_fused(lw: _GraphLowering, node: Node) -> list[Any]:
+def lower_fused(lw: Lowering, node: Node) -> list[Any]:
     """Emit the primitive function for `node` and a call to it; the call's outputs."""
     body: Graph = node.attrs["body"]
     sub = relax.BlockBuilder()
@@ -33,7 +34,7 @@ def lower_fused(lw: _GraphLowering, node: Node) -> list[Any]:
         if data is not None and data.size <= SMALL_CONST:
             known[inner.name] = data
     known.update((c.name, c.data) for c in body.consts)
-    inner = _GraphLowering(sub, lw.dims, body, known)
+    inner = Lowering(sub, lw.dims, body, known)
     name = lw.bb.get_unique_name(f"fused_{node.attrs['kernel']}"[:60])
     with sub.function(name, params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
@@ -46,7 +47,7 @@ def lower_fused(lw: _GraphLowering, node: Node) -> list[Any]:
         sub.emit_func_output(result)
     func = sub.get()[name]
     gvar = lw.bb.add_func(func, name)
-    args = [lw.arg(n) for n in node.inputs] + [_const(c.data) for c in body.consts]
+    args = [lw.arg(n) for n in node.inputs] + [const(c.data) for c in body.consts]
     call = lw.emit(relax.Call(gvar, args))
     if len(node.outputs) == 1:
         return [call]

@@ -32,16 +32,24 @@ class TargetSpec:
     cores: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def _llvm(self) -> dict[str, Any]:
+        llvm: dict[str, Any] = {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu}
+        if self.features:
+            llvm["mattr"] = list(self.features)
+        if self.cores:
+            llvm["num-cores"] = self.cores
+        return llvm
+
     def tvm_target(self) -> dict[str, Any]:
         """The JSON form tvm.target.Target takes (CLI strings are rejected by TVM 0.27)."""
-        host: dict[str, Any] = {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu}
-        if self.features:
-            host["mattr"] = list(self.features)
-        if self.cores:
-            host["num-cores"] = self.cores
         if self.kind == "cuda":
-            return {"kind": "cuda", "arch": self.arch, "host": host}
-        return host
+            return {"kind": "cuda", "arch": self.arch, "host": self._llvm()}
+        return self._llvm()
+
+    @property
+    def host(self) -> dict[str, Any] | None:
+        """The host (CPU) part of a device target; None when the target is the CPU itself."""
+        return self._llvm() if self.kind == "cuda" else None
 
     def as_json(self) -> dict[str, Any]:
         """What the manifest records."""
@@ -104,9 +112,13 @@ def targets() -> dict[str, TargetSpec]:
     return {"cpu": host_target(), **PRESETS}
 
 
+# The table as data (asking LLVM for this machine's CPU is why it is built at import).
+TARGETS: dict[str, TargetSpec] = targets()
+
+
 def resolve_target(text: str) -> TargetSpec:
     """The TargetSpec for a user's `--target`; EmberError listing the valid names otherwise."""
-    table = targets()
+    table = TARGETS
     if text not in table:
         raise EmberError(f"unknown target {text!r}; valid targets: {', '.join(table)}")
     spec = table[text]

@@ -1,0 +1,151 @@
+"""What every emitter module shares: the lowering state, the Emitter type and small helpers.
+
+An emitter is `(lw, node, args) -> [relax expr per output]`: `args` are the Relax values of
+the node's inputs (None for omitted optional inputs and for operands the emitter never reads,
+see `SHAPE_OPERANDS` in lower.py); the output types come from ember's own inference, so
+emitters read shapes from `node.outputs[i].type`, with symbolic dims as shared tir.Vars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from tvm import relax, tirx
+
+from ember.compiler import dtypes
+from ember.compiler.errors import EmberError
+from ember.compiler.ir import Graph, Node, TensorType
+
+R = relax.op
+TVM_DTYPE = {
+    "f64": "float64", "f32": "float32", "f16": "float16", "bf16": "bfloat16", "i64": "int64", "i32": "int32",
+    "i16": "int16", "i8": "int8", "u64": "uint64", "u32": "uint32", "u16": "uint16", "u8": "uint8", "bool": "bool",
+}
+
+
+class LoweringError(EmberError):
+    """An op or a feature the code generator does not handle (the message names the node)."""
+
+    exit_code = 2
+
+
+class Lowering:
+    """State of one graph's lowering: block builder, emitted values, dim vars, types, constants."""
+
+    def __init__(self, bb: relax.BlockBuilder, dims: dict[str, tirx.Var], graph: Graph,
+                 consts: dict[str, np.ndarray], contents: dict[str, tuple[int | str, ...]] | None = None) -> None:
+        self.bb = bb
+        self.dims = dims
+        self.graph = graph
+        self.consts = consts
+        self.contents = contents or {}  # known (symbolic) contents of small integer tensors
+        self.values: dict[str, relax.Expr] = {}
+        self.types: dict[str, TensorType] = {v.name: v.type for v in graph.inputs}
+        self.types.update((c.name, c.type) for c in graph.consts)
+        for node in graph.nodes:
+            self.types.update((v.name, v.type) for v in node.outputs)
+
+    def dim(self, d: int | str) -> Any:
+        """An int, or the tir expression of a symbolic dim (vars shared by name)."""
+        if isinstance(d, int):
+            return d
+        if d in self.dims:
+            return self.dims[d]
+        try:  # expressions of known symbols: 3*N, N+1, (N)//2
+            return eval(d, {"__builtins__": {}}, dict(self.dims))
+        except Exception:
+            raise LoweringError(
+                f"dimension {d!r} depends on run-time data; ember's code generator needs every dim bound by an input's shape"
+            ) from None
+
+    def shape(self, t: TensorType) -> list[Any]:
+        """A tensor type's shape as Relax shape values."""
+        return [self.dim(d) for d in t.shape]
+
+    def emit(self, expr: relax.Expr) -> relax.Expr:
+        """Bind an expression in the current dataflow block."""
+        return self.bb.emit(expr)
+
+    def const_of(self, name: str) -> np.ndarray | None:
+        """Constant data of a value, if it is a constant."""
+        return self.consts.get(name) if name else None
+
+    def arg(self, name: str) -> relax.Expr | None:
+        """The relax value of an IR value (constants materialize on first use)."""
+        if not name:
+            return None
+        if name not in self.values:
+            if name in self.consts:
+                self.values[name] = const(self.consts[name])
+            else:
+                raise LoweringError(f"value {name!r} is used before it is computed")
+        return self.values[name]
+
+
+Emitter = Callable[[Lowering, Node, list[Any]], Sequence[relax.Expr]]
+
+
+def const(array: np.ndarray) -> relax.Expr:
+    """A Relax constant holding `array`."""
+    data = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    if data.dtype == np.bool_:
+        return relax.const(data, "bool")
+    return relax.const(data, TVM_DTYPE[dtypes.from_numpy(data.dtype)])
+
+
+def scalar(value: float, like: TensorType) -> relax.Expr:
+    """A 0-d constant of `like`'s dtype."""
+    return relax.const(np.array(value, dtype=like.np_dtype), TVM_DTYPE[like.dtype])
+
+
+def out_type(node: Node, i: int = 0) -> TensorType:
+    """The inferred type of output `i`."""
+    return node.outputs[i].type
+
+
+def in_type(lw: Lowering, node: Node, i: int) -> TensorType:
+    """The type of input `i`."""
+    return lw.types[node.inputs[i]]
+
+
+def has_input(node: Node, i: int) -> bool:
+    """Whether optional input `i` is given."""
+    return len(node.inputs) > i and bool(node.inputs[i])
+
+
+def static_ints(lw: Lowering, node: Node, i: int, what: str) -> list[int]:
+    """Contents of a constant integer input; LoweringError when it is computed at run time."""
+    data = lw.const_of(node.inputs[i]) if has_input(node, i) else None
+    if data is None:
+        raise LoweringError(f"node {node.name!r} ({node.op}): {what} must be constant for code generation (run fold_constants)")
+    return [int(v) for v in np.asarray(data).reshape(-1)]
+
+
+def static_scalar(lw: Lowering, node: Node, i: int, what: str) -> Any:
+    """The single element of a constant input (a Python number)."""
+    data = lw.const_of(node.inputs[i]) if has_input(node, i) else None
+    if data is None or np.asarray(data).size != 1:
+        raise LoweringError(f"node {node.name!r} ({node.op}): {what} must be a constant scalar for code generation")
+    return np.asarray(data).reshape(-1)[0].item()
+
+
+def refuse(node: Node, what: str) -> LoweringError:
+    """The error for a form of an op the code generator does not handle."""
+    return LoweringError(f"node {node.name!r} ({node.op}): {what} is not lowered yet")
+
+
+def unary(fn: Callable[[relax.Expr], relax.Expr]) -> Emitter:
+    """An emitter applying a one-operand Relax op."""
+    return lambda lw, node, a: [fn(a[0])]
+
+
+def binary(fn: Callable[[relax.Expr, relax.Expr], relax.Expr]) -> Emitter:
+    """An emitter applying a two-operand Relax op."""
+    return lambda lw, node, a: [fn(a[0], a[1])]
+
+
+def axis_of(node: Node, rank: int, name: str = "axis") -> int:
+    """A node's (possibly negative) axis attribute made non-negative."""
+    return int(node.attrs[name]) % max(rank, 1)

@@ -1,0 +1,242 @@
+"""Emitters for the anchor ops: convolution, pooling, matrix products, attention, resize, quantization.
+
+Layouts are ONNX's (NCHW data, OIHW weights). `auto_pad` is resolved to explicit pads from the
+inferred static shapes. Gemm with a constant transposed weight pre-transposes it at compile time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import relax
+
+from ember.compiler.ir import Node, TensorType
+from ember.targets.emit_common import (
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    R,
+    const,
+    has_input,
+    in_type,
+    out_type,
+    refuse,
+    scalar,
+)
+
+_LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
+
+
+def _pads(node: Node, x: TensorType, y: TensorType) -> list[int]:
+    """Explicit pads [begin..., end...]: from `pads`, or computed for auto_pad from static shapes."""
+    at = node.attrs
+    n = len(at["kernel_shape"])
+    mode = at.get("auto_pad", "NOTSET") or "NOTSET"
+    if mode == "NOTSET":
+        return list(at["pads"])
+    if mode == "VALID":
+        return [0] * (2 * n)
+    dims_in, dims_out = x.shape[2:], y.shape[2:]
+    if not all(isinstance(d, int) for d in (*dims_in, *dims_out)):
+        raise refuse(node, f"auto_pad={mode} with symbolic spatial dims")
+    dilations = at.get("dilations") or [1] * n
+    begin, end = [], []
+    for i in range(n):
+        full = (dims_out[i] - 1) * at["strides"][i] + (at["kernel_shape"][i] - 1) * dilations[i] + 1
+        total = max(full - dims_in[i], 0)
+        low = total // 2 if mode == "SAME_UPPER" else total - total // 2
+        begin.append(low)
+        end.append(total - low)
+    return begin + end
+
+
+def _bias(y: relax.Expr, bias: relax.Expr | None, spatial: int) -> relax.Expr:
+    return y if bias is None else R.add(y, R.reshape(bias, [1, -1] + [1] * spatial))
+
+
+def _conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    at = node.attrs
+    n = len(at["kernel_shape"])
+    fn = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}.get(n)
+    if fn is None:
+        raise refuse(node, f"{n}-d convolution")
+    data_layout, kernel_layout = _LAYOUTS[n]
+    y = fn(a[0], a[1], strides=list(at["strides"]), padding=_pads(node, in_type(lw, node, 0), out_type(node)),
+           dilation=list(at["dilations"]), groups=at["group"], data_layout=data_layout, kernel_layout=kernel_layout)
+    return [_bias(y, a[2] if len(a) > 2 else None, n)]
+
+
+def _conv_transpose(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    at = node.attrs
+    n = len(at["kernel_shape"])
+    if n not in (1, 2) or at.get("output_shape") is not None or (at.get("auto_pad") or "NOTSET") != "NOTSET":
+        raise refuse(node, "a 3-d transposed convolution, output_shape or auto_pad")
+    fn = R.nn.conv1d_transpose if n == 1 else R.nn.conv2d_transpose
+    y = fn(a[0], a[1], strides=list(at["strides"]), padding=list(at["pads"]), output_padding=list(at["output_padding"]),
+           dilation=list(at["dilations"]), groups=at["group"], data_layout=_LAYOUTS[n][0], kernel_layout=_LAYOUTS[n][1].replace("OI", "IO"))
+    return [_bias(y, a[2] if len(a) > 2 else None, n)]
+
+
+def _pool(kind: str) -> Emitter:
+    def emit(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+        at = node.attrs
+        n = len(at["kernel_shape"])
+        if len(node.outputs) > 1:
+            raise refuse(node, "the Indices output")
+        fns = {("max", 1): R.nn.max_pool1d, ("max", 2): R.nn.max_pool2d, ("max", 3): R.nn.max_pool3d,
+               ("avg", 1): R.nn.avg_pool1d, ("avg", 2): R.nn.avg_pool2d, ("avg", 3): R.nn.avg_pool3d}
+        kwargs: dict[str, Any] = dict(pool_size=list(at["kernel_shape"]), strides=list(at["strides"]),
+                                      padding=_pads(node, in_type(lw, node, 0), out_type(node)),
+                                      dilation=list(at.get("dilations") or [1] * n), ceil_mode=bool(at["ceil_mode"]),
+                                      layout=_LAYOUTS[n][0])
+        x = a[0]
+        if kind == "avg":
+            kwargs["count_include_pad"] = bool(at["count_include_pad"])
+        if kind == "lp":  # (sum |x|^p)^(1/p): a padded average of |x|^p times the window size
+            p = float(at["p"])
+            kwargs["count_include_pad"] = True
+            window = float(np.prod(at["kernel_shape"]))
+            t = out_type(node)
+            s = R.multiply(fns[("avg", n)](R.power(R.abs(x), scalar(p, t)), **kwargs), scalar(window, t))
+            return [R.power(s, scalar(1.0 / p, t))]
+        return [fns[(kind, n)](x, **kwargs)]
+
+    return emit
+
+
+def _global_pool(kind: str) -> Emitter:
+    def emit(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+        axes = list(range(2, in_type(lw, node, 0).rank))
+        if kind == "lp":
+            t = out_type(node)
+            p = float(node.attrs["p"])
+            return [R.power(R.sum(R.power(R.abs(a[0]), scalar(p, t)), axes, True), scalar(1.0 / p, t))]
+        return [(R.mean if kind == "avg" else R.max)(a[0], axes, True)]
+
+    return emit
+
+
+def _gemm(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    at = node.attrs
+    t = out_type(node)
+    x = R.permute_dims(a[0]) if at["transA"] else a[0]
+    w = a[1]
+    if at["transB"]:
+        wc = lw.const_of(node.inputs[1])
+        w = const(np.ascontiguousarray(wc.T)) if wc is not None else R.permute_dims(w)  # pre-transposed at compile time
+    y = R.matmul(x, w)
+    if at["alpha"] != 1.0:
+        y = R.multiply(y, scalar(at["alpha"], t))
+    if len(a) > 2 and a[2] is not None:
+        c = a[2] if at["beta"] == 1.0 else R.multiply(a[2], scalar(at["beta"], t))
+        y = R.add(y, c)
+    return [y]
+
+
+def _matmul_integer(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """int32 accumulation of (A - a_zero) @ (B - b_zero); a per-row a_zero is a column vector."""
+    lhs, rhs = R.astype(a[0], "int32"), R.astype(a[1], "int32")
+    if has_input(node, 2):
+        zero = R.astype(a[2], "int32")
+        lhs = R.subtract(lhs, R.reshape(zero, [-1, 1]) if in_type(lw, node, 2).rank == 1 else zero)
+    if has_input(node, 3):
+        rhs = R.subtract(rhs, R.astype(a[3], "int32"))
+    return [R.matmul(lhs, rhs, out_dtype="int32")]
+
+
+def _einsum(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    return [R.einsum(relax.Tuple(list(a)), node.attrs["equation"].replace(" ", ""))]
+
+
+def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """softmax(Q K^T * scale + mask) V for 4-D operands (no cache, causal or window yet)."""
+    at = node.attrs
+    q_t, k_t = in_type(lw, node, 0), in_type(lw, node, 1)
+    unsupported = [
+        what for what, bad in (
+            ("3-D inputs", q_t.rank != 4), ("extra outputs", len(node.outputs) > 1), ("is_causal", bool(at["is_causal"])),
+            ("softcap", bool(at.get("softcap"))), ("sliding windows", at["left_window_size"] >= 0 or at["right_window_size"] >= 0),
+            ("past key/value or nonpad_kv_seqlen", len(node.inputs) > 4 and any(node.inputs[4:])),
+        ) if bad
+    ]
+    if unsupported:
+        raise refuse(node, ", ".join(unsupported))
+    t = out_type(node)
+    k, v = a[1], a[2]
+    hq, hkv = q_t.shape[1], k_t.shape[1]
+    if isinstance(hq, int) and isinstance(hkv, int) and hq != hkv:  # grouped-query attention
+        k, v = R.repeat(k, hq // hkv, axis=1), R.repeat(v, hq // hkv, axis=1)
+    head = q_t.shape[3]
+    scale = at.get("scale") if at.get("scale") is not None else 1.0 / float(np.sqrt(int(head)))
+    scores = R.multiply(R.matmul(a[0], R.permute_dims(k, [0, 1, 3, 2])), scalar(scale, t))
+    if len(a) > 3 and a[3] is not None:
+        if in_type(lw, node, 3).dtype == "bool":
+            scores = R.where(a[3], scores, scalar(float("-inf"), t))
+        else:
+            scores = R.add(scores, a[3])
+    return [R.matmul(R.nn.softmax(scores, axis=-1), v)]
+
+
+_RESIZE_MODES = {"nearest": "nearest_neighbor", "linear": "linear", "cubic": "cubic"}
+
+
+def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """Resize of the two spatial axes of an NCHW tensor (N and C unscaled)."""
+    at = node.attrs
+    x, y = in_type(lw, node, 0), out_type(node)
+    if x.rank != 4 or x.shape[:2] != y.shape[:2] or at["antialias"] or at.get("axes") is not None:
+        raise refuse(node, "resizing other than the spatial axes of a 4-d tensor, antialias or axes")
+    mode = at["coordinate_transformation_mode"]
+    if mode == "tf_crop_and_resize":
+        raise refuse(node, "coordinate_transformation_mode 'tf_crop_and_resize'")
+    rounding = at["nearest_mode"] if at["mode"] == "nearest" else ""
+    out = R.image.resize2d(a[0], lw.shape(y)[2:], layout="NCHW", method=_RESIZE_MODES[at["mode"]],
+                           coordinate_transformation_mode=mode, rounding_method=rounding,
+                           cubic_alpha=at["cubic_coeff_a"], cubic_exclude=at["exclude_outside"],
+                           extrapolation_value=at["extrapolation_value"])
+    return [out]
+
+
+def _per_axis(lw: Lowering, node: Node, i: int, x: TensorType) -> relax.Expr:
+    """Quantization parameter i broadcast against x (per-tensor scalar or per-axis vector)."""
+    p = lw.arg(node.inputs[i])
+    if in_type(lw, node, i).rank == 0 or x.rank == 0:
+        return p
+    axis = node.attrs["axis"] % x.rank
+    return R.reshape(p, [-1 if d == axis else 1 for d in range(x.rank)])
+
+
+def _dequantize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    x, t = in_type(lw, node, 0), out_type(node)
+    if node.attrs["block_size"]:
+        raise refuse(node, "blocked quantization")
+    v = R.astype(a[0], "int32" if x.dtype != "i64" else "int64")
+    if has_input(node, 2):
+        v = R.subtract(v, R.astype(_per_axis(lw, node, 2, x), "int32" if x.dtype != "i64" else "int64"))
+    scale = _per_axis(lw, node, 1, x)
+    return [R.astype(R.multiply(R.astype(v, "float32"), R.astype(scale, "float32")), TVM_DTYPE[t.dtype])]
+
+
+_RANGES = {"u8": (0, 255), "i8": (-128, 127), "u16": (0, 65535), "i16": (-32768, 32767), "i32": (-(2**31), 2**31 - 1)}
+
+
+def _quantize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    x, t = in_type(lw, node, 0), out_type(node)
+    if node.attrs["block_size"] or t.dtype not in _RANGES:
+        raise refuse(node, f"blocked quantization or output type {t.dtype}")
+    v = R.round(R.divide(R.astype(a[0], "float32"), R.astype(_per_axis(lw, node, 1, x), "float32")))  # half to even
+    if has_input(node, 2):
+        v = R.add(v, R.astype(_per_axis(lw, node, 2, x), "float32"))
+    lo, hi = _RANGES[t.dtype]
+    return [R.astype(R.clip(v, lo, hi), TVM_DTYPE[t.dtype])]
+
+
+EMITTERS: dict[str, Emitter] = {
+    "Conv": _conv, "ConvTranspose": _conv_transpose,
+    "MaxPool": _pool("max"), "AveragePool": _pool("avg"), "LpPool": _pool("lp"),
+    "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"), "GlobalLpPool": _global_pool("lp"),
+    "Gemm": _gemm, "MatMul": lambda lw, node, a: [R.matmul(a[0], a[1])], "MatMulInteger": _matmul_integer,
+    "Einsum": _einsum, "Attention": _attention, "Resize": _resize,
+    "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize,
+}

@@ -1,0 +1,265 @@
+"""Emitters for shape and data-movement ops: reshapes, slicing, gathers and scatters, padding.
+
+Reshape, Expand, ConstantOfShape, Squeeze and Unsqueeze take their result shape from ember's
+inferred output type, never from their shape operand, so the Shape -> Gather -> Concat
+arithmetic feeding them is dead code here (lower.py does not emit it). Integer tensors whose
+contents inference knows (symbolically, `[N, 16]`) are emitted from those contents directly by
+lower.py, before any emitter here runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import relax, tirx
+
+from ember.compiler.ir import Node
+from ember.targets.emit_common import (
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    LoweringError,
+    R,
+    axis_of,
+    const,
+    has_input,
+    in_type,
+    out_type,
+    refuse,
+    scalar,
+    static_ints,
+    static_scalar,
+)
+
+
+def _like_out(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """Reshape, Flatten, Squeeze, Unsqueeze: a reshape to the inferred output shape."""
+    return [R.reshape(a[0], lw.shape(out_type(node)))]
+
+
+def _transpose(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    perm = node.attrs.get("perm")
+    return [R.permute_dims(a[0], list(perm) if perm is not None else None)]
+
+
+def _concat(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    return [R.concat([x for x in a if x is not None], axis=axis_of(node, out_type(node).rank))]
+
+
+def _split(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    axis = axis_of(node, t.rank)
+    sizes = [v.type.shape[axis] for v in node.outputs]
+    if not all(isinstance(s, int) for s in sizes):
+        raise refuse(node, "a split with symbolic part sizes")
+    indices = [int(i) for i in np.cumsum(sizes)[:-1]]
+    tup = lw.emit(R.split(a[0], indices if indices else 1, axis=axis))
+    return [lw.emit(relax.TupleGetItem(tup, i)) for i in range(len(node.outputs))]
+
+
+def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    starts = static_ints(lw, node, 1, "starts")
+    ends = static_ints(lw, node, 2, "ends")
+    axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(len(starts)))
+    steps = static_ints(lw, node, 4, "steps") if has_input(node, 4) else [1] * len(starts)
+    axes = [ax % t.rank for ax in axes]
+    big = 2**62  # INT64_MAX/MIN stand for "to the end"; keep clear of overflow in TVM's arithmetic
+    clamp = [(min(max(s, -big), big), min(max(e, -big), big)) for s, e in zip(starts, ends)]
+    return [R.strided_slice(a[0], axes, [s for s, _ in clamp], [e for _, e in clamp], steps)]
+
+
+def _wrap_indices(lw: Lowering, node: Node, idx: relax.Expr, size: Any) -> relax.Expr:
+    """Indices with negative entries wrapped (size may be symbolic)."""
+    idx_t = in_type(lw, node, 1)
+    data = lw.const_of(node.inputs[1])
+    if data is not None and isinstance(size, int):
+        return const(np.where(data < 0, data + size, data).astype(np.int64))
+    dim = lw.dim(size)
+    n = relax.const(dim, "int64") if isinstance(dim, int) else R.astype(relax.PrimValue(dim), "int64")
+    wide = R.astype(idx, "int64")
+    return R.where(R.less(idx, relax.const(0, TVM_DTYPE[idx_t.dtype])), R.add(wide, n), wide)
+
+
+def _gather(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    axis = axis_of(node, t.rank)
+    idx = _wrap_indices(lw, node, a[1], t.shape[axis])
+    if in_type(lw, node, 1).rank == 0:  # a scalar index drops the axis: take one, then squeeze it
+        return [R.squeeze(R.take(a[0], R.reshape(idx, [1]), axis=axis), [axis])]
+    return [R.take(a[0], idx, axis=axis)]
+
+
+def _gather_elements(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    axis = axis_of(node, t.rank)
+    return [R.gather_elements(a[0], _wrap_indices(lw, node, a[1], t.shape[axis]), axis)]
+
+
+def _gather_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    return [R.gather_nd(a[0], R.astype(a[1], "int64"), node.attrs["batch_dims"])]
+
+
+_REDUCTIONS = {"none": "update", "add": "add", "mul": "mul", "min": "min", "max": "max"}
+
+
+def _scatter_elements(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    axis = axis_of(node, t.rank)
+    reduction = _REDUCTIONS[node.attrs.get("reduction", "none")]
+    return [R.scatter_elements(a[0], _wrap_indices(lw, node, a[1], t.shape[axis]), a[2], axis, reduction)]
+
+
+def _scatter_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    return [R.scatter_nd(a[0], R.astype(a[1], "int64"), a[2], _REDUCTIONS[node.attrs["reduction"]])]
+
+
+def _expand(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    return [R.broadcast_to(a[0], lw.shape(out_type(node)))]
+
+
+def _tile(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    return [R.tile(a[0], static_ints(lw, node, 1, "repeats"))]
+
+
+def _constant_of_shape(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    fill = node.attrs.get("value")
+    value = np.asarray(fill).reshape(-1)[0] if fill is not None else np.float32(0)
+    t = out_type(node)
+    return [R.full(lw.shape(t), scalar(value, t), TVM_DTYPE[t.dtype])]
+
+
+def _shape(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    # Only reached when inference did not track the contents (dims from run-time data):
+    # read the shape at run time.
+    t = in_type(lw, node, 0)
+    start = node.attrs.get("start") or 0
+    end = node.attrs.get("end")
+    start = min(max(start + t.rank if start < 0 else start, 0), t.rank)
+    end = t.rank if end is None else min(max(end + t.rank if end < 0 else end, 0), t.rank)
+    full = lw.emit(R.shape_to_tensor(lw.emit(R.shape_of(a[0]))))
+    if (start, end) == (0, t.rank):
+        return [full]
+    return [R.strided_slice(full, [0], [start], [end])]
+
+
+def _size(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    total: Any = 1
+    for d in lw.shape(in_type(lw, node, 0)):
+        total = total * d
+    if isinstance(total, int):
+        return [const(np.array(total, dtype=np.int64))]
+    return [R.reshape(R.shape_to_tensor(relax.ShapeExpr([total])), [])]
+
+
+def _range(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = out_type(node)  # its length (from start, limit, delta) is already in the inferred type
+    start = static_scalar(lw, node, 0, "start")
+    delta = static_scalar(lw, node, 2, "delta")
+    length = lw.dim(t.shape[0])
+    if isinstance(length, int):
+        return [const((start + np.arange(length) * delta).astype(t.np_dtype))]
+    y = R.arange(0, length, 1, TVM_DTYPE[t.dtype])
+    if delta != 1:
+        y = R.multiply(y, scalar(delta, t))
+    if start != 0:
+        y = R.add(y, scalar(start, t))
+    return [y]
+
+
+def _pad(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    pads = static_ints(lw, node, 1, "pads")
+    axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(t.rank))
+    width = [0] * (2 * t.rank)
+    for i, ax in enumerate(axes):
+        width[2 * (ax % t.rank)] = pads[i]
+        width[2 * (ax % t.rank) + 1] = pads[i + len(axes)]
+    if any(w < 0 for w in width):
+        raise refuse(node, "negative padding (cropping)")
+    value = 0.0
+    if has_input(node, 2):
+        c = lw.const_of(node.inputs[2])
+        if c is None:
+            raise LoweringError(f"node {node.name!r} (Pad): the pad value must be constant for code generation")
+        value = float(np.asarray(c).reshape(-1)[0]) if np.asarray(c).size else 0.0
+    mode = {"constant": "constant", "reflect": "reflect", "edge": "edge"}.get(node.attrs["mode"])
+    if mode is None:
+        raise refuse(node, f"mode {node.attrs['mode']!r}")
+    return [R.nn.pad(a[0], width, mode, value)]
+
+
+def _depth_to_space(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    n, c, h, w = lw.shape(in_type(lw, node, 0))
+    b = node.attrs["blocksize"]
+    if node.attrs["mode"] == "DCR":
+        x = R.reshape(a[0], [n, b, b, c // (b * b), h, w])
+        x = R.permute_dims(x, [0, 3, 4, 1, 5, 2])
+    else:  # CRD
+        x = R.reshape(a[0], [n, c // (b * b), b, b, h, w])
+        x = R.permute_dims(x, [0, 1, 4, 2, 5, 3])
+    return [R.reshape(x, lw.shape(out_type(node)))]
+
+
+def _space_to_depth(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    n, c, h, w = lw.shape(in_type(lw, node, 0))
+    b = node.attrs["blocksize"]
+    x = R.reshape(a[0], [n, c, h // b, b, w // b, b])
+    x = R.permute_dims(x, [0, 3, 5, 1, 2, 4])
+    return [R.reshape(x, lw.shape(out_type(node)))]
+
+
+def _eye_like(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = out_type(node)
+    if not t.static:
+        raise refuse(node, "a symbolic shape")
+    rows, cols = t.shape
+    return [const(np.eye(int(rows), int(cols), k=node.attrs["k"], dtype=t.np_dtype))]
+
+
+def _trilu(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    k = int(static_scalar(lw, node, 1, "k")) if has_input(node, 1) else 0
+    return [R.triu(a[0], k) if node.attrs["upper"] else R.tril(a[0], k)]
+
+
+def _one_hot(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    depth = int(static_scalar(lw, node, 1, "depth"))
+    values = lw.const_of(node.inputs[2])
+    if values is None:
+        raise LoweringError(f"node {node.name!r} (OneHot): values must be constant for code generation")
+    t = out_type(node)
+    off, on = (tirx.const(np.asarray(values).reshape(-1)[i].item(), TVM_DTYPE[t.dtype]) for i in (0, 1))
+    idx = R.astype(a[0], "int64")
+    idx = R.where(R.less(idx, relax.const(0, "int64")), R.add(idx, relax.const(depth, "int64")), idx)
+    return [R.one_hot(idx, relax.PrimValue(on), relax.PrimValue(off), depth, axis_of(node, t.rank))]
+
+
+def _cumulative(fn: Any) -> Emitter:
+    def emit(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+        t = in_type(lw, node, 0)
+        axis = int(static_scalar(lw, node, 1, "axis")) % t.rank
+        x = R.flip(a[0], axis) if node.attrs["reverse"] else a[0]
+        y = fn(x, axis, TVM_DTYPE[t.dtype], bool(node.attrs["exclusive"]))
+        return [R.flip(y, axis) if node.attrs["reverse"] else y]
+
+    return emit
+
+
+def _topk(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    k = int(static_scalar(lw, node, 1, "K"))
+    tup = lw.emit(R.topk(a[0], k, axis_of(node, t.rank), "both", bool(node.attrs["largest"]), "int64"))
+    return [lw.emit(relax.TupleGetItem(tup, 0)), lw.emit(relax.TupleGetItem(tup, 1))]
+
+
+EMITTERS: dict[str, Emitter] = {
+    "Reshape": _like_out, "Flatten": _like_out, "Squeeze": _like_out, "Unsqueeze": _like_out,
+    "Transpose": _transpose, "Concat": _concat, "Split": _split, "Slice": _slice,
+    "Gather": _gather, "GatherElements": _gather_elements, "GatherND": _gather_nd,
+    "ScatterElements": _scatter_elements, "Scatter": _scatter_elements, "ScatterND": _scatter_nd,
+    "Expand": _expand, "Tile": _tile, "Pad": _pad, "DepthToSpace": _depth_to_space, "SpaceToDepth": _space_to_depth,
+    "ConstantOfShape": _constant_of_shape, "Shape": _shape, "Size": _size, "Range": _range,
+    "EyeLike": _eye_like, "Trilu": _trilu, "OneHot": _one_hot,
+    "CumSum": _cumulative(R.cumsum), "CumProd": _cumulative(R.cumprod), "TopK": _topk,
+}
