@@ -9,6 +9,9 @@ from ember.compiler.ops import (
     elementwise,
     fused,
     nn,
+    nn_norm,
+    nn_pool,
+    nn_vision,
     quant,
     recurrent,
     reduce,
@@ -18,7 +21,7 @@ from ember.compiler.ops import (
 from ember.compiler.ops.registry import REQUIRED, AttrSpec, EvalCtx, InferCtx, OpDef
 
 OPS: dict[str, OpDef] = {}
-for _module in (elementwise, activation, reduce, shape, tensor, nn, attention, recurrent, quant, control, fused):
+for _module in (elementwise, activation, reduce, shape, tensor, nn, nn_pool, nn_norm, nn_vision, attention, recurrent, quant, control, fused):
     for _op in _module.OPS:
         if _op.name in OPS:
             raise RuntimeError(f"operator {_op.name} defined twice")

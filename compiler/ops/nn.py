@@ -1,8 +1,12 @@
-"""Operators: convolution, pooling, matrix products, normalization.
+"""Operators: convolution (Conv, ConvTranspose, Col2Im) and matrix products (Gemm, MatMul).
 
-Convolution and pooling references run on sliding-window views (no Python loops over
-pixels) so that ResNet-50-sized layers take well under a second. Auto-padding is resolved
-to explicit pads at import when the spatial dims are static.
+Also the window geometry that pooling (nn_pool.py) and DeformConv (nn_sample.py) share:
+output sizes, auto-padding, sliding-window views and their adjoint (scatter-add of windows).
+
+Convolution is im2col + one GEMM per group on a sliding-window view, so that ResNet-50-sized
+layers take milliseconds; ConvTranspose is the adjoint: one GEMM per group, then the columns
+are scattered back (col2im), one strided add per kernel tap. Auto-padding is resolved to
+explicit pads at import when the spatial dims are static (kept as auto_pad otherwise).
 """
 
 from __future__ import annotations
@@ -16,423 +20,483 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ember.compiler import dims
 from ember.compiler.dims import Dim
 from ember.compiler.ir import TensorType
-from ember.compiler.ops.common import as_dtype, norm_axis
+from ember.compiler.ops.common import as_dtype
+from ember.compiler.ops.elementwise import FLOAT, check_dtype, upcast
 from ember.compiler.ops.registry import AttrSpec, EvalCtx, InferCtx, OpDef
 
 Arrays = Sequence["np.ndarray | None"]
 Attrs = Mapping[str, Any]
+Types = Sequence["TensorType | None"]
+
+AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+# im2col buffers above this many elements are built one batch slice at a time.
+MAX_COLUMNS = 1 << 26
 
 
-def _t(ctx: InferCtx, i: int = 0) -> TensorType:
-    t = ctx.types[i]
+def req(ctx: InferCtx, i: int = 0) -> TensorType:
+    """The type of input `i`; ValueError when the input is omitted."""
+    t = ctx.types[i] if i < len(ctx.types) else None
     if t is None:
-        raise ValueError(f"input {i} is required")
+        raise ValueError(f"{ctx.op} input {i} is required")
     return t
 
 
-def _spatial(types: Sequence[TensorType | None]) -> int:
-    t = types[0]
+def opt(inputs: Arrays, i: int) -> np.ndarray | None:
+    """Input `i` of a ref call, None when omitted."""
+    return inputs[i] if i < len(inputs) else None
+
+
+# --- input-dependent attribute defaults ---------------------------------------------------------
+def spatial_rank(types: Types) -> int:
+    """Number of spatial axes of an [N, C, *spatial] first input."""
+    t = types[0] if types else None
     return (t.rank - 2) if t is not None else 2
 
 
-def _ones(types: Sequence[TensorType | None]) -> tuple[int, ...]:
-    return (1,) * _spatial(types)
+def ones_per_axis(types: Types) -> tuple[int, ...]:
+    """Default strides/dilations: 1 per spatial axis."""
+    return (1,) * spatial_rank(types)
 
 
-def _zeros2(types: Sequence[TensorType | None]) -> tuple[int, ...]:
-    return (0,) * (2 * _spatial(types))
+def zeros_per_axis(types: Types) -> tuple[int, ...]:
+    """Default output_padding: 0 per spatial axis."""
+    return (0,) * spatial_rank(types)
 
 
-def _kernel_from_weight(types: Sequence[TensorType | None]) -> tuple[int, ...]:
+def zero_pads(types: Types) -> tuple[int, ...]:
+    """Default pads: 0 at both ends of every spatial axis."""
+    return (0,) * (2 * spatial_rank(types))
+
+
+def kernel_from_weight(types: Types) -> tuple[int, ...]:
+    """Default kernel_shape: the weight's spatial dims."""
     w = types[1] if len(types) > 1 else None
-    if w is None or not all(isinstance(d, int) for d in w.shape[2:]):
-        raise ValueError("kernel_shape must be given when the weight shape is not static")
+    if w is None or not dims.is_static(w.shape[2:]):
+        raise ValueError("kernel_shape must be given when the weight's spatial dims are not static")
     return tuple(int(d) for d in w.shape[2:])
 
 
-def _acc(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) if x.dtype == np.float16 or x.dtype.kind == "V" else x
+# --- window geometry ----------------------------------------------------------------------------
+def out_dim(size: Dim, k: int, s: int, d: int, lo: int, hi: int, ceil: bool = False) -> Dim:
+    """Output size of a sliding window: floor (or ceil) ((size + pads - span) / s) + 1.
 
-
-# --- padding -------------------------------------------------------------------------------
-def _out_dim(size: Dim, k: int, s: int, d: int, lo: int, hi: int, ceil: bool = False) -> Dim:
+    In ceil mode a last window that would start in the right padding is dropped (the
+    PyTorch / onnxruntime rule the ONNX spec adopted).
+    """
     span = (k - 1) * d + 1
     if isinstance(size, int):
         num = size + lo + hi - span
         out = (-(-num // s) if ceil else num // s) + 1
-        if ceil and (out - 1) * s >= size + lo:  # the last window must start inside the input or left pad
+        if ceil and (out - 1) * s >= size + lo:
             out -= 1
         return out
     base = dims.add(size, lo + hi - span)
     return dims.add(dims.ceildiv(base, s) if ceil else dims.floordiv(base, s), 1)
 
 
-def _auto_pads(shape: Sequence[Dim], k: Sequence[int], s: Sequence[int], d: Sequence[int], mode: str) -> tuple[int, ...] | None:
-    """Explicit pads for SAME_UPPER / SAME_LOWER / VALID (None when dims are symbolic)."""
+def same_pads(total: int, mode: str) -> tuple[int, int]:
+    """(begin, end) split of a total padding: SAME_UPPER puts the odd one at the end."""
+    small, big = total // 2, total - total // 2
+    return (small, big) if mode == "SAME_UPPER" else (big, small)
+
+
+def auto_pads(shape: Sequence[Dim], k: Sequence[int], s: Sequence[int], d: Sequence[int], mode: str) -> tuple[int, ...] | None:
+    """Explicit pads for SAME_UPPER / SAME_LOWER / VALID (None when a spatial dim is symbolic).
+
+    SAME makes the output ceil(size / stride): total = (out - 1) * s + span - size.
+    """
     n = len(k)
     if mode == "VALID":
         return (0,) * (2 * n)
-    if not all(isinstance(x, int) for x in shape):
+    if not dims.is_static(tuple(shape)):
         return None
     lo, hi = [], []
     for size, kk, ss, dd in zip(shape, k, s, d):
         out = -(-int(size) // ss)
-        total = max((out - 1) * ss + (kk - 1) * dd + 1 - int(size), 0)
-        small, big = total // 2, total - total // 2
-        lo.append(small if mode == "SAME_UPPER" else big)
-        hi.append(big if mode == "SAME_UPPER" else small)
+        b, e = same_pads(max((out - 1) * ss + (kk - 1) * dd + 1 - int(size), 0), mode)
+        lo.append(b)
+        hi.append(e)
     return tuple(lo + hi)
 
 
 def _resolve_auto_pad(since: int, inputs: list[Any], attrs: dict[str, Any], types: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """upgrade: auto_pad -> explicit pads when the spatial dims are static (Conv, pools)."""
     mode = attrs.get("auto_pad", "NOTSET")
-    if mode in ("NOTSET", "") or not types or types[0] is None:
+    if mode in ("NOTSET", "") or not types or types[0] is None or mode not in AUTO_PADS:
         return inputs, attrs
-    x = types[0]
-    n = x.rank - 2
-    k = attrs.get("kernel_shape") or (_kernel_from_weight(types) if len(types) > 1 else None)
+    n = types[0].rank - 2
+    k = attrs.get("kernel_shape")
+    if k is None and len(types) > 1 and types[1] is not None and dims.is_static(types[1].shape[2:]):
+        k = kernel_from_weight(types)
     if k is None:
         return inputs, attrs
-    s = attrs.get("strides") or (1,) * n
-    d = attrs.get("dilations") or (1,) * n
-    pads = _auto_pads(x.shape[2:], k, s, d, mode)
+    pads = auto_pads(types[0].shape[2:], k, attrs.get("strides") or (1,) * n, attrs.get("dilations") or (1,) * n, mode)
     if pads is not None:
         attrs["pads"] = pads
         attrs["auto_pad"] = "NOTSET"
     return inputs, attrs
 
 
-def _pads(shape: Sequence[Dim], attrs: Attrs, k: Sequence[int]) -> tuple[int, ...]:
+def explicit_pads(shape: Sequence[Dim], attrs: Attrs, k: Sequence[int]) -> tuple[int, ...]:
+    """The pads in effect: `pads`, or auto_pad resolved for these (static) spatial dims."""
     mode = attrs.get("auto_pad", "NOTSET")
     if mode not in ("NOTSET", ""):
-        pads = _auto_pads(shape, k, attrs["strides"], attrs.get("dilations") or (1,) * len(k), mode)
+        n = len(k)
+        pads = auto_pads(shape, k, attrs.get("strides") or (1,) * n, attrs.get("dilations") or (1,) * n, mode)
         if pads is None:
             raise ValueError(f"auto_pad={mode} needs static spatial dims")
         return pads
     return tuple(attrs["pads"])
 
 
-def _windows(x: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], pads: Sequence[int], fill: float, ceil: bool = False) -> np.ndarray:
-    """[N, C, *out, *k] sliding windows of x (spatial dims after the first two)."""
+def check_window_attrs(ctx: InferCtx, x: TensorType, k: Sequence[int]) -> int:
+    """Validate kernel_shape/strides/dilations/pads/auto_pad against x; the spatial rank."""
+    a = ctx.attrs
+    n = x.rank - 2
+    if n < 1:
+        raise ValueError(f"{ctx.op} needs an input of rank >= 3 ([N, C, spatial...]), got rank {x.rank}")
+    if len(k) != n or any(v < 1 for v in k):
+        raise ValueError(f"kernel_shape {list(k)} must have {n} positive entries")
+    for key, size in (("strides", n), ("dilations", n), ("pads", 2 * n)):
+        value = a.get(key)
+        if value is None:
+            continue
+        if len(value) != size:
+            raise ValueError(f"{key} {list(value)} must have {size} entries for {n} spatial axes")
+        if key == "pads" and any(v < 0 for v in value):
+            raise ValueError(f"pads {list(value)} must be >= 0")
+        if key != "pads" and any(v < 1 for v in value):
+            raise ValueError(f"{key} {list(value)} must be >= 1")
+    if a.get("auto_pad", "NOTSET") not in AUTO_PADS + ("",):
+        raise ValueError(f"auto_pad must be one of {list(AUTO_PADS)}, got {a['auto_pad']!r}")
+    return n
+
+
+def window_dims(ctx: InferCtx, x: TensorType, k: Sequence[int], ceil: bool = False) -> tuple[Dim, ...]:
+    """Output spatial dims of a sliding-window op (Conv, pools) on x."""
+    a = ctx.attrs
+    n = check_window_attrs(ctx, x, k)
+    s = a.get("strides") or (1,) * n
+    d = a.get("dilations") or (1,) * n
+    mode = a.get("auto_pad", "NOTSET")
+    if mode in ("SAME_UPPER", "SAME_LOWER"):
+        # SAME keeps ceil(size / stride) whatever the kernel, so symbolic sizes stay exact.
+        return tuple(dims.ceildiv(x.shape[2 + i], s[i]) for i in range(n))
+    pads = (0,) * (2 * n) if mode == "VALID" else tuple(a["pads"])
+    out = tuple(out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil) for i in range(n))
+    bad = [o for o in out if isinstance(o, int) and o < 1]
+    if bad:
+        raise ValueError(f"the window ({list(k)}, dilations {list(d)}) does not fit the padded input {list(x.shape[2:])}")
+    return out
+
+
+def windows(x: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], pads: Sequence[int], fill: Any, ceil: bool = False) -> np.ndarray:
+    """[N, C, *out, *k] view of the sliding windows of x padded with `fill` (no copy but the pad)."""
     n = len(k)
     extra = [0] * n
-    if ceil:
+    if ceil:  # room for the last, partial window
         for i in range(n):
-            out = _out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil=True)
-            need = (int(out) - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + pads[i] + pads[i + n])
+            o = int(out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil=True))
+            need = (o - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + pads[i] + pads[i + n])
             extra[i] = max(need, 0)
     width = [(0, 0), (0, 0)] + [(pads[i], pads[i + n] + extra[i]) for i in range(n)]
-    xp = np.pad(x, width, mode="constant", constant_values=fill)
+    xp = np.pad(x, width, mode="constant", constant_values=fill) if any(sum(w) for w in width) else x
     span = [(k[i] - 1) * d[i] + 1 for i in range(n)]
     view = sliding_window_view(xp, span, axis=tuple(range(2, 2 + n)))
-    index = (slice(None), slice(None)) + tuple(slice(None, None, s[i]) for i in range(n)) + tuple(
-        slice(None, None, d[i]) for i in range(n)
-    )
-    return view[index]
+    index = (slice(None), slice(None)) + tuple(slice(None, None, s[i]) for i in range(n))
+    return view[index + tuple(slice(None, None, d[i]) for i in range(n))]
 
 
-# --- Conv ------------------------------------------------------------------------------------
+def scatter_windows(cols: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """The adjoint of `windows` without padding: sum [..., *k, *L] window values into [..., *size].
+
+    One strided add per kernel tap (col2im); `size` must hold every window.
+    """
+    n = len(k)
+    lead, blocks = cols.shape[: cols.ndim - 2 * n], cols.shape[cols.ndim - n :]
+    canvas = np.zeros(lead + tuple(size), dtype=cols.dtype)
+    for tap in np.ndindex(*k):
+        dst = tuple(slice(tap[i] * d[i], tap[i] * d[i] + (blocks[i] - 1) * s[i] + 1, s[i]) for i in range(n))
+        canvas[(Ellipsis,) + dst] += cols[(Ellipsis,) + tap + (slice(None),) * n]
+    return canvas
+
+
+# --- Conv ----------------------------------------------------------------------------------------
 CONV_ATTRS = {
     "auto_pad": AttrSpec("str", "NOTSET"),
-    "dilations": AttrSpec("ints", _ones),
+    "dilations": AttrSpec("ints", ones_per_axis),
     "group": AttrSpec("int", 1),
-    "kernel_shape": AttrSpec("ints", _kernel_from_weight),
-    "pads": AttrSpec("ints", _zeros2),
-    "strides": AttrSpec("ints", _ones),
+    "kernel_shape": AttrSpec("ints", kernel_from_weight),
+    "pads": AttrSpec("ints", zero_pads),
+    "strides": AttrSpec("ints", ones_per_axis),
 }
 
 
 def _conv_infer(ctx: InferCtx) -> list[TensorType]:
-    x, w = _t(ctx), _t(ctx, 1)
-    a = ctx.attrs
-    k = a["kernel_shape"]
-    n = x.rank - 2
+    """Conv geometry for any operand dtypes (ConvInteger and QLinearConv share it)."""
+    x, w = req(ctx), req(ctx, 1)
+    g, k = ctx.attrs["group"], tuple(ctx.attrs["kernel_shape"])
     if w.rank != x.rank:
-        raise ValueError(f"weight rank {w.rank} != input rank {x.rank}")
-    cin = x.shape[1]
-    if isinstance(cin, int) and isinstance(w.shape[1], int) and cin != w.shape[1] * a["group"]:
-        raise ValueError(f"input has {cin} channels, weight expects {w.shape[1]} x group {a['group']}")
-    pads = _pads(x.shape[2:], a, k) if a.get("auto_pad", "NOTSET") in ("NOTSET", "") or x.static else (0,) * (2 * n)
-    if a.get("auto_pad", "NOTSET") not in ("NOTSET", "", "VALID") and not x.static:
-        spatial = tuple(dims.ceildiv(x.shape[2 + i], a["strides"][i]) for i in range(n))
-    else:
-        spatial = tuple(
-            _out_dim(x.shape[2 + i], k[i], a["strides"][i], a["dilations"][i], pads[i], pads[i + n]) for i in range(n)
-        )
-    return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + spatial)]
+        raise ValueError(f"weight rank {w.rank} differs from input rank {x.rank}")
+    if g < 1:
+        raise ValueError(f"group must be >= 1, got {g}")
+    cin, cout = x.shape[1], w.shape[0]
+    if isinstance(cin, int) and isinstance(w.shape[1], int) and cin != w.shape[1] * g:
+        raise ValueError(f"input has {cin} channels; the weight expects {w.shape[1]} x group {g}")
+    if isinstance(cout, int) and cout % g:
+        raise ValueError(f"{cout} output channels do not split into {g} groups")
+    if dims.is_static(w.shape[2:]) and tuple(w.shape[2:]) != k:
+        raise ValueError(f"kernel_shape {list(k)} differs from the weight's {list(w.shape[2:])}")
+    return [TensorType(x.dtype, (x.shape[0], cout) + window_dims(ctx, x, k))]
+
+
+def _conv_float_infer(ctx: InferCtx) -> list[TensorType]:
+    for i in range(len(ctx.types)):
+        check_dtype(ctx, i, FLOAT)
+    x = req(ctx)
+    b = ctx.types[2] if len(ctx.types) > 2 else None
+    if req(ctx, 1).dtype != x.dtype or (b is not None and b.dtype != x.dtype):
+        raise ValueError(f"Conv operands must share one dtype, got {[t.dtype for t in ctx.types if t is not None]}")
+    out = _conv_infer(ctx)
+    if b is not None and (b.rank != 1 or (isinstance(b.shape[0], int) and isinstance(out[0].shape[1], int)
+                                          and b.shape[0] != out[0].shape[1])):
+        raise ValueError(f"bias must be [{out[0].shape[1]}], got {b}")
+    return out
+
+
+def conv_gemm(win: np.ndarray, w: np.ndarray, g: int) -> np.ndarray:
+    """sum over (c, taps) of win[N, C, *out, *k] * w[O, C/g, *k] per group: [N, O, *out].
+
+    im2col: the windows become a [g, C/g * taps, N * out] matrix (one copy), then one
+    batched GEMM over the groups; large batches go one slice at a time.
+    """
+    batch, cin = win.shape[:2]
+    n = (win.ndim - 2) // 2
+    out_sp, k = win.shape[2 : 2 + n], win.shape[2 + n :]
+    cout = w.shape[0]
+    wg = w.reshape(g, cout // g, -1)
+    per_item = cin * int(np.prod(k)) * int(np.prod(out_sp))
+    step = max(1, min(batch, MAX_COLUMNS // max(per_item, 1)))
+    parts = []
+    for start in range(0, batch, step):
+        part = win[start : start + step]
+        nb = part.shape[0]
+        part = part.reshape((nb, g, cin // g) + out_sp + k)
+        order = (1, 2) + tuple(range(3 + n, 3 + 2 * n)) + (0,) + tuple(range(3, 3 + n))
+        cols = part.transpose(order).reshape(g, wg.shape[2], -1)
+        out = np.matmul(wg, cols).reshape((cout, nb) + out_sp)
+        parts.append(np.moveaxis(out, 0, 1))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
 
 
 def conv_nd(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, attrs: Attrs) -> np.ndarray:
-    """N-d grouped, strided, dilated, padded convolution (float accumulation in >= f32)."""
-    k = attrs["kernel_shape"]
+    """N-d grouped, strided, dilated, padded convolution (f16/bf16 accumulate in f32)."""
+    k = tuple(attrs["kernel_shape"])
     n = len(k)
-    g = attrs["group"]
-    pads = _pads(x.shape[2:], attrs, k)
-    win = _windows(_acc(x), k, attrs["strides"], attrs["dilations"], pads, 0.0)
-    batch, cin = x.shape[0], x.shape[1]
-    out_sp = win.shape[2 : 2 + n]
-    win = win.reshape((batch, g, cin // g) + out_sp + tuple(k))
-    cout = w.shape[0]
-    wg = _acc(w).reshape((g, cout // g, cin // g) + tuple(k))
-    letters = "xyz"[:n] if n <= 3 else "".join(chr(ord("p") + i) for i in range(n))
-    kl = "ijk"[:n] if n <= 3 else "".join(chr(ord("A") + i) for i in range(n))
-    spec = f"ngc{letters}{kl},goc{kl}->ngo{letters}"
-    out = np.einsum(spec, win, wg, optimize=True).reshape((batch, cout) + out_sp)
+    pads = explicit_pads(x.shape[2:], attrs, k)
+    strides = attrs.get("strides") or (1,) * n
+    dilations = attrs.get("dilations") or (1,) * n
+    xf, wf = upcast(x), upcast(w)
+    if xf.dtype != wf.dtype:
+        wf = wf.astype(xf.dtype)
+    out = conv_gemm(windows(xf, k, strides, dilations, pads, 0), wf, attrs["group"])
     if b is not None:
-        out = out + _acc(b).reshape((1, cout) + (1,) * n)
+        out = out + upcast(b).reshape((1, -1) + (1,) * n)
     return out
 
 
 def _conv_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     x, w = inputs[0], inputs[1]
     assert x is not None and w is not None
-    b = inputs[2] if len(inputs) > 2 else None
-    return [as_dtype(conv_nd(x, w, b, attrs), ctx)]
+    return [as_dtype(conv_nd(x, w, opt(inputs, 2), attrs), ctx)]
 
 
-# --- ConvTranspose -------------------------------------------------------------------------
+# --- ConvTranspose -------------------------------------------------------------------------------
 CONVT_ATTRS = {
     **CONV_ATTRS,
-    "output_padding": AttrSpec("ints", lambda types: (0,) * _spatial(types)),
+    "output_padding": AttrSpec("ints", zeros_per_axis),
     "output_shape": AttrSpec("ints", None),
 }
 
 
-def _convt_geometry(shape: Sequence[Dim], attrs: Attrs) -> tuple[list[Dim], tuple[int, ...]]:
-    """Output spatial dims and the explicit pads (ONNX ConvTranspose shape rules)."""
-    k, s, d = attrs["kernel_shape"], attrs["strides"], attrs["dilations"]
+def _convt_natural(size: Dim, k: int, s: int, d: int, op: int) -> Dim:
+    """The unpadded ConvTranspose output size: s * (size - 1) + output_padding + span."""
+    return dims.add(dims.mul(dims.sub(size, 1), s), op + (k - 1) * d + 1)
+
+
+def convt_geometry(shape: Sequence[Dim], attrs: Attrs) -> tuple[tuple[Dim, ...], tuple[int, ...]]:
+    """Output spatial dims and the pads in effect (the ONNX ConvTranspose shape rules).
+
+    With output_shape (or SAME), total padding = natural size - output size, split by
+    `same_pads` (NOTSET splits as SAME_LOWER, as the spec's reference does); a negative total
+    (an output larger than the natural size) pads nothing and leaves zeros at the end.
+    """
+    k, s, d, op = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["output_padding"]
     n = len(k)
-    op = attrs["output_padding"]
-    out_shape = attrs.get("output_shape")
-    pads = list(attrs["pads"])
     mode = attrs.get("auto_pad", "NOTSET")
-    if out_shape is not None:
-        out_shape = list(out_shape)[-n:]
-        for i in range(n):
-            total = s[i] * (int(shape[i]) - 1) + op[i] + ((k[i] - 1) * d[i] + 1) - out_shape[i]
-            total = max(total, 0)
-            if mode == "SAME_UPPER":
-                pads[i], pads[i + n] = total // 2, total - total // 2
-            else:
-                pads[i], pads[i + n] = total - total // 2, total // 2
-        return list(out_shape), tuple(pads)
-    if mode in ("SAME_UPPER", "SAME_LOWER"):
-        out = [dims.mul(shape[i], s[i]) for i in range(n)]
-        for i in range(n):
-            if not isinstance(shape[i], int):
-                raise ValueError("ConvTranspose auto_pad needs static spatial dims")
-            total = max(s[i] * (shape[i] - 1) + op[i] + ((k[i] - 1) * d[i] + 1) - s[i] * shape[i], 0)
-            if mode == "SAME_UPPER":
-                pads[i], pads[i + n] = total // 2, total - total // 2
-            else:
-                pads[i], pads[i + n] = total - total // 2, total // 2
-        return out, tuple(pads)
-    out = [
-        dims.add(dims.mul(dims.sub(shape[i], 1), s[i]), op[i] + (k[i] - 1) * d[i] + 1 - pads[i] - pads[i + n])
-        for i in range(n)
-    ]
-    return out, tuple(pads)
+    target = attrs.get("output_shape")
+    if target is None and mode not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = (0,) * (2 * n) if mode == "VALID" else tuple(attrs["pads"])
+        out = tuple(dims.sub(dims.sub(_convt_natural(shape[i], k[i], s[i], d[i], op[i]), pads[i]), pads[i + n]) for i in range(n))
+        return out, pads
+    if target is not None:
+        out = tuple(int(v) for v in list(target)[-n:])
+    else:
+        out = tuple(dims.mul(shape[i], s[i]) for i in range(n))
+    if not dims.is_static(tuple(shape)):
+        return out, (0,) * (2 * n)  # the pads are only needed (and known) at run time
+    lo, hi = [], []
+    for i in range(n):
+        total = int(_convt_natural(shape[i], k[i], s[i], d[i], op[i])) - int(out[i])
+        b, e = same_pads(max(total, 0), "SAME_UPPER" if mode == "SAME_UPPER" else "SAME_LOWER")
+        lo.append(b)
+        hi.append(e)
+    return out, tuple(lo + hi)
+
+
+def _convt_upgrade(since: int, inputs: list[Any], attrs: dict[str, Any], types: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """upgrade: SAME auto_pad / output_shape -> explicit pads when the input dims are static."""
+    x = types[0] if types else None
+    mode = attrs.get("auto_pad", "NOTSET")
+    if x is None or not dims.is_static(x.shape[2:]) or (mode in ("NOTSET", "") and "output_shape" not in attrs):
+        return inputs, attrs
+    n = x.rank - 2
+    full = {
+        "kernel_shape": attrs.get("kernel_shape") or kernel_from_weight(types),
+        "strides": attrs.get("strides") or (1,) * n,
+        "dilations": attrs.get("dilations") or (1,) * n,
+        "output_padding": attrs.get("output_padding") or (0,) * n,
+        "pads": attrs.get("pads") or (0,) * (2 * n),
+        "auto_pad": mode,
+        "output_shape": attrs.get("output_shape"),
+    }
+    out, pads = convt_geometry(x.shape[2:], full)
+    natural = {**full, "pads": pads, "auto_pad": "NOTSET", "output_shape": None}
+    if convt_geometry(x.shape[2:], natural)[0] == tuple(out):  # representable with pads alone
+        attrs.pop("output_shape", None)
+        attrs["pads"], attrs["auto_pad"] = pads, "NOTSET"
+    return inputs, attrs
 
 
 def _convt_infer(ctx: InferCtx) -> list[TensorType]:
-    x, w = _t(ctx), _t(ctx, 1)
-    out, _ = _convt_geometry(x.shape[2:], ctx.attrs)
-    return [TensorType(x.dtype, (x.shape[0], dims.mul(w.shape[1], ctx.attrs["group"])) + tuple(out))]
+    for i in range(len(ctx.types)):
+        check_dtype(ctx, i, FLOAT)
+    x, w = req(ctx), req(ctx, 1)
+    a = ctx.attrs
+    g, k = a["group"], tuple(a["kernel_shape"])
+    n = check_window_attrs(ctx, x, k)
+    if w.rank != x.rank:
+        raise ValueError(f"weight rank {w.rank} differs from input rank {x.rank}")
+    if isinstance(x.shape[1], int) and isinstance(w.shape[0], int) and x.shape[1] != w.shape[0]:
+        raise ValueError(f"input has {x.shape[1]} channels; the weight [C, M/group, k...] has {w.shape[0]}")
+    if len(a["output_padding"]) != n or (a.get("output_shape") is not None and len(a["output_shape"]) not in (n, n + 2)):
+        raise ValueError(f"output_padding / output_shape must have {n} entries")
+    out, _ = convt_geometry(x.shape[2:], a)
+    return [TensorType(x.dtype, (x.shape[0], dims.mul(w.shape[1], g)) + tuple(out))]
 
 
 def _convt_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, w = inputs[0], inputs[1]
+    x, w, b = inputs[0], inputs[1], opt(inputs, 2)
     assert x is not None and w is not None
-    b = inputs[2] if len(inputs) > 2 else None
-    k, s, d, g = attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["group"]
+    k, s, d, g = tuple(attrs["kernel_shape"]), attrs["strides"], attrs["dilations"], attrs["group"]
     n = len(k)
-    out_sp, pads = _convt_geometry(x.shape[2:], attrs)
-    batch, cin = x.shape[0], x.shape[1]
+    out, pads = convt_geometry(x.shape[2:], attrs)
+    batch, cin = x.shape[:2]
     cout_g = w.shape[1]
-    # Scatter form: each input pixel adds x * w into a full-size canvas, then crop the pads.
-    full = [(int(x.shape[2 + i]) - 1) * s[i] + (k[i] - 1) * d[i] + 1 + attrs["output_padding"][i] for i in range(n)]
-    full = [max(full[i], int(out_sp[i]) + pads[i] + pads[i + n]) for i in range(n)]  # type: ignore[arg-type]
-    canvas = np.zeros((batch, g, cout_g) + tuple(full), dtype=np.float64 if x.dtype == np.float64 else np.float32)
-    xg = _acc(x).reshape((batch, g, cin // g) + x.shape[2:])
-    wg = _acc(w).reshape((g, cin // g, cout_g) + tuple(k))
-    # contrib[n, g, o, *in, *k] = sum_c x[n, g, c, *in] * w[g, c, o, *k]
-    letters = "xyz"[:n]
-    kl = "ijk"[:n]
-    contrib = np.einsum(f"ngc{letters},gco{kl}->ngo{letters}{kl}", xg, wg, optimize=True)
-    for kidx in np.ndindex(*k):
-        dst = tuple(slice(kidx[i] * d[i], kidx[i] * d[i] + (x.shape[2 + i] - 1) * s[i] + 1, s[i]) for i in range(n))
-        canvas[(slice(None), slice(None), slice(None)) + dst] += contrib[(Ellipsis,) + tuple(kidx)]
-    crop = tuple(slice(pads[i], pads[i] + int(out_sp[i])) for i in range(n))  # type: ignore[arg-type]
-    out = canvas[(slice(None), slice(None), slice(None)) + crop].reshape((batch, g * cout_g) + tuple(int(o) for o in out_sp))  # type: ignore[arg-type]
+    xf, wf = upcast(x), upcast(w)
+    # cols[g, o, *k, N, *in] = sum_c w[g, c, o, *k] * x[N, g, c, *in]: one GEMM per group.
+    xg = np.moveaxis(xf.reshape((batch, g, cin // g, -1)), 0, 2).reshape(g, cin // g, -1)
+    wg = wf.reshape(g, cin // g, -1).transpose(0, 2, 1)
+    cols = np.matmul(wg, xg).reshape((g * cout_g,) + k + (batch,) + x.shape[2:])
+    cols = np.moveaxis(cols, 1 + n, 0)  # [N, M, *k, *in]
+    natural = [int(_convt_natural(x.shape[2 + i], k[i], s[i], d[i], attrs["output_padding"][i])) for i in range(n)]
+    size = [max(natural[i], pads[i] + int(out[i])) for i in range(n)]
+    canvas = scatter_windows(cols, k, s, d, size)
+    y = canvas[(Ellipsis,) + tuple(slice(pads[i], pads[i] + int(out[i])) for i in range(n))]
     if b is not None:
-        out = out + _acc(b).reshape((1, -1) + (1,) * n)
-    return [as_dtype(out, ctx)]
+        y = y + upcast(b).reshape((1, -1) + (1,) * n)
+    return [as_dtype(y, ctx)]
 
 
-# --- pooling ---------------------------------------------------------------------------------
-POOL_ATTRS = {
-    "auto_pad": AttrSpec("str", "NOTSET"),
-    "ceil_mode": AttrSpec("int", 0),
-    "dilations": AttrSpec("ints", _ones),
-    "kernel_shape": AttrSpec("ints"),
-    "pads": AttrSpec("ints", _zeros2),
-    "strides": AttrSpec("ints", _ones),
+# --- Col2Im --------------------------------------------------------------------------------------
+def _col2im_rank(types: Types) -> int:
+    t = types[1] if len(types) > 1 else None
+    if t is None or t.rank != 1 or not isinstance(t.shape[0], int):
+        raise ValueError("image_shape must be a 1-D tensor of static length")
+    return int(t.shape[0])
+
+
+COL2IM_ATTRS = {
+    "dilations": AttrSpec("ints", lambda types: (1,) * _col2im_rank(types)),
+    "pads": AttrSpec("ints", lambda types: (0,) * (2 * _col2im_rank(types))),
+    "strides": AttrSpec("ints", lambda types: (1,) * _col2im_rank(types)),
 }
 
 
-def _pool_infer(ctx: InferCtx) -> list[TensorType]:
-    x = _t(ctx)
-    a = ctx.attrs
-    k = a["kernel_shape"]
-    n = len(k)
-    if a.get("auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER") and not x.static:
-        spatial = tuple(dims.ceildiv(x.shape[2 + i], a["strides"][i]) for i in range(n))
-    else:
-        pads = _pads(x.shape[2:], a, k)
-        d = a.get("dilations") or (1,) * n
-        spatial = tuple(
-            _out_dim(x.shape[2 + i], k[i], a["strides"][i], d[i], pads[i], pads[i + n], bool(a.get("ceil_mode", 0)))
-            for i in range(n)
-        )
-    out = TensorType(x.dtype, x.shape[:2] + spatial)
-    return [out, TensorType("i64", out.shape)][: max(ctx.num_outputs, 1)]
+def _col2im_infer(ctx: InferCtx) -> list[TensorType]:
+    x = req(ctx)
+    check_dtype(ctx, 1, ("i64",))
+    check_dtype(ctx, 2, ("i64",))
+    n = _col2im_rank(ctx.types)
+    if x.rank != 3 or req(ctx, 2).shape != (n,):
+        raise ValueError(f"Col2Im takes input [N, C*prod(block), L] and {n}-element shapes, got {x}, {req(ctx, 2)}")
+    image, block = ctx.const_or_value(1), ctx.const_or_value(2)
+    spatial = tuple(image) if image is not None else tuple(ctx.fresh(0, 2 + i) for i in range(n))
+    c: Dim = ctx.fresh(0, 1)
+    if block is not None and all(isinstance(v, int) for v in block):
+        c = dims.floordiv(x.shape[1], int(np.prod(block)))
+    return [TensorType(x.dtype, (x.shape[0], c) + spatial)]
 
 
-def _maxpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x = inputs[0]
-    assert x is not None
-    k = attrs["kernel_shape"]
-    n = len(k)
-    pads = _pads(x.shape[2:], attrs, k)
-    fill = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
-    win = _windows(x, k, attrs["strides"], attrs["dilations"], pads, fill, bool(attrs["ceil_mode"]))
-    flat = win.reshape(win.shape[: 2 + n] + (-1,))
-    out = flat.max(axis=-1)
-    results = [out.astype(x.dtype)]
-    if len(ctx.node.outputs) > 1:
-        arg = flat.argmax(axis=-1)
-        kidx = np.unravel_index(arg, tuple(k))
-        coords = []
-        for i in range(n):
-            start = np.arange(out.shape[2 + i]) * attrs["strides"][i] - pads[i]
-            shape = [1] * out.ndim
-            shape[2 + i] = -1
-            coords.append(start.reshape(shape) + kidx[i] * attrs["dilations"][i])
-        spatial = x.shape[2:]
-        if attrs["storage_order"]:
-            flat_idx = np.zeros_like(arg)
-            mult = 1
-            for i in range(n):
-                flat_idx = flat_idx + coords[i] * mult
-                mult *= spatial[i]
-        else:
-            flat_idx = np.zeros_like(arg)
-            for i in range(n):
-                flat_idx = flat_idx * spatial[i] + coords[i]
-        plane = int(np.prod(spatial))
-        base = (np.arange(x.shape[0]).reshape(-1, 1) * x.shape[1] + np.arange(x.shape[1]).reshape(1, -1)) * plane
-        results.append((flat_idx + base.reshape(base.shape + (1,) * n)).astype(np.int64))
-    return results
+def _col2im_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
+    x, image, block = inputs[0], inputs[1], inputs[2]
+    assert x is not None and image is not None and block is not None
+    image, k = [int(v) for v in image], tuple(int(v) for v in block)
+    n, s, d, pads = len(k), attrs["strides"], attrs["dilations"], attrs["pads"]
+    blocks = [int(out_dim(image[i], k[i], s[i], d[i], pads[i], pads[i + n])) for i in range(n)]
+    taps = int(np.prod(k))
+    if x.shape[1] % taps or x.shape[2] != int(np.prod(blocks)):
+        raise ValueError(f"input {list(x.shape)} does not hold {taps}-tap columns of {blocks} blocks")
+    cols = upcast(x).reshape((x.shape[0], x.shape[1] // taps) + k + tuple(blocks))
+    size = [image[i] + pads[i] + pads[i + n] for i in range(n)]
+    canvas = scatter_windows(cols, k, s, d, size)
+    y = canvas[(Ellipsis,) + tuple(slice(pads[i], pads[i] + image[i]) for i in range(n))]
+    return [as_dtype(y, ctx)]
 
 
-def _avgpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x = inputs[0]
-    assert x is not None
-    k = attrs["kernel_shape"]
-    n = len(k)
-    pads = _pads(x.shape[2:], attrs, k)
-    d = attrs["dilations"]
-    ceil = bool(attrs["ceil_mode"])
-    xf = _acc(x)
-    win = _windows(xf, k, attrs["strides"], d, pads, 0.0, ceil)
-    total = win.reshape(win.shape[: 2 + n] + (-1,)).sum(axis=-1)
-    if attrs["count_include_pad"]:
-        # Padding counts, the ceil-mode overhang beyond the pads does not.
-        ones = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
-        padded = np.pad(ones, [(0, 0), (0, 0)] + [(pads[i], pads[i + n]) for i in range(n)], constant_values=1.0)
-        cnt = _windows(padded, k, attrs["strides"], d, (0,) * (2 * n), 0.0, False)
-        count = cnt.reshape(cnt.shape[: 2 + n] + (-1,)).sum(axis=-1)
-        if count.shape[2:] != total.shape[2:]:
-            cnt = _windows(padded, k, attrs["strides"], d, (0,) * (2 * n), 0.0, True)
-            count = cnt.reshape(cnt.shape[: 2 + n] + (-1,)).sum(axis=-1)
-    else:
-        ones = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
-        cnt = _windows(ones, k, attrs["strides"], d, pads, 0.0, ceil)
-        count = cnt.reshape(cnt.shape[: 2 + n] + (-1,)).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return [as_dtype(total / count, ctx)]
+# --- Gemm, MatMul --------------------------------------------------------------------------------
+GEMM_TYPES = FLOAT + ("i64", "i32", "u64", "u32")
+MATMUL_TYPES = FLOAT + ("i64", "i32", "u64", "u32")
 
 
-def _lppool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x = inputs[0]
-    assert x is not None
-    k = attrs["kernel_shape"]
-    n = len(k)
-    p = attrs["p"]
-    pads = _pads(x.shape[2:], attrs, k)
-    win = _windows(np.abs(_acc(x)) ** p, k, attrs["strides"], attrs["dilations"], pads, 0.0, bool(attrs["ceil_mode"]))
-    return [as_dtype(win.reshape(win.shape[: 2 + n] + (-1,)).sum(axis=-1) ** (1.0 / p), ctx)]
-
-
-def _global_infer(ctx: InferCtx) -> list[TensorType]:
-    x = _t(ctx)
-    return [TensorType(x.dtype, x.shape[:2] + (1,) * (x.rank - 2))]
-
-
-def _global(fn: Any) -> Any:
-    def ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-        x = inputs[0]
-        assert x is not None
-        axes = tuple(range(2, x.ndim))
-        return [as_dtype(fn(_acc(x), axes, attrs), ctx)]
-
-    return ref
-
-
-def _maxunpool_infer(ctx: InferCtx) -> list[TensorType]:
-    x = _t(ctx)
-    shape = ctx.const_or_value(2) if len(ctx.types) > 2 and ctx.types[2] is not None else None
-    if shape is not None:
-        return [TensorType(x.dtype, tuple(shape))]
-    a = ctx.attrs
-    k = a["kernel_shape"]
-    n = len(k)
-    spatial = tuple(
-        dims.add(dims.mul(dims.sub(x.shape[2 + i], 1), a["strides"][i]), k[i] - a["pads"][i] - a["pads"][i + n])
-        for i in range(n)
-    )
-    return [TensorType(x.dtype, x.shape[:2] + spatial)]
-
-
-def _maxunpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, idx = inputs[0], inputs[1]
-    assert x is not None and idx is not None
-    shape = tuple(int(d) for d in ctx.out_types[0].shape) if ctx.out_types[0].static else None
-    if len(inputs) > 2 and inputs[2] is not None:
-        shape = tuple(int(v) for v in inputs[2])
-    assert shape is not None
-    out = np.zeros(int(np.prod(shape)), dtype=x.dtype)
-    out[idx.reshape(-1)] = x.reshape(-1)
-    return [out.reshape(shape)]
-
-
-# --- Gemm, MatMul ------------------------------------------------------------------------------
 def _gemm_infer(ctx: InferCtx) -> list[TensorType]:
-    a, b = _t(ctx), _t(ctx, 1)
-    m = a.shape[1] if ctx.attrs["transA"] else a.shape[0]
-    n = b.shape[0] if ctx.attrs["transB"] else b.shape[1]
+    for i in range(len(ctx.types)):
+        check_dtype(ctx, i, GEMM_TYPES)
+    a, b = req(ctx), req(ctx, 1)
+    c = ctx.types[2] if len(ctx.types) > 2 else None
+    if a.rank != 2 or b.rank != 2:
+        raise ValueError(f"Gemm operands must be 2-D, got {a} and {b}")
+    if len({t.dtype for t in ctx.types if t is not None}) > 1:
+        raise ValueError(f"Gemm operands must share one dtype, got {[t.dtype for t in ctx.types if t is not None]}")
+    m, ka = (a.shape[1], a.shape[0]) if ctx.attrs["transA"] else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if ctx.attrs["transB"] else b.shape
+    if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
+        raise ValueError(f"Gemm inner dims differ: {ka} vs {kb} (transA={ctx.attrs['transA']}, transB={ctx.attrs['transB']})")
+    if c is not None and (c.rank > 2 or dims.broadcast(c.shape, (m, n)) != (m, n)):  # C broadcasts to [M, N]
+        raise ValueError(f"Gemm C {c} does not broadcast to [{m},{n}]")
     return [TensorType(a.dtype, (m, n))]
 
 
 def _gemm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    a, b = inputs[0], inputs[1]
+    a, b, c = inputs[0], inputs[1], opt(inputs, 2)
     assert a is not None and b is not None
-    a = a.T if attrs["transA"] else a
-    b = b.T if attrs["transB"] else b
-    out = attrs["alpha"] * (_acc(a) @ _acc(b)) if attrs["alpha"] != 1.0 else _acc(a) @ _acc(b)
-    c = inputs[2] if len(inputs) > 2 else None
-    if c is not None:
-        out = out + (attrs["beta"] * _acc(c) if attrs["beta"] != 1.0 else _acc(c))
+    a = upcast(a.T if attrs["transA"] else a)
+    b = upcast(b.T if attrs["transB"] else b)
+    out = a @ b
+    if attrs["alpha"] != 1.0:
+        out = attrs["alpha"] * out
+    if c is not None and attrs["beta"] != 0.0:
+        out = out + (attrs["beta"] * upcast(c) if attrs["beta"] != 1.0 else upcast(c))
     return [as_dtype(out, ctx)]
 
 
@@ -445,8 +509,7 @@ def matmul_shape(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
     k1, k2 = a2[-1], b2[-2]
     if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
         raise ValueError(f"MatMul inner dims differ: {list(a)} @ {list(b)}")
-    batch = dims.broadcast(a2[:-2], b2[:-2])
-    out = batch + (a2[-2], b2[-1])
+    out = dims.broadcast(a2[:-2], b2[:-2]) + (a2[-2], b2[-1])
     if len(a) == 1:
         out = out[:-2] + out[-1:]
     if len(b) == 1:
@@ -455,7 +518,8 @@ def matmul_shape(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
 
 
 def _matmul_infer(ctx: InferCtx) -> list[TensorType]:
-    a, b = _t(ctx), _t(ctx, 1)
+    check_dtype(ctx, 0, MATMUL_TYPES)
+    a, b = req(ctx), req(ctx, 1)
     if a.dtype != b.dtype:
         raise ValueError(f"MatMul operands differ in dtype: {a.dtype} vs {b.dtype}")
     return [TensorType(a.dtype, matmul_shape(a.shape, b.shape))]
@@ -464,155 +528,15 @@ def _matmul_infer(ctx: InferCtx) -> list[TensorType]:
 def _matmul_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     a, b = inputs[0], inputs[1]
     assert a is not None and b is not None
-    return [as_dtype(np.matmul(_acc(a), _acc(b)), ctx)]
-
-
-# --- normalization -----------------------------------------------------------------------------
-def _bn_infer(ctx: InferCtx) -> list[TensorType]:
-    x = _t(ctx)
-    c = TensorType(_t(ctx, 3).dtype, (x.shape[1],))
-    return [x, c, c][: max(ctx.num_outputs, 1)]
-
-
-def _bn_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, scale, bias, mean, var = (np.asarray(a) for a in inputs[:5])
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    eps, momentum = attrs["epsilon"], attrs["momentum"]
-    xf = _acc(x)
-    if attrs["training_mode"]:
-        axes = (0,) + tuple(range(2, x.ndim))
-        cur_mean = xf.mean(axis=axes)
-        cur_var = xf.var(axis=axes)
-        y = (xf - cur_mean.reshape(shape)) / np.sqrt(cur_var.reshape(shape) + eps) * scale.reshape(shape) + bias.reshape(shape)
-        run_mean = mean * momentum + cur_mean * (1 - momentum)
-        run_var = var * momentum + cur_var * (1 - momentum)
-        return [as_dtype(y, ctx), run_mean.astype(mean.dtype), run_var.astype(var.dtype)][: len(ctx.node.outputs)]
-    inv = _acc(scale) / np.sqrt(_acc(var) + eps)
-    y = (xf - _acc(mean).reshape(shape)) * inv.reshape(shape) + _acc(bias).reshape(shape)
-    return [as_dtype(y, ctx)]
-
-
-def _instnorm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, scale, bias = (np.asarray(a) for a in inputs[:3])
-    axes = tuple(range(2, x.ndim))
-    xf = _acc(x)
-    mean = xf.mean(axis=axes, keepdims=True)
-    var = xf.var(axis=axes, keepdims=True)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    y = (xf - mean) / np.sqrt(var + attrs["epsilon"]) * scale.reshape(shape) + bias.reshape(shape)
-    return [as_dtype(y, ctx)]
-
-
-def _layernorm_infer(ctx: InferCtx) -> list[TensorType]:
-    x = _t(ctx)
-    axis = norm_axis(ctx.attrs["axis"], x.rank)
-    stat_dtype = "f32" if ctx.attrs["stash_type"] == 1 else x.dtype
-    stat = TensorType(stat_dtype, x.shape[:axis] + (1,) * (x.rank - axis))
-    return [x, stat, stat][: max(ctx.num_outputs, 1)]
-
-
-def _layernorm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, scale = inputs[0], inputs[1]
-    assert x is not None and scale is not None
-    bias = inputs[2] if len(inputs) > 2 else None
-    axis = norm_axis(attrs["axis"], x.ndim)
-    axes = tuple(range(axis, x.ndim))
-    xf = x.astype(np.float32) if attrs["stash_type"] == 1 and x.dtype != np.float64 else x
-    mean = xf.mean(axis=axes, keepdims=True)
-    var = ((xf - mean) ** 2).mean(axis=axes, keepdims=True)
-    inv = 1.0 / np.sqrt(var + attrs["epsilon"])
-    y = (xf - mean) * inv * scale
-    if bias is not None:
-        y = y + bias
-    out = [as_dtype(y, ctx), as_dtype(mean, ctx, 1) if len(ctx.node.outputs) > 1 else None,
-           as_dtype(inv, ctx, 2) if len(ctx.node.outputs) > 2 else None]
-    return [o for o in out if o is not None]
-
-
-def _groupnorm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, scale, bias = (np.asarray(a) for a in inputs[:3])
-    g = attrs["num_groups"]
-    n, c = x.shape[:2]
-    xf = x.astype(np.float32) if attrs["stash_type"] == 1 and x.dtype != np.float64 else x
-    grouped = xf.reshape((n, g, -1))
-    mean = grouped.mean(axis=2, keepdims=True)
-    var = grouped.var(axis=2, keepdims=True)
-    normed = ((grouped - mean) / np.sqrt(var + attrs["epsilon"])).reshape(x.shape)
-    if scale.size == g and g != c:  # GroupNormalization-18: one scale per group
-        scale, bias = np.repeat(scale, c // g), np.repeat(bias, c // g)
-    shape = (1, -1) + (1,) * (x.ndim - 2)
-    return [as_dtype(normed * scale.reshape(shape) + bias.reshape(shape), ctx)]
-
-
-def _rmsnorm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x, scale = inputs[0], inputs[1]
-    assert x is not None and scale is not None
-    axis = norm_axis(attrs["axis"], x.ndim)
-    axes = tuple(range(axis, x.ndim))
-    xf = x.astype(np.float32) if attrs["stash_type"] == 1 and x.dtype != np.float64 else x
-    rms = np.sqrt((xf * xf).mean(axis=axes, keepdims=True) + attrs["epsilon"])
-    return [as_dtype(xf / rms * scale, ctx)]
-
-
-def _lrn_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x = inputs[0]
-    assert x is not None
-    size = attrs["size"]
-    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
-    sq = _acc(x) ** 2
-    padded = np.pad(sq, [(0, 0), (lo, hi)] + [(0, 0)] * (x.ndim - 2))
-    win = sliding_window_view(padded, size, axis=1).sum(axis=-1)
-    y = x / (attrs["bias"] + attrs["alpha"] / size * win) ** attrs["beta"]
-    return [as_dtype(y, ctx)]
-
-
-def _mvn_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    x = inputs[0]
-    assert x is not None
-    axes = tuple(norm_axis(a, x.ndim) for a in attrs["axes"])
-    xf = _acc(x)
-    mean = xf.mean(axis=axes, keepdims=True)
-    std = np.sqrt(((xf - mean) ** 2).mean(axis=axes, keepdims=True))
-    return [as_dtype((xf - mean) / (std + 1e-9), ctx)]
-
-
-def _same(ctx: InferCtx) -> list[TensorType]:
-    return [_t(ctx)]
+    return [as_dtype(np.matmul(upcast(a), upcast(b)), ctx)]
 
 
 OPS: list[OpDef] = [
-    OpDef(name="Conv", infer=_conv_infer, ref=_conv_ref, inputs=(2, 3), attrs=CONV_ATTRS, upgrade=_resolve_auto_pad),
-    OpDef(name="ConvTranspose", infer=_convt_infer, ref=_convt_ref, inputs=(2, 3), attrs=CONVT_ATTRS),
-    OpDef(name="MaxPool", infer=_pool_infer, ref=_maxpool_ref, outputs=(1, 2), upgrade=_resolve_auto_pad,
-          attrs={**POOL_ATTRS, "storage_order": AttrSpec("int", 0)}),
-    OpDef(name="AveragePool", infer=_pool_infer, ref=_avgpool_ref, upgrade=_resolve_auto_pad,
-          attrs={**POOL_ATTRS, "count_include_pad": AttrSpec("int", 0)}),
-    OpDef(name="LpPool", infer=_pool_infer, ref=_lppool_ref, upgrade=_resolve_auto_pad,
-          attrs={**POOL_ATTRS, "p": AttrSpec("int", 2)}),
-    OpDef(name="GlobalAveragePool", infer=_global_infer, ref=_global(lambda x, ax, a: x.mean(axis=ax, keepdims=True))),
-    OpDef(name="GlobalMaxPool", infer=_global_infer, ref=_global(lambda x, ax, a: x.max(axis=ax, keepdims=True))),
-    OpDef(name="GlobalLpPool", infer=_global_infer,
-          ref=_global(lambda x, ax, a: (np.abs(x) ** a["p"]).sum(axis=ax, keepdims=True) ** (1.0 / a["p"])),
-          attrs={"p": AttrSpec("int", 2)}),
-    OpDef(name="MaxUnpool", infer=_maxunpool_infer, ref=_maxunpool_ref, inputs=(2, 3),
-          attrs={"kernel_shape": AttrSpec("ints"), "pads": AttrSpec("ints", _zeros2), "strides": AttrSpec("ints", _ones)}),
+    OpDef(name="Conv", infer=_conv_float_infer, ref=_conv_ref, inputs=(2, 3), attrs=CONV_ATTRS, upgrade=_resolve_auto_pad),
+    OpDef(name="ConvTranspose", infer=_convt_infer, ref=_convt_ref, inputs=(2, 3), attrs=CONVT_ATTRS, upgrade=_convt_upgrade),
+    OpDef(name="Col2Im", infer=_col2im_infer, ref=_col2im_ref, inputs=(3, 3), attrs=COL2IM_ATTRS),
     OpDef(name="Gemm", infer=_gemm_infer, ref=_gemm_ref, inputs=(2, 3),
           attrs={"alpha": AttrSpec("float", 1.0), "beta": AttrSpec("float", 1.0),
                  "transA": AttrSpec("int", 0), "transB": AttrSpec("int", 0)}),
     OpDef(name="MatMul", infer=_matmul_infer, ref=_matmul_ref, inputs=(2, 2)),
-    OpDef(name="BatchNormalization", infer=_bn_infer, ref=_bn_ref, inputs=(5, 5), outputs=(1, 3),
-          attrs={"epsilon": AttrSpec("float", 1e-5), "momentum": AttrSpec("float", 0.9),
-                 "training_mode": AttrSpec("int", 0)}),
-    OpDef(name="InstanceNormalization", infer=_same, ref=_instnorm_ref, inputs=(3, 3),
-          attrs={"epsilon": AttrSpec("float", 1e-5)}),
-    OpDef(name="LayerNormalization", infer=_layernorm_infer, ref=_layernorm_ref, inputs=(2, 3), outputs=(1, 3),
-          attrs={"axis": AttrSpec("int", -1), "epsilon": AttrSpec("float", 1e-5), "stash_type": AttrSpec("int", 1)}),
-    OpDef(name="GroupNormalization", infer=_same, ref=_groupnorm_ref, inputs=(3, 3),
-          attrs={"epsilon": AttrSpec("float", 1e-5), "num_groups": AttrSpec("int"), "stash_type": AttrSpec("int", 1)}),
-    OpDef(name="RMSNormalization", infer=_same, ref=_rmsnorm_ref, inputs=(2, 2),
-          attrs={"axis": AttrSpec("int", -1), "epsilon": AttrSpec("float", 1e-5), "stash_type": AttrSpec("int", 1)}),
-    OpDef(name="LRN", infer=_same, ref=_lrn_ref,
-          attrs={"alpha": AttrSpec("float", 1e-4), "beta": AttrSpec("float", 0.75), "bias": AttrSpec("float", 1.0),
-                 "size": AttrSpec("int")}),
-    OpDef(name="MeanVarianceNormalization", infer=_same, ref=_mvn_ref, attrs={"axes": AttrSpec("ints", (0, 2, 3))}),
 ]
