@@ -214,7 +214,8 @@ def load(path: str | Path, device: str | None = None, threads: int | None = None
 
     `device`: where to run ("cpu"); by default the device the artifact was built for.
     `threads`: CPU threads for TVM's pool; by default every CPU this process may run on
-    (TVM's own default halves the count on x86).
+    (TVM's own default halves the count on x86). The pool is process-wide: the last load
+    (or `set_threads`) decides for every model in the process.
     """
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")

@@ -183,6 +183,22 @@ def test_wrong_inputs_name_the_input_the_expected_and_the_got(two_io_artifact: P
         call(model, np.zeros((2, 4), np.float32), np.zeros((2, 4), np.int64))
 
 
+def test_failures_inside_tvm_are_one_clear_error(dyn_artifact: Path) -> None:
+    from ember.runtime import ModelRunError
+
+    class Failing:
+        def __getitem__(self, name: str) -> object:
+            def main(*args: object) -> None:
+                raise RuntimeError("Check failed: (n == 1) is false: \nStack trace:\n  0: frame")
+
+            return main
+
+    model = load(dyn_artifact)
+    model._vm = Failing()
+    with pytest.raises(ModelRunError, match=r"the model failed while running: RuntimeError: Check failed: \(n == 1\) is false:$"):
+        model(np.zeros((1, 3, 8, 8), np.float32))
+
+
 # --- damaged artifacts: refused before the library is loaded ---------------------------------
 
 
