@@ -167,7 +167,7 @@ class Model:
         except Exception as err:  # TVM's VM raises its own error types; keep the message, not the trace
             lines = [line for line in str(err).strip().splitlines() if line.strip()]
             raise ModelRunError(f"{self.manifest.path.parent}: the model failed while running: "
-                                f"{type(err).__name__}: {lines[0] if lines else ''}") from None
+                                f"{type(err).__name__}: {lines[0].strip() if lines else ''}") from None
 
     def __call__(self, *args: Any, **named: Any) -> dict[str, np.ndarray]:
         """Run once on arrays given by position and/or input name; outputs by name."""
