@@ -21,7 +21,9 @@ from ember.compiler.ir import Graph, Node
 EXPORT_OPSET = 23  # Attention (fuse_composites) exists from opset 23
 # Attributes that hold an ember dtype name in the IR and a TensorProto code in ONNX.
 DTYPE_ATTRS = {("Cast", "to"), ("EyeLike", "dtype"), ("QuantizeLinear", "output_dtype"),
-               ("DequantizeLinear", "output_dtype"), ("QuantizeLinear", "precision")}
+               ("DequantizeLinear", "output_dtype"), ("QuantizeLinear", "precision"),
+               ("LayerNormalization", "stash_type"), ("GroupNormalization", "stash_type"),
+               ("RMSNormalization", "stash_type"), ("Attention", "softmax_precision")}
 
 
 def _attr(op: str, key: str, value: Any, opset: int) -> onnx.AttributeProto:

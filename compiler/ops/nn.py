@@ -190,21 +190,39 @@ def window_dims(ctx: InferCtx, x: TensorType, k: Sequence[int], ceil: bool = Fal
     return out
 
 
+def pad_spatial(x: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], pads: Sequence[int], fill: Any, ceil: bool = False) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(x padded with `fill` so that every window lies inside, the output spatial dims)."""
+    n = len(k)
+    out = tuple(int(out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil)) for i in range(n))
+    # In ceil mode the last window may run past the end pad: pad for it too.
+    extra = [max((out[i] - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + pads[i] + pads[i + n]), 0) for i in range(n)]
+    width = [(0, 0), (0, 0)] + [(pads[i], pads[i + n] + extra[i]) for i in range(n)]
+    if any(sum(w) for w in width):
+        x = np.pad(x, width, mode="constant", constant_values=fill)
+    return x, out
+
+
 def windows(x: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], pads: Sequence[int], fill: Any, ceil: bool = False) -> np.ndarray:
     """[N, C, *out, *k] view of the sliding windows of x padded with `fill` (no copy but the pad)."""
     n = len(k)
-    extra = [0] * n
-    if ceil:  # room for the last, partial window
-        for i in range(n):
-            o = int(out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil=True))
-            need = (o - 1) * s[i] + (k[i] - 1) * d[i] + 1 - (x.shape[2 + i] + pads[i] + pads[i + n])
-            extra[i] = max(need, 0)
-    width = [(0, 0), (0, 0)] + [(pads[i], pads[i + n] + extra[i]) for i in range(n)]
-    xp = np.pad(x, width, mode="constant", constant_values=fill) if any(sum(w) for w in width) else x
+    xp, out = pad_spatial(x, k, s, d, pads, fill, ceil)
     span = [(k[i] - 1) * d[i] + 1 for i in range(n)]
     view = sliding_window_view(xp, span, axis=tuple(range(2, 2 + n)))
-    index = (slice(None), slice(None)) + tuple(slice(None, None, s[i]) for i in range(n))
-    return view[index + tuple(slice(None, None, d[i]) for i in range(n))]
+    index = tuple(slice(0, (out[i] - 1) * s[i] + 1, s[i]) for i in range(n)) + tuple(slice(None, None, d[i]) for i in range(n))
+    return view[(slice(None), slice(None)) + index]
+
+
+def fold_windows(x: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], pads: Sequence[int], fill: Any, ufunc: np.ufunc, ceil: bool = False) -> np.ndarray:
+    """ufunc-reduce every window of x: [N, C, *out] (one strided pass per kernel tap, which is
+    much faster than reducing a window view)."""
+    n = len(k)
+    xp, out = pad_spatial(x, k, s, d, pads, fill, ceil)
+    result: np.ndarray | None = None
+    for tap in np.ndindex(*k):
+        part = xp[(Ellipsis,) + tuple(slice(tap[i] * d[i], tap[i] * d[i] + (out[i] - 1) * s[i] + 1, s[i]) for i in range(n))]
+        result = part.copy() if result is None else ufunc(result, part, out=result)
+    assert result is not None
+    return result
 
 
 def scatter_windows(cols: np.ndarray, k: Sequence[int], s: Sequence[int], d: Sequence[int], size: Sequence[int]) -> np.ndarray:

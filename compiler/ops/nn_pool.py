@@ -23,6 +23,7 @@ from ember.compiler.ops.nn import (
     _resolve_auto_pad,
     check_window_attrs,
     explicit_pads,
+    fold_windows,
     ones_per_axis,
     opt,
     req,
@@ -56,12 +57,11 @@ def _pool_infer(allowed: tuple[str, ...], indices: bool = False) -> Any:
     return infer
 
 
-def _pool_windows(x: np.ndarray, attrs: Attrs, fill: Any) -> tuple[np.ndarray, tuple[int, ...]]:
-    """([N, C, *out, taps] windows of x, the pads in effect)."""
+def _pool_fold(x: np.ndarray, attrs: Attrs, fill: Any, ufunc: np.ufunc) -> tuple[np.ndarray, tuple[int, ...]]:
+    """(ufunc over each window of x, the pads in effect)."""
     k = attrs["kernel_shape"]
     pads = explicit_pads(x.shape[2:], attrs, k)
-    win = windows(x, k, attrs["strides"], attrs["dilations"], pads, fill, bool(attrs["ceil_mode"]))
-    return win.reshape(win.shape[: x.ndim] + (-1,)), pads
+    return fold_windows(x, k, attrs["strides"], attrs["dilations"], pads, fill, ufunc, bool(attrs["ceil_mode"])), pads
 
 
 def _maxpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
@@ -69,14 +69,16 @@ def _maxpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]
     assert x is not None
     xf = upcast(x)
     fill = -np.inf if xf.dtype.kind == "f" else np.iinfo(xf.dtype).min
-    flat, pads = _pool_windows(xf, attrs, fill)
-    y = flat.max(axis=-1)
     if len(ctx.node.outputs) < 2:
-        return [as_dtype(y, ctx)]
-    # Indices: the first maximum's position in the unpadded input, flattened over
-    # [N, C, *spatial] (storage_order=1: spatial axes column-major, N and C as before).
+        return [as_dtype(_pool_fold(xf, attrs, fill, np.maximum)[0], ctx)]
     k, s, d = attrs["kernel_shape"], attrs["strides"], attrs["dilations"]
     n = len(k)
+    pads = explicit_pads(x.shape[2:], attrs, k)
+    win = windows(xf, k, s, d, pads, fill, bool(attrs["ceil_mode"]))
+    flat = win.reshape(win.shape[: x.ndim] + (-1,))
+    y = flat.max(axis=-1)
+    # Indices: the first maximum's position in the unpadded input, flattened over
+    # [N, C, *spatial] (storage_order=1: spatial axes column-major, N and C as before).
     taps = np.unravel_index(flat.argmax(axis=-1), tuple(k))
     coords = []
     for i in range(n):
@@ -102,8 +104,7 @@ def _axis_counts(size: int, out: int, k: int, s: int, d: int, lo: int, hi: int, 
 def _avgpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     x = inputs[0]
     assert x is not None
-    flat, pads = _pool_windows(upcast(x), attrs, 0)
-    total = flat.sum(axis=-1)
+    total, pads = _pool_fold(upcast(x), attrs, 0, np.add)
     k, s, d = attrs["kernel_shape"], attrs["strides"], attrs["dilations"]
     n = len(k)
     count = np.ones((1, 1) + (1,) * n)
@@ -119,8 +120,8 @@ def _lppool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     x = inputs[0]
     assert x is not None
     p = attrs["p"]
-    flat, _ = _pool_windows(np.abs(upcast(x)) ** p, attrs, 0)
-    return [as_dtype(flat.sum(axis=-1) ** (1.0 / p), ctx)]
+    total, _ = _pool_fold(np.abs(upcast(x)) ** p, attrs, 0, np.add)
+    return [as_dtype(total ** (1.0 / p), ctx)]
 
 
 def _lp_check(ctx: InferCtx) -> None:
