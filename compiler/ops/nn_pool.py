@@ -185,20 +185,25 @@ def _maxunpool_infer(ctx: InferCtx) -> list[TensorType]:
 
 
 def _maxunpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
+    """Scatter x to the flat positions `indices` of a zero output.
+
+    The indices are MaxPool's: row-major positions in the unpooled tensor, so with an
+    explicit output_shape they address that shape (onnxruntime and PyTorch; the spec says
+    indices lie in [0, N x C x D1 x ... x Dn) of the output). onnx's reference and its test
+    case `maxunpool_export_with_output_shape` address the default-size output instead, which
+    onnx/onnx#2398 reports as wrong and onnxruntime#2193 fixed.
+    """
     x, idx, shape = inputs[0], inputs[1], opt(inputs, 2)
     assert x is not None and idx is not None
-    # Indices address the default-size output; an explicit output_shape places that block
-    # at the origin of a larger zero tensor (as the spec's reference and test data do).
-    inferred = x.shape[:2] + tuple(int(v) for v in _unpool_dims(x.shape[2:], attrs))
-    flat = np.zeros(int(np.prod(inferred)), dtype=x.dtype)
+    if shape is not None:
+        out_shape = tuple(int(v) for v in shape)
+    else:
+        out_shape = x.shape[:2] + tuple(int(v) for v in _unpool_dims(x.shape[2:], attrs))
+    flat = np.zeros(int(np.prod(out_shape)), dtype=x.dtype)
+    if idx.size and (idx.min() < 0 or idx.max() >= flat.size):
+        raise ValueError(f"indices must lie in [0, {flat.size}) for the output {list(out_shape)}")
     flat[idx.reshape(-1)] = x.reshape(-1)
-    y = flat.reshape(inferred)
-    if shape is None:
-        return [y]
-    out = np.zeros(tuple(int(v) for v in shape), dtype=x.dtype)
-    region = tuple(slice(0, min(a, b)) for a, b in zip(inferred, out.shape))
-    out[region] = y[region]
-    return [out]
+    return [flat.reshape(out_shape)]
 
 
 OPS: list[OpDef] = [

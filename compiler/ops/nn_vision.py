@@ -98,9 +98,11 @@ def _grid_axis(coord: np.ndarray, size: int, attrs: Attrs) -> Taps:
     lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
     if mode == "nearest":
         x = np.rint(x)  # half to even, as PyTorch
-    if padding == "border":
+    # Linear and nearest pad the coordinate, then each tap; cubic pads only its taps (as
+    # onnxruntime and PyTorch do; onnx's reference also clips the coordinate for border).
+    if padding == "border" and mode != "cubic":
         x = np.where((x < lo) | (x > hi), np.clip(x, 0, size - 1), x)
-    elif padding == "reflection":
+    elif padding == "reflection" and mode != "cubic":
         x = _reflect(x, lo, hi)
 
     def tap(pos: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
