@@ -90,8 +90,10 @@ def out_dim(size: Dim, k: int, s: int, d: int, lo: int, hi: int, ceil: bool = Fa
         if ceil and (out - 1) * s >= size + lo:
             out -= 1
         return out
-    base = dims.add(size, lo + hi - span)
-    return dims.add(dims.ceildiv(base, s) if ceil else dims.floordiv(base, s), 1)
+    # (size + c) // s + 1 == (size + c + s) // s keeps "H" for a same-size window (c + s == 0).
+    if ceil:
+        return dims.floordiv(dims.add(size, lo + hi - span + 2 * s - 1), s)
+    return dims.floordiv(dims.add(size, lo + hi - span + s), s)
 
 
 def same_pads(total: int, mode: str) -> tuple[int, int]:
@@ -183,7 +185,13 @@ def window_dims(ctx: InferCtx, x: TensorType, k: Sequence[int], ceil: bool = Fal
         # SAME keeps ceil(size / stride) whatever the kernel, so symbolic sizes stay exact.
         return tuple(dims.ceildiv(x.shape[2 + i], s[i]) for i in range(n))
     pads = (0,) * (2 * n) if mode == "VALID" else tuple(a["pads"])
-    out = tuple(out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil) for i in range(n))
+    out = tuple(
+        # A symbolic size whose ceil-mode count may lose a window that starts in the end
+        # pad (possible when that pad >= span - stride + 1) is only known at run time.
+        ctx.fresh(0, 2 + i) if ceil and isinstance(x.shape[2 + i], str) and pads[i + n] >= (k[i] - 1) * d[i] + 2 - s[i]
+        else out_dim(x.shape[2 + i], k[i], s[i], d[i], pads[i], pads[i + n], ceil)
+        for i in range(n)
+    )
     bad = [o for o in out if isinstance(o, int) and o < 1]
     if bad:
         raise ValueError(f"the window ({list(k)}, dilations {list(d)}) does not fit the padded input {list(x.shape[2:])}")
@@ -337,9 +345,9 @@ CONVT_ATTRS = {
 }
 
 
-def _convt_natural(size: Dim, k: int, s: int, d: int, op: int) -> Dim:
-    """The unpadded ConvTranspose output size: s * (size - 1) + output_padding + span."""
-    return dims.add(dims.mul(dims.sub(size, 1), s), op + (k - 1) * d + 1)
+def _convt_natural(size: Dim, k: int, s: int, d: int, op: int, pads: int = 0) -> Dim:
+    """The ConvTranspose output size: s * (size - 1) + output_padding + span - pads."""
+    return dims.add(dims.mul(size, s), op + (k - 1) * d + 1 - s - pads)
 
 
 def convt_geometry(shape: Sequence[Dim], attrs: Attrs) -> tuple[tuple[Dim, ...], tuple[int, ...]]:
@@ -355,7 +363,7 @@ def convt_geometry(shape: Sequence[Dim], attrs: Attrs) -> tuple[tuple[Dim, ...],
     target = attrs.get("output_shape")
     if target is None and mode not in ("SAME_UPPER", "SAME_LOWER"):
         pads = (0,) * (2 * n) if mode == "VALID" else tuple(attrs["pads"])
-        out = tuple(dims.sub(dims.sub(_convt_natural(shape[i], k[i], s[i], d[i], op[i]), pads[i]), pads[i + n]) for i in range(n))
+        out = tuple(_convt_natural(shape[i], k[i], s[i], d[i], op[i], pads[i] + pads[i + n]) for i in range(n))
         return out, pads
     if target is not None:
         out = tuple(int(v) for v in list(target)[-n:])

@@ -166,7 +166,7 @@ def _unpool_dims(shape: tuple[Dim, ...], attrs: Attrs) -> tuple[Dim, ...]:
     """The default output spatial dims: (in - 1) * stride + kernel - pads."""
     k, s, pads = attrs["kernel_shape"], attrs["strides"], attrs["pads"]
     n = len(k)
-    return tuple(dims.add(dims.mul(dims.sub(shape[i], 1), s[i]), k[i] - pads[i] - pads[i + n]) for i in range(n))
+    return tuple(dims.add(dims.mul(shape[i], s[i]), k[i] - s[i] - pads[i] - pads[i + n]) for i in range(n))
 
 
 def _maxunpool_infer(ctx: InferCtx) -> list[TensorType]:
