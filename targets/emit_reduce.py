@@ -88,7 +88,7 @@ def _hardmax(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if not isinstance(depth, int):
         raise refuse(node, "Hardmax over a symbolic axis")
     dtype = TVM_DTYPE[t.dtype]
-    one, zero = relax.PrimValue(tirx.const(1, dtype)), relax.PrimValue(tirx.const(0, dtype))
+    one, zero = relax.prim_value(tirx.const(1, dtype)), relax.prim_value(tirx.const(0, dtype))
     return [R.one_hot(R.argmax(a[0], axis), one, zero, depth, axis)]
 
 

@@ -77,7 +77,7 @@ def _wrap_indices(lw: Lowering, node: Node, idx: relax.Expr, size: Any) -> relax
     if data is not None and isinstance(size, int):
         return const(np.where(data < 0, data + size, data).astype(np.int64))
     dim = lw.dim(size)
-    n = relax.const(dim, "int64") if isinstance(dim, int) else R.astype(relax.PrimValue(dim), "int64")
+    n = relax.const(dim, "int64") if isinstance(dim, int) else relax.prim_value(dim)
     wide = R.astype(idx, "int64")
     return R.where(R.less(idx, relax.const(0, TVM_DTYPE[idx_t.dtype])), R.add(wide, n), wide)
 
@@ -184,10 +184,34 @@ def _pad(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         if c is None:
             raise LoweringError(f"node {node.name!r} (Pad): the pad value must be constant for code generation")
         value = float(np.asarray(c).reshape(-1)[0]) if np.asarray(c).size else 0.0
-    mode = {"constant": "constant", "reflect": "reflect", "edge": "edge"}.get(node.attrs["mode"])
-    if mode is None:
-        raise refuse(node, f"mode {node.attrs['mode']!r}")
+    mode = node.attrs["mode"]
+    if mode == "edge":
+        return [_edge_pad(lw, node, a[0], width)]
+    if mode not in ("constant", "reflect"):
+        raise refuse(node, f"mode {mode!r}")
     return [R.nn.pad(a[0], width, mode, value)]
+
+
+def _edge_pad(lw: Lowering, node: Node, x: relax.Expr, width: list[int]) -> relax.Expr:
+    """Edge padding as concatenations of the border slices, repeated (Relax's pad legalizes
+    only constant and reflect padding)."""
+    t = in_type(lw, node, 0)
+    shape = lw.shape(t)
+    for ax in range(t.rank):
+        before, after = width[2 * ax], width[2 * ax + 1]
+        if not before and not after:
+            continue
+        parts = []
+        if before:
+            first = R.strided_slice(x, [ax], [0], [1])
+            parts.append(R.broadcast_to(first, [before if i == ax else d for i, d in enumerate(shape)]))
+        parts.append(x)
+        if after:
+            last = R.strided_slice(x, [ax], [-1], [2**62])
+            parts.append(R.broadcast_to(last, [after if i == ax else d for i, d in enumerate(shape)]))
+        x = lw.emit(R.concat(parts, axis=ax))
+        shape[ax] = shape[ax] + before + after
+    return x
 
 
 def _depth_to_space(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
@@ -232,7 +256,7 @@ def _one_hot(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     off, on = (tirx.const(np.asarray(values).reshape(-1)[i].item(), TVM_DTYPE[t.dtype]) for i in (0, 1))
     idx = R.astype(a[0], "int64")
     idx = R.where(R.less(idx, relax.const(0, "int64")), R.add(idx, relax.const(depth, "int64")), idx)
-    return [R.one_hot(idx, relax.PrimValue(on), relax.PrimValue(off), depth, axis_of(node, t.rank))]
+    return [R.one_hot(idx, relax.prim_value(on), relax.prim_value(off), depth, axis_of(node, t.rank))]
 
 
 def _cumulative(fn: Any) -> Emitter:

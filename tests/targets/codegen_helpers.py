@@ -37,9 +37,13 @@ def onnx_model(nodes: Sequence[onnx.NodeProto], inputs: Sequence[tuple[str, int,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    types = {v.name: v for v in inferred.graph.value_info}
-    model.graph.output.extend(types[name] for name in outs)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type for v in [*inferred.graph.input, *inferred.graph.value_info]}
+    for n in nodes:  # onnx leaves some function-defined ops untyped: same type as their data input
+        for o in n.output:
+            if o and (o not in types or not types[o].tensor_type.HasField("shape")):
+                types[o] = types[n.input[0]]
+    model.graph.output.extend(helper.make_value_info(name, types[name]) for name in outs)
     return model
 
 

@@ -99,3 +99,151 @@ def test_op_without_emitter_is_named() -> None:
     model = onnx_model([node("NonZero", ["x"], "nz")], [("x", F, [4])])
     with pytest.raises(LoweringError, match=r"operators without a code generator:\n  NonZero: 1 node\(s\): nz"):
         build(import_proto(model), resolve_target("cpu"))
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+def test_shape_and_data_movement_ops(rng: np.random.Generator) -> None:
+    nodes = [
+        # run-time shape arithmetic under a symbolic batch, as exporters write it
+        node("Shape", ["x"], "shape"), node("Gather", ["shape", "zero"], "n"), node("Unsqueeze", ["n", "zero1"], "n1"),
+        node("Concat", ["n1", "c24"], "target", axis=0), node("Reshape", ["x", "target"], "reshaped"),
+        node("ConstantOfShape", ["shape"], "filled", value=helper.make_tensor("v", F, [1], [1.5])),
+        node("Range", ["zero", "n", "one"], "range"), node("Size", ["x"], "size"), node("Shape", ["x"], "tail", start=1),
+        node("Cast", ["range"], "range_f", to=F),
+        # reshapes and transposes
+        node("Flatten", ["x"], "flat", axis=2), node("Unsqueeze", ["x", "zero1"], "unsq"), node("Squeeze", ["x1", "one1"], "sq"),
+        node("Transpose", ["x"], "tr", perm=[2, 0, 1]), node("Expand", ["x1", "shape"], "expanded"),
+        # concat, split, slice, tile, pad
+        node("Concat", ["x", "x"], "cat", axis=-1), node("Slice", ["x", "s0", "s1", "s2", "s3"], "sliced"),
+        node("Slice", ["x", "r0", "r1", "r2", "r3"], "reversed"), node("Tile", ["x", "reps"], "tiled"),
+        node("Pad", ["x", "pads", "pv"], "padded"), node("Pad", ["x", "pads2"], "reflected", mode="reflect"),
+        node("Pad", ["x", "pads2"], "edged", mode="edge"),
+        # gathers and scatters
+        node("Gather", ["x", "idx"], "gathered", axis=2), node("Gather", ["x", "neg"], "picked", axis=1),
+        node("GatherElements", ["w", "eidx"], "gathered_el", axis=1), node("GatherND", ["w", "ndidx"], "gathered_nd"),
+        node("ScatterElements", ["w", "sidx", "supd"], "scattered", axis=1),
+        node("ScatterElements", ["w", "sidx", "supd"], "scattered_add", axis=1, reduction="add"),
+        node("ScatterND", ["w", "ndidx", "ndupd"], "scattered_nd"),
+        # generators and scans
+        node("EyeLike", ["w"], "eye", k=1), node("Trilu", ["w"], "upper"), node("Trilu", ["w", "one"], "lower", upper=0),
+        node("OneHot", ["hot", "depth", "onoff"], "onehot"), node("CumSum", ["x", "two"], "cumsum"),
+        node("CumSum", ["x", "two"], "cumsum_rev", exclusive=1, reverse=1),
+        node("DepthToSpace", ["d"], "d2s", blocksize=2), node("DepthToSpace", ["d"], "d2s_crd", blocksize=2, mode="CRD"),
+        node("SpaceToDepth", ["d"], "s2d", blocksize=2),
+    ]
+    nodes.append(helper.make_node("Split", ["x", "parts"], ["part0", "part1"], axis=1))
+    nodes.append(helper.make_node("TopK", ["x", "k"], ["topv", "topi"], axis=-1))
+    inits = {
+        "zero": np.int64(0), "one": np.int64(1), "two": np.int64(2), "zero1": _i64(0), "one1": _i64(1), "c24": _i64(24),
+        "s0": _i64(1, 0), "s1": _i64(4, 100), "s2": _i64(2, 1), "s3": _i64(2, 2),
+        "r0": _i64(-1), "r1": _i64(0), "r2": _i64(2), "r3": _i64(-2),
+        "reps": _i64(1, 2, 1), "pads": _i64(0, 1, 2, 0, 0, 1), "pv": np.float32(-2.0), "pads2": _i64(0, 0, 2, 0, 0, 1),
+        "idx": _i64(0, -1, 3), "neg": np.int64(-1), "eidx": rng.integers(-4, 4, (3, 2)), "ndidx": _i64(1, 0, 2, 3).reshape(2, 2),
+        "sidx": _i64(3, 0, 1, 2).reshape(2, 2), "supd": np.ones((2, 2), np.float32), "ndupd": np.float32([5, 6]),
+        "hot": _i64(0, 2, -1, 3), "depth": np.int64(4), "onoff": np.float32([-1, 2]), "parts": _i64(1, 3), "k": _i64(3),
+    }
+    model = onnx_model(nodes, [("x", F, ["N", 4, 6]), ("x1", F, ["N", 1, 6]), ("w", F, [3, 4]), ("d", F, ["N", 8, 2, 4])], inits)
+    check_model(model, rng, BATCHES)
+
+
+def test_reduction_softmax_and_normalization_ops(rng: np.random.Generator) -> None:
+    reducers = ["ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                "ReduceSumSquare", "ReduceLogSumExp"]
+    nodes = [node(op, ["x", "last"], op.lower()) for op in reducers]
+    nodes += [node(op, ["x", "mid"], f"{op.lower()}_flat", keepdims=0) for op in reducers[:3]]
+    nodes += [
+        node("ReduceSum", ["x"], "sum_all", keepdims=0), node("ReduceLogSum", ["p", "last"], "logsum"),
+        node("ReduceMean", ["x", "empty"], "noop", noop_with_empty_axes=1),
+        node("ArgMax", ["x"], "argmax", axis=2), node("ArgMin", ["x"], "argmin", axis=1, keepdims=0),
+        node("ArgMax", ["t"], "argmax_last", axis=1, select_last_index=1),
+        node("Softmax", ["x"], "softmax"), node("Softmax", ["x"], "softmax1", axis=1), node("LogSoftmax", ["x"], "logsoftmax"),
+        node("Hardmax", ["x"], "hardmax"),
+        node("LayerNormalization", ["x", "g6", "b6"], "layernorm", epsilon=1e-3),
+        node("LayerNormalization", ["x", "g24"], "layernorm2", axis=1),
+        node("RMSNormalization", ["x", "g6"], "rmsnorm"),
+        node("BatchNormalization", ["img", "g4", "b4", "m4", "v4"], "batchnorm"),
+        node("InstanceNormalization", ["img", "g4", "b4"], "instancenorm"),
+        node("GroupNormalization", ["img", "g4", "b4"], "groupnorm", num_groups=2),
+        node("MeanVarianceNormalization", ["img"], "mvn"), node("LpNormalization", ["x"], "l2norm"),
+        node("LpNormalization", ["x"], "l1norm", p=1, axis=1), node("LRN", ["img"], "lrn", size=3, alpha=0.01),
+        node("CumProd", ["x", "one"], "cumprod"), node("Swish", ["x"], "swish", alpha=0.7),
+    ]
+    inits = {
+        "last": _i64(-1), "mid": _i64(1), "empty": np.zeros(0, np.int64), "one": np.int64(1),
+        "g6": rng.standard_normal(6).astype(np.float32), "b6": rng.standard_normal(6).astype(np.float32),
+        "g24": rng.standard_normal((4, 6)).astype(np.float32), "g4": rng.standard_normal(4).astype(np.float32),
+        "b4": rng.standard_normal(4).astype(np.float32), "m4": rng.standard_normal(4).astype(np.float32),
+        "v4": rng.uniform(0.5, 2, 4).astype(np.float32),
+    }
+    inputs = [("x", F, ["N", 4, 6]), ("p", F, ["N", 4, 6]), ("t", I32, ["N", 5]), ("img", F, ["N", 4, 3, 5])]
+
+    def fix(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        _positive("p")(feeds, rng)
+        feeds["t"] = rng.integers(0, 3, feeds["t"].shape).astype(np.int32)  # ties for select_last_index
+
+    check_model(onnx_model(nodes, inputs, inits, opset=26), rng, BATCHES, fix, atol=1e-4)
+
+
+def test_conv_pool_matmul_attention_resize_quant_ops(rng: np.random.Generator) -> None:
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.3).astype(np.float32)
+
+    nodes = [
+        node("Conv", ["img", "w1", "b1"], "conv", pads=[1, 1, 1, 1]),
+        node("Conv", ["img", "w2"], "conv_strided", strides=[2, 2], dilations=[1, 2], pads=[0, 1, 1, 2]),
+        node("Conv", ["img", "w3"], "conv_grouped", group=3, auto_pad="SAME_UPPER", strides=[2, 2]),
+        node("Conv", ["seq", "w1d"], "conv1d", pads=[1, 1]),
+        node("ConvTranspose", ["img", "wt", "b1"], "deconv", strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1]),
+        node("MaxPool", ["img"], "maxpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        node("MaxPool", ["img"], "maxpool_ceil", kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+        node("AveragePool", ["img"], "avgpool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        node("AveragePool", ["img"], "avgpool_pad", kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+        node("LpPool", ["img"], "lppool", kernel_shape=[2, 2], strides=[2, 2]),
+        node("GlobalAveragePool", ["img"], "gap"), node("GlobalMaxPool", ["img"], "gmp"), node("GlobalLpPool", ["img"], "glp"),
+        node("Gemm", ["flat", "wg", "bg"], "gemm", transB=1, alpha=0.5, beta=2.0), node("Flatten", ["img"], "flat"),
+        node("Gemm", ["wa", "wb"], "gemm_ta", transA=1),
+        node("MatMul", ["img", "wm"], "matmul"), node("MatMul", ["vec", "wm"], "matvec"),
+        node("Einsum", ["img", "wm"], "einsum", equation="nchw,wk->nchk"),
+        node("Resize", ["img", "", "scales"], "up_nearest", mode="nearest"),
+        node("Resize", ["img", "", "scales"], "up_linear", mode="linear"),
+        node("Resize", ["img", "", "", "sizes"], "down_linear", mode="linear", coordinate_transformation_mode="align_corners"),
+        node("Attention", ["q", "k", "v", "mask"], "attention"), node("Attention", ["q", "k2", "v2"], "attention_gqa"),
+        node("QuantizeLinear", ["img", "qs", "qz"], "quant"), node("DequantizeLinear", ["quant", "qs", "qz"], "dequant"),
+        node("QuantizeLinear", ["vec", "qs8"], "quant8"),
+        node("MatMulInteger", ["qa", "qb", "qa0", "qb0"], "mmint"),
+    ]
+    inits = {
+        "w1": w(4, 3, 3, 3), "b1": w(4), "w2": w(2, 3, 3, 2), "w3": w(6, 1, 3, 3), "w1d": w(2, 5, 3), "wt": w(3, 4, 3, 3),
+        "wg": w(7, 3 * 6 * 8), "bg": w(7), "wa": w(5, 4), "wb": w(5, 2), "wm": w(8, 5), "scales": np.float32([1, 1, 2, 2]),
+        "sizes": _i64(1, 3, 4, 5), "mask": rng.random((4, 6)) < 0.8, "qs": np.float32(0.05), "qz": np.uint8(128),
+        "qs8": np.float32(0.02), "qa0": np.uint8(3), "qb0": np.int8(-2),
+    }
+    inputs = [("img", F, [1, 3, 6, 8]), ("seq", F, ["N", 5, 7]), ("vec", F, ["N", 8]), ("q", F, ["N", 2, 4, 8]),
+              ("k", F, ["N", 2, 6, 8]), ("v", F, ["N", 2, 6, 3]), ("k2", F, ["N", 1, 6, 8]), ("v2", F, ["N", 1, 6, 3]),
+              ("qa", U8, [3, 4]), ("qb", T.INT8, [4, 2])]
+    check_model(onnx_model(nodes, inputs, inits, opset=26), rng, BATCHES, atol=1e-4)
+
+
+def test_each_fused_group_is_one_kernel(rng: np.random.Generator) -> None:
+    from codegen_helpers import check_graph, wrap_fused
+
+    from ember.targets import kernel_count
+
+    nodes = [
+        node("MatMul", ["x", "w1"], "mm"), node("Add", ["mm", "b1"], "mm_b"), node("Relu", ["mm_b"], "h"),  # group 0
+        node("Mul", ["h", "c"], "hc"), node("Tanh", ["hc"], "ht"), node("HardSwish", ["ht"], "hs"),  # group 1
+        node("Gemm", ["x", "w2"], "g", transB=1), node("Sigmoid", ["g"], "gs"), node("Mul", ["gs", "hs"], "gated"),  # group 2
+        node("Softmax", ["gated"], "probs"), node("Transpose", ["probs"], "out"),  # standalone kernels
+    ]
+    inits = {"w1": rng.standard_normal((16, 8)).astype(np.float32), "b1": rng.standard_normal(8).astype(np.float32),
+             "c": np.float32(0.5), "w2": rng.standard_normal((8, 16)).astype(np.float32)}
+    graph = import_proto(onnx_model(nodes, [("x", F, ["N", 16])], inits))
+    fused = wrap_fused(graph, [["mm", "mm_b", "h"], ["hc", "ht", "hs"], ["g", "gs", "gated"]])
+    assert [n.op for n in fused.nodes] == ["Fused", "Fused", "Fused", "Softmax", "Transpose"]
+    built = check_graph(fused, rng, BATCHES)
+    primfuncs = [name for name in built.kernels if name.startswith("fused_group")]
+    assert sorted(primfuncs) == ["fused_group0", "fused_group1", "fused_group2"], built.kernels
+    assert kernel_count(built) == 3 + 2 == built.launches, built.kernels
