@@ -76,7 +76,8 @@ def _bn_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     xf, scale, bias, mean, var = (a.astype(ct) for a in (x, scale, bias, mean, var))
     eps, momentum = attrs["epsilon"], attrs["momentum"]
     if not attrs["training_mode"]:
-        inv = scale / np.sqrt(var + eps)
+        with np.errstate(invalid="ignore"):  # a negative variance gives NaN, as in onnxruntime
+            inv = scale / np.sqrt(var + eps)
         return [as_dtype((xf - _per_channel(mean, x.ndim)) * _per_channel(inv, x.ndim) + _per_channel(bias, x.ndim), ctx)]
     # Training: normalize with the batch statistics (population variance) and blend them
     # into the running ones: running = input * momentum + batch * (1 - momentum).
