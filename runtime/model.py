@@ -9,7 +9,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,18 +193,28 @@ class Model:
                        rtol=tolerance.get("rtol", 1e-3) if rtol is None else rtol,
                        atol=tolerance.get("atol", 1e-4) if atol is None else atol)
 
+    def runner(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+        """A zero-argument function that runs the model once on `feeds`, copied to the device
+        once here, and waits for the device (for timing loops; outputs stay on the device)."""
+        tensors = self._tensors((), feeds)
+
+        def run_once() -> None:
+            self._invoke(tensors)
+            self._device.sync()
+
+        return run_once
+
     def timed(self, feeds: Mapping[str, np.ndarray], warmup: int, repeat: int) -> list[float]:
         """Latencies in seconds of `repeat` calls after `warmup` (inputs copied to the device once)."""
         if repeat < 1 or warmup < 0:
             raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
-        tensors = self._tensors((), feeds)
+        run_once = self.runner(feeds)
         for _ in range(warmup):
-            self._invoke(tensors)
+            run_once()
         times = []
         for _ in range(repeat):
             start = time.perf_counter()
-            self._invoke(tensors)
-            self._device.sync()
+            run_once()
             times.append(time.perf_counter() - start)
         return times
 

@@ -1,16 +1,22 @@
 """Benchmark harness: onnxruntime vs TVM as-is vs ember on the zoo, side by side.
 
-    python tools/bench.py [--models a,b] [--threads 2] [--repeat 20] [--skip-tvm] [--write]
+    python tools/bench.py [--models a,b] [--threads 2] [--repeat 10] [--skip-tvm] [--write]
 
-For each model, in one process, on the same inputs (the zoo's sample) and thread count:
-onnxruntime with its default graph optimizations (intra-op threads = --threads); TVM as-is
-(tvm.relax.frontend.onnx from_onnx, LegalizeOps, dlight's CPU rules (GEMV, reduction) where
-they apply, then tvm.compile with TVM's default pipeline: the peer, never ember's compile
-path); and ember (the default pipeline, an artifact loaded by ember.runtime). TVM's thread
-pool is sized to --threads for both TVM columns. Latency is the median of --repeat runs after
---warmup runs. A column that fails shows its error in its cell and the run goes on.
-`--write` replaces the table between the markers in BENCHMARKS.md, with the command that
-produced it.
+For each model, in one process, on the same inputs (the zoo's NAME.inputs.npz) and thread
+count:
+- onnxruntime with its default graph optimizations, intra-op threads = --threads;
+- TVM as-is: tvm.relax.frontend.onnx from_onnx, LegalizeOps, dlight's CPU rules (GEMV,
+  reduction) where they apply, then tvm.compile with TVM's default pipeline (the peer only:
+  ember's compile path never uses TVM's ONNX frontend);
+- ember: the default pipeline, an artifact written by the driver and loaded by ember.runtime.
+TVM's thread pool is sized to --threads for both TVM columns.
+
+Timing: every column is built first, warmed up (--warmup runs), then timed in interleaved
+rounds (one run of each column per round), so load from other processes on a shared machine
+hits all columns alike; the table shows medians. TVM as-is takes part in the first
+--tvm-repeat rounds only, after one warm-up run (its untuned code is slow). A column that fails shows its error in
+its cell and the run goes on. `--write` replaces the table between the bench markers in
+BENCHMARKS.md, with the command that produced it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +39,32 @@ import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+HEADER = ("| model | onnxruntime ms | ember ms | ember/ORT | TVM as-is ms | TVM/ORT | ember compile s | "
+          "TVM compile s | artifact MB | nodes | kernel launches |")
 
 
-def _median_ms(fn: Any, warmup: int, repeat: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
+@dataclass
+class Column:
+    """One contender on one model: a zero-argument run function, or the error that stopped it."""
+
+    run: Callable[[], Any] | None = None
+    error: str = ""
+    rounds: int = 0
+    warmup: int = 0
+    times: list[float] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_ms(self) -> float | None:
+        return float(np.median(self.times) * 1e3) if self.times else None
 
 
-def bench_ort(path: Path, feeds: dict[str, np.ndarray], threads: int, warmup: int, repeat: int) -> float:
+def _short(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:60] if lines else ''}"
+
+
+def prepare_ort(path: Path, feeds: dict[str, np.ndarray], threads: int) -> Callable[[], Any]:
     """onnxruntime, default graph optimizations."""
     import onnxruntime as ort
 
@@ -52,11 +72,11 @@ def bench_ort(path: Path, feeds: dict[str, np.ndarray], threads: int, warmup: in
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return _median_ms(lambda: session.run(None, feeds), warmup, repeat)
+    return lambda: session.run(None, feeds)
 
 
-def bench_tvm(path: Path, feeds: dict[str, np.ndarray], warmup: int, repeat: int) -> tuple[float, float]:
-    """TVM as-is: from_onnx + dlight CPU rules + tvm.compile (default pipeline); (compile s, median ms)."""
+def prepare_tvm(path: Path, feeds: dict[str, np.ndarray], info: dict[str, Any]) -> Callable[[], Any]:
+    """TVM as-is: from_onnx + LegalizeOps + dlight CPU rules + tvm.compile (default pipeline)."""
     import onnx
     import tvm
     from tvm import relax
@@ -74,41 +94,86 @@ def bench_tvm(path: Path, feeds: dict[str, np.ndarray], warmup: int, repeat: int
                                         relax.transform.LegalizeOps()])(mod)
         mod = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
     executable = tvm.compile(mod, target=target)
-    compile_s = time.perf_counter() - start
+    info["compile_s"] = time.perf_counter() - start
     vm = relax.VirtualMachine(executable, tvm.cpu())
     args = [tvm.runtime.tensor(v) for v in feeds.values()]
-    return compile_s, _median_ms(lambda: vm["main"](*args), warmup, repeat)
+    fn = vm["main"]
+    return lambda: fn(*args)
 
 
-def bench_ember(path: Path, feeds: dict[str, np.ndarray], threads: int, warmup: int, repeat: int) -> dict[str, Any]:
-    """ember: compile (default pipeline) to an artifact, load with ember.runtime, time it."""
+def prepare_ember(path: Path, feeds: dict[str, np.ndarray], threads: int, info: dict[str, Any],
+                  scratch: Path) -> Callable[[], Any]:
+    """ember: compile (default pipeline) to an artifact, load it with ember.runtime."""
     from ember.compiler.driver import compile_model
     from ember.runtime import load
 
-    out = Path(tempfile.mkdtemp(prefix="ember-bench-")) / "model.ember"
-    try:
-        result = compile_model(path, out, sample=feeds)
-        # import + passes + build, like the TVM column's from_onnx + compile (not the checks)
-        compile_s = sum(v for k, v in result.seconds.items() if k != "check")
-        model = load(out, threads=threads)
-        latency = float(np.median(model.timed(feeds, warmup, repeat)) * 1e3)
-        size = sum(f.stat().st_size for f in out.iterdir())
-        return {"compile_s": compile_s, "ms": latency, "size_mb": size / 1e6, "kernels": result.launches,
-                "nodes": len(result.graph.nodes)}
-    finally:
-        shutil.rmtree(out.parent, ignore_errors=True)
+    out = scratch / f"{path.stem}.ember"
+    result = compile_model(path, out, sample=feeds)
+    # import + passes + build, like the TVM column's from_onnx + compile (not the checks)
+    info["compile_s"] = sum(v for k, v in result.seconds.items() if k != "check")
+    info["size_mb"] = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    info["kernels"] = result.launches
+    info["nodes"] = len(result.graph.nodes)
+    return load(out, threads=threads).runner(feeds)
 
 
-def _cell(fn: Any, *args: Any) -> tuple[Any, str]:
-    """fn(*args), or (None, a short error) — a failing column is reported in its cell."""
-    try:
-        return fn(*args), ""
-    except Exception as err:
-        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:60]}"
+def measure(columns: list[Column], repeat: int) -> None:
+    """Warm each column up, then time them in interleaved rounds; a failure ends that column."""
+    for column in columns:
+        try:
+            for _ in range(column.warmup if column.run else 0):
+                column.run()
+        except Exception as err:
+            column.run, column.error = None, _short(err)
+    for round_ in range(repeat):
+        for column in columns:
+            if column.run is None or round_ >= column.rounds:
+                continue
+            try:
+                start = time.perf_counter()
+                column.run()
+                column.times.append(time.perf_counter() - start)
+            except Exception as err:
+                column.run, column.error = None, _short(err)
 
 
-def _fmt(value: Any, spec: str, fallback: str = "-") -> str:
-    return format(value, spec) if value is not None else fallback
+def bench_model(name: str, args: argparse.Namespace, scratch: Path) -> str:
+    """One table row."""
+    path = zoo.ensure(name)
+    feeds = dict(np.load(path.with_suffix(".inputs.npz")))
+    ort_col = Column(rounds=args.repeat, warmup=args.warmup)
+    ember_col = Column(rounds=args.repeat, warmup=args.warmup)
+    tvm_col = Column(rounds=args.tvm_repeat, warmup=min(args.warmup, 1))  # seconds a run on big models
+    for column, prepare in ((ort_col, lambda: prepare_ort(path, feeds, args.threads)),
+                            (ember_col, lambda: prepare_ember(path, feeds, args.threads, ember_col.info, scratch)),
+                            (tvm_col, lambda: prepare_tvm(path, feeds, tvm_col.info))):
+        if column is tvm_col and args.skip_tvm:
+            column.error = "skipped"
+            continue
+        try:
+            column.run = prepare()
+        except Exception as err:
+            column.error = _short(err)
+    measure([ort_col, ember_col, tvm_col], args.repeat)
+    ort_ms, ember_ms, tvm_ms = ort_col.median_ms, ember_col.median_ms, tvm_col.median_ms
+
+    def fmt(value: Any, spec: str, fallback: str = "-") -> str:
+        return format(value, spec) if value is not None else fallback
+
+    cells = [
+        name,
+        fmt(ort_ms, ".2f", ort_col.error),
+        fmt(ember_ms, ".2f", ember_col.error),
+        fmt(ember_ms / ort_ms if ember_ms and ort_ms else None, ".2f"),
+        fmt(tvm_ms, ".2f", tvm_col.error),
+        fmt(tvm_ms / ort_ms if tvm_ms and ort_ms else None, ".1f"),
+        fmt(ember_col.info.get("compile_s"), ".1f"),
+        fmt(tvm_col.info.get("compile_s"), ".1f"),
+        fmt(ember_col.info.get("size_mb"), ".1f"),
+        fmt(ember_col.info.get("nodes"), "d"),
+        fmt(ember_col.info.get("kernels"), "d"),
+    ]
+    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
 
 
 def _versions() -> str:
@@ -128,47 +193,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20)
-    parser.add_argument("--tvm-repeat", type=int, default=3, help="runs of TVM as-is (its untuned code is slow)")
+    parser.add_argument("--tvm-repeat", type=int, default=3, help="timed runs of TVM as-is (its untuned code is slow)")
     parser.add_argument("--skip-tvm", action="store_true", help="leave out the TVM as-is column")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.threads < 1 or args.repeat < 1 or args.warmup < 0 or args.tvm_repeat < 1:
+        parser.error("need --threads >= 1, --repeat >= 1, --tvm-repeat >= 1 and --warmup >= 0")
     from ember.runtime.model import set_threads
 
     set_threads(args.threads)
     rows = []
-    header = ("| model | onnxruntime ms | ember ms | ember/ORT | TVM as-is ms | TVM/ORT | ember compile s | "
-              "TVM compile s | artifact MB | nodes | kernel launches |")
-    print(header)
+    print(HEADER)
     print("|" + "---|" * 11)
-    for name in args.models.split(","):
-        path = zoo.ensure(name)
-        feeds = dict(np.load(path.with_suffix(".inputs.npz")))
-        ort_ms, ort_err = _cell(bench_ort, path, feeds, args.threads, args.warmup, args.repeat)
-        ember, ember_err = _cell(bench_ember, path, feeds, args.threads, args.warmup, args.repeat)
-        tvm_res, tvm_err = (None, "skipped") if args.skip_tvm else _cell(bench_tvm, path, feeds, 1, args.tvm_repeat)
-        ember = ember or {}
-        tvm_compile, tvm_ms = tvm_res if tvm_res else (None, None)
-        cells = [
-            name,
-            _fmt(ort_ms, ".2f", ort_err),
-            _fmt(ember.get("ms"), ".2f", ember_err),
-            _fmt(ember["ms"] / ort_ms if ember and ort_ms else None, ".2f"),
-            _fmt(tvm_ms, ".2f", tvm_err),
-            _fmt(tvm_ms / ort_ms if tvm_ms and ort_ms else None, ".1f"),
-            _fmt(ember.get("compile_s"), ".1f"),
-            _fmt(tvm_compile, ".1f"),
-            _fmt(ember.get("size_mb"), ".1f"),
-            _fmt(ember.get("nodes"), "d"),
-            _fmt(ember.get("kernels"), "d"),
-        ]
-        row = "| " + " | ".join(cells) + " |"
-        print(row, flush=True)
-        rows.append(row)
+    scratch = Path(tempfile.mkdtemp(prefix="ember-bench-"))
+    try:
+        for name in args.models.split(","):
+            row = bench_model(name, args, scratch)
+            print(row, flush=True)
+            rows.append(row)
+            shutil.rmtree(scratch, ignore_errors=True)
+            scratch.mkdir()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if args.write:
         command = "python tools/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        table = "\n".join([f"Command: `{command}` ({args.threads} threads, median of {args.repeat} runs after "
-                           f"{args.warmup} warm-up; TVM as-is: median of {args.tvm_repeat} after 1; "
-                           f"{_versions()})", "", header, "|" + "---|" * 11, *rows])
+        table = "\n".join([f"Command: `{command.strip()}` ({args.threads} threads; medians of {args.repeat} interleaved "
+                           f"rounds after {args.warmup} warm-up runs; TVM as-is: {args.tvm_repeat} rounds after "
+                           f"{min(args.warmup, 1)}; "
+                           f"{_versions()})", "", HEADER, "|" + "---|" * 11, *rows])
         bench_md = ROOT / "BENCHMARKS.md"
         text = bench_md.read_text() if bench_md.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
         before, _, rest = text.partition(START)
