@@ -1,6 +1,6 @@
 """Operators: convolution (Conv, ConvTranspose, Col2Im) and matrix products (Gemm, MatMul).
 
-Also the window geometry that pooling (nn_pool.py) and DeformConv (nn_sample.py) share:
+Also the window geometry that pooling (nn_pool.py) and DeformConv (nn_vision.py) share:
 output sizes, auto-padding, sliding-window views and their adjoint (scatter-add of windows).
 
 Convolution is im2col + one GEMM per group on a sliding-window view, so that ResNet-50-sized
@@ -383,8 +383,11 @@ def convt_geometry(shape: Sequence[Dim], attrs: Attrs) -> tuple[tuple[Dim, ...],
 def _convt_upgrade(since: int, inputs: list[Any], attrs: dict[str, Any], types: list[Any]) -> tuple[list[Any], dict[str, Any]]:
     """upgrade: SAME auto_pad / output_shape -> explicit pads when the input dims are static."""
     x = types[0] if types else None
+    w = types[1] if len(types) > 1 else None
     mode = attrs.get("auto_pad", "NOTSET")
     if x is None or not dims.is_static(x.shape[2:]) or (mode in ("NOTSET", "") and "output_shape" not in attrs):
+        return inputs, attrs
+    if "kernel_shape" not in attrs and (w is None or not dims.is_static(w.shape[2:])):
         return inputs, attrs
     n = x.rank - 2
     full = {

@@ -23,13 +23,13 @@ from ember.compiler.exporter import to_onnx
 from ember.compiler.importer import import_proto
 from ember.compiler.infer import retype
 from ember.compiler.ir import TensorType
-from ember.compiler.ops import OPS, REQUIRED, InferCtx
+from ember.compiler.ops import OPS, REQUIRED, InferCtx, nn
 from ember.compiler.parser import parse_graph
 from ember.compiler.printer import print_graph
 
 # Every type written below is what inference must give back.
 SYMBOLIC = """\
-graph main(%x: f32[N,3,H,W], %t: f32[N,S,64], %w: f32[8,3,3,3], %wt: f32[8,4,2,2], %c8: f32[8], %s: f32[64], %proj: f32[64,32]) -> (%ct: f32[N,4,((H+1)//2)*2,((W+1)//2)*2], %same: f32[N,8,(H+1)//2,(W+1)//2], %gap: f32[N,8,1,1], %mm: f32[N,S,32], %drop: f32[N,8,p_2,p_3]) {
+graph main(%x: f32[N,3,H,W], %t: f32[N,S,64], %w: f32[8,3,3,3], %wt: f32[8,4,2,2], %c8: f32[8], %s: f32[64], %proj: f32[64,32]) -> (%ct: f32[N,4,((H+1)//2)*2,((W+1)//2)*2], %same: f32[N,8,(H+1)//2,(W+1)//2], %gap: f32[N,8,1,1], %mm: f32[N,S,32], %drop: f32[N,8,p_2,p_3], %att: f32[N,S,64]) {
   %c: f32[N,8,H,W] = Conv(%x, %w, %c8) {pads=[1,1,1,1]}
   %c2: f32[N,8,(H-1)//2,(W-1)//2] = Conv(%x, %w) {strides=[2,2]}
   %same: f32[N,8,(H+1)//2,(W+1)//2] = Conv(%x, %w) {auto_pad="SAME_UPPER", strides=[2,2]}
@@ -43,7 +43,8 @@ graph main(%x: f32[N,3,H,W], %t: f32[N,S,64], %w: f32[8,3,3,3], %wt: f32[8,4,2,2
   %gap: f32[N,8,1,1] = GlobalAveragePool(%c2)
   %ln: f32[N,S,64] = LayerNormalization(%t, %s, %s)
   %mm: f32[N,S,32] = MatMul(%ln, %proj)
-  return %ct, %same, %gap, %mm, %drop
+  %att: f32[N,S,64] = Attention(%ln, %t, %t) {kv_num_heads=4, q_num_heads=4}
+  return %ct, %same, %gap, %mm, %drop, %att
 }
 """
 
@@ -56,7 +57,7 @@ def test_symbolic_batch_and_spatial_dims_flow_through_and_match_run_time_shapes(
         result = interp.run(graph, feeds)
         assert result["ct"].shape == (n, 4, (h + 1) // 2 * 2, (w + 1) // 2 * 2)
         assert result["same"].shape == (n, 8, (h + 1) // 2, (w + 1) // 2)
-        assert result["gap"].shape == (n, 8, 1, 1) and result["mm"].shape == (n, 5, 32)
+        assert result["gap"].shape == (n, 8, 1, 1) and result["mm"].shape == (n, 5, 32) and result["att"].shape == (n, 5, 64)
         # ceil mode: a last window starting in the end pad is dropped (size known at run time)
         assert result["drop"].shape == (n, 8, _ceil_pool_size(h), _ceil_pool_size(w))
 
@@ -197,6 +198,14 @@ ORT_CASES: list[tuple[str, str, dict, dict, int, int, dict]] = [
 def test_configurations_and_old_forms_match_onnxruntime(case: tuple) -> None:
     _, op, feeds, consts, opset, outputs, attrs = case
     check_against_onnxruntime(op, feeds, consts, opset=opset, outputs=outputs, tol=1e-4, **attrs)
+
+
+def test_large_batches_build_im2col_columns_one_slice_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, w = f32(5, 4, 6, 6), f32(6, 2, 3, 3)
+    attrs = dict(kernel_shape=(3, 3), strides=(1, 2), dilations=(1, 1), pads=(1, 0, 1, 2), group=2, auto_pad="NOTSET")
+    whole = nn.conv_nd(x, w, None, attrs)
+    monkeypatch.setattr(nn, "MAX_COLUMNS", 2 * 4 * 9 * 18)  # two batch items per slice
+    np.testing.assert_allclose(nn.conv_nd(x, w, None, attrs), whole, rtol=1e-6, atol=1e-6)
 
 
 # --- canonical forms at import --------------------------------------------------------------
