@@ -7,6 +7,7 @@ grouping stands), dlight's CPU rules where they apply, then TVM's default loweri
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
 from ember.targets.lower import to_relax
 from ember.targets.registry import TargetSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +43,44 @@ class Built:
         self.executable.export_library(str(path))
 
 
-def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
-    """ember's Relax pipeline up to (not including) TVM's low-level lowering."""
+def schedule_rules(target: TargetSpec) -> list[Any]:
+    """The schedule rules tried, in order, on each kernel of a build for `target`.
+
+    For the CPU: dlight's GEMV and reduction rules; kernels none of them takes keep TVM's
+    default (unscheduled) code. ember's own rules go first here as they are written.
+    """
     from tvm.s_tir import dlight as dl
 
+    return [dl.cpu.GEMV(), dl.cpu.Reduction()]
+
+
+def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any]) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Each PrimFunc scheduled by the first rule that takes it; {kernel: rule name}.
+
+    A rule that raises on a kernel is skipped for that kernel (dlight's CPU GEMV rule fails on
+    some loop nests it claims), so a rule's bug costs speed, never the build.
+    """
+    applied: dict[str, str] = {}
+    for gvar, func in list(mod.functions_items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or int(func.attrs.get("tirx.is_scheduled", 0) or 0) == 1:
+            continue
+        for rule in rules:
+            try:
+                space = rule.apply(func, target, False)
+            except Exception as err:  # a rule's own failure: try the next one
+                log.debug("schedule rule %s failed on %s: %s", type(rule).__name__, gvar.name_hint, err)
+                continue
+            if space is None:
+                continue
+            sch = space[0] if isinstance(space, list) else space
+            mod[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            applied[gvar.name_hint] = type(rule).__name__
+            break
+    return mod, applied
+
+
+def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | None = None) -> tvm.IRModule:
+    """ember's Relax pipeline up to (not including) TVM's low-level lowering."""
     seq = tvm.transform.Sequential(
         [
             relax.transform.LegalizeOps(),
@@ -55,7 +92,8 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     )
     with target:
         mod = seq(mod)
-        mod = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
+        if rules:
+            mod, _ = apply_schedules(mod, target, rules)
     return mod
 
 
@@ -95,7 +133,7 @@ def build(graph: Graph, target: TargetSpec) -> Built:
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()
     try:
-        mod = optimize(mod, tvm_target)
+        mod = optimize(mod, tvm_target, schedule_rules(target))
         kernels = kernel_names(mod)
         launches = kernel_launches(mod)
         executable = tvm.compile(mod, target=tvm_target)

@@ -35,12 +35,14 @@ class Lowering:
     """State of one graph's lowering: block builder, emitted values, dim vars, types, constants."""
 
     def __init__(self, bb: relax.BlockBuilder, dims: dict[str, tirx.Var], graph: Graph,
-                 consts: dict[str, np.ndarray], contents: dict[str, tuple[int | str, ...]] | None = None) -> None:
+                 consts: dict[str, np.ndarray], contents: dict[str, tuple[int | str, ...]] | None = None,
+                 primitive: bool = False) -> None:
         self.bb = bb
         self.dims = dims
         self.graph = graph
         self.consts = consts
         self.contents = contents or {}  # known (symbolic) contents of small integer tensors
+        self.primitive = primitive  # lowering the body of a primitive (fused) function
         self.values: dict[str, relax.Expr] = {}
         self.types: dict[str, TensorType] = {v.name: v.type for v in graph.inputs}
         self.types.update((c.name, c.type) for c in graph.consts)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from tvm import relax, tirx, topi
+from tvm import relax, tirx
 
 from ember.compiler.ir import Node
 from ember.targets.emit_common import (
@@ -167,10 +167,20 @@ def _lpnorm(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 
 def _lrn(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """x / (bias + alpha * mean of x^2 over a window of `size` channels)^beta, the window sum as
+    an average pool over the channel axis of [N, 1, C, rest] (ONNX pads it (size-1)//2 before)."""
     at = node.attrs
-    if at["size"] % 2 == 0:
-        raise refuse(node, "an even LRN window (ONNX pads it asymmetrically)")
-    return [lw.bb.emit_te(topi.nn.lrn, a[0], at["size"], 1, at["alpha"], at["beta"], at["bias"])]
+    t = in_type(lw, node, 0)
+    shape = lw.shape(t)
+    rest: Any = 1
+    for d in shape[2:]:
+        rest = rest * d
+    size = at["size"]
+    lo = (size - 1) // 2
+    sq = R.reshape(R.multiply(a[0], a[0]), [shape[0], 1, shape[1], rest])
+    mean = R.nn.avg_pool2d(sq, [size, 1], [1, 1], [lo, 0, size - 1 - lo, 0], count_include_pad=True)
+    denom = R.power(R.add(R.multiply(R.reshape(mean, shape), scalar(at["alpha"], t)), scalar(at["bias"], t)), scalar(at["beta"], t))
+    return [R.divide(a[0], denom)]
 
 
 EMITTERS: dict[str, Emitter] = {

@@ -2,24 +2,27 @@
 
 LegalizeOps turns its ops into TIR and FuseTIR merges them into exactly one PrimFunc, the
 way TVM's own FuseOps output is compiled, but with ember's grouping. Primitive functions may
-hold no tensor constants, so every constant the body's emitters create (weights, scalars of
-activations, pre-transposed Gemm weights) becomes a parameter that the caller passes.
+hold no tensor constants, so every constant the body's emitters create (scalars of
+activations, pre-transposed Gemm weights, folded BatchNorm factors) becomes a parameter that
+the caller passes; constant arguments the body no longer reads are dropped.
+
+`single_node_group` wraps a standalone computing node the same way, so that an op whose
+emitter writes several Relax ops (Gemm with a bias, Conv with a bias, Attention) is still
+one kernel.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tvm import relax
+from tvm.ir.expr import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ember.compiler.ir import Graph, Node
+from ember.compiler.ir import Graph, Node, Value
 from ember.targets.emit_common import TVM_DTYPE, Lowering, const
-from ember.targets.lower import lower_node
-
-# Outer constants up to this size are visible to the body's emitters as data (axes, pads,
-# exponents); larger ones (weights) only flow in as parameters.
-SMALL_CONST = 1024
+from ember.targets.lower import SHAPE_OPERANDS, lower_node
 
 
 @mutator
@@ -28,38 +31,70 @@ class _ConstantsToParams(PyExprMutator):  # type: ignore[misc]
 
     def __init__(self) -> None:
         super().__init__()
-        self.lifted: list[tuple[relax.Var, relax.Constant]] = []
+        self.lifted: list[tuple[relax.Var, GenericConst]] = []
 
-    def visit_generic_const_(self, op: relax.Constant) -> relax.Expr:
+    def visit_generic_const_(self, op: GenericConst) -> relax.Expr:
         var = relax.Var(f"const{len(self.lifted)}", op.ty)
         self.lifted.append((var, op))
         return var
 
 
-def _lift_constants(func: relax.Function) -> tuple[relax.Function, list[relax.Constant]]:
+def _primitive(func: relax.Function, args: list[relax.Expr]) -> tuple[relax.Function, list[relax.Expr]]:
+    """The function with its constants lifted to parameters and unread constant arguments dropped."""
     lifter = _ConstantsToParams()
     body = lifter.visit_expr(func.body)
-    if not lifter.lifted:
-        return func, []
     params = list(func.params) + [var for var, _ in lifter.lifted]
-    lifted = relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs)
-    return lifted, [c for _, c in lifter.lifted]
+    args = list(args) + [c for _, c in lifter.lifted]
+    used = relax.analysis.free_vars(body)
+    # Constants have static shapes, so dropping one never loses the definition of a symbolic dim.
+    keep = [i for i, (p, a) in enumerate(zip(params, args))
+            if any(p.same_as(u) for u in used) or not isinstance(a, GenericConst)]
+    if len(keep) == len(func.params) and not lifter.lifted:
+        return func, args
+    params, args = [params[i] for i in keep], [args[i] for i in keep]
+    return relax.Function(params, body, func.ret_ty, func.is_pure, func.attrs), args
 
 
-def lower_fused(lw: Lowering, node: Node) -> list[Any]:
-    """Emit the primitive function for `node` and a call to it; the call's outputs."""
+def lower_fused(lw: Lowering, node: Node, built: tuple[relax.Function, list[relax.Expr]] | None = None) -> list[Any]:
+    """Emit the primitive function for `node` (or the one `primitive_function` built) and a
+    call to it; the call's outputs."""
+    func, args = built if built is not None else primitive_function(lw, node)
+    gvar = lw.bb.add_func(func, kernel_name(node))  # (made unique by the builder)
+    call = lw.emit(relax.Call(gvar, args))
+    if len(node.outputs) == 1:
+        return [call]
+    return [lw.emit(relax.TupleGetItem(call, i)) for i in range(len(node.outputs))]
+
+
+def kernel_name(node: Node) -> str:
+    """The Relax function (and after FuseTIR, PrimFunc) name of a Fused node."""
+    return f"fused_{node.attrs['kernel']}"[:60]
+
+
+def computes(func: relax.Function) -> bool:
+    """Whether a function calls any op (a body that only forwards a parameter makes no kernel)."""
+    found = [False]
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call):
+            found[0] = True
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return found[0]
+
+
+def primitive_function(lw: Lowering, node: Node) -> tuple[relax.Function, list[relax.Expr]]:
+    """The primitive function of a Fused node and the arguments to call it with."""
     body: Graph = node.attrs["body"]
     sub = relax.BlockBuilder()
     members = list(body.inputs) + [c.value for c in body.consts]
     params = [relax.Var(v.name, relax.TensorType(lw.shape(v.type), TVM_DTYPE[v.type.dtype])) for v in members]
-    known = {}
-    for inner, outer in zip(body.inputs, node.inputs):
-        data = lw.const_of(outer)
-        if data is not None and data.size <= SMALL_CONST:
-            known[inner.name] = data
+    # Constant operands are visible to the body's emitters as data (axes, pads, exponents,
+    # weights to pre-transpose); they still arrive as parameters.
+    known = {inner.name: lw.const_of(outer) for inner, outer in zip(body.inputs, node.inputs) if lw.const_of(outer) is not None}
     known.update((c.name, c.data) for c in body.consts)
-    inner = Lowering(sub, lw.dims, body, known)
-    name = f"fused_{node.attrs['kernel']}"[:60]
+    inner = Lowering(sub, lw.dims, body, known, primitive=True)
+    name = kernel_name(node)
     with sub.function(name, params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
             for value, param in zip(members, params):
@@ -69,10 +104,24 @@ def lower_fused(lw: Lowering, node: Node) -> list[Any]:
             outs = [inner.arg(n) for n in body.outputs]
             result = sub.emit_output(relax.Tuple(outs) if len(outs) > 1 else outs[0])
         sub.emit_func_output(result)
-    func, constants = _lift_constants(sub.get()[name])
-    gvar = lw.bb.add_func(func, name)  # (made unique by the builder)
-    args = [lw.arg(n) for n in node.inputs] + [const(c.data) for c in body.consts] + constants
-    call = lw.emit(relax.Call(gvar, args))
-    if len(node.outputs) == 1:
-        return [call]
-    return [lw.emit(relax.TupleGetItem(call, i)) for i in range(len(node.outputs))]
+    args = [lw.arg(n) for n in node.inputs] + [const(c.data) for c in body.consts]
+    return _primitive(sub.get()[name], args)
+
+
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def single_node_group(lw: Lowering, node: Node) -> Node | None:
+    """`node` as a Fused node of one member (operands only its emitter reads, shape operands
+    left out); None when its output has a symbolic dim that no operand's shape carries (a
+    function cannot define it)."""
+    skip = SHAPE_OPERANDS.get(node.op, ())
+    operands: list[str] = []
+    for i, name in enumerate(node.inputs):
+        if name and i not in skip and name not in operands:
+            operands.append(name)
+    bound = {s for n in operands for d in lw.types[n].shape if isinstance(d, str) for s in _SYMBOL.findall(d)}
+    if any(s not in bound for v in node.outputs for d in v.type.shape if isinstance(d, str) for s in _SYMBOL.findall(d)):
+        return None
+    body = Graph(tuple(Value(n, lw.types[n]) for n in operands), (node,), tuple(v.name for v in node.outputs), name=node.op.lower())
+    return Node("Fused", tuple(operands), node.outputs, {"body": body, "kernel": node.op.lower()})

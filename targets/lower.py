@@ -46,6 +46,15 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 }
 
 
+# Ops emitted straight into main: pure metadata (a reshape may become no kernel at all), run-time
+# shape reads (VM builtins, not TIR), constants, and scans/sorts that TVM dispatches to its own
+# kernels after legalization (they cannot sit in a primitive function).
+IN_MAIN = frozenset({
+    "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
+    "CumSum", "CumProd", "TopK",
+})
+
+
 def missing_emitters(graph: Graph) -> list[str]:
     """'Op: node, node' lines for nodes the code generator cannot lower (Fused bodies included)."""
     found: dict[str, list[str]] = {}
@@ -135,25 +144,37 @@ def to_relax(graph: Graph) -> tvm.IRModule:
 
 
 def lower_node(lw: Lowering, node: Node) -> None:
-    """Emit one node (a Fused node becomes one primitive function call)."""
-    if node.op == "Fused":
-        from ember.targets.fused import lower_fused
+    """Emit one node: a Fused node, and any other computing node outside a fused body, as one
+    primitive function call (so each becomes exactly one kernel)."""
+    from ember.targets.fused import computes, lower_fused, primitive_function, single_node_group
 
+    if node.op == "Fused":
         outs = lower_fused(lw, node)
+    elif _from_contents(lw, node):
+        outs = [_contents_expr(lw, node)]
     else:
-        if _from_contents(lw, node):
-            outs = [_contents_expr(lw, node)]
+        group = None
+        if not lw.primitive and len(node.outputs) == 1 and node.op not in IN_MAIN:
+            group = single_node_group(lw, node)
+        built = primitive_function(lw, group) if group is not None else None
+        if group is not None and built is not None and computes(built[0]):
+            outs = lower_fused(lw, group, built)
         else:
-            skip = SHAPE_OPERANDS.get(node.op, ())
-            args = [None if i in skip else lw.arg(n) for i, n in enumerate(node.inputs)]
-            try:
-                outs = EMITTERS[node.op](lw, node, args)
-            except LoweringError:
-                raise
-            except Exception as err:
-                raise LoweringError(f"node {node.name!r} ({node.op}): cannot lower: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+            outs = emit(lw, node)
     for value, expr in zip(node.outputs, outs):
         lw.values[value.name] = lw.emit(expr) if not isinstance(expr, relax.Var) else expr
+
+
+def emit(lw: Lowering, node: Node) -> list[relax.Expr]:
+    """The Relax expressions of a node's outputs, from its op's emitter."""
+    skip = SHAPE_OPERANDS.get(node.op, ())
+    args = [None if i in skip else lw.arg(n) for i, n in enumerate(node.inputs)]
+    try:
+        return list(EMITTERS[node.op](lw, node, args))
+    except LoweringError:
+        raise
+    except Exception as err:
+        raise LoweringError(f"node {node.name!r} ({node.op}): cannot lower: {type(err).__name__}: {str(err).splitlines()[0]}") from None
 
 
 __all__ = ["EMITTERS", "TVM_DTYPE", "Lowering", "LoweringError", "lower_node", "missing_emitters", "to_relax"]

@@ -247,3 +247,53 @@ def test_each_fused_group_is_one_kernel(rng: np.random.Generator) -> None:
     primfuncs = [name for name in built.kernels if name.startswith("fused_group")]
     assert sorted(primfuncs) == ["fused_group0", "fused_group1", "fused_group2"], built.kernels
     assert kernel_count(built) == 3 + 2 == built.launches, built.kernels
+
+
+def test_exporter_style_attention_block_with_symbolic_batch_and_sequence(rng: np.random.Generator) -> None:
+    """Run-time shape arithmetic as torch's exporters write it (Shape -> Gather -> Unsqueeze ->
+    Concat -> Reshape for the heads, Range(0, S) for positions), at several (N, S)."""
+    d, heads = 8, 2
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+    def split_heads(name: str) -> list:
+        return [node("Reshape", [name, "heads_shape"], f"{name}_h"),
+                node("Transpose", [f"{name}_h"], f"{name}_t", perm=[0, 2, 1, 3])]
+
+    nodes = [
+        node("Shape", ["ids"], "shape"), node("Gather", ["shape", "zero"], "n"), node("Gather", ["shape", "one"], "s"),
+        node("Unsqueeze", ["n", "axis0"], "n1"), node("Unsqueeze", ["s", "axis0"], "s1"),
+        node("Range", ["zero", "s", "one"], "positions"),
+        node("Gather", ["tokens", "ids"], "tok"), node("Gather", ["places", "positions"], "pos"), node("Add", ["tok", "pos"], "x"),
+        node("MatMul", ["x", "wqkv"], "qkv"), helper.make_node("Split", ["qkv", "thirds"], ["q", "k", "v"], axis=2),
+        node("Concat", ["n1", "s1", "head_dims"], "heads_shape", axis=0),
+        *split_heads("q"), *split_heads("k"), *split_heads("v"),
+        node("Transpose", ["k_t"], "kT", perm=[0, 1, 3, 2]), node("MatMul", ["q_t", "kT"], "scores"),
+        node("Div", ["scores", "scale"], "scaled"),
+        node("Equal", ["mask", "zero"], "padding"), node("Unsqueeze", ["padding", "axes12"], "padding4"),
+        node("Where", ["padding4", "neg_inf", "scaled"], "masked"), node("Softmax", ["masked"], "probs"),
+        node("MatMul", ["probs", "v_t"], "ctx"), node("Transpose", ["ctx"], "ctx_t", perm=[0, 2, 1, 3]),
+        node("Concat", ["n1", "s1", "minus1"], "merge_shape", axis=0), node("Reshape", ["ctx_t", "merge_shape"], "merged"),
+        node("Add", ["x", "merged"], "res"), node("LayerNormalization", ["res", "gamma", "beta"], "y"),
+        node("ReduceMean", ["y", "axis1"], "pooled", keepdims=0),
+        node("ConstantOfShape", ["shape"], "ones", value=helper.make_tensor("v", F, [1], [1.0])),
+        node("ReduceSum", ["ones", "axis1"], "lengths", keepdims=0),
+    ]
+    inits = {
+        "zero": np.int64(0), "one": np.int64(1), "axis0": _i64(0), "axis1": _i64(1), "axes12": _i64(1, 2),
+        "tokens": w(20, d), "places": w(16, d), "wqkv": w(d, 3 * d), "thirds": _i64(d, d, d),
+        "head_dims": _i64(heads, d // heads), "minus1": _i64(-1), "scale": np.float32(np.sqrt(d // heads)),
+        "neg_inf": np.float32(-np.inf), "gamma": w(d), "beta": w(d),
+    }
+    graph = import_proto(onnx_model(nodes, [("ids", I64, ["N", "S"]), ("mask", I64, ["N", "S"])], inits))
+    assert str(graph.value("y").type) == "f32[N,S,8]"
+
+    def fix(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        feeds["ids"] = rng.integers(0, 20, feeds["ids"].shape)
+        feeds["mask"] = (rng.random(feeds["mask"].shape) < 0.7).astype(np.int64)
+        feeds["mask"][:, 0] = 1  # every row attends to something
+
+    from codegen_helpers import check_graph
+
+    check_graph(graph, rng, ({"N": 1, "S": 5}, {"N": 3, "S": 7}, {"N": 8, "S": 2}), fix)
