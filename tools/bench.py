@@ -11,10 +11,11 @@ count:
 - ember: the default pipeline, an artifact written by the driver and loaded by ember.runtime.
 TVM's thread pool is sized to --threads for both TVM columns.
 
-Timing: every column is built first, warmed up (--warmup runs), then timed in interleaved
-rounds (one run of each column per round), so load from other processes on a shared machine
-hits all columns alike; the table shows medians. TVM as-is takes part in the first
---tvm-repeat rounds only, after one warm-up run (its untuned code is slow). A column that fails shows its error in
+Timing: every column is built first, then the columns are timed in --blocks alternating
+blocks of consecutive runs (ORT, ember, TVM, ORT, ember, TVM, ...), so load from other
+processes on a shared machine hits all columns alike, without interleaving single runs
+(spinning thread pools would slow each other). The table shows medians of --repeat timed runs
+after --warmup warm-up runs (TVM as-is: --tvm-repeat runs after one; its untuned code is slow). A column that fails shows its error in
 its cell and the run goes on. `--write` replaces the table between the bench markers in
 BENCHMARKS.md, with the command that produced it.
 """
@@ -117,22 +118,27 @@ def prepare_ember(path: Path, feeds: dict[str, np.ndarray], threads: int, info: 
     return load(out, threads=threads).runner(feeds)
 
 
-def measure(columns: list[Column], repeat: int) -> None:
-    """Warm each column up, then time them in interleaved rounds; a failure ends that column."""
-    for column in columns:
-        try:
-            for _ in range(column.warmup if column.run else 0):
-                column.run()
-        except Exception as err:
-            column.run, column.error = None, _short(err)
-    for round_ in range(repeat):
+def measure(columns: list[Column], blocks: int) -> None:
+    """Time the columns in alternating blocks of consecutive runs; a failure ends that column.
+
+    Runs of different columns are never interleaved one by one: onnxruntime's and TVM's
+    thread pools spin after a run and would slow each other down on a small machine.
+    Each block starts with warm-up runs (all of them in the first block, one later) and a
+    short pause lets the previous column's threads go idle.
+    """
+    for block in range(blocks):
         for column in columns:
-            if column.run is None or round_ >= column.rounds:
+            todo = column.rounds // blocks + (1 if block < column.rounds % blocks else 0)
+            if column.run is None or todo == 0:
                 continue
+            time.sleep(0.2)
             try:
-                start = time.perf_counter()
-                column.run()
-                column.times.append(time.perf_counter() - start)
+                for _ in range(column.warmup if block == 0 else min(column.warmup, 1)):
+                    column.run()
+                for _ in range(todo):
+                    start = time.perf_counter()
+                    column.run()
+                    column.times.append(time.perf_counter() - start)
             except Exception as err:
                 column.run, column.error = None, _short(err)
 
@@ -154,7 +160,7 @@ def bench_model(name: str, args: argparse.Namespace, scratch: Path) -> str:
             column.run = prepare()
         except Exception as err:
             column.error = _short(err)
-    measure([ort_col, ember_col, tvm_col], args.repeat)
+    measure([ort_col, ember_col, tvm_col], args.blocks)
     ort_ms, ember_ms, tvm_ms = ort_col.median_ms, ember_col.median_ms, tvm_col.median_ms
 
     def fmt(value: Any, spec: str, fallback: str = "-") -> str:
@@ -194,11 +200,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--tvm-repeat", type=int, default=3, help="timed runs of TVM as-is (its untuned code is slow)")
+    parser.add_argument("--blocks", type=int, default=2, help="alternating blocks the timed runs are split into")
     parser.add_argument("--skip-tvm", action="store_true", help="leave out the TVM as-is column")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.threads < 1 or args.repeat < 1 or args.warmup < 0 or args.tvm_repeat < 1:
-        parser.error("need --threads >= 1, --repeat >= 1, --tvm-repeat >= 1 and --warmup >= 0")
+    if min(args.threads, args.repeat, args.tvm_repeat, args.blocks) < 1 or args.warmup < 0:
+        parser.error("need --threads, --repeat, --tvm-repeat, --blocks >= 1 and --warmup >= 0")
     from ember.runtime.model import set_threads
 
     set_threads(args.threads)
@@ -217,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     if args.write:
         command = "python tools/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        table = "\n".join([f"Command: `{command.strip()}` ({args.threads} threads; medians of {args.repeat} interleaved "
-                           f"rounds after {args.warmup} warm-up runs; TVM as-is: {args.tvm_repeat} rounds after "
-                           f"{min(args.warmup, 1)}; "
+        table = "\n".join([f"Command: `{command.strip()}` ({args.threads} threads; medians of {args.repeat} runs after "
+                           f"{args.warmup} warm-up runs, in {args.blocks} alternating blocks per column; TVM as-is: "
+                           f"{args.tvm_repeat} runs after {min(args.warmup, 1)}; "
                            f"{_versions()})", "", HEADER, "|" + "---|" * 11, *rows])
         bench_md = ROOT / "BENCHMARKS.md"
         text = bench_md.read_text() if bench_md.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
