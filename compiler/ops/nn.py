@@ -304,12 +304,12 @@ def conv_gemm(win: np.ndarray, w: np.ndarray, g: int) -> np.ndarray:
     per_item = cin * int(np.prod(k)) * int(np.prod(out_sp))
     step = max(1, min(batch, MAX_COLUMNS // max(per_item, 1)))
     parts = []
-    for start in range(0, batch, step):
+    for start in range(0, max(batch, 1), step):  # one (empty) slice for an empty batch
         part = win[start : start + step]
         nb = part.shape[0]
         part = part.reshape((nb, g, cin // g) + out_sp + k)
         order = (1, 2) + tuple(range(3 + n, 3 + 2 * n)) + (0,) + tuple(range(3, 3 + n))
-        cols = part.transpose(order).reshape(g, wg.shape[2], -1)
+        cols = part.transpose(order).reshape(g, wg.shape[2], nb * int(np.prod(out_sp)))
         out = np.matmul(wg, cols).reshape((cout, nb) + out_sp)
         parts.append(np.moveaxis(out, 0, 1))
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
@@ -434,7 +434,8 @@ def _convt_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     cout_g = w.shape[1]
     xf, wf = upcast(x), upcast(w)
     # cols[g, o, *k, N, *in] = sum_c w[g, c, o, *k] * x[N, g, c, *in]: one GEMM per group.
-    xg = np.moveaxis(xf.reshape((batch, g, cin // g, -1)), 0, 2).reshape(g, cin // g, -1)
+    pixels = int(np.prod(x.shape[2:]))
+    xg = np.moveaxis(xf.reshape((batch, g, cin // g, pixels)), 0, 2).reshape(g, cin // g, batch * pixels)
     wg = wf.reshape(g, cin // g, -1).transpose(0, 2, 1)
     cols = np.matmul(wg, xg).reshape((g * cout_g,) + k + (batch,) + x.shape[2:])
     cols = np.moveaxis(cols, 1 + n, 0)  # [N, M, *k, *in]

@@ -159,7 +159,7 @@ def _groupnorm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarra
     x, scale, bias = (np.asarray(a) for a in inputs[:3])
     g = attrs["num_groups"]
     n, c = x.shape[:2]
-    grouped = x.astype(_compute_dtype(x, attrs["stash_type"])).reshape((n, g, -1))
+    grouped = x.astype(_compute_dtype(x, attrs["stash_type"])).reshape((n, g, c // g * int(np.prod(x.shape[2:]))))
     mean = grouped.mean(axis=2, keepdims=True)
     var = grouped.var(axis=2, keepdims=True)
     normed = ((grouped - mean) / np.sqrt(var + attrs["epsilon"])).reshape(x.shape)
@@ -230,7 +230,8 @@ def _rope_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     assert x is not None and cos is not None and sin is not None
     xf = upcast(x)
     # As [batch, seq, heads, head]: from [batch, heads, seq, head] or [batch, seq, hidden].
-    xh = xf.transpose(0, 2, 1, 3) if x.ndim == 4 else xf.reshape(x.shape[0], x.shape[1], attrs["num_heads"], -1)
+    heads = attrs["num_heads"]
+    xh = xf.transpose(0, 2, 1, 3) if x.ndim == 4 else xf.reshape(x.shape[0], x.shape[1], heads, x.shape[2] // heads)
     rot = attrs["rotary_embedding_dim"] or xh.shape[3]
     if ids is not None:
         cos, sin = cos[ids], sin[ids]

@@ -75,7 +75,7 @@ def _maxpool_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]
     n = len(k)
     pads = explicit_pads(x.shape[2:], attrs, k)
     win = windows(xf, k, s, d, pads, fill, bool(attrs["ceil_mode"]))
-    flat = win.reshape(win.shape[: x.ndim] + (-1,))
+    flat = win.reshape(win.shape[: x.ndim] + (int(np.prod(k)),))
     y = flat.max(axis=-1)
     # Indices: the first maximum's position in the unpadded input, flattened over
     # [N, C, *spatial] (storage_order=1: spatial axes column-major, N and C as before).

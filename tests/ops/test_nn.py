@@ -62,6 +62,28 @@ def test_symbolic_batch_and_spatial_dims_flow_through_and_match_run_time_shapes(
         assert result["drop"].shape == (n, 8, _ceil_pool_size(h), _ceil_pool_size(w))
 
 
+EMPTY_BATCH = """\
+graph main(%x: f32[N,4,6,6], %w: f32[6,2,3,3], %wt: f32[4,3,2,2], %c: f32[4], %t: f32[N,S,8], %cs: f32[N,S,2], %w8: f32[8]) -> (%y: f32[N,6,6,6], %m: f32[N,4,3,3], %i: i64[N,4,3,3], %a: f32[N,4,3,3], %ct: f32[N,3,12,12], %gn: f32[N,4,6,6], %r: f32[N,S,8], %ln: f32[N,S,8]) {
+  %y: f32[N,6,6,6] = Conv(%x, %w) {group=2, pads=[1,1,1,1]}
+  %m: f32[N,4,3,3], %i: i64[N,4,3,3] = MaxPool(%x) {kernel_shape=[2,2], strides=[2,2]}
+  %a: f32[N,4,3,3] = AveragePool(%x) {kernel_shape=[2,2], strides=[2,2]}
+  %ct: f32[N,3,12,12] = ConvTranspose(%x, %wt) {strides=[2,2]}
+  %gn: f32[N,4,6,6] = GroupNormalization(%x, %c, %c) {num_groups=2}
+  %r: f32[N,S,8] = RotaryEmbedding(%t, %cs, %cs) {num_heads=2}
+  %ln: f32[N,S,8] = LayerNormalization(%t, %w8, %w8)
+  return %y, %m, %i, %a, %ct, %gn, %r, %ln
+}
+"""
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("n,s", [(0, 3), (2, 0)])
+def test_empty_batches_and_sequences_run_without_warnings(n: int, s: int, rng: np.random.Generator) -> None:
+    graph = parse_graph(EMPTY_BATCH)
+    result = interp.run(graph, interp.random_feeds(graph, rng, {"N": n, "S": s}))
+    assert result["ct"].shape == (n, 3, 12, 12) and result["i"].shape == (n, 4, 3, 3) and result["r"].shape == (n, s, 8)
+
+
 def _ceil_pool_size(size: int, k: int = 2, s: int = 2, hi: int = 1) -> int:
     out = -(-(size + hi - k) // s) + 1
     return out - 1 if (out - 1) * s >= size else out
