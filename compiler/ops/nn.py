@@ -512,7 +512,9 @@ def _gemm_infer(ctx: InferCtx) -> list[TensorType]:
     kb, n = (b.shape[1], b.shape[0]) if ctx.attrs["transB"] else b.shape
     if isinstance(ka, int) and isinstance(kb, int) and ka != kb:
         raise ValueError(f"Gemm inner dims differ: {ka} vs {kb} (transA={ctx.attrs['transA']}, transB={ctx.attrs['transB']})")
-    if c is not None and (c.rank > 2 or dims.broadcast(c.shape, (m, n)) != (m, n)):  # C broadcasts to [M, N]
+    # C broadcasts unidirectionally to [M, N]: each of its dims is 1 or the target's.
+    if c is not None and (c.rank > 2 or any(
+            isinstance(cd, int) and isinstance(td, int) and cd not in (1, td) for cd, td in zip(c.shape[::-1], (n, m)))):
         raise ValueError(f"Gemm C {c} does not broadcast to [{m},{n}]")
     return [TensorType(a.dtype, (m, n))]
 

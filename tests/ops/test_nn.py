@@ -286,6 +286,7 @@ ERRORS = [
     ("Conv", {"x": [1, 3, 8, 8], "w": [6, 3, 3, 3]}, dict(kernel_shape=[3, 2]), r"kernel_shape \[3, 2\] differs from the weight's \[3, 3\]"),
     ("MaxPool", {"x": [1, 3, 8]}, dict(kernel_shape=[2, 2]), r"kernel_shape \[2, 2\] must have 1 positive entries"),
     ("Gemm", {"a": [3, 4], "b": [5, 6]}, {}, r"Gemm inner dims differ: 4 vs 5"),
+    ("Gemm", {"a": [3, 4], "b": [4, 5], "c": [4]}, {}, r"Gemm C f32\[4\] does not broadcast to \[3,5\]"),
     ("MatMul", {"a": [2, 3, 4], "b": [5, 6]}, {}, r"MatMul inner dims differ"),
     ("GroupNormalization", {"x": [1, 6, 4], "s": [6], "b": [6]}, dict(num_groups=4), r"C divisible by num_groups=4"),
     ("RotaryEmbedding", {"x": [1, 5, 8], "cos": [1, 5, 4], "sin": [1, 5, 4]}, {}, r"needs num_heads"),
