@@ -4,8 +4,9 @@ and NonMaxSuppression.
 Sampling is separable: each spatial axis gives a few taps (index, weight) per output
 position (1 for nearest, 2 for linear, 4 for cubic), and the output is the sum over tap
 combinations of weight * gathered value, one vectorized gather per combination (at most
-4^3 = 64). The rules for positions outside the input follow the spec's reference (and
-PyTorch): zeros / border / reflection padding, align_corners.
+4^3 = 64). Positions outside the input follow onnxruntime and PyTorch (zeros / border /
+reflection padding, align_corners), which agree with the spec's reference except for cubic
+sampling with border padding (see _grid_axis).
 """
 
 from __future__ import annotations
