@@ -149,33 +149,65 @@ def _einsum(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [R.einsum(relax.Tuple(list(a)), node.attrs["equation"].replace(" ", ""))]
 
 
+def _heads(x: relax.Expr, shape: list[Any], heads: int) -> relax.Expr:
+    """[B, L, H*D] -> [B, H, L, D]."""
+    b, length, width = shape
+    return R.permute_dims(R.reshape(x, [b, length, heads, width // heads]), [0, 2, 1, 3])
+
+
 def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    """softmax(Q K^T * scale + mask) V for 4-D operands (no cache, causal or window yet)."""
+    """softmax(Q K^T * scale + bias) V (no KV cache, softcap or sliding window yet).
+
+    bias: the mask (bool: attend where true; float: added) and, with is_causal, -inf above
+    the diagonal (top-left aligned, as without a cache). Rows whose bias is -inf everywhere
+    give 0, as ONNX's reference does.
+    """
     at = node.attrs
-    q_t, k_t = in_type(lw, node, 0), in_type(lw, node, 1)
+    q_t, k_t, v_t = in_type(lw, node, 0), in_type(lw, node, 1), in_type(lw, node, 2)
     unsupported = [
         what for what, bad in (
-            ("3-D inputs", q_t.rank != 4), ("extra outputs", len(node.outputs) > 1), ("is_causal", bool(at["is_causal"])),
-            ("softcap", bool(at.get("softcap"))), ("sliding windows", at["left_window_size"] >= 0 or at["right_window_size"] >= 0),
+            ("extra outputs", len(node.outputs) > 1), ("softcap", bool(at.get("softcap"))),
+            ("sliding windows", at["left_window_size"] >= 0 or at["right_window_size"] >= 0),
             ("past key/value or nonpad_kv_seqlen", len(node.inputs) > 4 and any(node.inputs[4:])),
         ) if bad
     ]
     if unsupported:
         raise refuse(node, ", ".join(unsupported))
     t = out_type(node)
-    k, v = a[1], a[2]
-    hq, hkv = q_t.shape[1], k_t.shape[1]
+    q, k, v = a[0], a[1], a[2]
+    if q_t.rank == 3:
+        hq, hkv = at["q_num_heads"], at["kv_num_heads"]
+        q, k, v = _heads(q, lw.shape(q_t), hq), _heads(k, lw.shape(k_t), hkv), _heads(v, lw.shape(v_t), hkv)
+        head = q_t.shape[2] // hq if isinstance(q_t.shape[2], int) else None
+    else:
+        hq, hkv, head = q_t.shape[1], k_t.shape[1], q_t.shape[3]
+    if not isinstance(head, int) and at.get("scale") is None:
+        raise refuse(node, "a symbolic head size without an explicit scale")
     if isinstance(hq, int) and isinstance(hkv, int) and hq != hkv:  # grouped-query attention
         k, v = R.repeat(k, hq // hkv, axis=1), R.repeat(v, hq // hkv, axis=1)
-    head = q_t.shape[3]
     scale = at.get("scale") if at.get("scale") is not None else 1.0 / float(np.sqrt(int(head)))
-    scores = R.multiply(R.matmul(a[0], R.permute_dims(k, [0, 1, 3, 2])), scalar(scale, t))
+    scores = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])), scalar(scale, t))
+    zero, minus_inf = scalar(0.0, t), scalar(float("-inf"), t)
+    bias = None
     if len(a) > 3 and a[3] is not None:
-        if in_type(lw, node, 3).dtype == "bool":
-            scores = R.where(a[3], scores, scalar(float("-inf"), t))
-        else:
-            scores = R.add(scores, a[3])
-    return [R.matmul(R.nn.softmax(scores, axis=-1), v)]
+        bias = R.where(a[3], zero, minus_inf) if in_type(lw, node, 3).dtype == "bool" else a[3]
+    if at["is_causal"]:
+        q_len, kv_len = lw.dim(q_t.shape[-2]), lw.dim(k_t.shape[-2])
+        allowed = R.tril(R.ones([q_len, kv_len], "bool"), 0)
+        causal = R.where(allowed, zero, minus_inf)
+        bias = causal if bias is None else R.add(bias, causal)
+    if bias is None:
+        probs = R.nn.softmax(scores, axis=-1)
+    else:
+        bias = lw.emit(bias)
+        probs = R.nn.softmax(R.add(scores, bias), axis=-1)
+        # (TVM's max starts from the lowest finite value, so an all -inf row reduces to that)
+        blocked = R.less_equal(R.max(bias, [-1], True), scalar(-1e30 if t.dtype in ("f32", "f64") else -3e4, t))
+        probs = R.where(blocked, zero, probs)
+    y = R.matmul(probs, v)
+    if q_t.rank == 3:
+        y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), lw.shape(t))
+    return [y]
 
 
 _RESIZE_MODES = {"nearest": "nearest_neighbor", "linear": "linear", "cubic": "cubic"}

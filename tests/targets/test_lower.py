@@ -211,6 +211,8 @@ def test_conv_pool_matmul_attention_resize_quant_ops(rng: np.random.Generator) -
         node("Resize", ["img", "", "scales"], "up_linear", mode="linear"),
         node("Resize", ["img", "", "", "sizes"], "down_linear", mode="linear", coordinate_transformation_mode="align_corners"),
         node("Attention", ["q", "k", "v", "mask"], "attention"), node("Attention", ["q", "k2", "v2"], "attention_gqa"),
+        node("Attention", ["q", "k", "v", "bias"], "attention_causal", is_causal=1),
+        node("Attention", ["q3", "k3", "v3", "mask"], "attention_3d", q_num_heads=2, kv_num_heads=1, scale=0.3),
         node("QuantizeLinear", ["img", "qs", "qz"], "quant"), node("DequantizeLinear", ["quant", "qs", "qz"], "dequant"),
         node("QuantizeLinear", ["vec", "qs8"], "quant8"),
         node("MatMulInteger", ["qa", "qb", "qa0", "qb0"], "mmint"),
@@ -218,11 +220,13 @@ def test_conv_pool_matmul_attention_resize_quant_ops(rng: np.random.Generator) -
     inits = {
         "w1": w(4, 3, 3, 3), "b1": w(4), "w2": w(2, 3, 3, 2), "w3": w(6, 1, 3, 3), "w1d": w(2, 5, 3), "wt": w(3, 4, 3, 3),
         "wg": w(7, 3 * 6 * 8), "bg": w(7), "wa": w(5, 4), "wb": w(5, 2), "wm": w(8, 5), "scales": np.float32([1, 1, 2, 2]),
-        "sizes": _i64(1, 3, 4, 5), "mask": rng.random((4, 6)) < 0.8, "qs": np.float32(0.05), "qz": np.uint8(128),
+        "sizes": _i64(1, 3, 4, 5), "mask": np.concatenate([rng.random((3, 6)) < 0.8, np.zeros((1, 6), bool)]),  # a fully masked row
+        "bias": w(4, 6), "qs": np.float32(0.05), "qz": np.uint8(128),
         "qs8": np.float32(0.02), "qa0": np.uint8(3), "qb0": np.int8(-2),
     }
     inputs = [("img", F, [1, 3, 6, 8]), ("seq", F, ["N", 5, 7]), ("vec", F, ["N", 8]), ("q", F, ["N", 2, 4, 8]),
               ("k", F, ["N", 2, 6, 8]), ("v", F, ["N", 2, 6, 3]), ("k2", F, ["N", 1, 6, 8]), ("v2", F, ["N", 1, 6, 3]),
+              ("q3", F, ["N", 4, 8]), ("k3", F, ["N", 6, 4]), ("v3", F, ["N", 6, 3]),
               ("qa", U8, [3, 4]), ("qb", T.INT8, [4, 2])]
     check_model(onnx_model(nodes, inputs, inits, opset=26), rng, BATCHES, atol=1e-4)
 
