@@ -1,4 +1,4 @@
-"""Emitters for the anchor ops: convolution, pooling, matrix products, attention, resize, quantization.
+"""Emitters for the anchor ops: convolution, pooling, matrix products, attention, resize.
 
 Layouts are ONNX's (NCHW data, OIHW weights). `auto_pad` is resolved to explicit pads from the
 inferred static shapes. Gemm with a constant transposed weight pre-transposes it at compile time.
@@ -13,12 +13,10 @@ from tvm import relax
 
 from ember.compiler.ir import Node, TensorType
 from ember.targets.emit_common import (
-    TVM_DTYPE,
     Emitter,
     Lowering,
     R,
     const,
-    has_input,
     in_type,
     out_type,
     refuse,
@@ -28,7 +26,7 @@ from ember.targets.emit_common import (
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
 
-def _pads(node: Node, x: TensorType, y: TensorType) -> list[int]:
+def conv_pads(node: Node, x: TensorType, y: TensorType) -> list[int]:
     """Explicit pads [begin..., end...]: from `pads`, or computed for auto_pad from static shapes."""
     at = node.attrs
     n = len(at["kernel_shape"])
@@ -62,7 +60,7 @@ def _conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if fn is None:
         raise refuse(node, f"{n}-d convolution")
     data_layout, kernel_layout = _LAYOUTS[n]
-    y = fn(a[0], a[1], strides=list(at["strides"]), padding=_pads(node, in_type(lw, node, 0), out_type(node)),
+    y = fn(a[0], a[1], strides=list(at["strides"]), padding=conv_pads(node, in_type(lw, node, 0), out_type(node)),
            dilation=list(at["dilations"]), groups=at["group"], data_layout=data_layout, kernel_layout=kernel_layout)
     return [_bias(y, a[2] if len(a) > 2 else None, n)]
 
@@ -87,7 +85,7 @@ def _pool(kind: str) -> Emitter:
         fns = {("max", 1): R.nn.max_pool1d, ("max", 2): R.nn.max_pool2d, ("max", 3): R.nn.max_pool3d,
                ("avg", 1): R.nn.avg_pool1d, ("avg", 2): R.nn.avg_pool2d, ("avg", 3): R.nn.avg_pool3d}
         kwargs: dict[str, Any] = dict(pool_size=list(at["kernel_shape"]), strides=list(at["strides"]),
-                                      padding=_pads(node, in_type(lw, node, 0), out_type(node)),
+                                      padding=conv_pads(node, in_type(lw, node, 0), out_type(node)),
                                       dilation=list(at.get("dilations") or [1] * n), ceil_mode=bool(at["ceil_mode"]),
                                       layout=_LAYOUTS[n][0])
         x = a[0]
@@ -132,17 +130,6 @@ def _gemm(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         c = a[2] if at["beta"] == 1.0 else R.multiply(a[2], scalar(at["beta"], t))
         y = R.add(y, c)
     return [y]
-
-
-def _matmul_integer(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    """int32 accumulation of (A - a_zero) @ (B - b_zero); a per-row a_zero is a column vector."""
-    lhs, rhs = R.astype(a[0], "int32"), R.astype(a[1], "int32")
-    if has_input(node, 2):
-        zero = R.astype(a[2], "int32")
-        lhs = R.subtract(lhs, R.reshape(zero, [-1, 1]) if in_type(lw, node, 2).rank == 1 else zero)
-    if has_input(node, 3):
-        rhs = R.subtract(rhs, R.astype(a[3], "int32"))
-    return [R.matmul(lhs, rhs, out_dtype="int32")]
 
 
 def _einsum(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
@@ -230,45 +217,10 @@ def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [out]
 
 
-def _per_axis(lw: Lowering, node: Node, i: int, x: TensorType) -> relax.Expr:
-    """Quantization parameter i broadcast against x (per-tensor scalar or per-axis vector)."""
-    p = lw.arg(node.inputs[i])
-    if in_type(lw, node, i).rank == 0 or x.rank == 0:
-        return p
-    axis = node.attrs["axis"] % x.rank
-    return R.reshape(p, [-1 if d == axis else 1 for d in range(x.rank)])
-
-
-def _dequantize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    x, t = in_type(lw, node, 0), out_type(node)
-    if node.attrs["block_size"]:
-        raise refuse(node, "blocked quantization")
-    v = R.astype(a[0], "int32" if x.dtype != "i64" else "int64")
-    if has_input(node, 2):
-        v = R.subtract(v, R.astype(_per_axis(lw, node, 2, x), "int32" if x.dtype != "i64" else "int64"))
-    scale = _per_axis(lw, node, 1, x)
-    return [R.astype(R.multiply(R.astype(v, "float32"), R.astype(scale, "float32")), TVM_DTYPE[t.dtype])]
-
-
-_RANGES = {"u8": (0, 255), "i8": (-128, 127), "u16": (0, 65535), "i16": (-32768, 32767), "i32": (-(2**31), 2**31 - 1)}
-
-
-def _quantize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    x, t = in_type(lw, node, 0), out_type(node)
-    if node.attrs["block_size"] or t.dtype not in _RANGES:
-        raise refuse(node, f"blocked quantization or output type {t.dtype}")
-    v = R.round(R.divide(R.astype(a[0], "float32"), R.astype(_per_axis(lw, node, 1, x), "float32")))  # half to even
-    if has_input(node, 2):
-        v = R.add(v, R.astype(_per_axis(lw, node, 2, x), "float32"))
-    lo, hi = _RANGES[t.dtype]
-    return [R.astype(R.clip(v, lo, hi), TVM_DTYPE[t.dtype])]
-
-
 EMITTERS: dict[str, Emitter] = {
     "Conv": _conv, "ConvTranspose": _conv_transpose,
     "MaxPool": _pool("max"), "AveragePool": _pool("avg"), "LpPool": _pool("lp"),
     "GlobalAveragePool": _global_pool("avg"), "GlobalMaxPool": _global_pool("max"), "GlobalLpPool": _global_pool("lp"),
-    "Gemm": _gemm, "MatMul": lambda lw, node, a: [R.matmul(a[0], a[1])], "MatMulInteger": _matmul_integer,
+    "Gemm": _gemm, "MatMul": lambda lw, node, a: [R.matmul(a[0], a[1])],
     "Einsum": _einsum, "Attention": _attention, "Resize": _resize,
-    "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize,
 }

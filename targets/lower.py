@@ -24,7 +24,7 @@ from tvm import relax, tirx
 from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
 from ember.compiler.ir import Graph, Node
-from ember.targets import emit_elementwise, emit_nn, emit_reduce, emit_shape
+from ember.targets import emit_elementwise, emit_nn, emit_quant, emit_reduce, emit_shape
 from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, LoweringError, R, const
 
 
@@ -38,7 +38,8 @@ def _merge(*tables: dict[str, Emitter]) -> dict[str, Emitter]:
     return merged
 
 
-EMITTERS: dict[str, Emitter] = _merge(emit_elementwise.EMITTERS, emit_shape.EMITTERS, emit_reduce.EMITTERS, emit_nn.EMITTERS)
+EMITTERS: dict[str, Emitter] = _merge(emit_elementwise.EMITTERS, emit_shape.EMITTERS, emit_reduce.EMITTERS, emit_nn.EMITTERS,
+                                      emit_quant.EMITTERS)
 
 # Operands the emitters never read: the output shape comes from ember's inferred type.
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {

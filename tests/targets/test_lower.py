@@ -301,3 +301,28 @@ def test_exporter_style_attention_block_with_symbolic_batch_and_sequence(rng: np
     from codegen_helpers import check_graph
 
     check_graph(graph, rng, ({"N": 1, "S": 5}, {"N": 3, "S": 7}, {"N": 8, "S": 2}), fix)
+
+
+def test_quantized_ops(rng: np.random.Generator) -> None:
+    def q(dtype: type, *shape: int) -> np.ndarray:
+        info = np.iinfo(dtype)
+        return rng.integers(info.min, info.max + 1, shape).astype(dtype)
+
+    nodes = [
+        node("QuantizeLinear", ["x", "xs", "xz"], "xq"), node("DequantizeLinear", ["xq", "xs", "xz"], "xd"),
+        node("QuantizeLinear", ["x", "cs", "cz"], "xq_axis", axis=1),
+        node("DequantizeLinear", ["wq", "ws"], "wd", axis=0),
+        node("ConvInteger", ["xq", "wq", "xz", "wz"], "convint", pads=[1, 1, 1, 1]),
+        node("QLinearConv", ["xq", "xs", "xz", "wq", "ws", "wz", "ys", "yz", "bias"], "qconv", pads=[1, 1, 1, 1]),
+        node("QLinearMatMul", ["aq", "as", "az", "bq", "bs", "bz", "ms", "mz"], "qmm"),
+        node("MatMulInteger", ["aq", "bq", "az", "bz"], "mmint"),
+    ]
+    inits = {
+        "xs": np.float32(0.03), "xz": np.uint8(120), "cs": np.float32([0.02, 0.05, 0.04]), "cz": np.uint8([100, 128, 140]),
+        "wq": q(np.int8, 4, 3, 3, 3), "ws": np.float32([0.01, 0.02, 0.015, 0.03]), "wz": np.zeros(4, np.int8),
+        "ys": np.float32(0.2), "yz": np.uint8(128), "bias": rng.integers(-500, 500, 4).astype(np.int32),
+        "as": np.float32(0.04), "az": np.uint8(7), "bq": q(np.int8, 6, 5), "bs": np.float32(0.03), "bz": np.int8(-3),
+        "ms": np.float32(0.5), "mz": np.int8(2),
+    }
+    model = onnx_model(nodes, [("x", F, ["N", 3, 5, 5]), ("aq", U8, ["N", 6])], inits, opset=21)
+    check_model(model, rng, BATCHES)
