@@ -344,7 +344,7 @@ def _slice_value(ctx: InferCtx) -> tuple[Dim, ...] | None:
     if not all(isinstance(v, int) for v in (*starts, *ends, *steps)):
         return None
     lo, hi, step = _slice_dim(len(data), int(starts[0]), int(ends[0]), int(steps[0]))
-    return tuple(data[lo:hi:step])
+    return tuple(data[i] for i in range(lo, hi, step))
 
 
 def _slice_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
@@ -354,8 +354,16 @@ def _slice_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     steps = _ints(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else None
     index = [slice(None)] * x.ndim
     for axis, s, e, st in _slice_params(x.ndim, _ints(inputs[1]), _ints(inputs[2]), axes, steps):
-        index[axis] = slice(*_slice_dim(x.shape[axis], s, e, st))
-    return [x[tuple(index)]]
+        lo, hi, step = _slice_dim(x.shape[axis], s, e, st)
+        # slice.indices() gives stop=-1 for "before index 0" with a negative step, which a
+        # slice object would read as "the last element": index with the explicit range.
+        index[axis] = np.arange(lo, hi, step) if step < 0 and hi < 0 else slice(lo, hi, step)
+    result = x
+    for axis, item in enumerate(index):
+        if isinstance(item, np.ndarray):
+            result = np.take(result, item, axis=axis)
+    plain = tuple(item if isinstance(item, slice) else slice(None) for item in index)
+    return [result[plain]]
 
 
 # --- Expand, Tile ----------------------------------------------------------------------

@@ -60,7 +60,10 @@ def _gather_elements_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.
     assert x is not None and idx is not None
     axis = norm_axis(attrs["axis"], x.ndim)
     idx = np.where(idx < 0, idx + x.shape[axis], idx)
-    return [np.take_along_axis(x, idx, axis=axis)]
+    # Off the gather axis the output follows the indices' shape, which may be smaller than
+    # the data's: crop the data there (take_along_axis would broadcast instead).
+    crop = tuple(slice(None) if a == axis else slice(0, idx.shape[a]) for a in range(x.ndim))
+    return [np.take_along_axis(x[crop], idx, axis=axis)]
 
 
 def _gather_nd_infer(ctx: InferCtx) -> list[TensorType]:
