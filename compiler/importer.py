@@ -239,7 +239,10 @@ class _Importer:
         for k, info in enumerate(proto.input):
             if info.name in consts:  # IR < 4: initializers listed as inputs are constants
                 continue
-            untyped = not info.type.HasField("tensor_type") and not info.type.WhichOneof("value")
+            # Bodies often leave inputs untyped or shapeless: the parent op knows their types.
+            untyped = not info.type.WhichOneof("value") or (
+                info.type.HasField("tensor_type") and not info.type.tensor_type.HasField("shape")
+            )
             if untyped and hints is not None and k < len(hints):
                 value = Value(info.name, hints[k])
             else:

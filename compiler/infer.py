@@ -103,9 +103,14 @@ def infer_node(node: Node, scope: Scope) -> Node:
             if len(input_types) != len(sub.inputs):
                 raise ValueError(f"subgraph {attr} takes {len(sub.inputs)} inputs, got {len(input_types)} types")
             sub = sub.replace(inputs=tuple(replace(v, type=t) for v, t in zip(sub.inputs, input_types)))
-        new_sub = retype(sub, parent=scope)
+        new_sub, sub_scope = retype_in_scope(sub, parent=scope)
         ctx.new_attrs[attr] = new_sub
-        return [new_sub.value(n).type for n in new_sub.outputs]
+        ctx.subgraph_values[attr] = [sub_scope.lookup_value(n) for n in new_sub.outputs]
+        out_types = [sub_scope.lookup_type(n) for n in new_sub.outputs]
+        missing = [n for n, t in zip(new_sub.outputs, out_types) if t is None]
+        if missing:
+            raise ValueError(f"subgraph {attr} returns undefined value(s) {missing}")
+        return out_types  # type: ignore[return-value]
 
     ctx.subgraph_infer = subgraph_infer
     try:
@@ -130,10 +135,20 @@ def infer_node(node: Node, scope: Scope) -> Node:
             contents = None
         if contents is not None and len(contents) <= MAX_TRACKED:
             scope.values[outputs[0].name] = tuple(contents)
+    for index, contents in ctx.out_values.items():
+        out_t = outputs[index].type if index < len(outputs) else None
+        if out_t is not None and (out_t.dtype in dtypes.INTS or out_t.dtype == "bool") and out_t.rank <= 1 \
+                and len(contents) <= MAX_TRACKED:
+            scope.values[outputs[index].name] = tuple(contents)
     return new
 
 def retype(graph: Graph, parent: Scope | None = None) -> Graph:
     """The graph with every node's output types recomputed by the op table, in order."""
+    return retype_in_scope(graph, parent)[0]
+
+
+def retype_in_scope(graph: Graph, parent: Scope | None = None) -> tuple[Graph, Scope]:
+    """`retype`, also returning the graph's own scope (types and known contents of its values)."""
     scope = Scope(parent=parent)
     for value in graph.inputs:
         scope.types[value.name] = value.type
@@ -145,7 +160,7 @@ def retype(graph: Graph, parent: Scope | None = None) -> Graph:
         for value in new.outputs:
             scope.types[value.name] = value.type
         nodes.append(new)
-    return graph.replace(nodes=tuple(nodes))
+    return graph.replace(nodes=tuple(nodes)), scope
 
 def tracked_values(graph: Graph) -> dict[str, tuple[Dim, ...]]:
     """Known contents of the graph's small integer tensors (for shape-folding passes)."""

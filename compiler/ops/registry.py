@@ -62,6 +62,11 @@ class InferCtx:
     # types; set by the inference driver.
     subgraph_infer: Callable[[str, Sequence[TensorType] | None], list[TensorType]] | None = None
     new_attrs: dict[str, Any] = field(default_factory=dict)
+    # Known contents of each retyped subgraph's outputs (attr name -> one entry per output).
+    subgraph_values: dict[str, list[tuple[Dim, ...] | None]] = field(default_factory=dict)
+    # Contents of any output that `infer` knows (output index -> contents), for ops with
+    # several outputs; output 0 may also come from `OpDef.value`.
+    out_values: dict[int, tuple[Dim, ...]] = field(default_factory=dict)
 
     @property
     def num_outputs(self) -> int:
