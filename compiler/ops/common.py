@@ -38,6 +38,19 @@ def check_same_dtype(ctx: InferCtx, indices: Sequence[int] | None = None) -> Non
         raise ValueError(f"{ctx.op} inputs must share one dtype, got {sorted(kinds)}")
 
 
+def required(ctx: InferCtx, index: int = 0) -> TensorType:
+    """The type of input `index`; ValueError if the input is omitted."""
+    t = ctx.types[index] if index < len(ctx.types) else None
+    if t is None:
+        raise ValueError(f"{ctx.op} input {index} is required")
+    return t
+
+
+def int_list(array: np.ndarray | None) -> list[int]:
+    """The elements of a small int tensor (shape, axes, pads operands) as Python ints."""
+    return [] if array is None else [int(v) for v in np.asarray(array).reshape(-1)]
+
+
 def norm_axis(axis: int, rank: int) -> int:
     """A possibly negative axis as 0..rank-1; ValueError if out of range."""
     if not -rank <= axis < max(rank, 1):
