@@ -227,6 +227,8 @@ class _Importer:
         """
         from ember.compiler.ops import OPS
 
+        if parent is not None:
+            proto = self._unshadowed(proto, parent)
         scope = Scope(parent=parent)
         consts: dict[str, Const] = {}
         for init in proto.initializer:
@@ -275,6 +277,19 @@ class _Importer:
             if scope.lookup_type(name) is None:
                 raise InvalidModelError(f"{self.where}: graph output {name!r} is never computed")
         return Graph(tuple(inputs), tuple(nodes), outputs, tuple(consts.values()), name="main" if top else (proto.name or "body"))
+
+    def _unshadowed(self, proto: onnx.GraphProto, parent: Scope) -> onnx.GraphProto:
+        """The subgraph with values that shadow an enclosing graph's renamed (ember's IR keeps
+        every name unique across nesting levels; ONNX lets a body reuse an outer name)."""
+        defined = _defined(proto)
+        self.namer.taken |= defined
+        clashes = sorted(n for n in defined if parent.lookup_type(n) is not None)
+        if not clashes:
+            return proto
+        renamed = onnx.GraphProto()
+        renamed.CopyFrom(proto)
+        _rename(renamed, {n: self.namer(n) for n in clashes}, own=True)
+        return renamed
 
     def node(self, onode: onnx.NodeProto, opdef: Any, scope: Scope, consts: dict[str, Const], label: str) -> Node:
         """One ONNX node in canonical form, attribute defaults explicit, outputs untyped yet."""
@@ -352,6 +367,39 @@ def _topological(proto: onnx.GraphProto) -> Sequence[onnx.NodeProto]:
             raise InvalidModelError(f"the graph has a cycle or reads values nobody computes (at {names})")
         pending = rest
     return order
+
+
+def _defined(graph: onnx.GraphProto) -> set[str]:
+    """Names a graph defines itself: inputs, initializers and node outputs."""
+    names = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    names |= {s.values.name for s in graph.sparse_initializer}
+    return names | {o for n in graph.node for o in n.output if o}
+
+
+def _rename(graph: onnx.GraphProto, mapping: dict[str, str], own: bool) -> None:
+    """Rename values in place: definitions and reads when `own`, else only the reads of names
+    a nested graph takes from outside (its own definitions shadow them)."""
+    if not own:
+        mapping = {k: v for k, v in mapping.items() if k not in _defined(graph)}
+        if not mapping:
+            return
+    else:
+        for info in list(graph.input) + list(graph.value_info):
+            info.name = mapping.get(info.name, info.name)
+        for init in graph.initializer:
+            init.name = mapping.get(init.name, init.name)
+        for sparse in graph.sparse_initializer:
+            sparse.values.name = mapping.get(sparse.values.name, sparse.values.name)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            node.input[k] = mapping.get(name, name)
+        for k, name in enumerate(node.output):
+            node.output[k] = mapping.get(name, name) if own else name
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                _rename(sub, mapping, own=False)
+    for info in graph.output:
+        info.name = mapping.get(info.name, info.name)
 
 
 def _reads(node: onnx.NodeProto) -> list[str]:

@@ -23,6 +23,7 @@ from ember.compiler.importer import import_proto
 from ember.compiler.infer import retype
 from ember.compiler.parser import parse_graph
 from ember.compiler.printer import print_graph
+from ember.compiler.verify import verify
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
@@ -143,7 +144,21 @@ def test_nested_loops_read_values_of_every_enclosing_graph(rng: np.random.Genera
                        [("x", T.FLOAT, [2])], [("final", T.FLOAT, [2]), ("scaled", T.FLOAT, [2, 2])],
                        {"a0": np.zeros(2, np.float32), "two": np.array(2, np.int64)}, opset=13)
     assert _types(model) == {"final": "f32[2]", "scaled": "f32[2,2]"}
+    verify(import_proto(model))  # the inner body's `c` shadowed the outer body's: renamed
     _compare(model, {"x": rng.standard_normal(2).astype(np.float32)})
+
+
+def test_body_values_that_shadow_outer_names_are_renamed(rng: np.random.Generator) -> None:
+    # The body calls its carried value `x` (the main graph's input) and its result `y`.
+    body = helper.make_graph([helper.make_node("Identity", ["c"], ["c2"]), helper.make_node("Add", ["x", "y0"], ["y"])],
+                             "body", [vi("i", T.INT64, []), vi("c", T.BOOL, []), vi("x", T.FLOAT, [2])],
+                             [vi("c2", T.BOOL, []), vi("y", T.FLOAT, [2]), vi("x", T.FLOAT, [2])])
+    model = make_model([helper.make_node("Neg", ["x"], ["y0"]), helper.make_node("Loop", ["M", "", "x"], ["y", "xs"], body=body)],
+                       [("x", T.FLOAT, [2]), ("M", T.INT64, [])], [("y", T.FLOAT, [2]), ("xs", T.FLOAT, ["T", 2])], opset=13)
+    graph = import_proto(model)
+    verify(graph)
+    assert [v.name for v in graph.nodes[1].attrs["body"].inputs] == ["i", "c", "x_1"]
+    _compare(model, {"x": rng.standard_normal(2).astype(np.float32), "M": np.array(3, np.int64)})
 
 
 def test_old_exporters_rank_1_condition_and_trip_count(rng: np.random.Generator) -> None:
