@@ -83,6 +83,10 @@ def _if_infer(ctx: InferCtx) -> list[TensorType]:
     else_t = ctx.infer_subgraph("else_branch")
     if len(then_t) != len(else_t):
         raise ValueError(f"then_branch returns {len(then_t)} values, else_branch {len(else_t)}")
+    then_v, else_v = ctx.subgraph_values.get("then_branch", []), ctx.subgraph_values.get("else_branch", [])
+    for i, (a, b) in enumerate(zip(then_v, else_v)):
+        if a is not None and a == b:  # both branches compute the same (symbolic) contents
+            ctx.out_values[i] = a
     return [_merge(a, b, ctx, i, f"output {i} of the branches") for i, (a, b) in enumerate(zip(then_t, else_t))]
 
 

@@ -228,6 +228,36 @@ def test_a_known_condition_types_the_taken_branch_and_its_contents_flow_on(rng: 
     _compare(model, {"x": rng.standard_normal((3, 2, 2)).astype(np.float32)})
 
 
+# Both branches compute the same contents ([N, 2, 2]) under an unknown condition: they flow on.
+SAME_CONTENTS = """\
+graph main(%x: f32[N,4], %c: bool[]) -> (%y: f32[N,2,2]) {
+  const %one: i64[1] = [1]
+  const %two: i64[2] = [2, 2]
+  const %zero: i64[1] = [0]
+  %t: i64[3] = If(%c) {else_branch=graph else() -> (%e: i64[3]) {
+      %s2: i64[2] = Shape(%x)
+      %n2: i64[1] = Slice(%s2, %zero, %one)
+      %e: i64[3] = Concat(%n2, %two) {axis=0}
+      return %e
+    }, then_branch=graph then() -> (%th: i64[3]) {
+      %s1: i64[2] = Shape(%x)
+      %n1: i64[1] = Slice(%s1, %zero, %one)
+      %th: i64[3] = Concat(%n1, %two) {axis=0}
+      return %th
+    }}
+  %y: f32[N,2,2] = Reshape(%x, %t)
+  return %y
+}
+"""
+
+
+def test_branches_with_equal_contents_keep_them_under_an_unknown_condition(rng: np.random.Generator) -> None:
+    graph = parse_graph(SAME_CONTENTS)
+    assert print_graph(retype(graph)) == print_graph(graph)
+    for cond in (True, False):
+        assert interp.run(graph, {"x": rng.standard_normal((3, 4)).astype(np.float32), "c": np.array(cond)})["y"].shape == (3, 2, 2)
+
+
 # --- Scan ---------------------------------------------------------------------------------------
 SCAN = """\
 graph main(%s0: f32[3], %x: f32[3,T], %y: f32[T,2]) -> (%sf: f32[3], %ys: f32[3,T], %zs: f32[T,2]) {
