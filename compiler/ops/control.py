@@ -42,7 +42,7 @@ def _scalar_flag(t: TensorType | None, dtype: str, what: str) -> None:
         return
     if t.dtype != dtype:
         raise ValueError(f"{what} must be {dtype}, got {t}")
-    if t.rank > 1 or (t.rank == 1 and t.shape[0] not in (1,) and isinstance(t.shape[0], int)):
+    if t.rank > 1 or (t.rank == 1 and isinstance(t.shape[0], int) and t.shape[0] != 1):
         raise ValueError(f"{what} must hold one element, got {t}")
 
 
@@ -127,7 +127,7 @@ def _generalize(ctx: InferCtx, attr: str, inputs: list[TensorType], first: int, 
         if merged != before:
             general[first + k] = merged
             changed = True
-    if changed:  # f(T) == T for the generalized T: one more pass types every iteration alike
+    if changed:  # one more pass types the body for any iteration (symbols where shapes change)
         outs = ctx.infer_subgraph(attr, general)
         for k in range(count):
             _merge(general[first + k], outs[outs_at + k], ctx, out_index + k, f"loop-carried value {k}")
