@@ -206,8 +206,9 @@ def _resize_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
             outside = mask if outside is None else outside | mask
     if outside is not None and outside.any():
         y = np.where(outside, attrs["extrapolation_value"], y)
-    if x.dtype.kind in "iu" and not nearest:
-        y = np.round(y)
+    if x.dtype.kind in "iu" and not nearest:  # truncated like onnxruntime's casts, saturated (cubic overshoots)
+        info = np.iinfo(x.dtype)
+        y = np.clip(np.trunc(y), info.min, info.max)
     return [as_dtype(y, ctx)]
 
 

@@ -205,7 +205,8 @@ def _pad_infer(ctx: InferCtx) -> list[TensorType]:
             return [TensorType(t.dtype, tuple(ctx.fresh(0, i) if i in chosen else d for i, d in enumerate(t.shape)))]
         return [TensorType(t.dtype, tuple(ctx.fresh(0, i) for i in range(t.rank)))]
     width = _pad_layout(t.rank, pads, axes)
-    return [TensorType(t.dtype, tuple(dims.add(dims.add(d, lo), hi) for d, (lo, hi) in zip(t.shape, width)))]
+    grown = [lo + hi if isinstance(lo, int) and isinstance(hi, int) else dims.add(lo, hi) for lo, hi in width]
+    return [TensorType(t.dtype, tuple(dims.add(d, g) for d, g in zip(t.shape, grown)))]
 
 
 def _pad_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
