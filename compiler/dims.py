@@ -43,6 +43,10 @@ def _wrap(dim: Dim) -> str:
 
 def mul(a: Dim, b: Dim) -> Dim:
     """a * b."""
+    if a == 1 or b == 0:
+        return b
+    if b == 1 or a == 0:
+        return a
     pa, pb = _product(a), _product(b)
     if pa is not None and pb is not None:
         return _join(pa[0] * pb[0], tuple(sorted(pa[1] + pb[1])))
@@ -57,6 +61,9 @@ def add(a: Dim, b: Dim) -> Dim:
         return a
     if a == 0:
         return b
+    pa, pb = _product(a), _product(b)
+    if pa is not None and pb is not None and pa[1] and pa[1] == pb[1]:  # like terms: S + S = 2*S
+        return _join(pa[0] + pb[0], pa[1])
     if isinstance(b, int) and b < 0:
         return f"{a}-{-b}"
     return f"{a}+{b}"
