@@ -23,7 +23,8 @@ EXPORT_OPSET = 23  # Attention (fuse_composites) exists from opset 23
 DTYPE_ATTRS = {("Cast", "to"), ("EyeLike", "dtype"), ("QuantizeLinear", "output_dtype"),
                ("DequantizeLinear", "output_dtype"), ("QuantizeLinear", "precision"),
                ("LayerNormalization", "stash_type"), ("GroupNormalization", "stash_type"),
-               ("RMSNormalization", "stash_type"), ("Attention", "softmax_precision")}
+               ("RMSNormalization", "stash_type"), ("Attention", "softmax_precision"), ("Range", "stash_type"),
+               ("BitCast", "to")}
 
 
 def _attr(op: str, key: str, value: Any, opset: int) -> onnx.AttributeProto:

@@ -264,9 +264,8 @@ def _topk_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
 def _nonzero_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     x = inputs[0]
     assert x is not None
-    if x.ndim == 0:  # a scalar has no coordinates: [0, 1] if it is non-zero (onnxruntime)
-        return [np.zeros((0, int(x != 0)), np.int64)]
-    return [np.stack(np.nonzero(x)).astype(np.int64)]
+    # A scalar counts as one element of a 1-D tensor (onnxruntime): [[0]] or an empty [1, 0].
+    return [np.stack(np.nonzero(np.atleast_1d(x))).astype(np.int64)]
 
 
 def _compress_infer(ctx: InferCtx) -> list[TensorType]:
@@ -457,7 +456,7 @@ OPS: list[OpDef] = [
     OpDef(name="Pad", infer=_pad_infer, ref=_pad_ref, inputs=(2, 4), attrs={"mode": AttrSpec("str", "constant")}),
     OpDef(name="TopK", infer=_topk_infer, ref=_topk_ref, inputs=(2, 2), outputs=(2, 2),
           attrs={"axis": AttrSpec("int", -1), "largest": AttrSpec("int", 1), "sorted": AttrSpec("int", 1)}),
-    OpDef(name="NonZero", infer=lambda ctx: [TensorType("i64", (required(ctx).rank, ctx.fresh(0, 1)))], ref=_nonzero_ref),
+    OpDef(name="NonZero", infer=lambda ctx: [TensorType("i64", (max(required(ctx).rank, 1), ctx.fresh(0, 1)))], ref=_nonzero_ref),
     OpDef(name="Compress", infer=_compress_infer, ref=_compress_ref, inputs=(2, 2), attrs={"axis": AttrSpec("int", None)}),
     OpDef(name="OneHot", infer=_onehot_infer, ref=_onehot_ref, inputs=(3, 3), attrs={"axis": AttrSpec("int", -1)}),
     OpDef(name="Unique", infer=_unique_infer, ref=_unique_ref, outputs=(1, 4),

@@ -185,6 +185,8 @@ def test_unique_unsorted_along_an_axis() -> None:
 def test_nonzero_and_compress_of_run_time_data() -> None:
     x = np.array([[0, 1, 0], [2, 0, 3]], np.float32)
     _compare(_model("NonZero", {"x": (T.FLOAT, [2, 3])}, outputs=[("y", T.INT64, 2)], opset=13), {"x": x})
+    for scalar in (0.0, 2.0):  # a scalar reads as one element of a 1-D tensor: [1, 0] or [[0]]
+        _compare(_model("NonZero", {"x": (T.FLOAT, [])}, outputs=[("y", T.INT64, 2)], opset=13), {"x": np.array(scalar, np.float32)})
     model = _model("Compress", {"x": (T.FLOAT, [2, 3]), "c": (T.BOOL, [2])}, outputs=[("y", T.FLOAT, 1)], opset=11)
     _compare(model, {"x": x, "c": np.array([False, True])})
 
