@@ -159,9 +159,10 @@ def _axes_to_input(since: int, inputs: list[Any], attrs: dict[str, Any], types: 
 def _squeeze_axes(shape: Sequence[Dim], axes: Sequence[Dim] | None) -> tuple[int, ...]:
     """The axes Squeeze removes: the given ones (each of size 1), else every static 1.
 
-    Without axes, symbolic dims are assumed not to be 1 (their rank must be fixed).
+    Without axes (or with an empty list, as onnxruntime reads it), symbolic dims are assumed
+    not to be 1 (the output rank must be fixed).
     """
-    if axes is None:
+    if not axes:
         return tuple(i for i, d in enumerate(shape) if d == 1)
     if not all(isinstance(a, int) for a in axes):
         raise ValueError(f"Squeeze axes {list(axes)} must be integers")

@@ -93,18 +93,22 @@ def _range_bounds(ctx: InferCtx) -> list[Any] | None:
     return bounds
 
 
-def _range_count(start: Any, limit: Any, delta: Any) -> Dim:
-    """max(ceil((limit - start) / delta), 0); symbolic bounds assume a non-negative count."""
+def _range_count(start: Any, limit: Any, delta: Any) -> Dim | None:
+    """max(ceil((limit - start) / delta), 0); None when symbolic bounds leave it unknown.
+
+    A symbolic count needs the far bound symbolic and the near one a constant (Range(0, S, 1)
+    = S, Range(S - 1, -1, -1) = S), assumed not to cross.
+    """
     if delta == 0:
         raise ValueError("Range delta cannot be 0")
     if all(isinstance(v, int) for v in (start, limit, delta)):
         return max(-((start - limit) // delta), 0)  # exact for int64 bounds past 2**53
     if all(isinstance(v, (int, float)) for v in (start, limit, delta)):
         return max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
-    if not isinstance(delta, int):
-        raise ValueError("symbolic Range bounds need an integer delta")
-    span = dims.sub(limit, start) if delta > 0 else dims.sub(start, limit)
-    return dims.ceildiv(span, abs(delta))
+    near, far = (start, limit) if isinstance(delta, int) and delta > 0 else (limit, start)
+    if not isinstance(delta, int) or not isinstance(near, int) or str(far).startswith("-"):
+        return None
+    return dims.ceildiv(dims.add(far, -near), abs(delta))
 
 
 def _range_infer(ctx: InferCtx) -> list[TensorType]:
@@ -125,7 +129,7 @@ def _range_infer(ctx: InferCtx) -> list[TensorType]:
 def _range_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     start, limit, delta = (np.asarray(a).reshape(-1)[0] for a in inputs)  # type: ignore[arg-type]
     n = _range_count(start.item(), limit.item(), delta.item())
-    assert isinstance(n, int)
+    assert isinstance(n, int)  # numbers always give a count
     if start.dtype.kind in "iu":
         return [as_dtype(start.item() + np.arange(n, dtype=np.int64) * delta.item(), ctx)]
     # start + i * delta in float64 (onnx's reference), or in stash_type for f16/bf16.

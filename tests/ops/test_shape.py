@@ -200,6 +200,15 @@ def test_opset11_squeeze_unsqueeze_split_attributes_become_inputs() -> None:
     assert [str(graph.value(n).type) for n in ("q", "a", "b")] == ["f32[2,4,1]", "f32[2,1,1]", "f32[2,3,1]"]
 
 
+def test_squeeze_with_an_empty_axes_list_squeezes_every_one_like_onnxruntime() -> None:
+    model = make_model([helper.make_node("Squeeze", ["x", "axes"], ["y"])], [("x", T.FLOAT, [1, 3, 1])], [("y", T.FLOAT, [3])],
+                       {"axes": np.zeros(0, np.int64)}, opset=13)
+    x = np.arange(3, dtype=np.float32).reshape(1, 3, 1)
+    graph, got, want = _run_both(model, {"x": x})
+    assert str(graph.value("y").type) == "f32[3]"
+    np.testing.assert_array_equal(got["y"], want["y"])
+
+
 @pytest.mark.parametrize(
     "starts,ends,axes,steps",
     [
