@@ -305,7 +305,7 @@ def _split_sizes(ctx: InferCtx, t: TensorType, axis: int) -> list[Dim]:
         if split is None:
             return [ctx.fresh(i, axis) for i in range(ctx.num_outputs)]
         sizes = list(split)
-        total = dims.add(0, 0)
+        total: Dim = 0
         for s in sizes:
             total = dims.add(total, s)
         if isinstance(total, int) and isinstance(t.shape[axis], int) and total != t.shape[axis]:
@@ -402,8 +402,10 @@ def _slice_length(d: Dim, start: Dim, end: Dim, step: int) -> Dim | None:
     lo, hi = (first, last) if step > 0 else (last, first)  # the span runs from lo to hi
     if hi[0] < lo[0]:
         return None  # (a - d) + b: its sign is unknown
-    offset = hi[1] - lo[1] if isinstance(hi[1], int) and isinstance(lo[1], int) else dims.sub(hi[1], lo[1])
-    span = dims.add(d, offset) if hi[0] > lo[0] else offset
+    if isinstance(hi[1], int) and isinstance(lo[1], int):
+        span = dims.add(d, hi[1] - lo[1]) if hi[0] > lo[0] else hi[1] - lo[1]
+    else:
+        span = dims.sub(dims.add(d, hi[1]) if hi[0] > lo[0] else hi[1], lo[1])
     if isinstance(span, int):
         return max(-(-span // abs(step)), 0)
     return span if abs(step) == 1 else dims.ceildiv(span, abs(step))
