@@ -41,27 +41,32 @@ def diff(a: Path, b: Path) -> None:
 @click.command()
 @click.argument("pass_name", metavar="PASS")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--after", "prefix", default="simplify,fold_constants,dce",
-              help="passes to run first (the default pipeline's clean-ups)")
+@click.option("--after", "prefix", default=None, metavar="PASSES",
+              help="passes to run first (default: the default pipeline's passes before PASS)")
 @reports_errors
-def explain(pass_name: str, model: Path, prefix: str) -> None:
-    """For each place a rule of PASS looked at and declined, the node and the reason.
+def explain(pass_name: str, model: Path, prefix: str | None) -> None:
+    """For each place a rule of PASS looked at and declined: the rule, the node and the reason.
 
     \b
     Example:
-      ember explain fuse model.onnx
+      ember explain fuse_composites model.onnx
+      ember explain simplify model.onnx --after fold_constants,dce
     """
     from ember.compiler.importer import import_model
     from ember.compiler.passmanager import run_pipeline
-    from ember.compiler.pipeline import parse_pipeline
+    from ember.compiler.pipeline import DEFAULT_PIPELINE, parse_pipeline, validate_pipeline
     from ember.passes import PASSES
 
-    if pass_name not in PASSES:
-        raise EmberError(f"unknown pass {pass_name!r}; registered passes: {', '.join(PASSES)}")
-    graph = run_pipeline(import_model(model), parse_pipeline(prefix)).graph
+    validate_pipeline((pass_name,), PASSES)
+    if prefix is None:
+        before = DEFAULT_PIPELINE.index(pass_name) if pass_name in DEFAULT_PIPELINE else len(DEFAULT_PIPELINE)
+        first = DEFAULT_PIPELINE[:before]
+    else:
+        first = parse_pipeline(prefix)
+    graph = run_pipeline(import_model(model), first).graph
     result = PASSES[pass_name](graph)
     stats = ", ".join(f"{k}={v}" for k, v in sorted(result.stats.items())) or "no change"
-    click.echo(f"{pass_name}: {stats}; {len(result.rejections)} rejection(s)")
+    click.echo(f"{pass_name} after {','.join(first) or 'nothing'}: {stats}; {len(result.rejections)} rejection(s)")
     for rejection in result.rejections:
         click.echo(f"  {rejection}")
 

@@ -1,4 +1,5 @@
-"""ember.passes: one module per graph rewrite, and the explicit registry PASSES."""
+"""ember.passes: one module per graph rewrite, the explicit registry PASSES and one line each
+describing it (`ember passes` and `--help` show them)."""
 
 from __future__ import annotations
 
@@ -22,4 +23,14 @@ PASSES: dict[str, Callable[[Graph], PassResult]] = {
     "fold_batchnorm": fold_batchnorm,
     "fuse_composites": fuse_composites,
     "fuse": fuse,
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "fold_constants": "evaluate nodes whose inputs are all constant, and static shape arithmetic",
+    "dce": "remove nodes and constants no graph output depends on",
+    "cse": "merge duplicate nodes and duplicate small constants",
+    "simplify": "drop identities and no-ops (Identity, x*1, x+0, same-shape Reshape, Transpose pairs...)",
+    "fold_batchnorm": "fold BatchNormalization and per-channel Mul/Add into Conv/Gemm/MatMul weights",
+    "fuse_composites": "rewrite decomposed GELU, LayerNorm, Softmax and attention to single ops",
+    "fuse": "group anchors (Conv, MatMul, pooling...) with elementwise epilogues into one kernel each",
 }

@@ -1,155 +1,148 @@
-"""fold_batchnorm: per-channel affine ops after a Conv / ConvTranspose / Gemm / MatMul
-go into its weights and bias.
+"""fold_batchnorm: per-channel affine ops after Conv / ConvTranspose / Gemm / MatMul go into
+its weight and bias.
 
-    %c = Conv(%x, W, b); %y = BatchNormalization(%c, s, B, m, v)
-        ->  %y = Conv(%x, W * s/sqrt(v+eps) [per output channel], (b - m) * s/sqrt(v+eps) + B)
-    %c = Conv(%x, W, b); %y = Mul(%c, k[C,1,1])     ->  %y = Conv(%x, W * k, b * k)
-    %c = Conv(%x, W, b); %y = Add(%c, a[C,1,1])     ->  %y = Conv(%x, W, b + a)
-    %g = MatMul(%x, W[K,N]); %y = Mul/Add(%g, k[N])  ->  the same on W's columns
+    BatchNormalization(Conv(x, W, b), s, B, m, v)  ->  Conv(x, W * k, (b - m) * k + B),  k = s / sqrt(v + eps)
+    Mul(Conv(x, W, b), c) and Div(..., 1/c)        ->  Conv(x, W * c, b * c)
+    Add(Conv(x, W, b), c) and Sub(..., -c)         ->  Conv(x, W, b + c)
+    the same for ConvTranspose (W's output channels sit in its second axis, per group) and
+    Gemm (W's rows with transB, else its columns; beta folds into the new bias);
+    Mul/BatchNormalization(MatMul(x, W), ...)      ->  Add(MatMul(x, W * k), shift)   (MatMul has no bias operand)
 
-Preconditions: the anchor's output has exactly one reader (the affine op), its weight and
-bias are constants read by nothing else, the affine parameters are constants broadcasting
-along the output-channel axis only, BatchNormalization is in inference mode.
+Preconditions: the anchor's output has no other reader; its weight and bias are float
+constants (a weight that other nodes also read is copied, never changed in place:
+`shared_weight_copied`); the affine constant varies along the output-channel axis only (axis 1
+of Conv, ConvTranspose and BatchNormalization, the last axis of Gemm and MatMul), so it
+broadcasts to nothing larger than the anchor's output; BatchNormalization is in inference mode.
+A plain bias Add after MatMul stays: fuse makes it the MatMul's epilogue.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ember.compiler.ir import Const, Graph, Namer, Node
-from ember.compiler.rewrite import PassResult, Rejection, count, without_unused_consts
+from ember.compiler import dtypes
+from ember.compiler.ir import Graph
+from ember.compiler.pattern import Builder, Match, Outcome, Rule, const, op, reject, rewrite_graph, var
+from ember.compiler.rewrite import PassResult
 
-ANCHORS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+ANCHOR = op(("Conv", "ConvTranspose", "Gemm", "MatMul"), var("x"), const("w"), rest=True, name="anchor")
 
 
-def _per_channel(data: np.ndarray, channels: int, axis_from_end: int, rank: int) -> np.ndarray | None:
-    """data as a [channels] vector if it broadcasts only along the channel axis."""
+def _channel_axis(m: Match, affine: str) -> int:
+    """The output axis along which the anchor's output channels run, as `affine` sees it."""
+    anchor = m.node("anchor")
+    if affine == "BatchNormalization" or anchor.op in ("Conv", "ConvTranspose"):
+        return 1
+    return anchor.outputs[0].type.rank - 1
+
+
+def _per_channel(data: np.ndarray, rank: int, axis: int, channels: int) -> np.ndarray | None:
+    """`data` as a [channels] vector when it broadcasts along `axis` of a rank-`rank` tensor only."""
     if data.ndim > rank:
         return None
     shape = (1,) * (rank - data.ndim) + data.shape
-    axis = rank - axis_from_end
     if any(d != 1 for i, d in enumerate(shape) if i != axis) or shape[axis] not in (1, channels):
         return None
-    return np.broadcast_to(data.reshape(-1), (channels,)).astype(np.float64)
+    return np.broadcast_to(data.reshape(-1).astype(np.float64), (channels,))
 
 
-def _reject(node: Node, reason: str) -> Rejection:
-    return Rejection("fold_affine", node.name, node.op, reason)
-
-
-def _affine(graph: Graph, node: Node, channels: int, axis_from_end: int) -> tuple[np.ndarray, np.ndarray] | Rejection:
-    """(scale, shift) of y = x * scale + shift for the affine node, per channel."""
-    rank = node.outputs[0].type.rank
-    consts = [graph.const(n) for n in node.inputs]
-    if node.op == "BatchNormalization":
-        if node.attrs.get("training_mode") or len(node.outputs) > 1:
-            return _reject(node, "training mode")
-        if not all(c is not None for c in consts[1:5]):
-            return _reject(node, "statistics are not constant")
-        s, b, m, v = (c.data.astype(np.float64) for c in consts[1:5])  # type: ignore[union-attr]
-        scale = s / np.sqrt(v + node.attrs["epsilon"])
-        return scale, b - m * scale
-    other = consts[1] if consts[1] is not None else consts[0]
-    if other is None:
-        return _reject(node, "no constant operand")
-    vec = _per_channel(other.data, channels, axis_from_end, rank)
+def _affine(m: Match, channels: int, axis: int) -> tuple[np.ndarray, np.ndarray] | str:
+    """(scale, shift) per channel with root(y) = y * scale + shift, or why there is none."""
+    root, rank = m.root, m.root.outputs[0].type.rank
+    if root.op == "BatchNormalization":
+        if root.attrs["training_mode"] or len(root.outputs) > 1:
+            return "training mode"
+        s, b, mean, v = (m.const(k).astype(np.float64) for k in ("s", "b", "mean", "var"))
+        if any(a.shape != (channels,) for a in (s, b, mean, v)):
+            return f"statistics are not [{channels}] vectors"
+        scale = s / np.sqrt(v + root.attrs["epsilon"])
+        return scale, b - mean * scale
+    vec = _per_channel(m.const("k"), rank, axis, channels)
     if vec is None:
-        return _reject(node, "constant does not broadcast along the output channels only")
-    if node.op == "Mul":
-        return vec, np.zeros(channels)
-    if node.op == "Add":
-        return np.ones(channels), vec
-    return _reject(node, "not an affine op")
+        return f"the constant {list(m.const('k').shape)} does not vary along output channel axis {axis} only"
+    if root.op in ("Div",) and np.any(vec == 0):
+        return "division by a zero constant"
+    zeros, ones = np.zeros(channels), np.ones(channels)
+    return {"Mul": (vec, zeros), "Div": (1 / vec, zeros), "Add": (ones, vec), "Sub": (ones, -vec)}[root.op]
+
+
+def _scaled_weight(m: Match, scale: np.ndarray) -> np.ndarray:
+    """The anchor's weight with each output channel multiplied by `scale`."""
+    anchor, w = m.node("anchor"), m.const("w").astype(np.float64)
+    if anchor.op == "Conv":
+        return w * scale.reshape((-1,) + (1,) * (w.ndim - 1))
+    if anchor.op == "ConvTranspose":  # W: [C_in, C_out / group, k...]; channel = g * (C_out / group) + j
+        g = anchor.attrs["group"]
+        grouped = w.reshape((g, w.shape[0] // g) + w.shape[1:])
+        return (grouped * scale.reshape((g, 1, -1) + (1,) * (w.ndim - 2))).reshape(w.shape)
+    if anchor.op == "Gemm" and anchor.attrs["transB"]:  # W: [N, K]
+        return w * scale.reshape(-1, 1)
+    return w * scale.reshape(1, -1)  # Gemm W: [K, N]; MatMul W: [K, N]
+
+
+def _fold(m: Match, b: Builder) -> Outcome:
+    anchor = m.node("anchor")
+    out_t = anchor.outputs[0].type
+    w = m.const("w")
+    if w.dtype.kind != "f" or dtypes.from_numpy(w.dtype) != out_t.dtype:
+        return reject("the weight is not a float constant of the output's dtype")
+    if anchor.op == "MatMul" and (w.ndim != 2 or out_t.rank < 2):
+        return reject("the MatMul weight is not a 2-D matrix")
+    if anchor.op == "MatMul" and m.root.op in ("Add", "Sub"):
+        return reject("a plain bias add after MatMul (fuse makes it an epilogue)")
+    axis = _channel_axis(m, m.root.op)
+    channel_axis = 1 if anchor.op in ("Conv", "ConvTranspose") else out_t.rank - 1
+    if axis != channel_axis:
+        return reject(f"normalizes axis {axis}, the anchor's output channels are axis {channel_axis}")
+    channels = out_t.shape[axis]
+    if not isinstance(channels, int):
+        return reject("the number of output channels is symbolic")
+    affine = _affine(m, channels, axis)
+    if isinstance(affine, str):
+        return reject(affine)
+    scale, shift = affine
+    bias_name = anchor.inputs[2] if len(anchor.inputs) > 2 and anchor.inputs[2] else ""
+    bias_c = m.graph.const(bias_name) if bias_name else None
+    if bias_name and bias_c is None:
+        return reject("the anchor's bias is not a constant")
+    # Scaling by ones keeps the weight (an Add folds into the bias alone).
+    new_w = m["w"] if np.all(scale == 1) else b.const(f"{m['w']}_folded", _scaled_weight(m, scale).astype(w.dtype))
+    if new_w != m["w"] and len(m.graph.consumers(m["w"])) > 1:
+        b.note("shared_weight_copied")  # its other readers keep the original
+    attrs = dict(anchor.attrs)
+    if anchor.op == "MatMul":
+        if not np.any(shift):
+            b.op("MatMul", (m["x"], new_w), out=m.root.outputs[0])
+            return b.replace()
+        # A new name: the product now holds other numbers than the old %m.
+        scaled = b.op("MatMul", (m["x"], new_w), out=f"{anchor.outputs[0].name}_scaled")
+        b.op("Add", (scaled, b.const(f"{anchor.outputs[0].name}_bias", shift.astype(w.dtype))), out=m.root.outputs[0])
+        return b.replace()
+    if bias_c is None and not np.any(shift):
+        b.op(anchor.op, (m["x"], new_w), attrs, out=m.root.outputs[0])
+        return b.replace()
+    if bias_c is None:
+        bias = shift
+    elif anchor.op == "Gemm":  # Y = alpha * A B + beta * C: the new C absorbs beta (beta becomes 1)
+        bias = attrs["beta"] * bias_c.data.astype(np.float64) * scale + shift
+        attrs["beta"] = 1.0
+    else:
+        bias = bias_c.data.astype(np.float64) * scale + shift
+    new_b = b.const(f"{bias_name}_folded" if bias_name else f"{m['w']}_bias", bias.astype(w.dtype))
+    b.op(anchor.op, (m["x"], new_w, new_b), attrs, out=m.root.outputs[0])
+    return b.replace()
+
+
+BATCHNORM = op("BatchNormalization", ANCHOR, const("s"), const("b"), const("mean"), const("var"))
+RULES: tuple[Rule, ...] = (
+    Rule("batchnorm_folded", BATCHNORM, _fold),
+    Rule("mul_folded", op("Mul", ANCHOR, const("k")), _fold),
+    Rule("div_folded", op("Div", ANCHOR, const("k")), _fold),
+    Rule("add_folded", op("Add", ANCHOR, const("k")), _fold),
+    Rule("sub_folded", op("Sub", ANCHOR, const("k")), _fold),
+)
 
 
 def fold_batchnorm(graph: Graph) -> PassResult:
     """Fold per-channel affine ops into the preceding anchor's constants."""
-    stats: dict[str, int] = {}
-    rejections: list[Rejection] = []
-    namer = Namer(graph)
-    outputs = set(graph.outputs)
-    replaced: dict[int, Node] = {}
-    removed: set[int] = set()
-    new_consts: list[Const] = []
-    index = {id(n): i for i, n in enumerate(graph.nodes)}
-    for node in graph.nodes:
-        if node.op not in ("BatchNormalization", "Mul", "Add") or index[id(node)] in removed:
-            continue
-        anchor = graph.producer(node.inputs[0]) or (graph.producer(node.inputs[1]) if len(node.inputs) > 1 and node.op != "BatchNormalization" else None)
-        if anchor is None or anchor.op not in ANCHORS or index[id(anchor)] in removed or index[id(anchor)] in replaced:
-            continue
-        if len(graph.consumers(anchor.outputs[0].name)) != 1 or anchor.outputs[0].name in outputs:
-            rejections.append(_reject(node, "the anchor's output has other readers"))
-            continue
-        w = graph.const(anchor.inputs[1])
-        if w is None or len(graph.consumers(w.name)) != 1:
-            rejections.append(_reject(node, "the anchor's weight is not a constant of its own"))
-            continue
-        if anchor.op == "Gemm" and (anchor.attrs["transA"] or anchor.attrs["alpha"] != 1.0 or anchor.attrs["beta"] != 1.0):
-            rejections.append(_reject(node, "Gemm with transA/alpha/beta"))
-            continue
-        if anchor.op == "MatMul" and w.data.ndim != 2:
-            rejections.append(_reject(node, "MatMul weight is not 2-D"))
-            continue
-        out_t = anchor.outputs[0].type
-        if anchor.op in ("Conv", "ConvTranspose"):
-            channels, axis_from_end = int(out_t.shape[1]), out_t.rank - 1  # type: ignore[arg-type]
-        else:
-            channels, axis_from_end = int(out_t.shape[-1]), 1  # type: ignore[arg-type]
-        affine = _affine(graph, node, channels, axis_from_end)
-        if isinstance(affine, Rejection):
-            rejections.append(affine)
-            continue
-        scale, shift = affine
-        if node.op == "Add" and (anchor.op == "MatMul" or len(anchor.inputs) > 2):
-            # A bias add after MatMul, or a second bias on Conv/Gemm: nothing to gain from
-            # rewriting weights; the fuse pass makes it the anchor's epilogue.
-            rejections.append(_reject(node, "a plain bias add; fuse makes it an epilogue"))
-            continue
-        bias_c = graph.const(anchor.inputs[2]) if len(anchor.inputs) > 2 and anchor.inputs[2] else None
-        if len(anchor.inputs) > 2 and anchor.inputs[2] and (bias_c is None or len(graph.consumers(bias_c.name)) != 1):
-            rejections.append(_reject(node, "the anchor's bias is not a constant of its own"))
-            continue
-        wd = w.data.astype(np.float64)
-        if anchor.op == "Conv":
-            wd = wd * scale.reshape((-1,) + (1,) * (wd.ndim - 1))
-        elif anchor.op == "ConvTranspose":
-            g = anchor.attrs["group"]
-            wd = (wd.reshape((g, wd.shape[0] // g, wd.shape[1]) + wd.shape[2:]) * scale.reshape(g, 1, -1, *(1,) * (wd.ndim - 2))).reshape(wd.shape)
-        elif anchor.op == "Gemm" and anchor.attrs["transB"]:
-            wd = wd * scale.reshape(-1, 1)
-        else:
-            wd = wd * scale.reshape(1, -1)
-        bias = bias_c.data.astype(np.float64).reshape(-1) if bias_c is not None else np.zeros(channels)
-        bias = np.broadcast_to(bias, (channels,)) * scale + shift
-        dtype = w.data.dtype
-        w_name, b_name = namer(f"{w.name}_folded"), namer(f"{anchor.outputs[0].name}_bias")
-        new_consts += [Const(w_name, wd.astype(dtype)), Const(b_name, bias.astype(dtype))]
-        if anchor.op == "MatMul":  # MatMul has no bias operand: becomes Gemm-free MatMul + Add
-            new_anchor = Node("MatMul", (anchor.inputs[0], w_name), anchor.outputs, anchor.attrs)
-            add = Node("Add", (anchor.outputs[0].name, b_name), node.outputs, {})
-            replaced[index[id(anchor)]] = new_anchor
-            replaced[index[id(node)]] = add
-        else:
-            new_anchor = Node(anchor.op, (anchor.inputs[0], w_name, b_name), node.outputs, anchor.attrs)
-            replaced[index[id(anchor)]] = new_anchor
-            removed.add(index[id(node)])
-        count(stats, f"{node.op.lower()}_folded" if node.op != "BatchNormalization" else "batchnorm_folded")
-    if not stats:
-        return PassResult(graph, {}, rejections)
-    # Conv/Gemm anchors now define the affine node's output; move them to its position so
-    # every reader still comes after its producer.
-    nodes = []
-    pending: dict[int, Node] = {}
-    for i, node in enumerate(graph.nodes):
-        if i in replaced and node.op in ANCHORS and i not in removed and replaced[i].outputs != node.outputs:
-            pending[i] = replaced[i]
-            continue
-        if i in removed:
-            anchor_i = next(k for k, v in pending.items() if v.outputs == node.outputs)
-            nodes.append(pending.pop(anchor_i))
-            continue
-        nodes.append(replaced.get(i, node))
-    out = graph.replace(nodes=tuple(nodes), consts=graph.consts + tuple(new_consts))
-    out, _ = without_unused_consts(out)
-    return PassResult(out, stats, rejections)
+    return rewrite_graph(graph, RULES)

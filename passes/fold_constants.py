@@ -3,9 +3,11 @@
     %s = Shape(%x: f32[1,3,8,8])            ->  const %s: i64[4] = [1, 3, 8, 8]
     %y = Add(const %a, const %b)             ->  const %y = a + b   (by the reference interpreter)
 
-Preconditions: ops without side effects (every op in the table). Results larger than
-MAX_FOLD_BYTES stay as nodes (counted in stats as `too_large`) so a small constant
-expanded into a huge tensor is not materialised in the artifact.
+Preconditions: deterministic ops (not the Random* family) without subgraphs. Results larger
+than MAX_FOLD_BYTES stay nodes, so that a small constant expanded into a huge tensor is not
+materialised in the artifact: each is a rejection (`ember explain fold_constants`), and is
+counted as `too_large` in the stats of a run that folded something else (a run that only
+declined is no change, so a second run still has empty stats).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
 from ember.compiler.interp import run
 from ember.compiler.ir import Const, Graph, Node
-from ember.compiler.rewrite import PassResult, count
+from ember.compiler.rewrite import PassResult, Rejection, count
 
 MAX_FOLD_BYTES = 16 * 1024 * 1024
 # Ops whose result depends on more than their inputs.
@@ -33,6 +35,7 @@ def _eval(node: Node, consts: dict[str, np.ndarray]) -> list[np.ndarray]:
 def fold_constants(graph: Graph) -> PassResult:
     """Replace constant-computable node outputs by constants (same names)."""
     stats: dict[str, int] = {}
+    rejections: list[Rejection] = []
     consts = {c.name: c.data for c in graph.consts}
     known = tracked_values(graph)
     nodes: list[Node] = []
@@ -59,6 +62,8 @@ def fold_constants(graph: Graph) -> PassResult:
                    for v in node.outputs)
         if size > MAX_FOLD_BYTES:
             count(stats, "too_large")
+            rejections.append(Rejection("fold", node.name, node.op,
+                                        f"the result would be {size} bytes (cap {MAX_FOLD_BYTES})"))
             nodes.append(node)
             continue
         results = _eval(node, consts)
@@ -68,5 +73,5 @@ def fold_constants(graph: Graph) -> PassResult:
             new_consts.append(Const(value.name, data, value.quant))
         count(stats, "nodes_folded")
     if not stats.get("nodes_folded") and not stats.get("shapes_folded"):
-        return PassResult(graph, {})  # `too_large` alone is no change: keep stats empty
-    return PassResult(graph.replace(nodes=tuple(nodes), consts=graph.consts + tuple(new_consts)), stats)
+        return PassResult(graph, {}, rejections)  # `too_large` alone is no change: keep stats empty
+    return PassResult(graph.replace(nodes=tuple(nodes), consts=graph.consts + tuple(new_consts)), stats, rejections)

@@ -1,140 +1,185 @@
 """fuse: operator fusion. Each group becomes one `Fused` node and, in the artifact, one kernel.
 
-    %c = Conv(%x, W, b); %r = Relu(%c)          ->  %r = Fused(%x, W, b) {kernel="conv_relu", body=...}
-    %m = MatMul(%x, W); %a = Add(%m, B); %g = Gelu(%a)  ->  one Fused group "matmul_add_gelu"
-    %a = Add(%x, %y); %s = Sigmoid(%a); %p = Mul(%a, %s) ->  one Fused group (elementwise chain)
+    %c = Conv(%x, W, b); %r = Relu(%c)                    ->  %r = Fused(%x, W, b) {kernel="conv_relu", body=...}
+    %m = MatMul(%x, W); %a = Add(%m, B); %g = Gelu(%a)    ->  one group "matmul_add_gelu"
+    %c = Conv(...); %s = Sigmoid(%c); %y = Mul(%c, %s)    ->  one group "conv_sigmoid_mul" (SiLU epilogue)
+    %a = Add(%x, %y); %s = Sigmoid(%a); %p = Mul(%a, %s)  ->  one group (elementwise ops alone)
 
-Groups: an anchor (Conv, ConvTranspose, MatMul, Gemm, pooling, reductions, Softmax,
-LayerNormalization) followed by its chain of elementwise/broadcast epilogue ops, or a chain
-of elementwise ops alone. A node joins a group only when the group's value it reads has no
-reader outside the group (single-output groups), its other operands are computed outside
-the group, and adding it creates no cycle (checked on the networkx view). Ops that move
-data (Reshape, Transpose, Concat, Gather...) are left alone.
+A group starts at an anchor (Conv, ConvTranspose, MatMul, Gemm, pooling, reductions) or, once
+anchors have taken their epilogues, at an elementwise op, and grows by elementwise ops that
+read its values. Its shape may be a DAG (the SiLU epilogue reads the Conv twice), but a group
+has one output: every value but the last member's is read only inside the group, so the
+Fused node can stand where the last member stood. A node joins only when none of its other
+operands depends on the group (no cycle; checked on the networkx view). Ops that move data
+(Reshape, Transpose, Concat, Gather, ...) are left alone, and a node on its own is a kernel
+already, so groups of one are not made.
+
+The body's inputs are the group's operands in first-use order (`argK`). Scalar constants and
+integer constants of at most SMALL_CONST elements (exponents, clip bounds, axes, shapes) move
+into the body, where code generation reads them; tensors of floats (weights, biases) stay
+operands, so a kernel's signature does not depend on the size of its weights.
 """
 
 from __future__ import annotations
 
 import networkx as nx
+import numpy as np
 
 from ember.compiler.ir import Const, Graph, Namer, Node, Value, free_names
 from ember.compiler.rewrite import PassResult, Rejection, count, without_unused_consts
 
 ANCHORS = frozenset({
     "Conv", "ConvTranspose", "MatMul", "Gemm", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
-    "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "Softmax", "LogSoftmax", "LayerNormalization",
+    "LpPool", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL1", "ReduceL2", "ReduceProd",
+    "ReduceSumSquare", "ReduceLogSumExp",
 })
 ELEMENTWISE = frozenset({
-    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Erf", "Gelu",
-    "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal", "HardSigmoid", "HardSwish", "Softplus", "Where", "Cast",
-    "Equal", "Less", "Greater", "Not", "And", "Or", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos",
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Reciprocal", "Neg", "Abs", "Sqrt",
+    "Exp", "Log", "Erf", "Floor", "Ceil", "Round", "Sign", "Sin", "Cos", "Tan", "Tanh", "Sigmoid",
+    "Relu", "LeakyRelu", "PRelu", "Elu", "Celu", "Selu", "Gelu", "HardSigmoid", "HardSwish", "Softplus", "Softsign",
+    "Mish", "Swish", "ThresholdedRelu", "Shrink", "Clip", "Where", "Cast",
+    "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
 })
-# Anchors that may not take an epilogue (their legalized kernels are multi-stage).
-NO_EPILOGUE = frozenset({"Softmax", "LogSoftmax", "LayerNormalization"})
+SMALL_CONST = 1024
+
+
+def _reject(node: Node, reason: str) -> Rejection:
+    return Rejection("group", node.name, node.op, reason)
+
+
+class _Grouper:
+    """Forms groups over one graph; `taken` holds the indices of nodes already grouped."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.graph = graph
+        self.index = {id(n): i for i, n in enumerate(graph.nodes)}
+        self.view = graph.to_networkx()
+        self.outputs = set(graph.outputs)
+        self.taken: set[int] = set()
+        self.rejections: list[Rejection] = []
+
+    def _readers(self, members: list[int]) -> list[int]:
+        inside = set(members)
+        found = {self.index[id(r)] for m in members for v in self.graph.nodes[m].output_names
+                 for r in self.graph.consumers(v)}
+        return sorted(found - inside)
+
+    def _admissible(self, members: list[int], i: int) -> str | None:
+        """Why node i cannot join the group (None when it can)."""
+        node = self.graph.nodes[i]
+        if node.op not in ELEMENTWISE:
+            return "not an elementwise op"
+        if i in self.taken:
+            return "already in another group"
+        if len(node.outputs) != 1:
+            return "has several outputs"
+        first = min(members)
+        for name in node.inputs:
+            producer = self.graph.producer(name) if name else None
+            if producer is None:
+                continue
+            src = self.index[id(producer)]
+            # A path from the group to another operand would make the Fused node depend on itself.
+            if src not in members and src > first and any(nx.has_path(self.view, m, src) for m in members if m < src):
+                return f"operand %{name} depends on the group (would be a cycle)"
+        return None
+
+    def _live(self, members: list[int]) -> list[str]:
+        """Values of the group read outside it (or graph outputs)."""
+        inside = set(members)
+        live = []
+        for m in members:
+            for v in self.graph.nodes[m].output_names:
+                readers = self.graph.consumers(v)
+                if v in self.outputs or any(self.index[id(r)] not in inside for r in readers):
+                    live.append(v)
+        return live
+
+    def grow(self, seed: int) -> list[int]:
+        """The largest single-output group found by adding readers in graph order."""
+        members = [seed]
+        committed = [seed]
+        while True:
+            candidates = self._readers(members)
+            chosen = None
+            for i in candidates:
+                why = self._admissible(members, i)
+                if why is None:
+                    chosen = i
+                    break
+                self.rejections.append(_reject(self.graph.nodes[i], f"not added to the group of %{self.graph.nodes[seed].name}: {why}"))
+            if chosen is None:
+                break
+            members.append(chosen)
+            live = self._live(members)
+            if len(live) == 1 and live[0] in self.graph.nodes[max(members)].output_names:
+                committed = sorted(members)
+        if len(committed) < len(members):
+            left = [self.graph.nodes[i] for i in members if i not in committed]
+            self.rejections.append(_reject(left[0], f"not added to the group of %{self.graph.nodes[seed].name}: "
+                                                    "the group would have more than one output"))
+        return committed
 
 
 def _label(nodes: list[Node]) -> str:
     return "_".join(n.op.lower() for n in nodes)[:64]
 
 
-def _grow(graph: Graph, seed: Node, taken: set[int], index: dict[int, int], view: nx.DiGraph,
-          outputs: set[str], rejections: list[Rejection]) -> list[Node]:
-    """The group starting at `seed`: follow single readers while they are elementwise."""
-    group = [seed]
-    members = {index[id(seed)]}
-    while True:
-        tail = group[-1]
-        if len(tail.outputs) != 1 or tail.outputs[0].name in outputs:
-            break
-        readers = graph.consumers(tail.outputs[0].name)
-        if len(readers) != 1:
-            if readers:
-                rejections.append(Rejection("epilogue", tail.name, tail.op, f"{len(readers)} readers of its output"))
-            break
-        nxt = readers[0]
-        i = index[id(nxt)]
-        if nxt.op not in ELEMENTWISE or i in taken or len(nxt.outputs) != 1:
-            rejections.append(Rejection("epilogue", nxt.name, nxt.op, "not an elementwise op" if nxt.op not in ELEMENTWISE else "already grouped"))
-            break
-        if group[0].op in NO_EPILOGUE:
-            rejections.append(Rejection("epilogue", nxt.name, nxt.op, f"{group[0].op} takes no epilogue"))
-            break
-        # Cycle: another operand of nxt must not depend on the group.
-        cyclic = False
-        for name in nxt.inputs:
-            producer = graph.producer(name) if name else None
-            if producer is None or index[id(producer)] in members:
-                continue
-            src = index[id(producer)]
-            if any(nx.has_path(view, m, src) for m in members):
-                cyclic = True
-                break
-        if cyclic:
-            rejections.append(Rejection("epilogue", nxt.name, nxt.op, "an operand depends on the group (would be a cycle)"))
-            break
-        group.append(nxt)
-        members.add(i)
-    return group
-
-
-# Constants up to this many elements (axes, exponents, scalars) move into the body, where
-# inference and code generation can read them; larger ones (weights) stay parameters.
-SMALL_CONST = 1024
+def _moves_in(data: np.ndarray) -> bool:
+    """Whether a constant operand becomes part of the body (see the module docstring)."""
+    return data.size == 1 or (data.dtype.kind in "biu" and data.size <= SMALL_CONST)
 
 
 def _fused_node(graph: Graph, group: list[Node], namer: Namer) -> Node:
-    """One Fused node for a group: body inputs renamed argK, outputs renamed NAME_out."""
+    """One Fused node for a group (members in graph order, the last one's output the result)."""
     inside = {v.name for n in group for v in n.outputs}
-    body = Graph((), tuple(group), (group[-1].outputs[0].name,), name="body")
-    free = [n for n in free_names(body) if n not in inside]
-    small = [n for n in free if graph.const(n) is not None and graph.const(n).data.size <= SMALL_CONST]  # type: ignore[union-attr]
-    external = [n for n in free if n not in small]
-    mapping = {name: namer(f"arg{k}") for k, name in enumerate(external)}
-    mapping.update((name, namer(name)) for name in small)
-    body_consts = tuple(Const(mapping[n], graph.const(n).data) for n in small)  # type: ignore[union-attr]
     out_old = group[-1].outputs[0]
-    out_new = namer(f"{out_old.name}_out")
-    mapping_out = {out_old.name: out_new}
+    free = [n for n in free_names(Graph((), tuple(group), (out_old.name,), name="body")) if n not in inside]
+    small = [n for n in free if (c := graph.const(n)) is not None and _moves_in(c.data)]
+    operands = [n for n in free if n not in small]
+    mapping = {name: namer(f"arg{k}") for k, name in enumerate(operands)}
+    members = {id(n) for n in group}
+    for name in small:  # a constant only this group reads moves in under its own name
+        own = all(id(r) in members for r in graph.consumers(name)) and name not in graph.outputs
+        mapping[name] = name if own else namer(name)
+    mapping[out_old.name] = namer(f"{out_old.name}_out")
     nodes = []
     for n in group:
-        inputs = tuple(mapping.get(x, mapping_out.get(x, x)) for x in n.inputs)
-        outs = tuple(Value(mapping_out.get(v.name, v.name), v.type, v.quant) for v in n.outputs)
+        inputs = tuple(mapping.get(x, x) for x in n.inputs)
+        outs = tuple(Value(mapping.get(v.name, v.name), v.type, v.quant) for v in n.outputs)
         nodes.append(Node(n.op, inputs, outs, n.attrs))
-    params = tuple(Value(mapping[name], graph.value(name).type, graph.value(name).quant) for name in external)
+    params = tuple(Value(mapping[name], graph.value(name).type, graph.value(name).quant) for name in operands)
+    body_consts = tuple(Const(mapping[n], graph.const(n).data) for n in small)  # type: ignore[union-attr]
     label = _label(group)
-    body = Graph(params, tuple(nodes), (out_new,), body_consts, name=label)
-    return Node("Fused", tuple(external), (out_old,), {"body": body, "kernel": label})
+    body = Graph(params, tuple(nodes), (mapping[out_old.name],), body_consts, name=label)
+    return Node("Fused", tuple(operands), (out_old,), {"body": body, "kernel": label})
 
 
 def fuse(graph: Graph) -> PassResult:
-    """Form fusion groups (anchors + epilogues, elementwise chains) as Fused nodes."""
-    stats: dict[str, int] = {}
-    rejections: list[Rejection] = []
-    index = {id(n): i for i, n in enumerate(graph.nodes)}
-    view = graph.to_networkx()
-    outputs = set(graph.outputs)
-    taken: set[int] = set()
-    groups: dict[int, list[Node]] = {}  # index of the group's last node -> members
-    for node in graph.nodes:
-        i = index[id(node)]
-        if i in taken or node.op == "Fused":
-            continue
-        if node.op in ANCHORS or node.op in ELEMENTWISE:
-            group = _grow(graph, node, taken, index, view, outputs, rejections)
-            if len(group) == 1:
-                continue  # a lone op is a kernel already: no group needed
-            for member in group:
-                taken.add(index[id(member)])
-            groups[index[id(group[-1])]] = group
+    """Form fusion groups (anchors with epilogues, then elementwise ops) as Fused nodes."""
+    grouper = _Grouper(graph)
+    groups: dict[int, list[int]] = {}  # index of the group's last node -> member indices
+    for kinds in (ANCHORS, ELEMENTWISE):  # anchors claim their epilogues first
+        for i, node in enumerate(graph.nodes):
+            if node.op not in kinds or i in grouper.taken or len(node.outputs) != 1:
+                continue
+            if node.outputs[0].name in grouper.outputs:
+                continue
+            members = grouper.grow(i)
+            if len(members) > 1:  # a lone op is a kernel already
+                grouper.taken.update(members)
+                groups[members[-1]] = members
     if not groups:
-        return PassResult(graph, {}, rejections)
+        return PassResult(graph, {}, grouper.rejections)
+    stats: dict[str, int] = {}
     namer = Namer(graph)
     nodes: list[Node] = []
     for i, node in enumerate(graph.nodes):
         if i in groups:
-            nodes.append(_fused_node(graph, groups[i], namer))
+            nodes.append(_fused_node(graph, [graph.nodes[k] for k in groups[i]], namer))
             count(stats, "groups")
             count(stats, "nodes_fused", len(groups[i]))
-        elif i not in taken:
+        elif i not in grouper.taken:
             nodes.append(node)
     fused, _ = without_unused_consts(graph.replace(nodes=tuple(nodes)))  # small constants moved into bodies
-    return PassResult(fused, stats, rejections)
+    return PassResult(fused, stats, grouper.rejections)
