@@ -131,6 +131,10 @@ def run_pipeline(
     table = registry if registry is not None else PASSES
     validate_pipeline(tuple(pipeline), table)
     validate_pipeline(tuple(print_after), table)
+    try:
+        verify(graph)
+    except EmberError as err:
+        raise PassError(f"the input graph does not verify (before any pass): {err}") from None
     text = pipeline_text(tuple(pipeline))
     say = echo or (lambda s: None)
     if dump_dir is not None:
@@ -181,17 +185,26 @@ def run_pipeline(
 
 def summary_table(records: Sequence[PassRecord]) -> str:
     """The per-pass summary printed at the end of a compile: one row per pass and a total."""
-    lines = [f"{'pass':18s} {'ms':>8s} {'nodes':>11s} {'param MB':>15s}  stats"]
+    lines = [f"{'pass':18s} {'ms':>8s} {'nodes':>11s} {'param bytes':>19s}  stats"]
     for r in records:
         stats = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())) or "-"
         lines.append(f"{r.name:18s} {r.seconds * 1e3:8.1f} {r.nodes_before:5d}->{r.nodes_after:<5d} "
-                     f"{r.param_bytes_before / 1e6:7.2f}->{r.param_bytes_after / 1e6:<7.2f}  {stats}")
+                     f"{_size(r.param_bytes_before):>9s}->{_size(r.param_bytes_after):<9s}  {stats}")
     if records:
         first, last = records[0], records[-1]
         total = sum(r.seconds for r in records)
         lines.append(f"{'total':18s} {total * 1e3:8.1f} {first.nodes_before:5d}->{last.nodes_after:<5d} "
-                     f"{first.param_bytes_before / 1e6:7.2f}->{last.param_bytes_after / 1e6:<7.2f}")
+                     f"{_size(first.param_bytes_before):>9s}->{_size(last.param_bytes_after):<9s}")
     return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    """Bytes for people: 812 B, 81.9 KB, 46.74 MB."""
+    if n < 1000:
+        return f"{n} B"
+    if n < 1_000_000:
+        return f"{n / 1e3:.1f} KB"
+    return f"{n / 1e6:.2f} MB"
 
 
 def records_json(records: Sequence[PassRecord]) -> str:

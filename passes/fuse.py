@@ -40,6 +40,10 @@ ELEMENTWISE = frozenset({
     "Mish", "Swish", "ThresholdedRelu", "Shrink", "Clip", "Where", "Cast",
     "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf",
 })
+# Views that keep the row-major element order: they join a group between its members when
+# their shape operand is a constant, so that Gemm -> Reshape -> Add is one kernel. Never last:
+# outside a kernel a view costs nothing.
+VIEWS = frozenset({"Reshape", "Flatten", "Squeeze", "Unsqueeze"})
 SMALL_CONST = 1024
 
 
@@ -67,7 +71,10 @@ class _Grouper:
     def _admissible(self, members: list[int], i: int) -> str | None:
         """Why node i cannot join the group (None when it can)."""
         node = self.graph.nodes[i]
-        if node.op not in ELEMENTWISE:
+        if node.op in VIEWS:
+            if any(name and self.graph.const(name) is None for name in node.inputs[1:]):
+                return "a view whose shape is computed at run time"
+        elif node.op not in ELEMENTWISE:
             return "not an elementwise op"
         if i in self.taken:
             return "already in another group"
@@ -112,7 +119,9 @@ class _Grouper:
                 break
             members.append(chosen)
             live = self._live(members)
-            if len(live) == 1 and live[0] in self.graph.nodes[max(members)].output_names:
+            last = self.graph.nodes[max(members)]
+            # One output, the last member's; a view at the end gains nothing (it is free outside).
+            if len(live) == 1 and live[0] in last.output_names and last.op not in VIEWS:
                 committed = sorted(members)
         if len(committed) < len(members):
             left = [self.graph.nodes[i] for i in members if i not in committed]

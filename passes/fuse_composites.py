@@ -22,8 +22,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ember.compiler.ir import Graph
-from ember.compiler.pattern import Builder, Match, Outcome, Pattern, Rule, const, one_of, op, reject, rewrite_graph, var
-from ember.compiler.rewrite import PassResult
+from ember.compiler.pattern import Match, Pattern, const, one_of, op, var
+from ember.compiler.rewrite import Builder, Outcome, PassResult, Rule, reject, rewrite_graph
 
 TOL = 1e-4
 X = var("x")

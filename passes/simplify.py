@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from ember.compiler.ir import Graph
-from ember.compiler.pattern import Builder, Match, Outcome, Rule, const, op, reject, rewrite_graph, var
-from ember.compiler.rewrite import PassResult
+from ember.compiler.pattern import Match, const, op, var
+from ember.compiler.rewrite import Builder, Outcome, PassResult, Rule, reject, rewrite_graph
 
 X = var("x")
 

@@ -10,22 +10,9 @@ from passcheck import body, reasons
 
 from ember.compiler.ir import Graph, Node
 from ember.compiler.parser import parse_graph
-from ember.compiler.pattern import (
-    Builder,
-    Match,
-    NoMatch,
-    Outcome,
-    RewriteError,
-    Rule,
-    const,
-    match,
-    one_of,
-    op,
-    reject,
-    rewrite_graph,
-    var,
-)
+from ember.compiler.pattern import Match, NoMatch, const, match, one_of, op, var
 from ember.compiler.printer import print_graph
+from ember.compiler.rewrite import Builder, Outcome, RewriteError, Rule, reject, rewrite_graph
 from ember.compiler.verify import verify
 
 X = var("x")
