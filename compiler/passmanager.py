@@ -185,7 +185,7 @@ def run_pipeline(
 
 def summary_table(records: Sequence[PassRecord]) -> str:
     """The per-pass summary printed at the end of a compile: one row per pass and a total."""
-    lines = [f"{'pass':18s} {'ms':>8s} {'nodes':>11s} {'param bytes':>19s}  stats"]
+    lines = [f"{'pass':18s} {'ms':>8s} {'nodes':^12s} {'param bytes':^20s}  stats"]
     for r in records:
         stats = ", ".join(f"{k}={v}" for k, v in sorted(r.stats.items())) or "-"
         lines.append(f"{r.name:18s} {r.seconds * 1e3:8.1f} {r.nodes_before:5d}->{r.nodes_after:<5d} "

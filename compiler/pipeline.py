@@ -8,17 +8,17 @@ from typing import Any
 from ember.compiler.errors import EmberError
 
 DEFAULT_PIPELINE: tuple[str, ...] = (
-    "simplify",  # drop identities and no-ops first, so folding sees through them
-    "fold_constants",  # evaluate constant subgraphs and static shape arithmetic
-    "dce",  # shape chains folded above leave dead nodes
-    "fold_batchnorm",  # BatchNormalization / per-channel Mul+Add into Conv and Gemm weights
-    "cse",  # exported models repeat Shape/Gather/Unsqueeze computations
-    "simplify",  # folding exposes new identities (Reshape to the same shape...)
+    "simplify",  # drop Identity/Dropout/no-op Reshapes first, so folding sees through them
+    "fold_constants",  # evaluate constant subgraphs and static shape arithmetic (Shape -> ... -> Reshape)
+    "dce",  # the folded chains leave dead nodes and constants
+    "fold_batchnorm",  # BatchNormalization / per-channel Mul, Add into Conv, Gemm and MatMul weights
+    "cse",  # exporters repeat Shape/Gather/Unsqueeze computations and small constants
+    "simplify",  # folding exposes new identities (a Reshape to the same shape, a Reshape chain)
     "dce",
-    "fuse_composites",  # GELU, LayerNorm, Softmax, attention patterns -> single ops
-    "simplify",  # attention's K transpose cancels against the exporter's
+    "fuse_composites",  # GELU, LayerNorm, Softmax, attention patterns -> single ONNX ops
+    "simplify",  # attention's K transpose merges with the exporter's own
     "dce",
-    "fuse",  # anchors with their elementwise epilogues become one kernel each
+    "fuse",  # last: anchors with their elementwise epilogues become one kernel each
 )
 
 

@@ -178,10 +178,11 @@ class Builder:
                 if data is not None:
                     scope.define_const(name, data)
         types = [self.type(n) if n else None for n in inputs]
-        probe = Value(out, types[0] or TensorType("f32", ())) if isinstance(out, str) else out
-        node = new_node_typed(op_name, tuple(inputs), probe, attrs, types)
-        if isinstance(out, str):
-            node = infer_node(Node(node.op, node.inputs, (Value(self.name(out), probe.type),), node.attrs), scope)
+        if isinstance(out, Value):
+            node = new_node_typed(op_name, tuple(inputs), out, attrs, types)
+        else:  # typed by the op table: a placeholder type first
+            untyped = Value(self.name(out), TensorType("f32", ()))
+            node = infer_node(new_node_typed(op_name, tuple(inputs), untyped, attrs, types), scope)
             self._types[node.outputs[0].name] = node.outputs[0].type
         self._nodes.append(node)
         return node.outputs[0].name
