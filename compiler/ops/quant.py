@@ -23,7 +23,7 @@ import numpy as np
 from ember.compiler import dtypes
 from ember.compiler.dims import Dim
 from ember.compiler.ir import TensorType
-from ember.compiler.ops.common import norm_axis
+from ember.compiler.ops.common import norm_axis, required
 from ember.compiler.ops.nn import CONV_ATTRS, _conv_infer, _resolve_auto_pad, conv_nd, matmul_shape
 from ember.compiler.ops.registry import AttrSpec, EvalCtx, InferCtx, OpDef
 
@@ -34,13 +34,6 @@ QUANT = ("i8", "u8", "i16", "u16")  # QuantizeLinear outputs ember can hold
 DEQUANT = QUANT + ("i32",)
 SCALES = ("f32", "f16", "bf16")
 INT8 = ("i8", "u8")
-
-
-def _t(ctx: InferCtx, i: int = 0) -> TensorType:
-    t = ctx.types[i] if i < len(ctx.types) else None
-    if t is None:
-        raise ValueError(f"{ctx.op} input {i} is required")
-    return t
 
 
 def _opt_t(ctx: InferCtx, i: int) -> TensorType | None:
@@ -105,7 +98,7 @@ def _expand(p: np.ndarray, shape: tuple[int, ...], attrs: Attrs) -> np.ndarray:
 
 # --- QuantizeLinear / DequantizeLinear ----------------------------------------------------------
 def _q_infer(ctx: InferCtx) -> list[TensorType]:
-    x, scale, zp = _t(ctx), _t(ctx, 1), _opt_t(ctx, 2)
+    x, scale, zp = required(ctx), required(ctx, 1), _opt_t(ctx, 2)
     _check(x, ("f32", "f16", "bf16", "i32"), "QuantizeLinear x")
     _check(scale, ("f32", "f16", "bf16", "i32"), "y_scale")
     _check_param(x, scale, ctx.attrs, "y_scale")
@@ -145,7 +138,7 @@ def _q_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
 
 
 def _dq_infer(ctx: InferCtx) -> list[TensorType]:
-    x, scale, zp = _t(ctx), _t(ctx, 1), _opt_t(ctx, 2)
+    x, scale, zp = required(ctx), required(ctx, 1), _opt_t(ctx, 2)
     _check(x, DEQUANT, "DequantizeLinear x")
     _check(scale, SCALES, "x_scale")
     _check_param(x, scale, ctx.attrs, "x_scale")
@@ -189,7 +182,7 @@ def _dyn_q_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
 
 
 def _dyn_q_infer(ctx: InferCtx) -> list[TensorType]:
-    x = _t(ctx)
+    x = required(ctx)
     _check(x, ("f32",), "DynamicQuantizeLinear x")
     return [TensorType("u8", x.shape), TensorType("f32", ()), TensorType("u8", ())]
 
@@ -197,12 +190,12 @@ def _dyn_q_infer(ctx: InferCtx) -> list[TensorType]:
 # --- integer matmul / conv ----------------------------------------------------------------------
 def _zp_check(ctx: InferCtx, zp_index: int, of: int, name: str) -> None:
     zp = _opt_t(ctx, zp_index)
-    if zp is not None and zp.dtype != _t(ctx, of).dtype:
-        raise ValueError(f"{name} must have the dtype of input {of} ({_t(ctx, of).dtype}), got {zp.dtype}")
+    if zp is not None and zp.dtype != required(ctx, of).dtype:
+        raise ValueError(f"{name} must have the dtype of input {of} ({required(ctx, of).dtype}), got {zp.dtype}")
 
 
 def _mmi_infer(ctx: InferCtx) -> list[TensorType]:
-    a, b = _t(ctx), _t(ctx, 1)
+    a, b = required(ctx), required(ctx, 1)
     _check(a, INT8, "A")
     _check(b, INT8, "B")
     _zp_check(ctx, 2, 0, "a_zero_point")
@@ -252,20 +245,20 @@ def _requant(acc: np.ndarray, multiplier: np.ndarray, y_zp: np.ndarray, out: np.
 
 def _qlinear_checks(ctx: InferCtx, x: int, w: int) -> None:
     """QLinear operands: int8/uint8 data, float scales, zero points of their data's dtype."""
-    _check(_t(ctx, x), INT8, "a/x")
-    _check(_t(ctx, w), INT8, "b/w")
+    _check(required(ctx, x), INT8, "a/x")
+    _check(required(ctx, w), INT8, "b/w")
     for i in (x + 1, w + 1, 6):
-        _check(_t(ctx, i), SCALES, f"input {i} (a scale)")
+        _check(required(ctx, i), SCALES, f"input {i} (a scale)")
     _zp_check(ctx, x + 2, x, f"input {x + 2} (zero point)")
     _zp_check(ctx, w + 2, w, f"input {w + 2} (zero point)")
-    _check(_t(ctx, 7), INT8, "y_zero_point")
-    if _t(ctx, 7).rank > 1 or _t(ctx, 6).rank > 1:
+    _check(required(ctx, 7), INT8, "y_zero_point")
+    if required(ctx, 7).rank > 1 or required(ctx, 6).rank > 1:
         raise ValueError("y_scale and y_zero_point must be scalars (per tensor)")
 
 
 def _qlmm_infer(ctx: InferCtx) -> list[TensorType]:
     _qlinear_checks(ctx, 0, 3)
-    return [TensorType(_t(ctx, 7).dtype, matmul_shape(_t(ctx).shape, _t(ctx, 3).shape))]
+    return [TensorType(required(ctx, 7).dtype, matmul_shape(required(ctx).shape, required(ctx, 3).shape))]
 
 
 def _qlmm_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
@@ -284,8 +277,8 @@ def _channel_param(p: np.ndarray, rank: int) -> np.ndarray:
 
 
 def _convint_infer(ctx: InferCtx) -> list[TensorType]:
-    _check(_t(ctx), INT8, "x")
-    _check(_t(ctx, 1), INT8, "w")
+    _check(required(ctx), INT8, "x")
+    _check(required(ctx, 1), INT8, "w")
     _zp_check(ctx, 2, 0, "x_zero_point")
     _zp_check(ctx, 3, 1, "w_zero_point")
     return [TensorType("i32", _conv_infer(ctx)[0].shape)]
@@ -309,7 +302,7 @@ def _qlconv_infer(ctx: InferCtx) -> list[TensorType]:
         raise ValueError(f"B must be a 1-D i32 tensor, got {bias}")
     conv = InferCtx(op="Conv", types=[ctx.types[0], ctx.types[3]], attrs=ctx.attrs, consts=[None, None],
                     values=[None, None], out_names=ctx.out_names)
-    return [TensorType(_t(ctx, 7).dtype, _conv_infer(conv)[0].shape)]
+    return [TensorType(required(ctx, 7).dtype, _conv_infer(conv)[0].shape)]
 
 
 def _qlconv_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
