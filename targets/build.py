@@ -37,6 +37,8 @@ class Built:
     kernels: tuple[str, ...]
     launches: int = 0
     stats: dict[str, float] = field(default_factory=dict)
+    module: Any = None  # the optimized, scheduled IRModule tvm.compile received (for reports)
+    rules: dict[str, str] = field(default_factory=dict)  # kernel -> name of the rule that scheduled it
 
     def export(self, path: Path) -> None:
         """Write the shared library."""
@@ -79,8 +81,9 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
     return mod, applied
 
 
-def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | None = None) -> tvm.IRModule:
-    """ember's Relax pipeline up to (not including) TVM's low-level lowering."""
+def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | None = None) -> tuple[tvm.IRModule, dict[str, str]]:
+    """ember's Relax pipeline up to (not including) TVM's low-level lowering; the module and
+    {kernel: rule that scheduled it}."""
     seq = tvm.transform.Sequential(
         [
             relax.transform.LegalizeOps(),
@@ -90,11 +93,12 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | No
             relax.transform.FoldConstant(),
         ]
     )
+    applied: dict[str, str] = {}
     with target:
         mod = seq(mod)
         if rules:
-            mod, _ = apply_schedules(mod, target, rules)
-    return mod
+            mod, applied = apply_schedules(mod, target, rules)
+    return mod, applied
 
 
 def kernel_launches(mod: tvm.IRModule) -> int:
@@ -133,7 +137,7 @@ def build(graph: Graph, target: TargetSpec) -> Built:
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()
     try:
-        mod = optimize(mod, tvm_target, schedule_rules(target))
+        mod, applied = optimize(mod, tvm_target, schedule_rules(target))
         kernels = kernel_names(mod)
         launches = kernel_launches(mod)
         executable = tvm.compile(mod, target=tvm_target)
@@ -142,4 +146,4 @@ def build(graph: Graph, target: TargetSpec) -> Built:
     except Exception as err:
         raise EmberError(f"TVM failed to build for {target.name}: {type(err).__name__}: {str(err).splitlines()[0][:400]}") from None
     stats["build_s"] = time.perf_counter() - start
-    return Built(executable, target, kernels, launches, stats)
+    return Built(executable, target, kernels, launches, stats, module=mod, rules=applied)
