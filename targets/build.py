@@ -15,6 +15,7 @@ from typing import Any
 
 import tvm
 from tvm import relax
+from tvm.ir.expr import GenericConst
 
 from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
@@ -81,9 +82,10 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
     return mod, applied
 
 
-def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | None = None) -> tuple[tvm.IRModule, dict[str, str]]:
-    """ember's Relax pipeline up to (not including) TVM's low-level lowering; the module and
-    {kernel: rule that scheduled it}."""
+def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """Relax -> one unscheduled PrimFunc per kernel: LegalizeOps, then FuseTIR over ember's
+    Primitive groups, constants folded, and each kernel's constant (weight) parameters marked
+    `layout_free_buffers` so a schedule may re-lay them out at compile time."""
     seq = tvm.transform.Sequential(
         [
             relax.transform.LegalizeOps(),
@@ -93,12 +95,76 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | No
             relax.transform.FoldConstant(),
         ]
     )
-    applied: dict[str, str] = {}
     with target:
-        mod = seq(mod)
-        if rules:
-            mod, applied = apply_schedules(mod, target, rules)
-    return mod, applied
+        return mark_layout_free(seq(mod))
+
+
+def mark_layout_free(mod: tvm.IRModule) -> tvm.IRModule:
+    """Each kernel's `layout_free_buffers`: the parameters that are constants at every call site.
+
+    (TVM's AttachAttrLayoutFreeBuffers does the same but renames every kernel it touches.)
+    """
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    free: dict[str, set[int]] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            name = expr.args[0].name_hint
+            consts = {i for i, arg in enumerate(expr.args[1].fields) if isinstance(arg, GenericConst)}
+            free[name] = free[name] & consts if name in free else consts
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    for gvar, func in list(mod.functions_items()):
+        if isinstance(func, tvm.tirx.PrimFunc) and free.get(gvar.name_hint):
+            mod[gvar] = func.with_attr("layout_free_buffers", sorted(free[gvar.name_hint]))
+    return mod
+
+
+def schedule(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any]) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Every kernel scheduled by the first rule that takes it; {kernel: rule name}."""
+    with target:
+        return apply_schedules(mod, target, rules)
+
+
+PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+
+def _packs_weights(func: Any) -> bool:
+    """Whether a scheduled kernel holds a weight re-layout block (a schedule's packing).
+
+    (TVM 0.27 has no Python visitor for s_tir blocks; the annotation is looked up in the text.)
+    """
+    return PREPROC in func.script()
+
+
+def finalize(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
+    """After scheduling: weight re-layouts a schedule asked for (blocks marked
+    `meta_schedule.layout_rewrite_preproc`) split into their own kernels and folded into
+    the constants, so packing is paid at compile time, not per inference.
+
+    TVM's SplitLayoutRewritePreproc rejects some kernels that pack nothing (a lone copy), so
+    it sees only `main` and the kernels that pack; the others are put back afterwards.
+    """
+    packing = {gv for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and _packs_weights(f)}
+    if not packing:
+        return mod
+    others = {gv: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and gv not in packing}
+    sub = tvm.IRModule({gv: f for gv, f in mod.functions_items() if gv not in others}, attrs=mod.attrs)
+    with target:
+        sub = relax.transform.SplitLayoutRewritePreproc()(sub)
+    for gv, f in others.items():
+        sub[gv] = f
+    with target:
+        return tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()])(sub)
+
+
+def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | None = None) -> tuple[tvm.IRModule, dict[str, str]]:
+    """prepare, schedule, finalize: the module tvm.compile receives and {kernel: rule}."""
+    mod = prepare(mod, target)
+    mod, applied = schedule(mod, target, rules or [])
+    return finalize(mod, target), applied
 
 
 def kernel_launches(mod: tvm.IRModule) -> int:
