@@ -121,9 +121,9 @@ def passes() -> None:
 
 
 def _add_commands() -> None:
-    from ember.compiler import cli_artifact, cli_passes
+    from ember.compiler import cli_artifact, cli_passes, cli_profile
 
-    for command in cli_artifact.COMMANDS + cli_passes.COMMANDS:
+    for command in cli_artifact.COMMANDS + cli_passes.COMMANDS + cli_profile.COMMANDS:
         main.add_command(command)
 
 

@@ -131,6 +131,7 @@ def compile_model(
     raising there (like any failure) leaves nothing behind.
     """
     from ember.targets import build, resolve_target
+    from ember.targets.kernel_stats import kernel_stats
 
     say = echo or (lambda text: None)
     model = Path(model)
@@ -147,6 +148,9 @@ def compile_model(
     start = time.perf_counter()
     built = build(optimized, spec)
     seconds["build"] = time.perf_counter() - start
+    start = time.perf_counter()
+    stats = kernel_stats(optimized, built)  # FLOPs, bytes, rule, calls per kernel (for `ember profile`)
+    seconds["kernel_stats"] = time.perf_counter() - start
 
     feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
     start = time.perf_counter()
@@ -178,7 +182,7 @@ def compile_model(
         "outputs": [_spec(v) for v in graph.output_values],
         "pipeline": pipeline,
         "passes": [r.as_json() if hasattr(r, "as_json") else str(r) for r in records],
-        "kernels": len(built.kernels),
+        "kernels": [k.as_json() for k in stats],
         "kernel_launches": built.launches,
         "tolerance": {"rtol": rtol, "atol": atol},
         "checks": checks,
