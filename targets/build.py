@@ -54,7 +54,9 @@ def schedule_rules(target: TargetSpec) -> list[Any]:
     """
     from tvm.s_tir import dlight as dl
 
-    return [dl.cpu.GEMV(), dl.cpu.Reduction()]
+    from ember.targets import sched_matmul
+
+    return [*sched_matmul.RULES, dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any]) -> tuple[tvm.IRModule, dict[str, str]]:

@@ -1,0 +1,253 @@
+"""What every CPU schedule rule needs: the target's vector width and cores, the kernel's blocks
+sorted into anchor / prologue / epilogue, weight packing that is paid at compile time, and
+epilogue fusion into the anchor's output tile.
+
+A rule follows dlight's protocol: `apply(func, target, tunable) -> Schedule | None`, None when
+the kernel is not its kind. `build.apply_schedules` tries the rules in order; the first that
+returns a schedule wins, and a rule that raises is skipped for that kernel (a rule's bug costs
+speed, never the build).
+
+Weight packing: a kernel's parameters that are constants at every call site are marked
+`layout_free_buffers` (build.mark_layout_free). `pack_weight` copies such a parameter into a
+buffer of the layout the micro-kernel wants, in a block marked
+`meta_schedule.layout_rewrite_preproc`; build.finalize splits that block into its own kernel and
+folds it over the constant, so the artifact stores the packed weight and never repacks it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
+from tvm.target import Target
+
+log = logging.getLogger(__name__)
+
+PREPROC = "meta_schedule.layout_rewrite_preproc"
+
+# TVM lowers a "global"-scope allocation of constant size below this many bytes to a stack
+# alloca; anything else (and every "local" allocation) becomes TVMBackendAllocWorkspace, a heap
+# pointer LLVM cannot prove distinct from the kernel's arguments. Register tiles (accumulators)
+# must therefore be "global" and smaller than this, or LLVM spills them on every iteration.
+MAX_STACK_BYTES = 1024
+
+
+# --- the target ------------------------------------------------------------------------------
+
+def has_feature(target: Target, feature: str) -> bool:
+    """Whether LLVM says the target's CPU has an ISA feature ("avx512f", "neon", "dotprod")."""
+    try:
+        return bool(tvm.target.codegen.target_has_features(feature, target))
+    except Exception:  # not an llvm target, or a feature LLVM does not know for this triple
+        return False
+
+
+def vector_bits(target: Target) -> int:
+    """Width of the widest fp32 SIMD register: 512 (AVX-512), 256 (AVX2), 128 (NEON, SSE)."""
+    if str(target.attrs.get("mtriple", "")).startswith("x86_64") or target.attrs.get("mtriple") is None:
+        if has_feature(target, "avx512f"):
+            return 512
+        if has_feature(target, "avx2") or has_feature(target, "avx"):
+            return 256
+    return 128
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes of one element."""
+    return max(1, tvm.runtime.DataType(dtype).bits // 8)
+
+
+def vector_lanes(target: Target, dtype: str = "float32") -> int:
+    """SIMD lanes of `dtype` in one register."""
+    return max(1, vector_bits(target) // tvm.runtime.DataType(dtype).bits)
+
+
+def vector_registers(target: Target) -> int:
+    """Architectural SIMD registers: 32 on AVX-512 and aarch64, 16 on AVX2/SSE."""
+    if str(target.attrs.get("mtriple", "")).startswith("aarch64") or vector_bits(target) == 512:
+        return 32
+    return 16
+
+
+def num_cores(target: Target) -> int:
+    """Cores the target says it has (`num-cores`), else 1 (parallel loops still split work)."""
+    return int(target.attrs.get("num-cores", 0) or 1)
+
+
+# --- the kernel ------------------------------------------------------------------------------
+
+@dataclass
+class Kernel:
+    """A PrimFunc's blocks in compute order, with the one reduction block (the anchor)."""
+
+    sch: s_tir.Schedule
+    blocks: list[SBlockInfo]
+    anchor: SBlockInfo | None
+
+    @property
+    def before(self) -> list[SBlockInfo]:
+        """Blocks computed before the anchor (pads, transposes, elementwise prologues)."""
+        if self.anchor is None:
+            return []
+        return self.blocks[: self._anchor_index()]
+
+    @property
+    def after(self) -> list[SBlockInfo]:
+        """Blocks computed after the anchor (bias, activation, residual add: the epilogue)."""
+        if self.anchor is None:
+            return []
+        return self.blocks[self._anchor_index() + 1:]
+
+    def _anchor_index(self) -> int:
+        names = [b.name for b in self.blocks]
+        return names.index(self.anchor.name)  # type: ignore[union-attr]
+
+
+def analyze(func: tirx.PrimFunc, reductions: int = 1) -> Kernel | None:
+    """The kernel's blocks; the anchor is its only reduction block. None when the function is
+    not in dlight's normal form or has a different number of reduction blocks than asked."""
+    sch = s_tir.Schedule(func)
+    blocks = normalize_prim_func(sch)
+    if blocks is None:
+        return None
+    reds = [b for b in blocks if b.is_reduction()]
+    if len(reds) != reductions:
+        return None
+    return Kernel(sch, blocks, reds[0] if reds else None)
+
+
+def layout_free(func: tirx.PrimFunc) -> set[int]:
+    """Indices of the parameters that are compile-time constants (may be re-laid out)."""
+    attr = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
+    return {int(i) for i in attr} if attr is not None else set()
+
+
+def param_index(func: tirx.PrimFunc, buffer: Any) -> int | None:
+    """Which parameter of `func` a buffer is (in TVM 0.27 a parameter is its buffer), or None."""
+    for i, param in enumerate(func.params):
+        if param.same_as(buffer):
+            return i
+    return None
+
+
+def buffer_shape(buffer: Any) -> list[Any]:
+    """A buffer's shape (ints where static)."""
+    return [int(d) if isinstance(d, tirx.IntImm) else d for d in buffer.ty.shape]
+
+
+def reads(sch: s_tir.Schedule, block: Any) -> list[tuple[Any, list[tirx.PrimExpr]]]:
+    """(buffer, index expressions) of each read of a block, in the order `cache_read` numbers them."""
+    return [(r.source, [rng.min for rng in r.region]) for r in sch.get(block).reads]
+
+
+def writes(sch: s_tir.Schedule, block: Any) -> list[tuple[Any, list[tirx.PrimExpr]]]:
+    """(buffer, index expressions) of each write of a block."""
+    return [(r.source, [rng.min for rng in r.region]) for r in sch.get(block).writes]
+
+
+def iter_vars(sch: s_tir.Schedule, block: Any) -> list[tuple[tirx.Var, str]]:
+    """The block's iteration variables with their kind, "S" (spatial) or "R" (reduction)."""
+    return [(iv.var, "R" if int(iv.iter_type) == 2 else "S") for iv in sch.get(block).iter_vars]
+
+
+def free_vars(expr: tirx.PrimExpr) -> list[tirx.Var]:
+    """The variables an index expression mentions."""
+    return list(tirx.analysis.undefined_vars(expr))
+
+
+def uses(expr: tirx.PrimExpr, var: tirx.Var) -> bool:
+    """Whether an index expression mentions a variable."""
+    return any(v.same_as(var) for v in free_vars(expr))
+
+
+# --- schedule pieces -------------------------------------------------------------------------
+
+def inline_all(sch: s_tir.Schedule, blocks: Sequence[SBlockInfo]) -> list[SBlockInfo]:
+    """compute_inline (else reverse_compute_inline) every block that allows it, to a fixed
+    point; the blocks left."""
+    left = list(blocks)
+    changed = True
+    while changed:
+        changed = False
+        for info in list(left):
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(info.block_rv)
+                except Exception:
+                    continue
+                left.remove(info)
+                changed = True
+                break
+    return left
+
+
+def inline_epilogue(sch: s_tir.Schedule, after: Sequence[SBlockInfo]) -> Any | None:
+    """Inline the epilogue chain into its last block; that block (None when there is no
+    epilogue, or when it does not reduce to a single block)."""
+    if not after:
+        return None
+    for info in after[:-1]:
+        try:
+            sch.compute_inline(info.block_rv)
+        except Exception:
+            return _single_left(sch, after)
+    return after[-1].block_rv
+
+
+def _single_left(sch: s_tir.Schedule, after: Sequence[SBlockInfo]) -> Any | None:
+    left = [info for info in after if _exists(sch, info.block_rv)]
+    return left[-1].block_rv if len(left) == 1 else None
+
+
+def _exists(sch: s_tir.Schedule, block: Any) -> bool:
+    try:
+        sch.get(block)
+        return True
+    except Exception:
+        return False
+
+
+def pack_weight(sch: s_tir.Schedule, block: Any, read_index: int, index_map: Callable[..., Any],
+                pad_value: float | None = None) -> Any:
+    """Re-lay out the block's read `read_index` (a layout-free parameter) by `index_map`, at
+    compile time: a copy block marked PREPROC (folded into the constant by build.finalize)."""
+    copy = sch.cache_read(block, read_index, "global")
+    sch.annotate(copy, PREPROC, True)
+    sch.transform_layout(block, ("read", read_index), index_map, pad_value=pad_value)
+    return copy
+
+
+def largest_divisor(extent: int, candidates: Sequence[int]) -> int:
+    """The largest candidate that divides `extent` (1 if none does)."""
+    for c in candidates:
+        if c > 0 and extent % c == 0:
+            return c
+    return 1
+
+
+def static_extent(sch: s_tir.Schedule, loop: Any) -> int | None:
+    """A loop's extent when it is a constant."""
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1, parallel: bool = True) -> None:
+    """Spatial block: fuse its loops, vectorize the innermost `lanes` (when the innermost loop
+    divides by them) and parallelize the outer part."""
+    loops = sch.get_loops(block)
+    if not loops:
+        return
+    inner = static_extent(sch, loops[-1])
+    vec = largest_divisor(inner, [lanes * 4, lanes * 2, lanes, lanes // 2, lanes // 4]) if inner else 1
+    if vec > 1:
+        _, lane = sch.split(loops[-1], [None, vec])
+        sch.vectorize(lane)
+        loops = sch.get_loops(block)[:-1]
+    if parallel and loops:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        sch.parallel(fused)

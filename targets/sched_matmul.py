@@ -1,0 +1,194 @@
+"""CPU schedule rule for matmul-shaped kernels: dense, Gemm, MatMul and batched MatMul, each with
+whatever elementwise prologue and epilogue ember's fusion put around it.
+
+The anchor is a block `C[b.., i, j] += A[b.., i, k] * B[b.., k, j]` (any operand order, B may be
+read as B[j, k]). The micro-kernel keeps an `mr x (nv * lanes)` tile of C in registers:
+
+    parallel  jo                      (N / (nv * lanes) panels; batch fused in)
+      io                              (M / mr row blocks)
+        k                             (the whole reduction)
+          ii (unrolled mr) x jv (unrolled nv) x jl (vector lanes): C_tile += A[i, k] * Bp[jo, k, jv, jl]
+
+B is read as `Bp[j // L, k, j % L]`, so each k step loads nv contiguous vectors: when B is a
+compile-time constant (a weight), that packed copy is made once at compile time
+(`pack_weight`); when it is an activation laid out B[k, j] it is read in place, and when it is
+B[j, k] (attention's Q @ K^T) it is copied into the packed layout per call (O(N*K) against the
+kernel's O(M*N*K)). The tile's epilogue (bias, activation, residual, scaling) is computed from
+the registers as the tile is written back, so C never makes a round trip through memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ember.targets import sched_common as sc
+
+
+@dataclass
+class Contraction:
+    """The roles of a matmul anchor's operands and loops."""
+
+    a_index: int  # read position of the operand that carries i
+    b_index: int  # read position of the operand that carries j
+    i: Any  # IterInfo of the row loop
+    j: Any  # IterInfo of the column loop (innermost in C)
+    k: Any  # IterInfo of the reduction loop
+    batch: list[Any]  # IterInfo of the other spatial loops
+    b_axes: tuple[int, int]  # positions of k and j among B's indices
+    b_rank: int
+
+
+def _single_var(expr: tirx.PrimExpr) -> tirx.Var | None:
+    return expr if isinstance(expr, tirx.Var) else None
+
+
+def match(sch: s_tir.Schedule, anchor: Any) -> Contraction | None:
+    """The anchor's contraction structure, or None when it is not a plain 2-operand matmul."""
+    iters = anchor.iters
+    reds = [it for it in iters if it.kind == "R"]
+    spatial = [it for it in iters if it.kind == "S"]
+    if len(reds) != 1 or len(spatial) < 2:
+        return None
+    k = reds[0]
+    (out, out_idx), = sc.writes(sch, anchor.block_rv)
+    out_idx = [e for e in out_idx if not isinstance(e, tirx.IntImm)]  # unit dims
+    if any(_single_var(e) is None for e in out_idx):
+        return None
+    operands = [(pos, buf, idx) for pos, (buf, idx) in enumerate(sc.reads(sch, anchor.block_rv)) if not buf.same_as(out)]
+    if len(operands) != 2:
+        return None
+    for _, _, idx in operands:
+        if sum(1 for e in idx if sc.uses(e, k.var)) != 1:
+            return None
+        if any(_single_var(e) is None and not isinstance(e, tirx.IntImm) for e in idx):
+            return None
+    j_var = _single_var(out_idx[-1])
+    j = next((it for it in spatial if it.var.same_as(j_var)), None)
+    if j is None:
+        return None
+
+    def carries(idx: list[tirx.PrimExpr], var: tirx.Var) -> bool:
+        return any(sc.uses(e, var) for e in idx)
+
+    b_ops = [op for op in operands if carries(op[2], j.var)]
+    a_ops = [op for op in operands if not carries(op[2], j.var)]
+    if len(b_ops) != 1 or len(a_ops) != 1:
+        return None
+    (a_pos, _, a_idx), (b_pos, _, b_idx) = a_ops[0], b_ops[0]
+    # The row loop is C's second-innermost index (read by A, not by B); the others are batch
+    # loops, which B may broadcast over (a weight shared by every batch).
+    if len(out_idx) < 2:
+        return None
+    i = next((it for it in spatial if it.var.same_as(out_idx[-2])), None)
+    if i is None or i is j or not carries(a_idx, i.var) or carries(b_idx, i.var):
+        return None
+    batch = [it for it in spatial if it is not i and it is not j]
+    k_pos = next(n for n, e in enumerate(b_idx) if sc.uses(e, k.var))
+    j_pos = next(n for n, e in enumerate(b_idx) if sc.uses(e, j.var))
+    return Contraction(a_pos, b_pos, i, j, k, batch, (k_pos, j_pos), len(b_idx))
+
+
+def _pack_map(rank: int, k_pos: int, j_pos: int, lanes: int) -> Any:
+    """Index map B[..k..j..] -> Bp[rest.., j // lanes, k, j % lanes]."""
+
+    def index_map(*axes: Any) -> list[Any]:
+        rest = [a for n, a in enumerate(axes) if n not in (k_pos, j_pos)]
+        j, k = axes[j_pos], axes[k_pos]
+        return [*rest, j // lanes, k, j % lanes]
+
+    return index_map
+
+
+# Register tiles (rows, vectors) in order of preference: as many accumulators as the register
+# file holds with room for the B vectors and the broadcast A element.
+TILES = {32: ((4, 3), (3, 4), (4, 2), (2, 4), (4, 1), (2, 2), (1, 4), (1, 2), (1, 1)),
+         16: ((4, 2), (3, 2), (2, 3), (2, 2), (4, 1), (1, 2), (1, 1))}
+
+
+def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int) -> tuple[int, int]:
+    """The register tile (mr, nv) for a column count of `vectors` vectors.
+
+    The accumulator tile must stay under TVM's stack-allocation limit (1024 bytes, and only for
+    "global" scope): larger, or "local", tiles are heap workspace that LLVM cannot prove free of
+    aliasing with the operands, so it spills the accumulators every k step (2.5x slower).
+    """
+    for mr, nv in TILES[32 if registers >= 32 else 16]:
+        if vectors % nv == 0 and mr * nv * vec * nbytes < sc.MAX_STACK_BYTES:
+            if isinstance(rows, int) and rows < mr:
+                continue
+            return mr, nv
+    return 1, 1
+
+
+class Matmul:
+    """Register-blocked, vectorized, parallel matmul with packed B and a fused epilogue."""
+
+    name = "ember.Matmul"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        kernel = sc.analyze(func)
+        if kernel is None or kernel.anchor is None:
+            return None
+        sch, anchor = kernel.sch, kernel.anchor
+        con = match(sch, anchor)
+        if con is None or not isinstance(con.j.dom, int):
+            return None
+        dtype = str(sch.get(anchor.block_rv).writes[0].source.ty.dtype)
+        if not dtype.startswith("float"):
+            return None  # integer matmuls belong to the int8 rules
+        lanes = sc.vector_lanes(target, dtype)
+        n = con.j.dom
+        vec = sc.largest_divisor(n, [lanes, lanes // 2, lanes // 4, 2])
+        if vec < 2:
+            return None
+        mr, nv = _tile(vec, sc.vector_registers(target), n // vec, con.i.dom, sc.dtype_bytes(dtype))
+
+        # Prologue (operand views, casts) folds into the reads; what cannot stays a loop nest.
+        left_before = sc.inline_all(sch, kernel.before)
+        epilogue = sc.inline_epilogue(sch, kernel.after)
+
+        b_buf = sc.reads(sch, anchor.block_rv)[con.b_index][0]
+        b_param = sc.param_index(func, b_buf)
+        k_pos, j_pos = con.b_axes
+        if b_param is not None and b_param in sc.layout_free(func):
+            sc.pack_weight(sch, anchor.block_rv, con.b_index, _pack_map(con.b_rank, k_pos, j_pos, vec))
+        elif j_pos != con.b_rank - 1:  # B[j, k]: vectors along j need a packed copy
+            copy = sch.cache_read(anchor.block_rv, con.b_index, "global")
+            sch.transform_layout(anchor.block_rv, ("read", con.b_index), _pack_map(con.b_rank, k_pos, j_pos, vec))
+            sc.vectorize_inner(sch, copy, lanes)
+
+        io, ii = sch.split(con.i.loop_rv, [None, mr])
+        jo, jv, jl = sch.split(con.j.loop_rv, [None, nv, vec])
+        batch_loops = [b.loop_rv for b in con.batch]
+        sch.reorder(*batch_loops, jo, io, con.k.loop_rv, ii, jv, jl)
+        acc = sch.cache_write(anchor.block_rv, 0, "global")  # small global = stack: see _tile
+        sch.reverse_compute_at(acc, io)
+        if epilogue is not None:
+            try:
+                sch.reverse_compute_inline(epilogue)
+            except Exception:  # an epilogue that reshapes: its own vectorized loop nest
+                sc.vectorize_inner(sch, epilogue, lanes)
+        sch.vectorize(jl)
+        sch.unroll(ii)
+        sch.unroll(jv)
+        static_batch = [b for b in batch_loops if sc.static_extent(sch, b) is not None]
+        outer = sch.fuse(*static_batch, jo) if static_batch and len(static_batch) == len(batch_loops) else jo
+        sch.parallel(outer)
+        wb = sch.get_loops(acc)
+        inner = sc.static_extent(sch, wb[-1])
+        if inner and inner % vec == 0:
+            _, lane = sch.split(wb[-1], [None, vec])
+            sch.vectorize(lane)
+        for info in left_before:
+            sc.vectorize_inner(sch, info.block_rv, lanes)
+        sch.decompose_reduction(anchor.block_rv, con.k.loop_rv)
+        return sch
+
+
+RULES = [Matmul()]
