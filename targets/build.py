@@ -42,8 +42,21 @@ class Built:
     rules: dict[str, str] = field(default_factory=dict)  # kernel -> name of the rule that scheduled it
 
     def export(self, path: Path) -> None:
-        """Write the shared library."""
-        self.executable.export_library(str(path))
+        """Write the shared library (through a cross linker when the target is another CPU
+        architecture; EmberError naming the package to install when there is none)."""
+        from ember.targets.cross import fcompile
+
+        link = fcompile(self.target)
+        if link is None:
+            self.executable.export_library(str(path))
+            return
+        try:
+            self.executable.export_library(str(path), fcompile=link)
+        except EmberError:
+            raise
+        except Exception as err:  # tvm.support.cc's RuntimeError("Compilation error: ...")
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            raise EmberError(f"linking the {self.target.name} library failed: {' '.join(lines[:2])[:400]}") from None
 
 
 def schedule_rules(target: TargetSpec) -> list[Any]:

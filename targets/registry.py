@@ -1,9 +1,16 @@
 """Targets as data: what `--target` accepts, each with its TVM target and facts.
 
 `cpu` is this machine (LLVM's host CPU name and features); named x86 levels, ARM boards and
-CUDA architectures are presets. ARM and CUDA builds come with their own issues; the presets
-already record the facts they need (triple, core, ISA features, the qemu core that emulates
-the board, the CUDA arch).
+CUDA architectures are presets. CUDA builds come with their own issue; the presets already
+record the facts they need (triple, core, ISA features, the qemu core that emulates an ARM
+board, the CUDA arch).
+
+ARM targets are cross-compiled (targets/cross.py finds the linker) and can be specialised
+with comma-separated key=value overrides after the preset name (see ARM_SYNTAX):
+
+    arm:rpi4                                    the preset
+    arm:aarch64,mcpu=cortex-a55,mattr=+neon+dotprod
+    arm:rpi5,mattr=+neon                        the Pi 5 without dotprod
 """
 
 from __future__ import annotations
@@ -104,7 +111,22 @@ PRESETS: dict[str, TargetSpec] = {
 }
 
 # Kinds whose build path exists today; the others are listed but refused with a reason.
-BUILDABLE = ("cpu",)
+BUILDABLE = ("cpu", "arm")
+
+# The cores qemu 7.2's aarch64 user mode emulates (`qemu-aarch64-static -cpu help`); an
+# explicit mcpu outside this list is emulated with the nearest core given as `qemu=`.
+QEMU_CORES = ("a64fx", "cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1")
+ARM_TRIPLES = ("aarch64-linux-gnu", "aarch64-unknown-linux-gnu")
+ARM_KEYS = {"mcpu": "mcpu", "cpu": "mcpu", "mattr": "mattr", "features": "mattr", "triple": "triple",
+            "mtriple": "triple", "qemu": "qemu", "qemu_cpu": "qemu"}
+ARM_SYNTAX = """\
+ARM targets take overrides after the preset, comma-separated key=value:
+  --target arm:aarch64,mcpu=cortex-a55,mattr=+neon+dotprod[,qemu=cortex-a55][,triple=aarch64-linux-gnu]
+  mcpu   an LLVM AArch64 core (cortex-a53, cortex-a72, cortex-a76, neoverse-n1, ...)
+  mattr  ISA features joined by '+' or ' ' (+neon+dotprod+fullfp16); replaces the preset's
+  qemu   the qemu core that emulates the board (default: mcpu when qemu knows it)
+  triple aarch64-linux-gnu (64-bit Linux; 32-bit ARM is not supported)
+A feature the board lacks (e.g. +sve on a Pi) builds, then dies with SIGILL on the board."""
 
 
 def targets() -> dict[str, TargetSpec]:
@@ -117,8 +139,13 @@ TARGETS: dict[str, TargetSpec] = targets()
 
 
 def resolve_target(text: str) -> TargetSpec:
-    """The TargetSpec for a user's `--target`; EmberError listing the valid names otherwise."""
+    """The TargetSpec for a user's `--target`; EmberError listing the valid names otherwise.
+
+    ARM presets take `,key=value` overrides (ARM_SYNTAX)."""
     table = TARGETS
+    base, _, overrides = text.partition(",")
+    if overrides and base in table and table[base].kind == "arm":
+        return arm_target(table[base], overrides)
     if text not in table:
         raise EmberError(f"unknown target {text!r}; valid targets: {', '.join(table)}")
     spec = table[text]
@@ -128,3 +155,69 @@ def resolve_target(text: str) -> TargetSpec:
             f"buildable now: {', '.join(n for n, s in table.items() if s.kind in BUILDABLE)}"
         )
     return spec
+
+
+def _split_features(text: str) -> tuple[str, ...]:
+    """`+neon+dotprod`, `+neon,+dotprod` or `neon dotprod` -> ("+neon", "+dotprod") (`-x` kept)."""
+    out: list[str] = []
+    for part in text.replace(",", " ").replace("+", " +").replace("-", " -").split():
+        if part in ("+", "-"):
+            continue
+        out.append(part if part[0] in "+-" else f"+{part}")
+    return tuple(out)
+
+
+def arm_target(preset: TargetSpec, overrides: str) -> TargetSpec:
+    """A preset with `mcpu=..,mattr=..,qemu=..,triple=..` overrides, checked against LLVM.
+
+    `mattr` may contain commas between features (`mattr=+neon,+dotprod`): a piece without `=`
+    continues the previous value.
+    """
+    values: dict[str, str] = {}
+    key = ""
+    for piece in overrides.split(","):
+        name, eq, value = piece.partition("=")
+        if not eq:
+            if key != "mattr" or not piece.strip():
+                raise EmberError(f"target {preset.name},{overrides}: {piece!r} is not key=value\n{ARM_SYNTAX}")
+            values[key] += "," + piece
+            continue
+        key = ARM_KEYS.get(name.strip().lower(), "")
+        if not key:
+            raise EmberError(f"target {preset.name}: unknown key {name.strip()!r}; keys: mcpu, mattr, qemu, triple\n{ARM_SYNTAX}")
+        values[key] = value.strip()
+    triple = values.get("triple", preset.triple)
+    if triple not in ARM_TRIPLES:
+        raise EmberError(f"target {preset.name}: triple {triple!r} is not supported; ember builds for {', '.join(ARM_TRIPLES)} "
+                         "(64-bit ARM Linux; flash a 64-bit OS on the board)")
+    mcpu = values.get("mcpu", preset.mcpu)
+    features = _split_features(values["mattr"]) if "mattr" in values else preset.features
+    qemu = values.get("qemu") or (mcpu if mcpu in QEMU_CORES else preset.qemu_cpu if "mcpu" not in values else "")
+    if qemu and qemu not in (*QEMU_CORES, "max"):
+        raise EmberError(f"target {preset.name}: qemu core {qemu!r} unknown to qemu 7.2; choose one of {', '.join(QEMU_CORES)}")
+    _check_llvm_core(triple, mcpu, features)
+    extras = [f"mcpu={mcpu}"] if "mcpu" in values else []
+    if "mattr" in values:
+        extras.append("mattr=" + "".join(features))
+    if "triple" in values:
+        extras.append(f"triple={triple}")
+    name = ",".join([preset.name, *extras, *([f"qemu={qemu}"] if "qemu" in values else [])])
+    description = f"{preset.description} ({mcpu}{' ' + ' '.join(features) if features else ''})"
+    return TargetSpec(name, "arm", triple, mcpu, features, description, qemu_cpu=qemu)
+
+
+def _check_llvm_core(triple: str, mcpu: str, features: tuple[str, ...]) -> None:
+    """EmberError when LLVM does not know the core or a feature (it would silently ignore them)."""
+    import tvm
+    from tvm.target import codegen
+
+    if mcpu != "generic" and not codegen.llvm_is_valid_cpu(mcpu, triple):
+        raise EmberError(f"mcpu {mcpu!r} is not an AArch64 core LLVM knows (e.g. cortex-a53, cortex-a72, cortex-a76, neoverse-n1)")
+    wanted = [f[1:] for f in features if f.startswith("+")]
+    if wanted:
+        target = tvm.target.Target({"kind": "llvm", "mtriple": triple, "mcpu": mcpu, "mattr": list(features)})
+        have = codegen.llvm_get_cpu_features(target)
+        unknown = [f for f in wanted if f not in have]
+        if unknown:
+            raise EmberError(f"mattr: LLVM does not know the AArch64 feature(s) {', '.join(unknown)} "
+                             "(e.g. +neon, +dotprod, +fullfp16, +i8mm, +sve)")
