@@ -91,7 +91,7 @@ def check_board(bundle: dict[str, Any]) -> None:
     machine = {"arm64": "aarch64", "amd64": "x86_64"}.get(platform.machine(), platform.machine())
     if needs.get("machine") and needs["machine"] != machine:
         raise BundleError(f"this bundle is for {needs['machine']} boards, this machine is {machine}; "
-                          f"copy it to a {needs['machine']} board or bundle an artifact compiled for this one")
+                          f"copy it to an {needs['machine']} board or bundle an artifact compiled for this one")
     glibc = glibc_version()
     if needs.get("glibc") and (not glibc or _version(glibc) < _version(needs["glibc"])):
         raise BundleError(f"the bundled TVM runtime needs glibc >= {needs['glibc']}, this machine has "
@@ -189,7 +189,7 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
     import numpy as np
 
     from ember.runtime.artifact import ArtifactError, check_machine, read_manifest, verify_files
-    from ember.runtime.model import Model, ModelRunError, usable_cpus
+    from ember.runtime.model import Model, ModelRunError, quiet_tvm_scope_logs, usable_cpus
 
     manifest = read_manifest(artifact)
     verify_files(manifest)
@@ -201,8 +201,9 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
         raise ValueError(f"threads must be at least 1, got {threads}")
     set_threads(tvm_ffi, threads or usable_cpus())
     try:
-        lib = tvm_ffi.load_module(str(manifest.library))
-        vm = lib["vm_load_executable"]()
+        with quiet_tvm_scope_logs():  # TVM logs one "Scope Loaded" warning per kernel
+            lib = tvm_ffi.load_module(str(manifest.library))
+            vm = lib["vm_load_executable"]()
         vm["vm_initialization"](1, 0, 2)  # kDLCPU, device 0, pooled allocator
     except Exception as err:  # dlopen failures: wrong glibc, a file damaged after the checksums...
         raise ArtifactError(f"{manifest.library}: cannot load the library: {str(err).strip().splitlines()[0]}") from None

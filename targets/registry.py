@@ -59,11 +59,14 @@ class TargetSpec:
         return self._llvm() if self.kind == "cuda" else None
 
     def as_json(self) -> dict[str, Any]:
-        """What the manifest records."""
-        return {
+        """What the manifest records (ARM: also the ISA features the board's CPU must report)."""
+        data = {
             "name": self.name, "kind": self.kind, "triple": self.triple, "mcpu": self.mcpu,
             "features": list(self.features), "arch": self.arch, "qemu_cpu": self.qemu_cpu,
         }
+        if self.kind == "arm":
+            data["cpu_features"] = list(arm_cpu_features(self))
+        return data
 
     @property
     def machine(self) -> str:
@@ -116,6 +119,12 @@ BUILDABLE = ("cpu", "arm")
 # The cores qemu 7.2's aarch64 user mode emulates (`qemu-aarch64-static -cpu help`); an
 # explicit mcpu outside this list is emulated with the nearest core given as `qemu=`.
 QEMU_CORES = ("a64fx", "cortex-a35", "cortex-a53", "cortex-a57", "cortex-a72", "cortex-a76", "neoverse-n1")
+# AArch64 features (LLVM names) that generated model code can use and Linux reports in
+# AT_HWCAP/AT_HWCAP2: what a loader checks on the board before running code built for them
+# (runtime/bundle_run.py HWCAPS maps the bits). Crypto, CRC and system features are left out:
+# kernels never use them, and LLVM's cortex-a72 has crypto that the Pi 4's BCM2711 lacks.
+HWCAP_FEATURES = ("fp-armv8", "neon", "fullfp16", "rdm", "complxnum", "lse", "rcpc", "dotprod", "fp16fml", "i8mm",
+                  "bf16", "sve", "sve2")
 ARM_TRIPLES = ("aarch64-linux-gnu", "aarch64-unknown-linux-gnu")
 ARM_KEYS = {"mcpu": "mcpu", "cpu": "mcpu", "mattr": "mattr", "features": "mattr", "triple": "triple",
             "mtriple": "triple", "qemu": "qemu", "qemu_cpu": "qemu"}
@@ -221,3 +230,21 @@ def _check_llvm_core(triple: str, mcpu: str, features: tuple[str, ...]) -> None:
         if unknown:
             raise EmberError(f"mattr: LLVM does not know the AArch64 feature(s) {', '.join(unknown)} "
                              "(e.g. +neon, +dotprod, +fullfp16, +i8mm, +sve)")
+
+
+def arm_cpu_features(spec: TargetSpec) -> tuple[str, ...]:
+    """The HWCAP-visible ISA features an ARM build may use: the core's own (LLVM's table for
+    mcpu) plus the explicit `+features`, minus `-features`."""
+    return _llvm_hwcap_features(spec.triple, spec.mcpu, spec.features)
+
+
+@lru_cache(maxsize=64)
+def _llvm_hwcap_features(triple: str, mcpu: str, features: tuple[str, ...]) -> tuple[str, ...]:
+    import tvm
+    from tvm.target import codegen
+
+    llvm: dict[str, Any] = {"kind": "llvm", "mtriple": triple, "mcpu": mcpu}
+    if features:
+        llvm["mattr"] = list(features)
+    have = codegen.llvm_get_cpu_features(tvm.target.Target(llvm))
+    return tuple(f for f in HWCAP_FEATURES if f in have)
