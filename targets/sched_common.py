@@ -121,6 +121,14 @@ def analyze(func: tirx.PrimFunc, reductions: int = 1) -> Kernel | None:
     return Kernel(sch, blocks, reds[0] if reds else None)
 
 
+def normalize(sch: s_tir.Schedule) -> list[SBlockInfo]:
+    """The schedule's blocks, re-read (after a primitive that adds or removes blocks)."""
+    blocks = normalize_prim_func(sch)
+    if blocks is None:
+        raise ValueError("kernel is not in normal form")
+    return blocks
+
+
 def layout_free(func: tirx.PrimFunc) -> set[int]:
     """Indices of the parameters that are compile-time constants (may be re-laid out)."""
     attr = func.attrs.get("layout_free_buffers") if func.attrs is not None else None

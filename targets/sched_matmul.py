@@ -145,24 +145,62 @@ class Matmul:
         lanes = sc.vector_lanes(target, dtype)
         n = con.j.dom
         vec = sc.largest_divisor(n, [lanes, lanes // 2, lanes // 4, 2])
+        b_buf = sc.reads(sch, anchor.block_rv)[con.b_index][0]
+        b_param = sc.param_index(func, b_buf)
+        weight = b_param is not None and b_param in sc.layout_free(func)
+        padded = False
+        if vec < lanes and n >= 4 * lanes:
+            # Columns that no vector width divides (GPT-2's 50257-word head): compute a padded
+            # einsum, the weight padded with zeros at compile time, then copy the columns out.
+            mr, nv = _tile(lanes, sc.vector_registers(target), 12, con.i.dom, sc.dtype_bytes(dtype))
+            sch.pad_einsum(anchor.block_rv, [nv * lanes if it.var.same_as(con.j.var) else 1 for it in anchor.iters])
+            anchor = next(b for b in sc.normalize(sch) if b.is_reduction())
+            con = match(sch, anchor)
+            if con is None:
+                return None
+            vec, padded = lanes, True
+            n = con.j.dom
         if vec < 2:
             return None
         mr, nv = _tile(vec, sc.vector_registers(target), n // vec, con.i.dom, sc.dtype_bytes(dtype))
 
-        # Prologue (operand views, casts) folds into the reads; what cannot stays a loop nest.
-        left_before = sc.inline_all(sch, kernel.before)
-        epilogue = sc.inline_epilogue(sch, kernel.after)
-
-        b_buf = sc.reads(sch, anchor.block_rv)[con.b_index][0]
-        b_param = sc.param_index(func, b_buf)
+        blocks = sc.normalize(sch)
+        names = [b.name for b in blocks]
+        at = names.index(anchor.name)
+        before, after = blocks[:at], blocks[at + 1:]
         k_pos, j_pos = con.b_axes
-        if b_param is not None and b_param in sc.layout_free(func):
+        if padded:
+            # The pad block of B reads the weight: mark it as the compile-time re-layout.
+            pad_b = next((b for b in before if any(buf.same_as(b_buf) for buf, _ in sc.reads(sch, b.block_rv))), None)
+            if weight and pad_b is not None:
+                sch.annotate(pad_b.block_rv, sc.PREPROC, True)
+                before = [b for b in before if b is not pad_b]
+                sch.transform_layout(anchor.block_rv, ("read", con.b_index), _pack_map(con.b_rank, k_pos, j_pos, vec))
+                weight = False
+                packed = True
+            else:
+                packed = False
+        else:
+            packed = False
+
+        # Prologue (operand views, casts) folds into the reads; what cannot stays a loop nest.
+        left_before = sc.inline_all(sch, before)
+        epilogue = sc.inline_epilogue(sch, after)
+
+        if packed:
+            pass
+        elif weight:
             sc.pack_weight(sch, anchor.block_rv, con.b_index, _pack_map(con.b_rank, k_pos, j_pos, vec))
         elif j_pos != con.b_rank - 1:  # B[j, k]: vectors along j need a packed copy
             copy = sch.cache_read(anchor.block_rv, con.b_index, "global")
             sch.transform_layout(anchor.block_rv, ("read", con.b_index), _pack_map(con.b_rank, k_pos, j_pos, vec))
             sc.vectorize_inner(sch, copy, lanes)
 
+        # Loop handles go stale when blocks are inlined or re-laid out: read the anchor again.
+        anchor = next(b for b in sc.normalize(sch) if b.name == anchor.name)
+        by_name = {it.var.name: it for it in anchor.iters}
+        con.i, con.j, con.k = by_name[con.i.var.name], by_name[con.j.var.name], by_name[con.k.var.name]
+        con.batch = [by_name[b.var.name] for b in con.batch]
         io, ii = sch.split(con.i.loop_rv, [None, mr])
         jo, jv, jl = sch.split(con.j.loop_rv, [None, nv, vec])
         batch_loops = [b.loop_rv for b in con.batch]
@@ -170,9 +208,13 @@ class Matmul:
         acc = sch.cache_write(anchor.block_rv, 0, "global")  # small global = stack: see _tile
         sch.reverse_compute_at(acc, io)
         if epilogue is not None:
+            # reverse_compute_inline replaces the write-back's row predicate by the epilogue's
+            # own (TVM 0.27), writing past the last row: only inline when neither has one.
             try:
+                if padded:
+                    raise ValueError("the padded columns' copy-out has a predicate")
                 sch.reverse_compute_inline(epilogue)
-            except Exception:  # an epilogue that reshapes: its own vectorized loop nest
+            except Exception:  # its own vectorized loop nest after the kernel's tiles
                 sc.vectorize_inner(sch, epilogue, lanes)
         sch.vectorize(jl)
         sch.unroll(ii)
