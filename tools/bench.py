@@ -1,28 +1,39 @@
-"""Benchmark harness: onnxruntime vs TVM as-is vs ember on the zoo, side by side.
+"""Benchmark harness: onnxruntime vs ember (and optionally TVM as-is) on the zoo, side by side.
 
-    python tools/bench.py [--models a,b] [--threads 2] [--repeat 10] [--skip-tvm] [--write]
+    python tools/bench.py [--models a,b] [--threads 1,2] [--batch 8] [--repeat 20] [--budget 20]
+                          [--skip-tvm] [--write]
 
-For each model, in one process, on the same inputs (the zoo's NAME.inputs.npz) and thread
-count:
-- onnxruntime with its default graph optimizations, intra-op threads = --threads;
-- TVM as-is: tvm.relax.frontend.onnx from_onnx, LegalizeOps, dlight's CPU rules (GEMV,
-  reduction) where they apply, then tvm.compile with TVM's default pipeline (the peer only:
-  ember's compile path never uses TVM's ONNX frontend);
-- ember: the default pipeline, an artifact written by the driver and loaded by ember.runtime.
-TVM's thread pool is sized to --threads for both TVM columns.
+For each model, in one process, on the same inputs (the zoo's NAME.inputs.npz) and at every
+thread count of --threads:
+- onnxruntime with its default graph optimizations, intra-op threads = the thread count;
+- ember: the default pipeline, compiled once to an artifact written by the driver and loaded by
+  ember.runtime; TVM's thread pool is resized to the thread count before each block of runs;
+- TVM as-is (unless --skip-tvm): tvm.relax.frontend.onnx from_onnx, LegalizeOps, dlight's CPU
+  rules (GEMV, reduction) where they apply, then tvm.compile with TVM's default pipeline (the
+  peer only: ember's compile path never uses TVM's ONNX frontend).
+
+`--batch B` adds a row at batch B for every CNN of the zoo (CNNS): a model with a symbolic batch
+dim is fed B samples; a fixed-batch model gets a copy with its input's batch dim set to B
+(BATCH_DIR), used only when onnxruntime runs the copy and its first output row matches the
+batch-1 model's; otherwise the row says why not.
 
 Timing: every column is built first, then the columns are timed in --blocks alternating
-blocks of consecutive runs (ORT, ember, TVM, ORT, ember, TVM, ...), so load from other
+blocks of consecutive runs (ORT 1t, ember 1t, ORT 2t, ember 2t, ...), so load from other
 processes on a shared machine hits all columns alike, without interleaving single runs
-(spinning thread pools would slow each other). The table shows medians of --repeat timed runs
-after --warmup warm-up runs (TVM as-is: --tvm-repeat runs after one; its untuned code is slow). A column that fails shows its error in
-its cell and the run goes on. `--write` replaces the table between the bench markers in
+(spinning thread pools would slow each other). Cells are medians of --repeat timed runs after
+--warmup warm-up runs; a column whose first run shows that --repeat runs would take longer
+than --budget seconds is cut to max(3, budget / run time) runs, and its cell says how many.
+The ratio is ember / onnxruntime at the same thread count (< 1: ember is faster); the geomean
+rows cover the batch-1 zoo and the batch-B CNNs separately. Compile time is ember's import +
+passes + build (not its checks against the interpreter). A column that fails shows its error
+in its cell and the run goes on. `--write` replaces the table between the bench markers in
 BENCHMARKS.md, with the command that produced it.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -40,24 +51,38 @@ import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-HEADER = ("| model | onnxruntime ms | ember ms | ember/ORT | TVM as-is ms | TVM/ORT | ember compile s | "
-          "TVM compile s | artifact MB | nodes | kernel launches |")
+CNNS = ("digits_cnn", "digits_cnn_dyn", "resnet18", "resnet50", "mobilenetv2")
+BATCH_DIR = zoo.DEFAULT_DIR / "batched"
+MIN_RUNS = 3
 
 
 @dataclass
 class Column:
-    """One contender on one model: a zero-argument run function, or the error that stopped it."""
+    """One contender at one thread count: a zero-argument run function, or the error that stopped it."""
 
+    name: str
+    threads: int
     run: Callable[[], Any] | None = None
+    before: Callable[[], None] | None = None  # called before each block (sizes TVM's pool)
     error: str = ""
     rounds: int = 0
     warmup: int = 0
     times: list[float] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def median_ms(self) -> float | None:
         return float(np.median(self.times) * 1e3) if self.times else None
+
+
+@dataclass
+class Case:
+    """One table row: a model at one batch size, or the reason it cannot run at that size."""
+
+    name: str
+    batch: int
+    path: Path | None
+    feeds: dict[str, np.ndarray]
+    skip: str = ""
 
 
 def _short(err: BaseException) -> str:
@@ -72,6 +97,7 @@ def prepare_ort(path: Path, feeds: dict[str, np.ndarray], threads: int) -> Calla
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda: session.run(None, feeds)
 
@@ -95,46 +121,64 @@ def prepare_tvm(path: Path, feeds: dict[str, np.ndarray], info: dict[str, Any]) 
                                         relax.transform.LegalizeOps()])(mod)
         mod = dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())(mod)
     executable = tvm.compile(mod, target=target)
-    info["compile_s"] = time.perf_counter() - start
+    info["tvm_compile_s"] = time.perf_counter() - start
     vm = relax.VirtualMachine(executable, tvm.cpu())
     args = [tvm.runtime.tensor(v) for v in feeds.values()]
     fn = vm["main"]
     return lambda: fn(*args)
 
 
-def prepare_ember(path: Path, feeds: dict[str, np.ndarray], threads: int, info: dict[str, Any],
-                  scratch: Path) -> Callable[[], Any]:
-    """ember: compile (default pipeline) to an artifact, load it with ember.runtime."""
+def prepare_ember(path: Path, feeds: dict[str, np.ndarray], info: dict[str, Any], scratch: Path) -> Any:
+    """ember: compile (default pipeline) to an artifact, load it with ember.runtime; the Model."""
     from ember.compiler.driver import compile_model
     from ember.runtime import load
 
     out = scratch / f"{path.stem}.ember"
     result = compile_model(path, out, sample=feeds)
-    # import + passes + build, like the TVM column's from_onnx + compile (not the checks)
+    # import + passes + build (+ kernel counts), like the TVM column's from_onnx + compile; not the checks
     info["compile_s"] = sum(v for k, v in result.seconds.items() if k != "check")
     info["size_mb"] = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    info["kernels"] = result.launches
+    info["launches"] = result.launches
     info["nodes"] = len(result.graph.nodes)
-    return load(out, threads=threads).runner(feeds)
+    return load(out)
 
 
-def measure(columns: list[Column], blocks: int) -> None:
+def thread_setter(threads: int) -> Callable[[], None]:
+    """A function that sizes TVM's (process-wide) thread pool to `threads`."""
+    from ember.runtime.model import set_threads
+
+    return lambda: set_threads(threads)
+
+
+def measure(columns: list[Column], blocks: int, budget: float) -> None:
     """Time the columns in alternating blocks of consecutive runs; a failure ends that column.
 
     Runs of different columns are never interleaved one by one: onnxruntime's and TVM's
     thread pools spin after a run and would slow each other down on a small machine.
     Each block starts with warm-up runs (all of them in the first block, one later) and a
-    short pause lets the previous column's threads go idle.
+    short pause lets the previous column's threads go idle. The first warm-up run says whether
+    --repeat runs fit in `budget` seconds; a column where they do not is cut to fewer runs
+    (at least MIN_RUNS) after that one warm-up run.
     """
     for block in range(blocks):
         for column in columns:
-            todo = column.rounds // blocks + (1 if block < column.rounds % blocks else 0)
-            if column.run is None or todo == 0:
+            if column.run is None:
                 continue
             time.sleep(0.2)
             try:
-                for _ in range(column.warmup if block == 0 else min(column.warmup, 1)):
+                if column.before is not None:
+                    column.before()
+                warmups = column.warmup if block == 0 else min(column.warmup, 1)
+                index = 0
+                while index < warmups:
+                    start = time.perf_counter()
                     column.run()
+                    index += 1
+                    if block == 0 and index == 1:  # the first run says how many fit in the budget
+                        fits = int(budget / max(time.perf_counter() - start, 1e-9))
+                        column.rounds = min(column.rounds, max(MIN_RUNS, fits))
+                        warmups = warmups if fits >= column.rounds else 1
+                todo = column.rounds // blocks + (1 if block < column.rounds % blocks else 0)
                 for _ in range(todo):
                     start = time.perf_counter()
                     column.run()
@@ -143,43 +187,187 @@ def measure(columns: list[Column], blocks: int) -> None:
                 column.run, column.error = None, _short(err)
 
 
-def bench_model(name: str, args: argparse.Namespace, scratch: Path) -> str:
-    """One table row."""
+# --- batch-B copies of the CNNs -----------------------------------------------------------------
+def batched_feeds(feeds: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    """`batch` samples per input: the zoo's first sample, then fixed-seed random ones like it."""
+    rng = np.random.default_rng(8)
+    out = {}
+    for name, value in feeds.items():
+        first = value[:1]
+        extra = rng.standard_normal((batch - 1, *first.shape[1:])).astype(value.dtype) * float(np.std(first) or 1.0)
+        out[name] = np.concatenate([first, extra]) if batch > 1 else first
+    return out
+
+
+def batched_case(name: str, batch: int) -> Case:
+    """The model at `batch`: fed as is when its batch dim is symbolic, else a checked copy."""
+    import onnx
+    import onnxruntime as ort
+
     path = zoo.ensure(name)
-    feeds = dict(np.load(path.with_suffix(".inputs.npz")))
-    ort_col = Column(rounds=args.repeat, warmup=args.warmup)
-    ember_col = Column(rounds=args.repeat, warmup=args.warmup)
-    tvm_col = Column(rounds=args.tvm_repeat, warmup=min(args.warmup, 1))  # seconds a run on big models
-    for column, prepare in ((ort_col, lambda: prepare_ort(path, feeds, args.threads)),
-                            (ember_col, lambda: prepare_ember(path, feeds, args.threads, ember_col.info, scratch)),
-                            (tvm_col, lambda: prepare_tvm(path, feeds, tvm_col.info))):
-        if column is tvm_col and args.skip_tvm:
-            column.error = "skipped"
-            continue
+    feeds = batched_feeds(dict(np.load(path.with_suffix(".inputs.npz"))), batch)
+    label = f"{name} b{batch}"
+    proto = onnx.load(str(path))
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in inits]
+    if all(i.type.tensor_type.shape.dim[0].dim_param for i in inputs):
+        return Case(label, batch, path, feeds)
+    copy = BATCH_DIR / f"{name}_b{batch}.onnx"
+    if not copy.exists():
+        for value in (*inputs, *proto.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_value = batch
+        del proto.graph.value_info[:]  # shapes inferred for batch 1 no longer hold
+        BATCH_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = copy.with_suffix(".tmp")
+        onnx.save(proto, str(tmp))
+        tmp.replace(copy)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        got = ort.InferenceSession(str(copy), options, providers=["CPUExecutionProvider"]).run(None, feeds)
+        one = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).run(
+            None, {k: v[:1] for k, v in feeds.items()})
+    except Exception as err:
+        return Case(label, batch, None, feeds, f"no batch-{batch} copy: onnxruntime fails on it ({_short(err)})")
+    if got[0].shape[0] != batch or not np.allclose(got[0][:1], one[0], rtol=1e-4, atol=1e-4):
+        return Case(label, batch, None, feeds, f"no batch-{batch} copy: the graph fixes batch 1 inside")
+    return Case(label, batch, copy, feeds)
+
+
+def cases(models: list[str], batch: int | None) -> list[Case]:
+    """Batch-1 rows for every model, then batch-B rows for the CNNs among them."""
+    rows = []
+    for name in models:
+        path = zoo.ensure(name)
+        rows.append(Case(name, 1, path, dict(np.load(path.with_suffix(".inputs.npz")))))
+    if batch is not None and batch > 1:
+        rows += [batched_case(name, batch) for name in models if name in CNNS]
+    return rows
+
+
+# --- one row ------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One case's results: medians by (contender, threads), ember's compile facts."""
+
+    case: Case
+    columns: list[Column]
+    info: dict[str, Any]
+
+    def column(self, name: str, threads: int) -> Column | None:
+        return next((c for c in self.columns if c.name == name and c.threads == threads), None)
+
+    def ratio(self, name: str, threads: int) -> float | None:
+        mine, ort = self.column(name, threads), self.column("ort", threads)
+        if mine is None or ort is None or not mine.median_ms or not ort.median_ms:
+            return None
+        return mine.median_ms / ort.median_ms
+
+
+def bench_case(case: Case, args: argparse.Namespace, threads: list[int], scratch: Path) -> Row:
+    """Build every column of one case, then time them."""
+    info: dict[str, Any] = {}
+    columns: list[Column] = []
+    if case.skip or case.path is None:
+        return Row(case, columns, info)
+    path, feeds = case.path, case.feeds
+    try:
+        model = prepare_ember(path, feeds, info, scratch)
+        ember_run: Callable[[], Any] | None = model.runner(feeds)
+        ember_error = ""
+    except Exception as err:
+        ember_run, ember_error = None, _short(err)
+    tvm_run, tvm_error = None, "skipped"
+    if not args.skip_tvm:
         try:
-            column.run = prepare()
+            tvm_run, tvm_error = prepare_tvm(path, feeds, info), ""
         except Exception as err:
-            column.error = _short(err)
-    measure([ort_col, ember_col, tvm_col], args.blocks)
-    ort_ms, ember_ms, tvm_ms = ort_col.median_ms, ember_col.median_ms, tvm_col.median_ms
+            tvm_error = _short(err)
+    for count in threads:
+        ort = Column("ort", count, rounds=args.repeat, warmup=args.warmup)
+        try:
+            ort.run = prepare_ort(path, feeds, count)
+        except Exception as err:
+            ort.error = _short(err)
+        columns.append(ort)
+        columns.append(Column("ember", count, ember_run, thread_setter(count), ember_error,
+                              rounds=args.repeat, warmup=args.warmup))
+        if not args.skip_tvm:
+            columns.append(Column("tvm", count, tvm_run, thread_setter(count), tvm_error,
+                                  rounds=args.tvm_repeat, warmup=min(args.warmup, 1)))
+    measure(columns, args.blocks, args.budget)
+    return Row(case, columns, info)
 
-    def fmt(value: Any, spec: str, fallback: str = "-") -> str:
-        return format(value, spec) if value is not None else fallback
 
-    cells = [
-        name,
-        fmt(ort_ms, ".2f", ort_col.error),
-        fmt(ember_ms, ".2f", ember_col.error),
-        fmt(ember_ms / ort_ms if ember_ms and ort_ms else None, ".2f"),
-        fmt(tvm_ms, ".2f", tvm_col.error),
-        fmt(tvm_ms / ort_ms if tvm_ms and ort_ms else None, ".1f"),
-        fmt(ember_col.info.get("compile_s"), ".1f"),
-        fmt(tvm_col.info.get("compile_s"), ".1f"),
-        fmt(ember_col.info.get("size_mb"), ".1f"),
-        fmt(ember_col.info.get("nodes"), "d"),
-        fmt(ember_col.info.get("kernels"), "d"),
-    ]
-    return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
+def _fmt(value: Any, spec: str, fallback: str = "-") -> str:
+    return format(value, spec) if value is not None else fallback
+
+
+def time_cell(column: Column | None, wanted: int) -> str:
+    """`12.34` (median ms), `12.34 (5 runs)` when cut by the budget, or the column's error."""
+    if column is None:
+        return "-"
+    if column.median_ms is None:
+        return column.error or "-"
+    runs = f" ({len(column.times)} runs)" if len(column.times) < wanted else ""
+    return f"{column.median_ms:.2f}{runs}"
+
+
+def header(threads: list[int], with_tvm: bool) -> list[str]:
+    """Column titles."""
+    cells = ["model", "batch"]
+    for count in threads:
+        cells += [f"ORT ms {count}t", f"ember ms {count}t", f"ember/ORT {count}t"]
+        if with_tvm:
+            cells += [f"TVM as-is ms {count}t", f"TVM/ORT {count}t"]
+    return [*cells, "ember compile s", "artifact MB", "nodes", "kernel launches"]
+
+
+def render_row(row: Row, threads: list[int], args: argparse.Namespace) -> list[str]:
+    """One row's cells."""
+    width = len(header(threads, not args.skip_tvm))
+    if row.case.skip:
+        return [row.case.name, str(row.case.batch), row.case.skip, *["-"] * (width - 3)]
+    cells = [row.case.name, str(row.case.batch)]
+    for count in threads:
+        cells += [time_cell(row.column("ort", count), args.repeat), time_cell(row.column("ember", count), args.repeat),
+                  _fmt(row.ratio("ember", count), ".2f")]
+        if not args.skip_tvm:
+            cells += [time_cell(row.column("tvm", count), args.tvm_repeat), _fmt(row.ratio("tvm", count), ".1f")]
+    cells += [_fmt(row.info.get("compile_s"), ".1f"), _fmt(row.info.get("size_mb"), ".1f"),
+              _fmt(row.info.get("nodes"), "d"), _fmt(row.info.get("launches"), "d")]
+    return [c.replace("|", "/") for c in cells]
+
+
+def geomean(values: list[float]) -> float | None:
+    """Geometric mean, None for no values."""
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
+
+
+def summary(rows: list[Row], threads: list[int]) -> list[str]:
+    """Geomean and worst ember/ORT ratio per thread count, batch 1 and batch B apart; compile times."""
+    lines = []
+    for label, group in (("batch 1, zoo", [r for r in rows if r.case.batch == 1]),
+                         ("batch B, CNNs", [r for r in rows if r.case.batch > 1])):
+        if not group:
+            continue
+        parts = []
+        for count in threads:
+            ratios = {r.case.name: r.ratio("ember", count) for r in group}
+            known = {k: v for k, v in ratios.items() if v is not None}
+            if not known:
+                continue
+            worst = max(known, key=lambda k: known[k])
+            parts.append(f"{count} thread{'s' if count > 1 else ''}: geomean {geomean(list(known.values())):.2f} "
+                         f"over {len(known)} models, worst {known[worst]:.2f} ({worst})")
+        label = label.replace("batch B", f"batch {group[0].case.batch}")
+        lines.append(f"- ember/onnxruntime, {label}: " + "; ".join(parts))
+    compiles = {r.case.name: r.info["compile_s"] for r in rows if "compile_s" in r.info}
+    if compiles:
+        slowest = max(compiles, key=lambda k: compiles[k])
+        lines.append(f"- ember compile time (no tuning): max {compiles[slowest]:.1f} s ({slowest}), "
+                     f"{sum(1 for v in compiles.values() if v <= 60)}/{len(compiles)} models within 60 s")
+    return lines
 
 
 def _versions() -> str:
@@ -192,47 +380,65 @@ def _versions() -> str:
     return f"ember {__version__}, onnxruntime {onnxruntime.__version__}, TVM {tvm.__version__}, CPU {host_target().mcpu}"
 
 
+def _ints(text: str, what: str, parser: argparse.ArgumentParser) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",")]
+    except ValueError:
+        parser.error(f"{what} takes comma-separated integers, got {text!r}")
+    if not values or min(values) < 1:
+        parser.error(f"{what}: every value must be at least 1")
+    return values
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print (and optionally write) the ratio table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default=",".join(zoo.MODELS))
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts, measured side by side")
+    parser.add_argument("--batch", type=int, help="also run the CNNs at this batch size (e.g. 8)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--budget", type=float, default=30.0,
+                        help="seconds of timed runs per column at most (fewer runs for slow columns, never < 3)")
     parser.add_argument("--tvm-repeat", type=int, default=3, help="timed runs of TVM as-is (its untuned code is slow)")
     parser.add_argument("--blocks", type=int, default=2, help="alternating blocks the timed runs are split into")
-    parser.add_argument("--skip-tvm", action="store_true", help="leave out the TVM as-is column")
+    parser.add_argument("--skip-tvm", action="store_true", help="leave out the TVM as-is columns")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if min(args.threads, args.repeat, args.tvm_repeat, args.blocks) < 1 or args.warmup < 0:
-        parser.error("need --threads, --repeat, --tvm-repeat, --blocks >= 1 and --warmup >= 0")
-    from ember.runtime.model import set_threads
-
-    set_threads(args.threads)
-    rows = []
-    print(HEADER)
-    print("|" + "---|" * 11)
+    threads = _ints(args.threads, "--threads", parser)
+    if min(args.repeat, args.tvm_repeat, args.blocks) < 1 or args.warmup < 1 or args.budget <= 0:
+        parser.error("need --repeat, --tvm-repeat, --blocks, --warmup >= 1 and --budget > 0")
+    if args.batch is not None and args.batch < 1:
+        parser.error("--batch must be at least 1")
+    titles = header(threads, not args.skip_tvm)
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+    print("\n".join(lines), flush=True)
+    rows: list[Row] = []
     scratch = Path(tempfile.mkdtemp(prefix="ember-bench-"))
     try:
-        for name in args.models.split(","):
-            row = bench_model(name, args, scratch)
-            print(row, flush=True)
+        for case in cases(args.models.split(","), args.batch):
+            row = bench_case(case, args, threads, scratch)
             rows.append(row)
+            lines.append("| " + " | ".join(render_row(row, threads, args)) + " |")
+            print(lines[-1], flush=True)
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    notes = summary(rows, threads)
+    print("\n".join(notes))
     if args.write:
         command = "python tools/bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        table = "\n".join([f"Command: `{command.strip()}` ({args.threads} threads; medians of {args.repeat} runs after "
-                           f"{args.warmup} warm-up runs, in {args.blocks} alternating blocks per column; TVM as-is: "
-                           f"{args.tvm_repeat} runs after {min(args.warmup, 1)}; "
-                           f"{_versions()})", "", HEADER, "|" + "---|" * 11, *rows])
+        text = "\n".join([
+            f"Command: `{command.strip()}` (threads {args.threads}; medians of {args.repeat} runs after {args.warmup} "
+            f"warm-up runs unless a cell says fewer (--budget {args.budget:g} s a column), in {args.blocks} "
+            f"alternating blocks per column; {_versions()}; measured "
+            f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "", *lines, "", *notes])
         bench_md = ROOT / "BENCHMARKS.md"
-        text = bench_md.read_text() if bench_md.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
-        before, _, rest = text.partition(START)
+        old = bench_md.read_text() if bench_md.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+        before, _, rest = old.partition(START)
         _, _, after = rest.partition(END)
-        bench_md.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        bench_md.write_text(f"{before}{START}\n{text}\n{END}{after}")
     return 0
 
 

@@ -1,6 +1,7 @@
 """This machine's limits: peak fp32 FLOP/s and memory bandwidth, per thread count.
 
     python tools/peak.py [--threads 1,2] [--quick] [--json] [--no-cache]
+    python tools/peak.py --write --kernels resnet50,minilm,gpt2_small   # + per-kernel reports into BENCHMARKS.md
 
 - FMA peak: a TVM-generated kernel where each thread runs `acc = fma(acc, a, b)` on 24
   independent vector registers (AVX-512: 16 lanes, AVX2: 8, NEON: 4, from the target's
@@ -33,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from ember.runtime.profile import PEAK_CACHE
 
@@ -125,9 +128,9 @@ def measure(threads: list[int], quick: bool) -> dict[str, Any]:
     target = tvm.target.Target(spec.tvm_target())
     lanes, isa = vector_lanes(spec.features, spec.machine)
     runs = 3 if quick else 7
-    iters = 200_000 if quick else 5_000_000
-    n = 1 << (22 if quick else 27)
-    size = 512 if quick else 4096
+    iters = 100_000 if quick else 5_000_000
+    n = 1 << (20 if quick else 27)
+    size = 256 if quick else 4096
     rng = np.random.default_rng(0)
     a_np = rng.standard_normal((size, size), dtype=np.float32)
     b_np = rng.standard_normal((size, size), dtype=np.float32)
@@ -187,6 +190,45 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def kernel_reports(models: list[str], threads: int, top: int, repeat: int) -> list[str]:
+    """`ember profile`'s table for each zoo model (compiled now, default pipeline), as markdown."""
+    import tempfile
+
+    import zoo
+
+    from ember.compiler.cli_profile import render
+    from ember.compiler.driver import compile_model
+    from ember.runtime import load
+    from ember.runtime.profile import profile, read_peak
+
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="ember-peak-") as scratch:
+        for name in models:
+            path = zoo.ensure(name)
+            feeds = dict(np.load(path.with_suffix(".inputs.npz")))
+            result = compile_model(path, Path(scratch) / f"{name}.ember", sample=feeds)
+            compile_s = sum(v for k, v in result.seconds.items() if k != "check")
+            report = profile(load(result.path, threads=threads), feeds, repeat=repeat, threads=threads)
+            lines += [f"**{name}** (compiled in {compile_s:.1f} s; `ember profile {name}.ember --threads {threads} "
+                      f"--repeat {repeat} --top {top}`):", "", "```",
+                      *render(report, read_peak(threads), Path(f"{name}.ember"), top), "```", ""]
+    return lines
+
+
+def write_section(data: dict[str, Any], reports: list[str], command: str) -> None:
+    """Replace the text between the peak markers of BENCHMARKS.md."""
+    start, end = "<!-- peak:start -->", "<!-- peak:end -->"
+    bench_md = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+    text = bench_md.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"error: {bench_md} has no {start} ... {end} section to write into")
+    before, _, rest = text.partition(start)
+    _, _, after = rest.partition(end)
+    body = "\n".join([f"Command: `{command}` (measured {data['measured_at']}, CPU {data['cpu']}, "
+                      f"best of {data['runs']} runs)", "", table(data), "", *reports]).rstrip("\n")
+    bench_md.write_text(f"{before}{start}\n{body}\n{end}{after}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure, print the table (or JSON), cache the results."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -194,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, short runs (smoke test; not cached)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--no-cache", action="store_true", help=f"do not write {PEAK_CACHE}")
+    parser.add_argument("--kernels", default="", help="zoo models to compile and profile per kernel (with --write)")
+    parser.add_argument("--kernel-threads", type=int, default=2, help="threads for the per-kernel reports")
+    parser.add_argument("--top", type=int, default=10, help="slowest kernels shown per report")
+    parser.add_argument("--repeat", type=int, default=10, help="runs per per-kernel report (medians)")
+    parser.add_argument("--write", action="store_true", help="write the table (and reports) into BENCHMARKS.md")
     args = parser.parse_args(argv)
     try:
         threads = [int(t) for t in args.threads.split(",")]
@@ -212,6 +259,14 @@ def main(argv: list[str] | None = None) -> int:
         cache.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         if not args.json:
             print(f"cached in {cache}")
+    models = [m for m in args.kernels.split(",") if m]
+    reports = kernel_reports(models, args.kernel_threads, args.top, args.repeat) if models else []
+    if reports and not args.json:
+        print("\n".join(reports))
+    if args.write:
+        if args.quick:
+            parser.error("--write records real measurements; leave out --quick")
+        write_section(data, reports, "python tools/peak.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     return 0
 
 
