@@ -1,0 +1,416 @@
+"""CPU schedule rules for convolution-shaped kernels: conv2d/conv1d NCHW (dense and grouped, any
+stride, padding and dilation, 1x1 included), depthwise conv and pooling, each with the
+elementwise epilogue ember's fusion put after it (bias, BatchNorm already folded, relu/clip/silu,
+residual add).
+
+Blocked conv (`ConvBlocked`), the schedule that matched onnxruntime on a 3x3 conv here:
+
+    parallel  n, fo, y                  (CO / (nv * vec) channel panels x output rows)
+      pad rows y*s .. y*s + (KH-1)*d     (the padding stage, computed for the tile that reads it)
+      xo                                 (W / xr column blocks)
+        rc, ry, rx (rx unrolled)
+          xi (unrolled xr) x fv (unrolled nv) x fi (vector lanes):
+              acc[xi, fv, fi] += pad[n, rc, y*s + ry*d, x*s + rx*d] * Wp[fo*nv + fv, rc, ry, rx, fi]
+      acc -> out[n, f, y, x] with the epilogue applied (bias, activation, residual)
+
+The weight is packed `[CO/vec, CI, KH, KW, vec]` at compile time (`sched_common.pack_weight`),
+so each reduction step loads nv contiguous weight vectors and broadcasts xr input scalars. The
+accumulator tile is laid out channel-innermost (`transform_layout` to n, y, x, f), which makes
+the vec lanes contiguous; without it the code is 12x slower. A 1x1 conv is the same loop nest
+with KH = KW = 1, a GEMM of the weight [CO, CI] by the image [CI, H*W]. A grouped conv whose
+group width divides by the lanes is the same too (each vector stays inside one group).
+
+Depthwise conv (`Depthwise`, groups == channels) has no channel reduction to block over: it
+vectorizes along the output row instead, with the padded input plane computed per channel and
+a register row of accumulators.
+
+Pooling (`Pool`, max/avg windows with their padding stage) vectorizes along the output row and
+is parallel over channels; global average pooling is a plain reduction left to dlight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ember.targets import sched_common as sc
+
+
+@dataclass
+class ConvShape:
+    """The roles of a convolution anchor's loops and operands (None: a unit loop that the
+    normal form dropped, its index a constant 0)."""
+
+    data_index: int  # read position of the input (or its padded copy)
+    weight_index: int  # read position of the weight
+    n: Any  # IterInfo of the batch loop
+    f: Any  # IterInfo of the output channel loop
+    rows: list[Any]  # IterInfo of the output rows (y for conv2d; none for conv1d)
+    x: Any  # IterInfo of the output column loop (innermost in the output)
+    rc: Any  # IterInfo of the input channel reduction
+    taps: list[Any]  # IterInfo of the window reductions (ry, rx)
+    depthwise: bool  # one input channel per output channel (groups == input channels)
+    grouped: bool  # the input channel read depends on f (groups > 1)
+
+    @property
+    def reductions(self) -> list[Any]:
+        """The reduction loops present, outermost first."""
+        return [it for it in (self.rc, *self.taps) if it is not None]
+
+
+def _var(expr: tirx.PrimExpr) -> tirx.Var | None:
+    return expr if isinstance(expr, tirx.Var) else None
+
+
+def _find(iters: list[Any], var: tirx.Var | None) -> Any | None:
+    if var is None:
+        return None
+    return next((it for it in iters if it.var.same_as(var)), None)
+
+
+def _zero(expr: tirx.PrimExpr) -> bool:
+    return isinstance(expr, tirx.IntImm) and int(expr) == 0
+
+
+def match_conv(sch: s_tir.Schedule, anchor: Any) -> ConvShape | None:
+    """The anchor's convolution structure, or None when it is not `out[n, f, (y,) x] +=
+    data[n, c(f, rc), .., x*s + rx*d] * weight[f, rc, (ry,) rx]`."""
+    spatial = [it for it in anchor.iters if it.kind == "S"]
+    reds = [it for it in anchor.iters if it.kind == "R"]
+    if len(anchor.iters) != len(spatial) + len(reds) or not reds:
+        return None
+    (out, out_idx), = sc.writes(sch, anchor.block_rv)
+    if len(out_idx) not in (3, 4):
+        return None
+    out_iters = [None if _zero(e) else _find(spatial, _var(e)) for e in out_idx]
+    if any(it is None and not _zero(e) for it, e in zip(out_iters, out_idx)):
+        return None
+    if len([it for it in out_iters if it is not None]) != len(spatial):
+        return None
+    n, f, *rows, x = out_iters
+    if f is None or x is None:
+        return None
+    operands = [(pos, buf, idx) for pos, (buf, idx) in enumerate(sc.reads(sch, anchor.block_rv)) if not buf.same_as(out)]
+    if len(operands) != 2:
+        return None
+    weights = [op for op in operands if len(op[2]) == len(out_idx) and op[2][0].same_as(f.var)
+               and all(_var(e) is not None or _zero(e) for e in op[2])]
+    if len(weights) != 1:
+        return None
+    w_pos, _, w_idx = weights[0]
+    d_pos, _, d_idx = next(op for op in operands if op[0] != w_pos)
+    w_iters = [None if _zero(e) else _find(reds, _var(e)) for e in w_idx[1:]]
+    if any(it is None and not _zero(e) for it, e in zip(w_iters, w_idx[1:])):
+        return None
+    rc, *taps = w_iters
+    if len([it for it in w_iters if it is not None]) != len(reds) or len(d_idx) != len(out_idx):
+        return None
+    if sc.uses(d_idx[0], f.var) or (n is not None and not sc.uses(d_idx[0], n.var)):
+        return None
+    if rc is not None and not sc.uses(d_idx[1], rc.var):
+        return None
+    grouped = sc.uses(d_idx[1], f.var)
+    depthwise = grouped and rc is None
+    return ConvShape(d_pos, w_pos, n, f, rows, x, rc, taps, depthwise, grouped)
+
+
+def _static(info: Any) -> int | None:
+    return info.dom if isinstance(info.dom, int) else None
+
+
+def _float_anchor(sch: s_tir.Schedule, anchor: Any) -> str | None:
+    dtype = str(sch.get(anchor.block_rv).writes[0].source.ty.dtype)
+    return dtype if dtype.startswith("float") else None
+
+
+def _pack_map(vec: int) -> Any:
+    """Index map W[f, rc, taps..] -> Wp[f // vec, rc, taps.., f % vec]."""
+
+    def index_map(f: Any, *rest: Any) -> list[Any]:
+        return [f // vec, *rest, f % vec]
+
+    return index_map
+
+
+def _acc_map() -> Any:
+    """Index map out[n, f, rows.., x] -> acc[n, rows.., x, f] (channel lanes innermost)."""
+
+    def index_map(*axes: Any) -> list[Any]:
+        return [axes[0], *axes[2:], axes[1]]
+
+    return index_map
+
+
+def _is_identity_pad(sch: s_tir.Schedule, block: Any) -> bool:
+    """Whether a prologue block only copies (a pad stage of zero padding: 1x1 convs)."""
+    ins = sc.reads(sch, block)
+    if len(ins) != 1:
+        return False
+    out_buf = sch.get(block).writes[0].source
+    return sc.buffer_shape(out_buf) == sc.buffer_shape(ins[0][0])
+
+
+def _column_block(width: int, cap: int) -> int:
+    """Register block over output columns: the largest divisor of `width` in 4..cap, else cap
+    (the last block is then predicated)."""
+    for c in range(min(cap, width), 3, -1):
+        if width % c == 0:
+            return c
+    return min(cap, width)
+
+
+def _tile(target: Target, co: int, width: int, lanes: int) -> tuple[int, int, int]:
+    """(vec, nv, xr): channel lanes per vector, vectors per tile, columns per tile, sized so the
+    accumulators (xr * nv vectors), nv weight vectors and one broadcast fit the registers."""
+    vec = sc.largest_divisor(co, [lanes, lanes // 2, lanes // 4, 2])
+    regs = sc.vector_registers(target)
+    nv = 2 if (co // vec) % 2 == 0 else 1
+    # Half the registers hold accumulators: 2 x 8 on AVX-512 (2 x 14 spills), 2 x 4 on AVX2.
+    cap = max(4, regs // 2 // nv)
+    return vec, nv, _column_block(width, cap)
+
+
+class ConvBlocked:
+    """Conv2d/conv1d NCHW with channel-blocked, register-blocked micro-kernel (see module doc)."""
+
+    name = "ember.ConvBlocked"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        kernel = sc.analyze(func)
+        if kernel is None or kernel.anchor is None:
+            return None
+        sch, anchor = kernel.sch, kernel.anchor
+        conv = match_conv(sch, anchor)
+        if conv is None or conv.depthwise or _float_anchor(sch, anchor) is None:
+            return None
+        co, width = _static(conv.f), _static(conv.x)
+        if co is None or width is None:
+            return None
+        dtype = _float_anchor(sch, anchor)
+        lanes = sc.vector_lanes(target, dtype)
+        group_width = co
+        if conv.grouped:
+            group_width = _group_width(sch, anchor, conv, co)
+            if group_width is None:
+                return None
+        vec, nv, xr = _tile(target, group_width, width, lanes)
+        if conv.grouped and nv * vec > group_width:
+            nv = 1
+        if co % (nv * vec):
+            nv = 1
+        w_buf = sc.reads(sch, anchor.block_rv)[conv.weight_index][0]
+        w_param = sc.param_index(func, w_buf)
+        if w_param is None or w_param not in sc.layout_free(func):
+            return None  # a weight computed at run time: not this rule's kind
+
+        pads = [info for info in kernel.before]
+        for info in pads:
+            if _is_identity_pad(sch, info.block_rv):
+                sch.compute_inline(info.block_rv)
+        pads = [info for info in pads if sc._exists(sch, info.block_rv)]
+        epilogue = sc.inline_epilogue(sch, kernel.after)
+
+        sc.pack_weight(sch, anchor.block_rv, conv.weight_index, _pack_map(vec))
+        fo, fv, fi = sch.split(conv.f.loop_rv, [None, nv, vec])
+        xo, xi = sch.split(conv.x.loop_rv, [None, xr])
+        outer_loops = [it.loop_rv for it in (conv.n, ) if it is not None] + [fo]
+        outer_loops += [r.loop_rv for r in conv.rows if r is not None]
+        reds = [it.loop_rv for it in conv.reductions]
+        sch.reorder(*outer_loops, xo, *reds, xi, fv, fi)
+        acc = sch.cache_write(anchor.block_rv, 0, "local")
+        sch.reverse_compute_at(acc, xo)
+        sch.transform_layout(anchor.block_rv, ("write", 0), _acc_map())
+        if epilogue is not None:
+            try:
+                sch.reverse_compute_inline(epilogue)
+            except Exception:  # an epilogue that reshapes: its own vectorized loop nest
+                sc.vectorize_inner(sch, epilogue, lanes, sc.num_cores(target))
+        sch.vectorize(fi)
+        sch.unroll(xi)
+        sch.unroll(fv)
+        if conv.taps and conv.taps[-1] is not None:
+            sch.unroll(conv.taps[-1].loop_rv)
+        outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+        sch.parallel(outer)
+        for info in pads:  # once per call: a pad at the tile would redo it per channel panel
+            _vectorize_row(sch, info.block_rv, lanes, parallel=True)
+        for loop in sch.get_loops(acc)[1:]:
+            sch.unroll(loop)
+        sch.decompose_reduction(anchor.block_rv, reds[0])
+        return sch
+
+
+def _vectorize_row(sch: s_tir.Schedule, block: Any, lanes: int, parallel: bool = False) -> None:
+    """Vectorize a stage's innermost loop by `lanes` (a partial last vector is predicated);
+    with `parallel`, its outer loops fused into one parallel loop."""
+    loops = sch.get_loops(block)
+    if parallel and len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+        loops = sch.get_loops(block)
+    extent = sc.static_extent(sch, loops[-1])
+    if extent is None or extent < lanes // 2:
+        return
+    vec = lanes if extent >= lanes else lanes // 2
+    _, lane = sch.split(loops[-1], [None, vec])
+    sch.vectorize(lane)
+
+
+def _group_width(sch: s_tir.Schedule, anchor: Any, conv: ConvShape, co: int) -> int | None:
+    """Output channels per group of a grouped conv, from the data's channel index
+    `f // cog * cig + rc`; None when the index has another form."""
+    found: list[int] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tirx.FloorDiv) and node.a.same_as(conv.f.var) and isinstance(node.b, tirx.IntImm):
+            found.append(int(node.b))
+        for child in (getattr(node, "a", None), getattr(node, "b", None)):
+            if child is not None and hasattr(child, "same_as"):
+                visit(child)
+
+    visit(sc.reads(sch, anchor.block_rv)[conv.data_index][1][1])
+    if len(found) != 1 or co % found[0]:
+        return None
+    return found[0]
+
+
+@dataclass
+class Window:
+    """A sliding-window anchor without a channel reduction: depthwise conv or pooling."""
+
+    c: Any  # IterInfo of the channel loop (None: one channel)
+    n: Any  # IterInfo of the batch loop (None: batch 1)
+    rows: list[Any]  # IterInfo of the output rows
+    x: Any  # IterInfo of the output columns
+    taps: list[Any]  # IterInfo of the window reductions present
+
+
+def match_pool(sch: s_tir.Schedule, anchor: Any) -> Window | None:
+    """`out[n, c, (y,) x] = reduce data[n, c, .., x*s + rx]`: pooling (max or sum), or None."""
+    spatial = [it for it in anchor.iters if it.kind == "S"]
+    reds = [it for it in anchor.iters if it.kind == "R"]
+    (out, out_idx), = sc.writes(sch, anchor.block_rv)
+    ins = [(buf, idx) for buf, idx in sc.reads(sch, anchor.block_rv) if not buf.same_as(out)]
+    if len(out_idx) not in (3, 4) or len(ins) != 1 or not reds or len(anchor.iters) != len(spatial) + len(reds):
+        return None
+    out_iters = [None if _zero(e) else _find(spatial, _var(e)) for e in out_idx]
+    if any(it is None and not _zero(e) for it, e in zip(out_iters, out_idx)):
+        return None
+    if len([it for it in out_iters if it is not None]) != len(spatial):
+        return None
+    n, c, *rows, x = out_iters
+    _, d_idx = ins[0]
+    if x is None or len(d_idx) != len(out_idx) or not sc.uses(d_idx[-1], x.var):
+        return None
+    if c is not None and not (d_idx[1].same_as(c.var)):
+        return None
+    if any(sc.uses(d_idx[1], r.var) for r in reds):
+        return None
+    return Window(c, n, rows, x, reds)
+
+
+def _row_tile(width: int, lanes: int) -> tuple[int, int]:
+    """(vec, xb): vector width and vectors per register row along the output columns; their
+    product divides `width` when some choice does (else the last row block is predicated)."""
+    for vec in (lanes, lanes // 2, lanes // 4):
+        if vec < 4 or width % vec:
+            continue
+        per = width // vec
+        return vec, max(d for d in range(1, min(per, 8) + 1) if per % d == 0)
+    vec = lanes if width >= lanes else max(4, lanes // 2)
+    return vec, max(1, min(4, width // vec))
+
+
+def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: int, cores: int) -> s_tir.Schedule:
+    """Depthwise conv / pooling: parallel over (n, c), the padded plane of each channel built
+    where it is read, a register row of xb vectors of output columns, the taps unrolled."""
+    anchor = kernel.anchor
+    pads = list(kernel.before)
+    for info in pads:
+        if _is_identity_pad(sch, info.block_rv):
+            sch.compute_inline(info.block_rv)
+    pads = [info for info in pads if sc._exists(sch, info.block_rv)]
+    epilogue = sc.inline_epilogue(sch, kernel.after)
+    width = _static(win.x)
+    vec, xb = _row_tile(width, lanes) if width else (lanes, 1)
+    xo, xv, xl = sch.split(win.x.loop_rv, [None, xb, vec])
+    outer_loops = [it.loop_rv for it in (win.n, win.c) if it is not None]
+    rows = [r.loop_rv for r in win.rows if r is not None]
+    taps = [t.loop_rv for t in win.taps]
+    sch.reorder(*outer_loops, *rows, xo, *taps, xv, xl)
+    acc = sch.cache_write(anchor.block_rv, 0, "local")
+    sch.reverse_compute_at(acc, xo)
+    if epilogue is not None:
+        try:
+            sch.reverse_compute_inline(epilogue)
+        except Exception:
+            sc.vectorize_inner(sch, epilogue, lanes, cores)
+    sch.vectorize(xl)
+    sch.unroll(xv)
+    for tap in taps:
+        sch.unroll(tap)
+    if outer_loops:
+        outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
+        sch.parallel(outer)
+        for info in pads:
+            sch.compute_at(info.block_rv, outer)
+            _vectorize_row(sch, info.block_rv, lanes)
+    else:
+        for info in pads:
+            _vectorize_row(sch, info.block_rv, lanes, parallel=True)
+    wb = sch.get_loops(acc)
+    inner = sc.static_extent(sch, wb[-1])
+    if inner and inner % vec == 0:
+        _, lane = sch.split(wb[-1], [None, vec])
+        sch.vectorize(lane)
+    sch.decompose_reduction(anchor.block_rv, taps[0])
+    return sch
+
+
+class Depthwise:
+    """Depthwise conv (one input channel per output channel, any multiplier, stride, padding,
+    dilation): vectorized along the output row, parallel over channels, epilogue fused."""
+
+    name = "ember.Depthwise"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        kernel = sc.analyze(func)
+        if kernel is None or kernel.anchor is None:
+            return None
+        sch, anchor = kernel.sch, kernel.anchor
+        conv = match_conv(sch, anchor)
+        dtype = _float_anchor(sch, anchor)
+        if conv is None or not conv.depthwise or dtype is None or _static(conv.x) is None or not conv.taps:
+            return None
+        win = Window(conv.f, conv.n, conv.rows, conv.x, [t for t in conv.taps if t is not None])
+        return schedule_window(sch, kernel, win, sc.vector_lanes(target, dtype), sc.num_cores(target))
+
+
+class Pool:
+    """Max/average pooling windows (with their padding stage): vectorized along the output
+    row, parallel over channels; the average's division fused."""
+
+    name = "ember.Pool"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        kernel = sc.analyze(func)
+        if kernel is None or kernel.anchor is None:
+            return None
+        sch, anchor = kernel.sch, kernel.anchor
+        win = match_pool(sch, anchor)
+        dtype = _float_anchor(sch, anchor)
+        if win is None or dtype is None or _static(win.x) is None:
+            return None
+        return schedule_window(sch, kernel, win, sc.vector_lanes(target, dtype), sc.num_cores(target))
+
+
+RULES = [ConvBlocked(), Depthwise(), Pool()]
+CONV_RULES = RULES

@@ -1,0 +1,174 @@
+"""Convolution schedule rules (targets/sched_conv.py): random conv/pool configurations, with
+odd sizes, channel counts that are no multiple of the vector width, stride, padding, dilation,
+groups and fused epilogues, built through ember's default pipeline and compared with ember's
+interpreter; each case asserts the rule it exercises actually scheduled the kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from ember.compiler import interp
+from ember.compiler.importer import import_proto
+from ember.compiler.passmanager import run_pipeline
+from ember.compiler.pipeline import DEFAULT_PIPELINE
+from ember.targets import build, resolve_target
+from tests.targets.codegen_helpers import run_vm
+
+# fp32, reductions of up to ~600 terms of O(1) values (weights scaled by 1/sqrt(fan-in)):
+# the schedules reorder the sums, so agreement is to a few ulps of the output scale.
+RTOL, ATOL = 1e-4, 1e-4
+
+
+@dataclass(frozen=True)
+class Case:
+    """One Conv or pooling node with what ember fuses after it."""
+
+    op: str  # Conv, MaxPool, AveragePool
+    c: int
+    h: int
+    w: int
+    co: int = 0
+    k: tuple[int, int] = (3, 3)
+    stride: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (1, 1, 1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    group: int = 1
+    epilogue: str = ""  # "", relu, clip, residual (add an input, then relu), silu
+    n: int = 1
+    conv1d: bool = False
+
+    def out_spatial(self) -> list[int]:
+        """Output rows and columns (columns only for conv1d)."""
+        dims = [(size + self.pads[i] + self.pads[i + 2] - (self.k[i] - 1) * self.dilation[i] - 1) // self.stride[i] + 1
+                for i, size in enumerate((self.h, self.w))]
+        return dims[1:] if self.conv1d else dims
+
+    def model(self, rng: np.random.Generator) -> onnx.ModelProto:
+        """The case as an ONNX model."""
+        nodes: list[onnx.NodeProto] = []
+        inits: list[onnx.TensorProto] = []
+        spatial = [self.w] if self.conv1d else [self.h, self.w]
+        ks = list(self.k[1:]) if self.conv1d else list(self.k)
+        pads = [self.pads[1], self.pads[3]] if self.conv1d else list(self.pads)
+        strides = list(self.stride[1:]) if self.conv1d else list(self.stride)
+        dil = list(self.dilation[1:]) if self.conv1d else list(self.dilation)
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [self.n, self.c, *spatial])]
+        if self.op == "Conv":
+            fan_in = self.c // self.group * int(np.prod(ks))
+            w = (rng.standard_normal((self.co, self.c // self.group, *ks)) / np.sqrt(fan_in)).astype(np.float32)
+            b = rng.standard_normal(self.co).astype(np.float32)
+            inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]
+            nodes.append(helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=ks, strides=strides, pads=pads,
+                                          dilations=dil, group=self.group))
+        else:
+            extra = {"count_include_pad": 1} if self.op == "AveragePool" and sum(pads) else {}
+            nodes.append(helper.make_node(self.op, ["x"], ["c"], kernel_shape=ks, strides=strides, pads=pads, **extra))
+        out = "c"
+        if self.epilogue == "relu":
+            nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+            out = "y"
+        elif self.epilogue == "clip":
+            inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"), numpy_helper.from_array(np.array(6, np.float32), "hi")]
+            nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+            out = "y"
+        elif self.epilogue == "silu":
+            nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+            out = "y"
+        elif self.epilogue == "residual":
+            inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
+            nodes += [helper.make_node("Add", ["c", "r"], ["a"]), helper.make_node("Relu", ["a"], ["y"])]
+            out = "y"
+        graph = helper.make_graph(nodes, "case", inputs, [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        if self.epilogue == "residual":  # the residual has the conv's output shape
+            del model.graph.input[1]
+            model.graph.input.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [self.n, self.co, *self.out_spatial()]))
+        return onnx.shape_inference.infer_shapes(model)
+
+
+def check(case: Case, rule: str, rng: np.random.Generator, target: str = "cpu") -> None:
+    """Build the case with the default pipeline; `rule` scheduled its anchor kernel; on the
+    host the outputs match the interpreter on fresh random inputs."""
+    model = case.model(rng)
+    graph = import_proto(model)
+    optimized = run_pipeline(graph, DEFAULT_PIPELINE).graph
+    built = build(optimized, resolve_target(target))
+    assert rule in built.rules.values(), f"{case}: {rule} did not apply; rules: {built.rules}"
+    if target != "cpu":
+        return
+    feeds = interp.random_feeds(graph, rng, {})
+    want = interp.run(graph, feeds)
+    got = run_vm(built, optimized, feeds)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=f"{case}: {name}")
+
+
+# Hand-picked configurations (the default run): one per feature the rules handle.
+CASES = [
+    (Case("Conv", 16, 9, 13, 32, epilogue="relu"), "ConvBlocked"),  # width 13: predicated column block
+    (Case("Conv", 7, 11, 10, 12, stride=(2, 2), epilogue="residual"), "ConvBlocked"),  # 12 channels: 4-lane vectors
+    (Case("Conv", 24, 6, 6, 48, k=(1, 1), pads=(0, 0, 0, 0), epilogue="clip"), "ConvBlocked"),  # 1x1 (GEMM-like)
+    (Case("Conv", 5, 12, 12, 6, k=(3, 2), pads=(2, 1, 0, 2), dilation=(2, 3), stride=(1, 2), n=2), "ConvBlocked"),
+    (Case("Conv", 32, 8, 9, 32, group=2, epilogue="silu"), "ConvBlocked"),  # grouped, 16 lanes per group
+    (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip"), "Depthwise"),
+    (Case("Conv", 8, 15, 15, 16, group=8, stride=(2, 2), k=(5, 5), pads=(2, 2, 2, 2)), "Depthwise"),  # multiplier 2
+    (Case("MaxPool", 6, 13, 14, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1)), "Pool"),
+    (Case("AveragePool", 5, 9, 20, k=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0)), "Pool"),
+    (Case("Conv", 6, 1, 37, 20, k=(1, 5), pads=(0, 2, 0, 2), conv1d=True, epilogue="relu"), "ConvBlocked"),
+]
+
+
+@pytest.mark.parametrize("case,rule", CASES, ids=[f"{c.op}-{i}" for i, (c, _) in enumerate(CASES)])
+def test_rule_matches_interpreter(case: Case, rule: str, rng: np.random.Generator) -> None:
+    check(case, rule, rng)
+
+
+def test_rules_build_for_arm() -> None:
+    """The same rules schedule for NEON (4 lanes, 32 registers): build only (run under qemu elsewhere)."""
+    rng = np.random.default_rng(1)
+    check(Case("Conv", 8, 7, 9, 12, epilogue="relu"), "ConvBlocked", rng, target="arm:rpi4")
+    check(Case("Conv", 8, 7, 9, 8, group=8), "Depthwise", rng, target="arm:rpi4")
+
+
+def _random_case(rng: np.random.Generator) -> tuple[Case, str]:
+    kind = rng.choice(["dense", "pointwise", "grouped", "depthwise", "pool"])
+    h, w = (int(v) for v in rng.integers(3, 20, 2))
+    k = tuple(int(v) for v in rng.integers(1, 4, 2))
+    stride = tuple(int(v) for v in rng.integers(1, 3, 2))
+    dilation = tuple(int(v) for v in rng.integers(1, 3, 2)) if kind != "pool" else (1, 1)
+    pads = tuple(int(rng.integers(0, k[i % 2])) for i in range(4))
+    if h + pads[0] + pads[2] < (k[0] - 1) * dilation[0] + 1 or w + pads[1] + pads[3] < (k[1] - 1) * dilation[1] + 1:
+        pads = (k[0], k[1], k[0], k[1])
+        dilation = (1, 1)
+    epilogue = str(rng.choice(["", "relu", "clip", "residual", "silu"]))
+    n = int(rng.integers(1, 3))
+    if kind == "pool":
+        return Case(str(rng.choice(["MaxPool", "AveragePool"])), int(rng.integers(1, 20)), h, w, k=k, stride=stride,
+                    pads=pads, n=n), "Pool"
+    if kind == "depthwise":
+        c = int(rng.integers(1, 40))
+        return Case("Conv", c, h, w, c * int(rng.integers(1, 3)), k=k, stride=stride, pads=pads, dilation=dilation,
+                    group=c, epilogue=epilogue, n=n), "Depthwise"
+    if kind == "grouped":
+        g = int(rng.choice([2, 4]))
+        return Case("Conv", g * int(rng.integers(1, 6)), h, w, g * 16 * int(rng.integers(1, 3)), k=k, stride=stride,
+                    pads=pads, dilation=dilation, group=g, epilogue=epilogue, n=n), "ConvBlocked"
+    if kind == "pointwise":
+        return Case("Conv", int(rng.integers(1, 70)), h, w, int(rng.choice([4, 8, 12, 16, 24, 32, 40, 64, 96])), k=(1, 1),
+                    pads=(0, 0, 0, 0), stride=stride, epilogue=epilogue, n=n), "ConvBlocked"
+    return Case("Conv", int(rng.integers(1, 40)), h, w, int(rng.choice([2, 4, 6, 8, 12, 16, 20, 32, 48, 64])), k=k,
+                stride=stride, pads=pads, dilation=dilation, epilogue=epilogue, n=n), "ConvBlocked"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(40))
+def test_random_configurations(seed: int) -> None:
+    rng = np.random.default_rng(1000 + seed)
+    case, rule = _random_case(rng)
+    check(case, rule, rng)
