@@ -121,9 +121,10 @@ def passes() -> None:
 
 
 def _add_commands() -> None:
-    from ember.compiler import cli_artifact, cli_bundle, cli_passes, cli_profile
+    from ember.compiler import cli_artifact, cli_bundle, cli_passes, cli_profile, cli_tune
 
-    for command in cli_artifact.COMMANDS + cli_passes.COMMANDS + cli_profile.COMMANDS + cli_bundle.COMMANDS:
+    for command in (cli_artifact.COMMANDS + cli_passes.COMMANDS + cli_profile.COMMANDS + cli_bundle.COMMANDS
+                    + cli_tune.COMMANDS):
         main.add_command(command)
 
 

@@ -99,9 +99,13 @@ def _echo_rows(rows: list[Any]) -> bool:
 @tolerance_options
 @click.option("--sample", "sample_path", type=FILE,
               help="real inputs (.npz by input name) for the checks, --check-each and the artifact's self-check")
+@click.option("--tune", "tune_budget", metavar="DURATION",
+              help="search faster kernel schedules for this long (90s, 10m, 1h); records are kept for later compiles")
+@click.option("--tune-db", type=FILE, help="the tuning database file (default ~/.cache/ember/tune/records.json)")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, pass_options: dict[str, Any],
-            emit_onnx: Path | None, verify: bool, rtol: float, atol: float, sample_path: Path | None) -> None:
+            emit_onnx: Path | None, verify: bool, rtol: float, atol: float, sample_path: Path | None,
+            tune_budget: str | None, tune_db: Path | None) -> None:
     """Compile an ONNX model into an artifact directory.
 
     The built module is checked against the reference interpreter on a sample (and against
@@ -112,12 +116,14 @@ def compile(model: Path, output: Path | None, target: str, passes: str | None, p
       ember compile examples/digits_cnn.onnx -o digits.ember --verify
     """
     from ember.compiler import driver
+    from ember.compiler.cli_tune import tune_options
 
+    tune = tune_options(tune_budget, tune_db)
     sample = load_npz(sample_path) if sample_path is not None else None
     if pass_options["check_each"] and sample is not None:
         pass_options["check_each"] = sample
     result = driver.compile_model(model, output, target=target, passes=passes, pass_options=pass_options,
-                                  verify=verify, rtol=rtol, atol=atol, sample=sample, echo=click.echo)
+                                  verify=verify, rtol=rtol, atol=atol, sample=sample, echo=click.echo, tune=tune)
     if result.records:
         from ember.compiler.passmanager import summary_table
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from ember.compiler.ir import Graph, Value
 from ember.runtime.artifact import DIGEST_KEY, FORMAT_VERSION, MANIFEST, manifest_digest, sha256
 from ember.runtime.check import TOLERANCE, Comparison, OutputMismatchError, compare
 from ember.runtime.model import quiet_tvm_scope_logs
+
+if TYPE_CHECKING:
+    from ember.targets.tune import TuneOptions
 
 LIBRARY = "model.so"
 
@@ -120,6 +123,7 @@ def compile_model(
     sample: Mapping[str, np.ndarray] | None = None,
     check: Callable[[Graph, Any, dict[str, np.ndarray]], None] | None = None,
     echo: Callable[[str], None] | None = None,
+    tune: TuneOptions | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (default `<model>.ember`).
 
@@ -129,6 +133,7 @@ def compile_model(
     `sample`: inputs by name for the checks and the artifact's self-check (default: fixed-seed
     random inputs, symbolic dims = 1). `check(graph, built, sample)` runs last before writing;
     raising there (like any failure) leaves nothing behind.
+    `tune`: a targets.tune.TuneOptions (search schedules within a budget, records in a database).
     """
     from ember.targets import build, resolve_target
     from ember.targets.kernel_stats import kernel_stats
@@ -146,7 +151,7 @@ def compile_model(
     optimized, records, pipeline = run_passes(graph, passes, pass_options or {})
     seconds["passes"] = time.perf_counter() - start
     start = time.perf_counter()
-    built = build(optimized, spec)
+    built = build(optimized, spec, tune=tune)
     seconds["build"] = time.perf_counter() - start
     start = time.perf_counter()
     stats = kernel_stats(optimized, built)  # FLOPs, bytes, rule, calls per kernel (for `ember profile`)

@@ -19,6 +19,7 @@ from tvm.ir.expr import GenericConst
 
 from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
+from ember.targets import tune as tuning
 from ember.targets.lower import to_relax
 from ember.targets.registry import TargetSpec
 
@@ -209,8 +210,11 @@ def kernel_count(built: Built) -> int:
     return len(built.kernels)
 
 
-def build(graph: Graph, target: TargetSpec) -> Built:
-    """Lower, optimize and compile a graph for a target."""
+def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None) -> Built:
+    """Lower, optimize and compile a graph for a target.
+
+    `tune`: search schedules within a budget (targets/tune.py); with None, records of the
+    default tuning database that beat the rules are still applied."""
     stats: dict[str, float] = {}
     start = time.perf_counter()
     mod = to_relax(graph)
@@ -218,7 +222,11 @@ def build(graph: Graph, target: TargetSpec) -> Built:
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()
     try:
-        mod, applied = optimize(mod, tvm_target, schedule_rules(target))
+        mod = prepare(mod, tvm_target)
+        unscheduled = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)  # schedule() rewrites mod
+        mod, applied = schedule(mod, tvm_target, schedule_rules(target))
+        mod, applied = tuning.tune(unscheduled, mod, applied, tvm_target, tune or tuning.TuneOptions())
+        mod = finalize(mod, tvm_target)
         kernels = kernel_names(mod)
         launches = kernel_launches(mod)
         executable = tvm.compile(mod, target=tvm_target)

@@ -1,0 +1,534 @@
+"""Tuning on request: MetaSchedule within a wall-clock budget, records in a persistent database.
+
+    built = build(graph, spec, tune=TuneOptions(budget_s=600))   # `ember compile ... --tune 10m`
+
+Where it stands in a build: `prepare` (one unscheduled PrimFunc per kernel) -> `schedule` (ember's
+rules) -> `tune` (this module) -> `finalize` (weight re-layouts folded into constants).
+
+- `tune` picks the kernels worth tuning (they hold a reduction and do real work; weight = launches
+  per inference), measures the rule's schedule of each as the bar to beat, runs MetaSchedule's
+  evolutionary search over them until the budget is spent (progress bar on stderr), re-measures
+  the best candidate and the rule's schedule side by side, and stores both times in the database.
+- `apply_records` runs in every compile (with or without `--tune`) when the database holds
+  records for the target: each kernel whose record measured faster than the rule gets the
+  record's schedule back by replaying its trace (~0.1 s, no search, no measuring).
+
+Records are keyed by (structural hash of the unscheduled PrimFunc, its `layout_free_buffers`
+included and its name left out; the target as canonical JSON: mcpu, features, num-cores), so
+any later model with the same kernel on the same target reuses them. MetaSchedule's
+RewriteLayout postproc leaves the same `meta_schedule.layout_rewrite_preproc` blocks as the
+rules' weight packing, so `finalize` folds a tuned kernel's packing into constants too.
+
+Building and measuring run in this process (TVM.md: the default LocalBuilder's workers import
+`tvm.s_tir.tensor_intrin`, 17 s, and hit the build timeout), on `threads` threads.
+Tuning is never needed for correctness: a record that fails to replay is skipped (the rule's
+schedule stays), and a damaged database file is reported and ignored.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm import relax
+
+from ember.compiler.errors import EmberError
+from ember.targets.tune_db import DEFAULT_DB, Record, TuneDB, TuneOptions, check_writable, parse_duration, warn
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_DB", "Record", "TuneDB", "TuneOptions", "apply_records", "parse_duration", "tune"]
+
+TUNED = "tuned"  # the rule name a kernel scheduled from a record reports
+
+# Kernels below this many multiply-adds (anchor iteration space) are not worth a search.
+MIN_WORK = 1 << 18
+# A search iteration measures this many candidates of one kernel; the budget decides how many
+# kernels get searched (each needs a few iterations to beat a hand-written schedule).
+TRIALS_PER_ITER = 32
+# One iteration on a 2-core machine: ~5 s of evolutionary search and cost-model training, then
+# 32 builds and measurements of ~0.2 s each (for planning only; the deadline is what stops).
+SECONDS_PER_ITER = 12.0
+MIN_ITERS_PER_KERNEL = 3
+SIDE_BY_SIDE_ROUNDS = 3
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+def target_key(target: tvm.target.Target) -> str:
+    """The target as canonical JSON (kind, triple, mcpu, features, num-cores, ...)."""
+    return json.dumps(_plain(target.export()), sort_keys=True, separators=(",", ":"))
+
+
+def _plain(obj: Any) -> Any:
+    """TVM containers -> JSON-able Python values."""
+    if isinstance(obj, (str, bool, int, float)) or obj is None:
+        return obj
+    if hasattr(obj, "items"):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)) or (hasattr(obj, "__len__") and hasattr(obj, "__getitem__")):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, tvm.tirx.IntImm):
+        return int(obj.value)
+    if isinstance(obj, tvm.tirx.FloatImm):
+        return float(obj.value)
+    return str(obj)
+
+
+def workload_func(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """The kernel as tuned and keyed: unscheduled, its name left out (it differs per model)."""
+    for attr in ("global_symbol", "tirx.is_scheduled"):
+        if func.attrs is not None and attr in func.attrs:
+            func = func.without_attr(attr)
+    return func
+
+
+def workload_key(func: tvm.tirx.PrimFunc) -> str:
+    """Structural hash of the unscheduled kernel (its layout_free_buffers attr included)."""
+    return f"{tvm_ffi.structural_hash(workload_func(func)) & (2**64 - 1):016x}"
+
+
+def _launches(mod: tvm.IRModule) -> dict[str, int]:
+    """call_tir sites per kernel in `main`: the kernel's weight (launches per inference)."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    count: dict[str, int] = {}
+
+    def visit(expr: Any) -> None:
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            name = expr.args[0].name_hint
+            count[name] = count.get(name, 0) + 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return count
+
+
+def _work(func: tvm.tirx.PrimFunc) -> int:
+    """Iteration space of the kernel's largest reduction block (0 without a reduction)."""
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+
+    try:
+        infos = normalize_prim_func(tvm.s_tir.Schedule(tvm.ir.load_json(tvm.ir.save_json(workload_func(func))))) or []
+    except Exception:  # a kernel dlight cannot normalize: not one MetaSchedule helps much either
+        return 0
+    best = 0
+    for info in infos:
+        if not info.is_reduction():
+            continue
+        extents = [d.dom for d in info.iters]
+        if all(isinstance(e, int) for e in extents):
+            best = max(best, math.prod(extents))
+    return best
+
+
+# --- applying records --------------------------------------------------------------------------
+
+def _replay(func: tvm.tirx.PrimFunc, record: Record) -> tvm.tirx.PrimFunc:
+    """The unscheduled kernel with the record's trace replayed on it."""
+    from tvm.s_tir.schedule import Trace
+
+    sch = tvm.s_tir.Schedule(tvm.ir.load_json(tvm.ir.save_json(workload_func(func))))  # a private copy
+    Trace.apply_json_to_schedule(record.trace, sch)
+    scheduled = sch.mod["main"]
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        scheduled = scheduled.with_attr("global_symbol", func.attrs["global_symbol"])
+    return scheduled.with_attr("tirx.is_scheduled", True)
+
+
+def _same_workload(func: tvm.tirx.PrimFunc, record: Record) -> bool:
+    try:
+        return bool(tvm_ffi.structural_equal(workload_func(func), tvm.ir.load_json(record.func)))
+    except Exception:
+        return False
+
+
+def apply_records(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, str],
+                  tvm_target: tvm.target.Target, db: TuneDB | str | Path = DEFAULT_DB) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Each kernel whose record (same kernel, same target) measured faster than the rule's
+    schedule gets the record's schedule; the others keep the rule's. ({kernel: rule} updated.)
+
+    Cheap (trace replay, no search, no measuring); a record that fails to replay is skipped.
+    """
+    db = db if isinstance(db, TuneDB) else TuneDB.load(db)
+    tkey = target_key(tvm_target)
+    if not db.for_target(tkey):
+        return scheduled, applied
+    mod, applied = scheduled, dict(applied)
+    for gvar, func in unscheduled.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        record = db.lookup(workload_key(func), tkey)
+        if record is None or not record.faster or not _same_workload(func, record):
+            continue
+        try:
+            with tvm_target:
+                mod[gvar] = _replay(func, record)
+        except Exception as err:  # a record from another TVM, or a bug: the rule's schedule stays
+            log.debug("record for %s did not replay: %s", gvar.name_hint, err)
+            continue
+        applied[gvar.name_hint] = TUNED
+    return mod, applied
+
+
+# --- measuring in this process -----------------------------------------------------------------
+
+@contextmanager
+def _threads(count: int) -> Iterator[None]:
+    from ember.runtime.model import set_threads
+
+    set_threads(count)
+    yield
+
+
+class _Measurer:
+    """Build and time kernels in this process: what the in-process builder and runner share."""
+
+    def __init__(self, threads: int, deadline: float) -> None:
+        from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
+
+        self.threads = threads
+        self.deadline = deadline
+        self.modules: dict[str, Any] = {}
+        self.counter = itertools.count()
+        self.config = EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False)
+        self.batch_end: float | None = None  # when the last measured batch ended
+        self.search_s = 0.0  # how long the search took to propose the batch after it
+
+    def spent(self) -> bool:
+        return time.perf_counter() > self.deadline
+
+    def no_time_for_another_batch(self) -> bool:
+        """Whether the next search step would end past the deadline (it cannot be cut short)."""
+        return time.perf_counter() + self.search_s > self.deadline
+
+    def batch_started(self) -> None:
+        if self.batch_end is not None:
+            self.search_s = time.perf_counter() - self.batch_end
+            self.batch_end = None
+
+    def build(self, mod: tvm.IRModule, target: tvm.target.Target) -> str:
+        """Compile a one-kernel module (weight re-layouts removed: the runner feeds packed
+        arguments, as MetaSchedule measures); a handle for `run`."""
+        from tvm.driver import build as tvm_build
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+        handle = f"ember-mem:{next(self.counter)}"
+        self.modules[handle] = tvm_build(mod, target=target)
+        return handle
+
+    def run(self, handle: str, args_info: list[Any]) -> list[float]:
+        """Seconds per call of a built kernel on random arguments (`repeat` samples)."""
+        from tvm.s_tir.meta_schedule.runner.local_runner import default_alloc_argument, default_run_evaluator
+
+        rt_mod = self.modules.pop(handle)
+        dev = tvm.cpu()
+        args = default_alloc_argument(dev, args_info, 1)
+        return default_run_evaluator(rt_mod, dev, self.config, args)
+
+    def time_func(self, mod: tvm.IRModule, target: tvm.target.Target) -> float:
+        """Median seconds per call of a scheduled one-kernel module."""
+        from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+        args_info = [a.as_json() for a in ArgInfo.from_entry_func(mod, remove_preproc=True)]
+        costs = self.run(self.build(mod, target), args_info)
+        return sorted(costs)[len(costs) // 2]
+
+
+def _make_builder_runner(measurer: _Measurer) -> tuple[Any, Any]:
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.runner import PyRunner
+    from tvm.s_tir.meta_schedule.runner.local_runner import LocalRunnerFuture
+
+    @derived_object
+    class InProcessBuilder(PyBuilder):
+        def build(self, build_inputs: list[Any]) -> list[Any]:
+            measurer.batch_started()
+            results = []
+            for item in build_inputs:
+                if measurer.spent():
+                    results.append(BuilderResult(None, "tuning budget spent"))
+                    continue
+                try:
+                    results.append(BuilderResult(measurer.build(item.mod, item.target), None))
+                except Exception as err:
+                    results.append(BuilderResult(None, f"{type(err).__name__}: {str(err)[:500]}"))
+            return results
+
+    @derived_object
+    class InProcessRunner(PyRunner):
+        def run(self, runner_inputs: list[Any]) -> list[Any]:
+            futures = []
+            for item in runner_inputs:
+                if measurer.spent():
+                    measurer.modules.pop(item.artifact_path, None)
+                    futures.append(LocalRunnerFuture(res=None, error_message="tuning budget spent"))
+                    continue
+                try:
+                    costs = measurer.run(item.artifact_path, [a.as_json() for a in item.args_info])
+                    futures.append(LocalRunnerFuture(res=costs, error_message=None))
+                except Exception as err:
+                    futures.append(LocalRunnerFuture(res=None, error_message=f"{type(err).__name__}: {str(err)[:500]}"))
+            return futures
+
+    return InProcessBuilder(), InProcessRunner()
+
+
+def _make_stopper(measurer: _Measurer, ntasks: int, tick: Callable[[], None]) -> Any:
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class StopAtDeadline(PyMeasureCallback):
+        """Progress after every batch; every task terminated once the budget is spent."""
+
+        def apply(self, task_scheduler: Any, task_id: int, *_: Any) -> None:
+            tick()
+            measurer.batch_end = time.perf_counter()
+            if measurer.no_time_for_another_batch():
+                for i in range(ntasks):
+                    task_scheduler.terminate_task(i)
+
+    return StopAtDeadline()
+
+
+# --- tuning ------------------------------------------------------------------------------------
+
+@dataclass
+class _Task:
+    name: str
+    func: tvm.tirx.PrimFunc  # unscheduled (not to be handed to a Schedule: see `fresh`)
+    scheduled: tvm.tirx.PrimFunc  # the rule's schedule (or the unscheduled kernel)
+    rule: str
+    launches: int
+    work: int
+    workload: str = ""
+    func_json: str = ""  # the unscheduled kernel, serialized before anything schedules it
+    rule_s: float | None = None
+
+    def fresh(self) -> tvm.tirx.PrimFunc:
+        """A private copy of the unscheduled kernel (schedules and tuning contexts may
+        rewrite the functions they are given in place)."""
+        return tvm.ir.load_json(self.func_json)
+
+    @property
+    def weight(self) -> float:
+        return float(self.launches * self.work)
+
+
+def _tasks(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, str]) -> list[_Task]:
+    """Kernels worth a search, heaviest (work x launches) first."""
+    launches = _launches(unscheduled)
+    tasks = []
+    for gvar, func in unscheduled.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or launches.get(gvar.name_hint, 0) == 0:
+            continue
+        work = _work(func)
+        if work < MIN_WORK:
+            continue
+        tasks.append(_Task(gvar.name_hint, func, scheduled[gvar.name_hint], applied.get(gvar.name_hint, ""),
+                           launches[gvar.name_hint], work, workload_key(func), tvm.ir.save_json(workload_func(func))))
+    return sorted(tasks, key=lambda t: -t.weight)
+
+
+def _one_kernel(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
+    return tvm.IRModule({"main": workload_func(func).with_attr("global_symbol", "main")})
+
+
+class _Progress:
+    """A bar on stderr over the budget's seconds (nothing when off)."""
+
+    def __init__(self, on: bool, budget_s: float, label: str) -> None:
+        self.start = time.perf_counter()
+        self.budget_s = budget_s
+        self.shown = 0
+        self.bar = None
+        if on:
+            import click
+
+            self.bar = click.progressbar(length=max(1, int(budget_s)), label=label, file=sys.stderr,
+                                         show_eta=True, show_percent=True)
+            self.bar.__enter__()
+
+    def tick(self) -> None:
+        if self.bar is None:
+            return
+        now = min(int(time.perf_counter() - self.start), int(self.budget_s))
+        if now > self.shown:
+            self.bar.update(now - self.shown)
+            self.shown = now
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.update(max(0, int(self.budget_s) - self.shown))
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+@contextmanager
+def _cpu_intrinsics_only(tvm_target: tvm.target.Target) -> Iterator[None]:
+    """Make `import tvm.s_tir.tensor_intrin` (which TuneContext does) load only this CPU's
+    intrinsics: the whole package takes 17 to 50 s, mostly for CUDA ones (TVM.md).
+
+    A stand-in package object is in sys.modules while the tuning contexts are made; the CPU
+    intrinsic modules it loads stay registered, and the real package still imports later.
+    """
+    import importlib
+    import importlib.util
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    spec = importlib.util.find_spec(name)
+    stub = types.ModuleType(name)
+    stub.__path__ = list(spec.submodule_search_locations or [])
+    stub.__package__ = name
+    sys.modules[name] = stub
+    try:
+        triple = str(tvm_target.attrs.get("mtriple", ""))
+        importlib.import_module(f"{name}.{'arm_cpu' if triple.startswith(('aarch64', 'arm')) else 'x86'}")
+        yield
+    finally:
+        if sys.modules.get(name) is stub:
+            del sys.modules[name]
+
+
+@contextmanager
+def _quiet_meta_schedule() -> Iterator[None]:
+    """MetaSchedule logs a table per iteration at INFO: keep it out of the user's terminal."""
+    names = ["tvm.s_tir.meta_schedule", "tvm.meta_schedule"]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _plan(tasks: list[_Task], budget_s: float) -> list[_Task]:
+    """As many of the heaviest kernels as the budget gives a few search iterations each."""
+    fit = int(budget_s / (SECONDS_PER_ITER * MIN_ITERS_PER_KERNEL))
+    return tasks[: max(1, fit)]
+
+
+def _context(task: _Task, seed: int, tvm_target: tvm.target.Target, threads: int) -> Any:
+    """MetaSchedule's tuning context of one kernel: its default CPU design space, evolutionary
+    search with a population sized for minutes of budget, not hours."""
+    from tvm.s_tir import meta_schedule as ms
+
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32, genetic_num_iters=3)
+    return ms.TuneContext(mod=_one_kernel(task.fresh()), target=tvm_target, space_generator="post-order-apply",
+                          search_strategy=strategy, task_name=task.name, rand_state=seed, num_threads=threads)
+
+
+def _search(tasks: list[_Task], tvm_target: tvm.target.Target, measurer: _Measurer, progress: _Progress) -> dict[str, tuple[Any, int]]:
+    """MetaSchedule's evolutionary search over the tasks until the deadline:
+    {kernel: (best candidate's trace, trials measured)}."""
+    from tvm.s_tir import meta_schedule as ms
+
+    with _cpu_intrinsics_only(tvm_target):
+        contexts = [_context(t, i + len(tasks), tvm_target, measurer.threads) for i, t in enumerate(tasks)]
+    database = ms.database.MemoryDatabase()
+    builder, runner = _make_builder_runner(measurer)
+    callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(),
+                 _make_stopper(measurer, len(tasks), progress.tick)]
+    scheduler = ms.task_scheduler.GradientBased()
+    scheduler.tune(
+        tasks=contexts, task_weights=[t.launches for t in tasks], max_trials_global=100000,
+        max_trials_per_task=100000, num_trials_per_iter=TRIALS_PER_ITER, builder=builder, runner=runner,
+        measure_callbacks=callbacks, database=database,
+        cost_model=ms.cost_model.XGBModel(num_tuning_cores=measurer.threads),
+    )
+    best: dict[str, tuple[Any, int]] = {}
+    for task, ctx in zip(tasks, contexts):
+        workload = database.commit_workload(ctx.mod)
+        records = database.get_top_k(workload, 1)
+        if records:
+            trials = len(database.get_top_k(workload, 100000))
+            best[task.name] = (records[0].trace, trials)
+    return best
+
+
+def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, str],
+         tvm_target: tvm.target.Target, options: TuneOptions) -> tuple[tvm.IRModule, dict[str, str]]:
+    """Search better schedules than the rules' for the heaviest kernels within
+    `options.budget_s`, store them, then apply every record that beats its rule.
+
+    Without a budget this is `apply_records`. The database is written only when a search
+    produced records; an unwritable database path fails before any search.
+    """
+    db = TuneDB.load(options.path)
+    if not options.budget_s:
+        return apply_records(unscheduled, scheduled, applied, tvm_target, db)
+    check_writable(options.path)
+    from ember.runtime.model import usable_cpus
+
+    threads = options.threads or usable_cpus()
+    start = time.perf_counter()
+    tasks = _plan(_tasks(unscheduled, scheduled, applied), options.budget_s)
+    if not tasks:
+        return apply_records(unscheduled, scheduled, applied, tvm_target, db)
+    tkey = target_key(tvm_target)
+    # Keep a few seconds of the budget for the final side-by-side measurements.
+    measurer = _Measurer(threads, start + max(1.0, options.budget_s - 1.5 * len(tasks)))
+    progress = _Progress(options.progress, options.budget_s, f"tuning {len(tasks)} kernels")
+    kept = 0
+    try:
+        with _threads(threads), _quiet_meta_schedule(), tvm_target:
+            best = _search(tasks, tvm_target, measurer, progress)
+            measurer.deadline = math.inf
+            for task in tasks:
+                if task.name not in best:
+                    continue
+                trace, trials = best[task.name]
+                rule_s, tuned_s = _side_by_side(task, trace, tvm_target, measurer)
+                kept += db.put(Record(
+                    workload=task.workload, target=tkey, kernel=task.name, rule=task.rule, rule_s=rule_s,
+                    tuned_s=tuned_s, trials=trials, threads=threads,
+                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    trace=_plain(trace.as_json()), func=task.func_json,
+                ))
+    except EmberError:
+        raise
+    except Exception as err:  # tuning is an optimization: its failure costs speed, never the build
+        warn(f"tuning stopped early ({type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}); "
+              "the schedule rules' code is used where no record beats it")
+    finally:
+        progress.close()
+    if kept:
+        db.save()
+    return apply_records(unscheduled, scheduled, applied, tvm_target, db)
+
+
+def _side_by_side(task: _Task, trace: Any, tvm_target: tvm.target.Target, measurer: _Measurer,
+                  rounds: int = SIDE_BY_SIDE_ROUNDS) -> tuple[float, float]:
+    """The rule's schedule and the tuned one, measured alternately: (rule_s, tuned_s) medians."""
+    from tvm.s_tir.schedule import Trace
+
+    sch = tvm.s_tir.Schedule(_one_kernel(task.fresh()))
+    Trace.apply_json_to_schedule(trace.as_json(), sch)
+    rule_mod, tuned_mod = _one_kernel(task.scheduled), sch.mod
+    rule_t, tuned_t = [], []
+    for _ in range(rounds):
+        rule_t.append(measurer.time_func(rule_mod, tvm_target))
+        tuned_t.append(measurer.time_func(tuned_mod, tvm_target))
+    return sorted(rule_t)[rounds // 2], sorted(tuned_t)[rounds // 2]
