@@ -221,6 +221,10 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
                 raise ModelRunError(f"the library returned {len(outs)} outputs, the manifest lists {len(self.outputs)}")
             return {spec.name: np.array(np.from_dlpack(out), copy=True) for spec, out in zip(self.outputs, outs)}
 
+        def runner(self, feeds: Any) -> Any:
+            tensors = self._tensors((), feeds)  # the CPU runs synchronously: nothing to wait for
+            return lambda: self._invoke(tensors)
+
     return FfiModel(manifest, vm, None)
 
 
@@ -268,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--info", action="store_true", help="what the bundle holds and what it needs from the board")
     parser.add_argument("-o", "--output", type=Path, help="write the outputs to this .npz")
     parser.add_argument("--threads", type=int, help="CPU threads (default: every CPU this process may use)")
+    parser.add_argument("--repeat", type=int, default=0, help="also time N runs (after one warm-up) and print the median")
     # ember's own checks of a fresh cross build (no manifest yet): the bare library.
     parser.add_argument("--library", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--input-order", default="", help=argparse.SUPPRESS)
@@ -284,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
         check_board(bundle)
         check_cpu(bundle)
         model = load(args.artifact, threads=args.threads)
+        feeds = _npz(model.manifest.path.parent / "sample.npz" if args.self_check else args.inputs)
+        if args.repeat > 0:
+            times = sorted(model.timed(feeds, warmup=1, repeat=args.repeat))
+            print(f"latency: median {times[len(times) // 2] * 1e3:.2f} ms over {len(times)} runs "
+                  f"(min {times[0] * 1e3:.2f} ms)")
         if args.self_check:
             rows = model.self_check()
             for row in rows:
@@ -293,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if ok else 1
         import numpy as np
 
-        outputs = model(**_npz(args.inputs))
+        outputs = model(**feeds)
         if args.output is not None:
             np.savez(args.output, **outputs)
             print(f"wrote {args.output}")
