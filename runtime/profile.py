@@ -120,14 +120,14 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
         plain.append(time.perf_counter() - start)
 
     clock = time.perf_counter_ns
-    events: list[tuple[int, str]] = []
+    events: list[tuple[int, str, bool]] = []
 
     def hook(func: Any, symbol: str, before: bool, ret: Any, *args: Any) -> int:
-        events.append((clock(), symbol))
+        events.append((clock(), symbol, before))
         return 0
 
     vm = model._vm  # the runtime's own Model; the hook is removed again below
-    vm.set_instrument(tvm.runtime.convert(hook) if hasattr(tvm.runtime, "convert") else hook)
+    vm.set_instrument(tvm.runtime.convert(hook))
     per_run: list[dict[str, int]] = []
     counts: dict[str, int] = {}
     hooked = []
@@ -140,26 +140,42 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
             if index < warmup:
                 continue
             hooked.append(elapsed)
-            totals: dict[str, int] = defaultdict(int)
             calls: dict[str, int] = defaultdict(int)
-            for (t0, symbol), (t1, _) in zip(events[0::2], events[1::2]):
-                name = str(symbol)
-                key = name if (name in known or not name.startswith("vm.builtin.")) else BUILTINS
-                totals[key] += t1 - t0
-                calls[key] += 1
-            per_run.append(dict(totals))
+            per_run.append(leaf_calls(events, known, calls))
             counts = dict(calls)
     finally:
         vm.set_instrument(None)
     rows = []
-    for name, calls in counts.items():
+    for name, n_calls in counts.items():
         seconds = statistics.median(run.get(name, 0) for run in per_run) / 1e9
         info = known.get(name, {})
         flops, nbytes = info.get("flops"), info.get("bytes")  # per call in the manifest
-        rows.append(KernelRow(name, calls, seconds, None if flops is None else flops * calls,
-                              None if nbytes is None else nbytes * calls, info.get("rule")))
+        rows.append(KernelRow(name, n_calls, seconds, None if flops is None else flops * n_calls,
+                              None if nbytes is None else nbytes * n_calls, info.get("rule")))
     rows.sort(key=lambda r: (-r.seconds, r.name))
     return Profile(rows, statistics.median(plain), statistics.median(hooked), repeat, threads)
+
+
+def leaf_calls(events: list[tuple[int, str, bool]], known: Mapping[str, Any], calls: dict[str, int]) -> dict[str, int]:
+    """Nanoseconds per kernel in one run from the hook's (time, symbol, before) events; `calls`
+    counts the calls. Calls are paired by nesting; a call that contains other calls (a closure)
+    is left out, its inner calls count; builtins are summed under BUILTINS."""
+    totals: dict[str, int] = defaultdict(int)
+    stack: list[tuple[int, bool]] = []  # (start, has inner calls)
+    for t, symbol, before in events:
+        if before:
+            if stack:
+                stack[-1] = (stack[-1][0], True)
+            stack.append((t, False))
+            continue
+        start, nested = stack.pop()
+        if nested:
+            continue
+        name = str(symbol)
+        key = name if (name in known or not name.startswith("vm.builtin.")) else BUILTINS
+        totals[key] += t - start
+        calls[key] += 1
+    return dict(totals)
 
 
 def read_peak(threads: int, path: str | Path = PEAK_CACHE) -> dict[str, float] | None:
