@@ -40,6 +40,7 @@ class Contraction:
     batch: list[Any]  # IterInfo of the other spatial loops
     b_axes: tuple[int, int]  # positions of k and j among B's indices
     b_rank: int
+    c_axes: tuple[int, int]  # positions of i and j among C's indices
 
 
 def _single_var(expr: tirx.PrimExpr) -> tirx.Var | None:
@@ -54,8 +55,8 @@ def match(sch: s_tir.Schedule, anchor: Any) -> Contraction | None:
     if len(reds) != 1 or len(spatial) < 2:
         return None
     k = reds[0]
-    (out, out_idx), = sc.writes(sch, anchor.block_rv)
-    out_idx = [e for e in out_idx if not isinstance(e, tirx.IntImm)]  # unit dims
+    (out, full_idx), = sc.writes(sch, anchor.block_rv)
+    out_idx = [e for e in full_idx if not isinstance(e, tirx.IntImm)]  # unit dims
     if any(_single_var(e) is None for e in out_idx):
         return None
     operands = [(pos, buf, idx) for pos, (buf, idx) in enumerate(sc.reads(sch, anchor.block_rv)) if not buf.same_as(out)]
@@ -89,7 +90,9 @@ def match(sch: s_tir.Schedule, anchor: Any) -> Contraction | None:
     batch = [it for it in spatial if it is not i and it is not j]
     k_pos = next(n for n, e in enumerate(b_idx) if sc.uses(e, k.var))
     j_pos = next(n for n, e in enumerate(b_idx) if sc.uses(e, j.var))
-    return Contraction(a_pos, b_pos, i, j, k, batch, (k_pos, j_pos), len(b_idx))
+    c_i = next(n for n, e in enumerate(full_idx) if isinstance(e, tirx.Var) and e.same_as(i.var))
+    c_j = next(n for n, e in enumerate(full_idx) if isinstance(e, tirx.Var) and e.same_as(j.var))
+    return Contraction(a_pos, b_pos, i, j, k, batch, (k_pos, j_pos), len(b_idx), (c_i, c_j))
 
 
 def _pack_map(rank: int, k_pos: int, j_pos: int, lanes: int) -> Any:
@@ -116,12 +119,22 @@ def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int) -> tup
     "global" scope): larger, or "local", tiles are heap workspace that LLVM cannot prove free of
     aliasing with the operands, so it spills the accumulators every k step (2.5x slower).
     """
-    for mr, nv in TILES[32 if registers >= 32 else 16]:
-        if vectors % nv == 0 and mr * nv * vec * nbytes < sc.MAX_STACK_BYTES:
-            if isinstance(rows, int) and rows < mr:
-                continue
-            return mr, nv
-    return 1, 1
+    fits = [(mr, nv) for mr, nv in TILES[32 if registers >= 32 else 16]
+            if vectors % nv == 0 and mr * nv * vec * nbytes < sc.MAX_STACK_BYTES]
+    if isinstance(rows, int):
+        dividing = [(mr, nv) for mr, nv in fits if rows % mr == 0 and mr * nv >= 4]
+        fits = dividing or [(mr, nv) for mr, nv in fits if mr <= rows]
+    return fits[0] if fits else (1, 1)
+
+
+def _tile_map(mr: int, cols: int, c_axes: tuple[int, int]) -> Any:
+    """C[.., i, .., j] -> tile[i % mr, j % cols]: the accumulator of one register tile."""
+
+    def index_map(*axes: Any) -> list[Any]:
+        i, j = axes[c_axes[0]], axes[c_axes[1]]
+        return [i % tirx.const(mr, str(i.ty.dtype)), j % tirx.const(cols, str(j.ty.dtype))]
+
+    return index_map
 
 
 class Matmul:
@@ -207,6 +220,11 @@ class Matmul:
         sch.reorder(*batch_loops, jo, io, con.k.loop_rv, ii, jv, jl)
         acc = sch.cache_write(anchor.block_rv, 0, "global")  # small global = stack: see _tile
         sch.reverse_compute_at(acc, io)
+        # The tile buffer is as big as C until TVM compacts it, which fails when the rows are
+        # symbolic (the tile at the edge is shorter): fold it onto one (mr, nv * vec) tile,
+        # which every (jo, io) step initializes, accumulates and writes back before the next.
+        tile_cols = nv * vec
+        sch.transform_layout(anchor.block_rv, ("write", 0), _tile_map(mr, tile_cols, con.c_axes), assume_injective_transform=True)
         if epilogue is not None:
             # reverse_compute_inline replaces the write-back's row predicate by the epilogue's
             # own (TVM 0.27), writing past the last row: only inline when neither has one.
@@ -216,6 +234,11 @@ class Matmul:
                 sch.reverse_compute_inline(epilogue)
             except Exception:  # its own vectorized loop nest after the kernel's tiles
                 sc.vectorize_inner(sch, epilogue, lanes)
+        if not isinstance(con.i.dom, int):
+            # Symbolic rows: split the row loop into full tiles without a bound check and one
+            # ragged tile (a predicate in the k loop costs 3-6x). (Static rows get a tile that
+            # divides them where one exists; TVM's LoopPartition fails on static extents here.)
+            sch.annotate(io, "pragma_loop_partition_hint", 1)
         sch.vectorize(jl)
         sch.unroll(ii)
         sch.unroll(jv)
