@@ -22,15 +22,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from arm_helpers import report, unavailable
 from arm_models import random_inputs, write_models
-from conftest import report, unavailable
 
 from ember.compiler.cli_bundle import make_bundle
 from ember.compiler.driver import compile_model
 from ember.compiler.errors import EmberError
 from ember.runtime import TOLERANCE, ArtifactError, compare, load
 from ember.targets.cross import elf_machine
-from ember.targets.emulate import Emulator, describe_exit, run_artifact
+from ember.targets.emulate import Emulator, describe_exit, find_emulator, missing_parts, run_artifact
 from ember.targets.registry import TARGETS
 
 pytestmark = pytest.mark.arm
@@ -38,6 +38,23 @@ pytestmark = pytest.mark.arm
 PRESETS = [name for name, spec in TARGETS.items() if spec.kind == "arm"]
 MODELS = ["digits_cnn", "mobile_attn"]
 _BUILT: dict[tuple[str, str], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def emulator() -> Emulator:
+    """qemu + sysroot + aarch64 TVM runtime, and a cross linker to build with."""
+    emu = find_emulator()
+    if emu is None:
+        unavailable(f"no aarch64 emulation here (missing {missing_parts()})")
+    if not any(shutil.which(n) for n in ("aarch64-linux-gnu-g++", "aarch64-linux-gnu-gcc", "aarch64-linux-gnu-ld", "ld.lld")):
+        unavailable("no aarch64 cross linker on PATH")
+    return emu
+
+
+@pytest.fixture(scope="session")
+def arm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the session's models, artifacts and bundles."""
+    return tmp_path_factory.mktemp("arm")
 
 
 def onnxruntime_outputs(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
