@@ -249,12 +249,14 @@ def targets() -> None:
     Example:
       ember targets
     """
-    from ember.targets.registry import BUILDABLE
+    from ember.targets.registry import ARM_SYNTAX, BUILDABLE
     from ember.targets.registry import targets as table
 
     for name, spec in table().items():
         state = "" if spec.kind in BUILDABLE else "  (not buildable yet)"
-        click.echo(f"{name:18s} {spec.kind:5s} {spec.triple:20s} {spec.mcpu:16s} {spec.description}{state}")
+        qemu = f" (qemu -cpu {spec.qemu_cpu})" if spec.qemu_cpu else ""
+        click.echo(f"{name:18s} {spec.kind:5s} {spec.triple:20s} {spec.mcpu:16s} {spec.description}{qemu}{state}")
+    click.echo(ARM_SYNTAX)
 
 
 COMMANDS = (compile, run, bench, verify, targets)

@@ -130,12 +130,14 @@ ARM_KEYS = {"mcpu": "mcpu", "cpu": "mcpu", "mattr": "mattr", "features": "mattr"
             "mtriple": "triple", "qemu": "qemu", "qemu_cpu": "qemu"}
 ARM_SYNTAX = """\
 ARM targets take overrides after the preset, comma-separated key=value:
-  --target arm:aarch64,mcpu=cortex-a55,mattr=+neon+dotprod[,qemu=cortex-a55][,triple=aarch64-linux-gnu]
-  mcpu   an LLVM AArch64 core (cortex-a53, cortex-a72, cortex-a76, neoverse-n1, ...)
-  mattr  ISA features joined by '+' or ' ' (+neon+dotprod+fullfp16); replaces the preset's
-  qemu   the qemu core that emulates the board (default: mcpu when qemu knows it)
+  --target arm:aarch64,mcpu=cortex-a55,mattr=+neon+dotprod[,qemu=cortex-a76][,triple=aarch64-linux-gnu]
+  mcpu   an LLVM AArch64 core (cortex-a53, cortex-a55, cortex-a72, cortex-a76, neoverse-n1, ...)
+  mattr  ISA features joined by '+', ',' or ' ' (+neon+dotprod+fullfp16); replaces the preset's
+  qemu   the core qemu emulates the board with for checks (default: mcpu when qemu 7.2 has it:
+         cortex-a35/a53/a57/a72/a76, neoverse-n1, a64fx; else give one with the same features)
   triple aarch64-linux-gnu (64-bit Linux; 32-bit ARM is not supported)
-A feature the board lacks (e.g. +sve on a Pi) builds, then dies with SIGILL on the board."""
+Code for features the board lacks (+sve on a Pi) fails the compile's qemu check with SIGILL,
+and a bundle's ./run refuses it on the board before loading."""
 
 
 def targets() -> dict[str, TargetSpec]:

@@ -2,7 +2,7 @@
 # Everything ember needs to cross-compile for aarch64 boards and prove the result under qemu,
 # on a Debian/Ubuntu x86_64 machine, without touching the system's Python:
 #
-#   1. apt: qemu-user-static (qemu-aarch64-static) and g++-aarch64-linux-gnu (the cross linker)
+#   1. apt: qemu-user-static (qemu-aarch64-static), g++-aarch64-linux-gnu (the cross linker), file
 #   2. an aarch64 sysroot (the "board"): Debian's arm64 python3.11 + python3-numpy + libstdc++,
 #      downloaded through a private apt configuration and unpacked with dpkg-deb -x
 #   3. the aarch64 TVM runtime: apache-tvm / apache-tvm-ffi manylinux aarch64 wheels through the
@@ -34,6 +34,7 @@ need=()
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 command -v aarch64-linux-gnu-g++ >/dev/null || need+=(g++-aarch64-linux-gnu)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v file >/dev/null || need+=(file)  # the tests check `file` says aarch64
 if [ ${#need[@]} -gt 0 ]; then
     say "apt-get install ${need[*]}"
     as_root apt-get update -qq
