@@ -20,6 +20,7 @@ from tvm.ir.expr import GenericConst
 from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
 from ember.targets import tune as tuning
+from ember.targets.fast_math import fast_math
 from ember.targets.lower import to_relax
 from ember.targets.registry import TargetSpec
 
@@ -112,7 +113,7 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         ]
     )
     with target:
-        return mark_layout_free(seq(mod))
+        return mark_layout_free(seq(fast_math(mod)))
 
 
 def mark_layout_free(mod: tvm.IRModule) -> tvm.IRModule:
