@@ -153,11 +153,13 @@ def compile_model(
     start = time.perf_counter()
     built = build(optimized, spec, tune=tune)
     seconds["build"] = time.perf_counter() - start
-    start = time.perf_counter()
-    stats = kernel_stats(optimized, built)  # FLOPs, bytes, rule, calls per kernel (for `ember profile`)
-    seconds["kernel_stats"] = time.perf_counter() - start
 
     feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
+    start = time.perf_counter()
+    dims = {d: int(np.shape(feeds[v.name])[i]) for v in graph.inputs if v.name in feeds
+            for i, d in enumerate(v.type.shape) if isinstance(d, str) and i < np.ndim(feeds[v.name])}
+    stats = kernel_stats(optimized, built, dims)  # FLOPs, bytes, rule, calls per kernel at the sample's dims
+    seconds["kernel_stats"] = time.perf_counter() - start
     start = time.perf_counter()
     reference = interp.run(graph, feeds)
     ran_on = "host"
@@ -196,6 +198,7 @@ def compile_model(
         "pipeline": pipeline,
         "passes": [r.as_json() if hasattr(r, "as_json") else str(r) for r in records],
         "kernels": [k.as_json() for k in stats],
+        "kernel_dims": dims,
         "kernel_launches": built.launches,
         "tolerance": {"rtol": rtol, "atol": atol},
         "checks": checks,

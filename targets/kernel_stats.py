@@ -11,7 +11,8 @@ in 16-lane tiles counts 1.65x its FLOPs there), and the report wants the useful 
   (a 3x3 conv to 16 channels on 8x8 with bias and ReLU: 2*16*64*9 + 1024 + 1024).
 - bytes: the kernel's compulsory traffic, every parameter buffer once (inputs read once,
   outputs written once).
-- Symbolic dims count as 1 in both (figures per unit of each symbolic dim).
+- Symbolic dims take the values of the compile's sample (`dims`, recorded in the manifest as
+  `kernel_dims`), bound in the Relax module before lowering; any left count as 1.
 - rule: the schedule rule's class name, `none` for kernels no rule took (TVM's default code).
 - calls: call sites of the kernel in `main` (launches per inference).
 
@@ -21,7 +22,9 @@ stage; it is matched back to its unscheduled original by that suffix.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,6 +37,7 @@ from ember.targets.build import Built, prepare
 from ember.targets.lower import to_relax
 
 PACKED_SUFFIX = "_prepacked"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,10 +102,17 @@ def _original(name: str, unscheduled: dict[str, Any]) -> str | None:
     return None
 
 
-def kernel_stats(graph: Graph, built: Built) -> list[KernelStats]:
-    """Counts for every kernel `main` calls in the built module, in name order."""
+def kernel_stats(graph: Graph, built: Built, dims: Mapping[str, int] | None = None) -> list[KernelStats]:
+    """Counts for every kernel `main` calls in the built module, in name order; symbolic dims
+    take their values from `dims` (the sample's), and count as 1 where it has none."""
     target = tvm.target.Target(built.target.tvm_target())
-    unscheduled = primfuncs(prepare(to_relax(graph), target))
+    mod = to_relax(graph)
+    if dims:
+        try:
+            mod = relax.transform.BindSymbolicVars(dict(dims))(mod)
+        except Exception as err:  # a dim the Relax module names otherwise: count it as 1
+            log.debug("kernel counts at symbolic dims = 1: %s", err)
+    unscheduled = primfuncs(prepare(mod, target))
     final = primfuncs(built.module)
     stats = []
     for name, calls in sorted(call_counts(built.module).items()):

@@ -131,6 +131,20 @@ def test_flops_of_an_odd_sized_matmul_are_exact(tmp_path: Path) -> None:
     assert matmul["bytes"] == F32 * (m * k + k * n + n + m * n)
 
 
+def test_counts_take_symbolic_dims_from_the_sample(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows, k, n = 5, 6, 3
+    model = make_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", T.FLOAT, ["B", k])],
+                       [("y", T.FLOAT, ["B", n])], {"w": rng.standard_normal((k, n)).astype(np.float32)})
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(model.SerializeToString())
+    result = compile_model(path, tmp_path / "dyn.ember", sample={"x": rng.standard_normal((rows, k)).astype(np.float32)})
+    (matmul,) = [kernel for kernel in result.manifest["kernels"] if kernel["flops"]]
+    assert result.manifest["kernel_dims"] == {"B": rows}
+    assert matmul["flops"] == 2 * rows * k * n
+    assert matmul["bytes"] == F32 * (rows * k + k * n + rows * n)
+
+
 def test_bad_artifact_path_is_one_error_line(tmp_path: Path) -> None:
     result = invoke(tmp_path / "missing.ember")
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
