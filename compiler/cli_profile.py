@@ -45,7 +45,7 @@ def render(report: Any, peak: dict[str, float] | None, artifact: Path, top: int 
             f"{_cell(nbytes and nbytes / 1e6, '8.2f'):>8s} {_cell(gbs, '7.1f'):>7s}  {rule}")
     if top is not None and len(report.rows) > top:
         rest = report.rows[top:]
-        lines.append(f"{f'({len(rest)} more)':44s} {sum(r.calls for r in rest):5d} "
+        lines.append(f"{f'({len(rest)} more rows)':44s} {sum(r.calls for r in rest):5d} "
                      f"{sum(r.seconds for r in rest) * 1e3:9.3f} {sum(r.seconds for r in rest) / whole:6.1%}")
     kernels = [r for r in report.rows if r.name != BUILTINS]
     total_flops = sum(r.flops or 0.0 for r in kernels)

@@ -7,7 +7,7 @@ TVM 0.27's Relax VM has no profiler any more (`VirtualMachine(..., profile=True)
 the runtime library holds no `vm_profiler`), so the VM's instrumentation hook is used: it is
 called before and after every Call instruction, with the callee's symbol. Each run records a
 timestamp on both sides of each call; a kernel's time in a run is the sum over its call sites,
-and the report gives the median over `repeat` runs. Calls to the VM's builtins (allocation,
+and the report gives the median over `repeat` runs. Runs with and without the hook alternate. Calls to the VM's builtins (allocation,
 shape checks, reshapes) are summed as one row. The hook costs about a microsecond a call,
 which lands in the timed intervals; the whole inference is also timed without the hook, and
 `other_s` is whatever the kernels do not explain (VM dispatch, builtins, the hook).
@@ -111,14 +111,6 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
         raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
     known = manifest_kernels(model)
     run_once = model.runner(feeds)
-    for _ in range(warmup):
-        run_once()
-    plain = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run_once()
-        plain.append(time.perf_counter() - start)
-
     clock = time.perf_counter_ns
     events: list[tuple[int, str, bool]] = []
 
@@ -127,19 +119,26 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
         return 0
 
     vm = model._vm  # the runtime's own Model; the hook is removed again below
-    vm.set_instrument(tvm.runtime.convert(hook))
+    instrument = tvm.runtime.convert(hook)
     per_run: list[dict[str, int]] = []
     counts: dict[str, int] = {}
-    hooked = []
+    plain, hooked = [], []
+    # plain and hooked runs alternate, so load from other processes hits both alike
     try:
         for index in range(warmup + repeat):
-            events.clear()
+            vm.set_instrument(None)
             start = time.perf_counter()
             run_once()
             elapsed = time.perf_counter() - start
+            vm.set_instrument(instrument)
+            events.clear()
+            start = time.perf_counter()
+            run_once()
+            elapsed_hooked = time.perf_counter() - start
             if index < warmup:
                 continue
-            hooked.append(elapsed)
+            plain.append(elapsed)
+            hooked.append(elapsed_hooked)
             calls: dict[str, int] = defaultdict(int)
             per_run.append(leaf_calls(events, known, calls))
             counts = dict(calls)
