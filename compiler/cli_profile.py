@@ -58,6 +58,19 @@ def render(report: Any, peak: dict[str, float] | None, artifact: Path, top: int 
         f"(not in kernels: {report.other_s * 1e3:.3f} ms of VM dispatch and builtins; with the timing hook on, "
         f"an inference took {report.instrumented_s * 1e3:.3f} ms)",
     ]
+    if report.extra.get("kernel_dims"):
+        dims = ", ".join(f"{k}={v}" for k, v in report.extra["kernel_dims"].items())
+        lines.append(f"(FLOPs and bytes counted at {dims}, the compile sample's dims)")
+    lines.append("by rule:")
+    by_rule: dict[str, list[Any]] = {}
+    for row in kernels:
+        by_rule.setdefault(row.rule or "?", []).append(row)
+    for rule, group in sorted(by_rule.items(), key=lambda kv: -sum(r.seconds for r in kv[1])):
+        seconds = sum(r.seconds for r in group)
+        flops = sum(r.flops or 0.0 for r in group)
+        rate = flops / seconds / 1e9 if seconds > 0 else None
+        lines.append(f"  {rule:24s} {len(group):3d} kernels {seconds * 1e3:9.3f} ms {seconds / whole:6.1%}  "
+                     f"{_cell(rate, '.1f')} GFLOP/s" + (f" ({rate / peak_gflops:.1%} of peak)" if rate and peak_gflops else ""))
     return lines
 
 
@@ -91,6 +104,7 @@ def profile(artifact: Path, inputs_path: Path | None, threads: int | None, repea
         raise EmberError(f"{artifact}: the manifest has no per-kernel counts (compiled by an older ember); recompile it")
     feeds = load_npz(inputs_path or artifact / "sample.npz")
     report = run_profile(model, feeds, repeat=repeat, warmup=warmup, threads=count)
+    report.extra["kernel_dims"] = model.manifest.data.get("kernel_dims") or {}
     peak = read_peak(count)
     if as_json:
         click.echo(json.dumps({"artifact": str(artifact), "peak": peak, **report.as_json()}))
