@@ -102,13 +102,14 @@ PRESETS: dict[str, TargetSpec] = {
     "arm:aarch64": TargetSpec("arm:aarch64", "arm", "aarch64-linux-gnu", "generic", ("+neon",), "any 64-bit ARM Linux board",
                               qemu_cpu="cortex-a53"),
     "arm:rpi4": TargetSpec("arm:rpi4", "arm", "aarch64-linux-gnu", "cortex-a72", ("+neon",), "Raspberry Pi 4",
-                           qemu_cpu="cortex-a72"),
+                           qemu_cpu="cortex-a72", cores=4),
     "arm:rpi5": TargetSpec("arm:rpi5", "arm", "aarch64-linux-gnu", "cortex-a76", ("+neon", "+dotprod"), "Raspberry Pi 5",
-                           qemu_cpu="cortex-a76"),
+                           qemu_cpu="cortex-a76", cores=4),
     "arm:jetson-nano": TargetSpec("arm:jetson-nano", "arm", "aarch64-linux-gnu", "cortex-a57", ("+neon",), "Jetson Nano CPU",
-                                  qemu_cpu="cortex-a57"),
+                                  qemu_cpu="cortex-a57", cores=4),
+    # Orin Nano has 6 cores (NX 8, AGX 12): parallel loops split at least 6 ways.
     "arm:jetson-orin": TargetSpec("arm:jetson-orin", "arm", "aarch64-linux-gnu", "cortex-a78ae", ("+neon", "+dotprod"),
-                                  "Jetson Orin CPU", qemu_cpu="neoverse-n1"),
+                                  "Jetson Orin CPU", qemu_cpu="neoverse-n1", cores=6),
     "cuda:sm_80": TargetSpec("cuda:sm_80", "cuda", "x86_64-linux-gnu", "x86-64", (), "NVIDIA Ampere (A100)", arch="sm_80"),
     "cuda:sm_90": TargetSpec("cuda:sm_90", "cuda", "x86_64-linux-gnu", "x86-64", (), "NVIDIA Hopper (H100/H200)", arch="sm_90"),
 }
@@ -127,7 +128,7 @@ HWCAP_FEATURES = ("fp-armv8", "neon", "fullfp16", "rdm", "complxnum", "lse", "rc
                   "bf16", "sve", "sve2")
 ARM_TRIPLES = ("aarch64-linux-gnu", "aarch64-unknown-linux-gnu")
 ARM_KEYS = {"mcpu": "mcpu", "cpu": "mcpu", "mattr": "mattr", "features": "mattr", "triple": "triple",
-            "mtriple": "triple", "qemu": "qemu", "qemu_cpu": "qemu"}
+            "mtriple": "triple", "qemu": "qemu", "qemu_cpu": "qemu", "cores": "cores"}
 ARM_SYNTAX = """\
 ARM targets take overrides after the preset, comma-separated key=value:
   --target arm:aarch64,mcpu=cortex-a55,mattr=+neon+dotprod[,qemu=cortex-a76][,triple=aarch64-linux-gnu]
@@ -136,6 +137,7 @@ ARM targets take overrides after the preset, comma-separated key=value:
   qemu   the core qemu emulates the board with for checks (default: mcpu when qemu 7.2 has it:
          cortex-a35/a53/a57/a72/a76, neoverse-n1, a64fx; else give one with the same features)
   triple aarch64-linux-gnu (64-bit Linux; 32-bit ARM is not supported)
+  cores  the board's core count (schedules split parallel loops for it)
 Code for features the board lacks (+sve on a Pi) fails the compile's qemu check with SIGILL,
 and a bundle's ./run refuses it on the board before loading."""
 
@@ -195,7 +197,7 @@ def arm_target(preset: TargetSpec, overrides: str) -> TargetSpec:
             continue
         key = ARM_KEYS.get(name.strip().lower(), "")
         if not key:
-            raise EmberError(f"target {preset.name}: unknown key {name.strip()!r}; keys: mcpu, mattr, qemu, triple\n{ARM_SYNTAX}")
+            raise EmberError(f"target {preset.name}: unknown key {name.strip()!r}; keys: mcpu, mattr, qemu, triple, cores\n{ARM_SYNTAX}")
         values[key] = value.strip()
     triple = values.get("triple", preset.triple)
     if triple not in ARM_TRIPLES:
@@ -207,14 +209,21 @@ def arm_target(preset: TargetSpec, overrides: str) -> TargetSpec:
     if qemu and qemu not in (*QEMU_CORES, "max"):
         raise EmberError(f"target {preset.name}: qemu core {qemu!r} unknown to qemu 7.2; choose one of {', '.join(QEMU_CORES)}")
     _check_llvm_core(triple, mcpu, features)
+    cores = preset.cores
+    if "cores" in values:
+        if not values["cores"].isdigit() or int(values["cores"]) < 1:
+            raise EmberError(f"target {preset.name}: cores={values['cores']!r} must be a positive integer")
+        cores = int(values["cores"])
     extras = [f"mcpu={mcpu}"] if "mcpu" in values else []
     if "mattr" in values:
         extras.append("mattr=" + "".join(features))
     if "triple" in values:
         extras.append(f"triple={triple}")
+    if "cores" in values:
+        extras.append(f"cores={cores}")
     name = ",".join([preset.name, *extras, *([f"qemu={qemu}"] if "qemu" in values else [])])
     description = f"{preset.description} ({mcpu}{' ' + ' '.join(features) if features else ''})"
-    return TargetSpec(name, "arm", triple, mcpu, features, description, qemu_cpu=qemu)
+    return TargetSpec(name, "arm", triple, mcpu, features, description, qemu_cpu=qemu, cores=cores)
 
 
 def _check_llvm_core(triple: str, mcpu: str, features: tuple[str, ...]) -> None:

@@ -29,6 +29,7 @@ def test_every_board_preset_is_buildable_and_records_its_core() -> None:
         spec = resolve_target(name)
         assert spec.kind == "arm" and spec.triple == "aarch64-linux-gnu" and spec.qemu_cpu == qemu
         assert "+neon" in spec.features
+        assert spec.cores == (0 if name == "arm:aarch64" else spec.tvm_target()["num-cores"])
         data = spec.as_json()
         assert data["mcpu"] == spec.mcpu and "neon" in data["cpu_features"]
     assert "dotprod" in arm_cpu_features(resolve_target("arm:rpi5"))
@@ -50,6 +51,7 @@ def test_checked_features_are_the_ones_the_loader_can_read() -> None:
         ("arm:rpi5,mattr=+neon", "cortex-a76", ("+neon",), "cortex-a76"),
         ("arm:aarch64,cpu=neoverse-n1", "neoverse-n1", ("+neon",), "neoverse-n1"),
         ("arm:rpi4,features=neon sve", "cortex-a72", ("+neon", "+sve"), "cortex-a72"),
+        ("arm:rpi4,cores=2", "cortex-a72", ("+neon",), "cortex-a72"),
     ],
 )
 def test_explicit_core_and_features(text: str, mcpu: str, features: tuple[str, ...], qemu: str) -> None:
@@ -57,12 +59,14 @@ def test_explicit_core_and_features(text: str, mcpu: str, features: tuple[str, .
     assert (spec.mcpu, spec.features, spec.qemu_cpu, spec.kind) == (mcpu, features, qemu, "arm")
     assert spec.tvm_target()["mattr"] == list(features)
     assert resolve_target(spec.name) == spec  # the recorded name resolves to the same target
+    assert spec.cores == (2 if "cores=2" in text else TARGETS[text.split(",")[0]].cores)
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("arm:rpi4,colour=red", "unknown key 'colour'; keys: mcpu, mattr, qemu, triple"),
+        ("arm:rpi4,colour=red", "unknown key 'colour'; keys: mcpu, mattr, qemu, triple, cores"),
+        ("arm:rpi4,cores=0", "cores='0' must be a positive integer"),
         ("arm:rpi4,mcpu=cortex-a999", "mcpu 'cortex-a999' is not an AArch64 core LLVM knows"),
         ("arm:rpi4,mattr=+neon+warp", "LLVM does not know the AArch64 feature(s) warp"),
         ("arm:rpi4,triple=armv7l-linux-gnueabihf", "(64-bit ARM Linux; flash a 64-bit OS on the board)"),
