@@ -466,8 +466,39 @@ def _quiet_meta_schedule() -> Iterator[None]:
             lg.setLevel(level)
 
 
+def _peak_flops(threads: int) -> float:
+    """This machine's fp32 FLOP/s at `threads` (tools/peak.py's cache; 100 GFLOP/s a thread
+    when it was not measured)."""
+    from ember.runtime.profile import read_peak
+
+    try:
+        peak = read_peak(threads) or {}
+    except Exception:  # an unreadable cache: the guess will do for ranking
+        peak = {}
+    return float(peak.get("numpy_matmul_gflops") or 100.0 * threads) * 1e9
+
+
+def _rank(tasks: list[_Task], measurer: _Measurer, tvm_target: tvm.target.Target, until: float) -> list[_Task]:
+    """The kernels by how much time per inference the rules leave above the machine's peak
+    (launches x (rule's time - FLOPs / peak)), as far as they could be measured before
+    `until`; the unmeasured ones after them, heaviest first. A well-scheduled big matmul has
+    less to gain than a mediocre small kernel."""
+    peak = _peak_flops(measurer.threads)
+    for task in tasks:
+        if time.perf_counter() > until:
+            break
+        try:
+            task.rule_s = measurer.time_side_by_side([_one_kernel(task.scheduled)], tvm_target, 1)[0]
+        except Exception as err:  # the rule's code cannot be measured alone: not a candidate
+            log.info("kernel %s: the rule's schedule could not be measured (%s)", task.name, type(err).__name__)
+            task.rule_s = 0.0
+    measured = [t for t in tasks if t.rule_s is not None and t.rule_s > 0]
+    gap = {t.name: t.launches * max(t.rule_s - 2.0 * t.work / peak, 0.0) for t in measured}
+    return sorted(measured, key=lambda t: -gap[t.name]) + [t for t in tasks if t.rule_s is None]
+
+
 def _plan(tasks: list[_Task], budget_s: float) -> list[_Task]:
-    """As many of the heaviest kernels as the budget gives a few search iterations each."""
+    """As many of the kernels as the budget gives a few search iterations each."""
     fit = int(budget_s / (SECONDS_PER_ITER * MIN_ITERS_PER_KERNEL))
     return tasks[: max(1, fit)]
 
@@ -539,16 +570,20 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
 
     threads = options.threads or usable_cpus()
     start = time.perf_counter()
-    tasks = _plan(_tasks(unscheduled, scheduled, applied), options.budget_s)
-    if not tasks:
+    candidates = _tasks(unscheduled, scheduled, applied)
+    if not candidates:
         return apply_records(unscheduled, scheduled, applied, tvm_target, db)
     tkey = target_key(tvm_target)
-    # Keep a few seconds of the budget for the final side-by-side measurements.
-    measurer = _Measurer(threads, start + max(1.0, options.budget_s - 4.0 * len(tasks)))
-    progress = _Progress(options.progress, options.budget_s, f"tuning {len(tasks)} kernels")
+    measurer = _Measurer(threads, math.inf)
+    progress = _Progress(options.progress, options.budget_s, f"tuning ({len(candidates)} candidate kernels)")
     kept = 0
     try:
         with _threads(threads), _quiet_meta_schedule(), tvm_target:
+            # Up to a tenth of the budget goes to measuring the rules' code, to pick what to tune.
+            tasks = _plan(_rank(candidates, measurer, tvm_target, start + 0.1 * options.budget_s), options.budget_s)
+            progress.tick()
+            # Keep a few seconds of the budget for the final side-by-side measurements.
+            measurer.deadline = start + max(1.0, options.budget_s - 4.0 * len(tasks))
             best = _search(tasks, tvm_target, measurer, progress)
             measurer.deadline = math.inf
             for task in tasks:
