@@ -605,7 +605,7 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     finally:
         progress.close()
     if kept:
-        db.save()
+        db.save(merge=True)
     return apply_records(unscheduled, scheduled, applied, tvm_target, db)
 
 

@@ -134,8 +134,13 @@ class TuneDB:
             return db
         return cls(path, records)
 
-    def save(self) -> None:
-        """Write the file atomically (temp file beside it, then rename)."""
+    def save(self, merge: bool = False) -> None:
+        """Write the file atomically (temp file beside it, then rename). `merge`: first take in
+        the records another process wrote to the file since it was loaded (put's rule decides
+        between two records of one kernel), so concurrent tuning runs do not drop each other's."""
+        if merge and self.path.exists() and not self.damaged:
+            for record in TuneDB.load(self.path).records.values():
+                self.put(record)
         data = {"format": FORMAT, "version": FORMAT_VERSION,
                 "records": [asdict(r) for r in sorted(self.records.values(), key=lambda r: (r.target, r.kernel, r.workload))]}
         try:

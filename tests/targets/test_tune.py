@@ -133,6 +133,16 @@ def test_database_round_trips_and_keeps_the_record_with_the_better_speedup(tmp_p
     assert again.lookup("00ff", '{"kind":"llvm","mcpu":"znver4","num-cores":4}') is None
 
 
+def test_saving_with_merge_keeps_what_another_run_wrote(tmp_path: Path) -> None:
+    path = tmp_path / "db.json"
+    mine, theirs = TuneDB.load(path), TuneDB.load(path)
+    theirs.put(_record("c1"))
+    theirs.save(merge=True)
+    mine.put(_record("c2"))
+    mine.save(merge=True)
+    assert sorted(k[0] for k in TuneDB.load(path).records) == ["c1", "c2"]
+
+
 def test_prune_by_target_age_and_slower(tmp_path: Path) -> None:
     now = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)
     old = (now - datetime.timedelta(days=40)).isoformat()
@@ -297,6 +307,10 @@ def test_tuning_an_mlp_keeps_its_results_and_the_records_are_reused(tmp_path: Pa
     x = rng.standard_normal((64, 128)).astype(np.float32)
     np.testing.assert_allclose(_run(tuned, x), _reference(model, x), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(_run(tuned, x), _run(plain, x), rtol=RTOL, atol=ATOL)
+
+    # MetaSchedule's weight re-layouts (RewriteLayout) were folded into constants like the rules'.
+    assert not [gv for gv, f in tuned.module.functions_items()
+                if isinstance(f, tvm.tirx.PrimFunc) and "layout_rewrite_preproc" in f.script()]
 
     records = list(TuneDB.load(db_path).records.values())
     assert records and all(r.rule_s and r.tuned_s > 0 and r.trials > 0 for r in records)
