@@ -208,11 +208,12 @@ def inline_epilogue(sch: s_tir.Schedule, after: Sequence[SBlockInfo]) -> Any | N
 
 
 def _single_left(sch: s_tir.Schedule, after: Sequence[SBlockInfo]) -> Any | None:
-    left = [info for info in after if _exists(sch, info.block_rv)]
+    left = [info for info in after if exists(sch, info.block_rv)]
     return left[-1].block_rv if len(left) == 1 else None
 
 
-def _exists(sch: s_tir.Schedule, block: Any) -> bool:
+def exists(sch: s_tir.Schedule, block: Any) -> bool:
+    """Whether a block handle still names a block (inlining removes blocks)."""
     try:
         sch.get(block)
         return True

@@ -1,0 +1,168 @@
+"""CPU schedule rule for an attention kernel: softmax(Q K^T * scale + bias) V as one PrimFunc
+(ember's Attention op lowers to exactly that: two matmul blocks, a row max and a row sum, and
+elementwise blocks for scale, mask, exp and normalization).
+
+The schedule computes attention a block of `ti` query rows at a time, in parallel over
+(batch, head, row block), with everything between the two matmuls kept in a ti x S buffer that
+stays in L1/L2, never as the full [B, H, S, S] score tensor:
+
+    parallel b, h, io:
+        scores[ti, S]  = Q[rows] @ K^T          (vectorized over key positions)
+        m[ti]          = max(scores)             e[ti, S] = exp(scores - m)
+        s[ti]          = sum(e)                  P[ti, S] = e / s (and the mask's where)
+        out[rows, D]   = P @ V                   (register tile ti x D, vectorized over D)
+
+K^T, when the kernel transposes K itself, is one vectorized copy per call at the root.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ember.targets import sched_common as sc
+from ember.targets.sched_matmul import match
+
+
+def _is_matmul(sch: s_tir.Schedule, info: Any) -> bool:
+    return info.is_reduction() and len(sch.get(info.block_rv).reads) >= 2 and sum(it.kind == "R" for it in info.iters) == 1 \
+        and match(sch, info) is not None
+
+
+def _reads_only_params(sch: s_tir.Schedule, func: tirx.PrimFunc, info: Any) -> bool:
+    return all(sc.param_index(func, buf) is not None for buf, _ in sc.reads(sch, info.block_rv))
+
+
+class Attention:
+    """Row-blocked attention with the softmax between the matmuls kept per row block."""
+
+    name = "ember.Attention"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            blocks = sc.normalize(sch)
+        except ValueError:
+            return None
+        matmuls = [b for b in blocks if b.is_reduction() and _is_matmul(sch, b)]
+        if len(matmuls) != 2:
+            return None
+        qk, pv = matmuls
+        names = [b.name for b in blocks]
+        i_qk, i_pv = names.index(qk.name), names.index(pv.name)
+        between = blocks[i_qk + 1: i_pv]
+        row_reductions = [b for b in between if b.is_reduction()]
+        if len(row_reductions) != 2:  # softmax's max and sum
+            return None
+        dtype = str(sch.get(pv.block_rv).writes[0].source.ty.dtype)
+        if dtype != "float32":
+            return None
+        lanes = sc.vector_lanes(target, dtype)
+
+        # Keep: layout copies of the inputs before Q K^T, exp (computed once), the softmax
+        # output P (read D times by P @ V) and the row reductions; inline the rest.
+        (p_buf, _), = [(buf, idx) for buf, idx in sc.reads(sch, pv.block_rv)[:1]]
+        keep = {qk.name, pv.name, *(b.name for b in row_reductions)}
+        roots: set[str] = set()
+        for b in blocks:
+            writes = sc.writes(sch, b.block_rv)
+            if writes and writes[0][0].same_as(p_buf):
+                keep.add(b.name)
+            if "exp" in b.name and not b.is_reduction() and b in between:
+                keep.add(b.name)
+            if names.index(b.name) < i_pv and not b.is_reduction() and _reads_only_params(sch, func, b):
+                keep.add(b.name)  # K^T, V split into heads and the like: one copy at the root
+                roots.add(b.name)
+        for b in blocks:
+            if b.name not in keep and not b.is_reduction():
+                try:  # (never reverse_compute_inline: that would write the output from P @ V)
+                    sch.compute_inline(b.block_rv)
+                except Exception:
+                    keep.add(b.name)
+
+        blocks = sc.normalize(sch)
+        by_name = {b.name: b for b in blocks}
+        pv = by_name[pv.name]
+        con = match(sch, pv)
+        if con is None or not isinstance(con.j.dom, int):
+            return None
+        d = con.j.dom
+        vec = sc.largest_divisor(d, [lanes, lanes // 2, lanes // 4, 2])
+        if vec < 2:
+            return None
+        ti = 4
+        names = [b.name for b in blocks]
+        i_pv = names.index(pv.name)
+        after = blocks[i_pv + 1:]
+        epilogue = sc.inline_epilogue(sch, after)
+
+        # P @ V: rows split by ti, the whole D in registers, parallel over (batch.., io).
+        batch_loops = [b.loop_rv for b in con.batch]
+        io, ii = sch.split(con.i.loop_rv, [None, ti])
+        jo, jl = sch.split(con.j.loop_rv, [None, vec])
+        sch.reorder(*batch_loops, io, jo, con.k.loop_rv, ii, jl)
+        acc = sch.cache_write(pv.block_rv, 0, "global")
+        sch.reverse_compute_at(acc, jo)
+        if d * 0 + ti * vec * sc.dtype_bytes(dtype) < sc.MAX_STACK_BYTES:
+            sch.transform_layout(pv.block_rv, ("write", 0), _fold(ti, vec, con.c_axes), assume_injective_transform=True)
+        if epilogue is not None:
+            try:
+                sch.reverse_compute_inline(epilogue)
+            except Exception:
+                sc.vectorize_inner(sch, epilogue, lanes)
+        sch.vectorize(jl)
+        sch.unroll(ii)
+
+        # Everything between the matmuls (and Q K^T itself) per row block, consumers first.
+        producers = [b for b in blocks[names.index(qk.name): i_pv] if sc.exists(sch, b.block_rv) and b.name not in roots]
+        for b in reversed(producers):
+            sch.compute_at(b.block_rv, io, preserve_unit_loops=True)
+        qk_k = None
+        for b in producers:
+            block = sch.get_sblock(b.name)
+            loops = sch.get_loops(block)
+            if b.name == qk.name:
+                # (.., ii, j, k): k outermost of the three, key positions j vectorized
+                ii, j, k = loops[-3:]
+                extent = sc.static_extent(sch, j)
+                if extent and extent % lanes == 0:
+                    jo2, jl2 = sch.split(j, [None, lanes])
+                    sch.reorder(k, ii, jo2, jl2)
+                    sch.vectorize(jl2)
+                qk_k = k
+            elif not b.is_reduction():
+                inner = sc.static_extent(sch, loops[-1])
+                if inner and inner % lanes == 0:
+                    _, lane = sch.split(loops[-1], [None, lanes])
+                    sch.vectorize(lane)
+        fused = bool(batch_loops) and all(sc.static_extent(sch, b) for b in batch_loops)
+        outer = sch.fuse(*batch_loops, io) if fused else io
+        sch.parallel(outer)
+        k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jl)
+        for name in keep - {b.name for b in producers} - {pv.name}:
+            try:
+                block = sch.get_sblock(name)
+                if not sch.get(block).reads or any(it.iter_type == 2 for it in sch.get(block).iter_vars):
+                    continue
+                sc.vectorize_inner(sch, block, lanes)
+            except Exception:
+                continue
+        sch.decompose_reduction(sch.get_sblock(qk.name), qk_k)
+        pv_block = sch.get_sblock(pv.name)
+        sch.decompose_reduction(pv_block, sch.get_loops(pv_block)[k_at])
+        return sch
+
+
+def _fold(rows: int, cols: int, c_axes: tuple[int, int]) -> Any:
+    def index_map(*axes: Any) -> list[Any]:
+        i, j = axes[c_axes[0]], axes[c_axes[1]]
+        return [i % tirx.const(rows, str(i.ty.dtype)), j % tirx.const(cols, str(j.ty.dtype))]
+
+    return index_map
+
+
+RULES = [Attention()]
