@@ -101,7 +101,7 @@ def _echo_rows(rows: list[Any]) -> bool:
               help="real inputs (.npz by input name) for the checks, --check-each and the artifact's self-check")
 @click.option("--tune", "tune_budget", metavar="DURATION",
               help="search faster kernel schedules for this long (90s, 10m, 1h); records are kept for later compiles")
-@click.option("--tune-db", type=FILE, help="the tuning database file (default ~/.cache/ember/tune/records.json)")
+@click.option("--tune-db", type=PATH, help="the tuning database file (default ~/.cache/ember/tune/records.json)")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, pass_options: dict[str, Any],
             emit_onnx: Path | None, verify: bool, rtol: float, atol: float, sample_path: Path | None,

@@ -125,7 +125,11 @@ class TuneDB:
             for item in data["records"]:
                 record = Record(**{k: item[k] for k in _FIELDS})
                 records[(record.workload, record.target)] = record
-        except (OSError, ValueError, KeyError, TypeError) as err:
+        except OSError as err:
+            warn(f"tuning database {path} cannot be read ({err.strerror or err}); ignoring it "
+                 "(the schedule rules' code is used)")
+            return cls(path)
+        except (ValueError, KeyError, TypeError) as err:
             warn(f"tuning database {path} is damaged ({type(err).__name__}: {str(err)[:200]}); "
                   "ignoring it (the schedule rules' code is used; a tuning run moves it aside to "
                  f"{path.name}.damaged)")
