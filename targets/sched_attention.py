@@ -43,7 +43,9 @@ class Attention:
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
-        sch = s_tir.Schedule(func)
+        narrowed = sc.narrow_indices(func)
+        sch = s_tir.Schedule(narrowed)
+        int32 = narrowed is not func
         try:
             blocks = sc.normalize(sch)
         except ValueError:
@@ -129,9 +131,12 @@ class Attention:
                 # (.., ii, j, k): k outermost of the three, key positions j vectorized
                 ii, j, k = loops[-3:]
                 extent = sc.static_extent(sch, j)
-                if extent and extent % lanes == 0:
+                if extent and (extent % lanes == 0 or (int32 and extent >= lanes)):
                     jo2, jl2 = sch.split(j, [None, lanes])
                     sch.reorder(k, ii, jo2, jl2)
+                    if extent % lanes:  # ViT's 197 positions: full vectors, then one ragged one
+                        # (LoopPartition only works on int32 loops in TVM 0.27)
+                        sch.annotate(jo2, "pragma_loop_partition_hint", 1)
                     sch.vectorize(jl2)
                 qk_k = k
             elif not b.is_reduction():

@@ -129,6 +129,18 @@ def normalize(sch: s_tir.Schedule) -> list[SBlockInfo]:
     return blocks
 
 
+def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """A static-shape kernel with int32 loop and index arithmetic (cheaper addressing, and TVM
+    0.27's LoopPartition mixes int32 constants into int64 loops); symbolic kernels unchanged."""
+    if any(not isinstance(d, int) for p in func.params for d in buffer_shape(p)):
+        return func
+    try:
+        narrowed = tvm.tirx.transform.ForceNarrowIndexToInt32()(tvm.IRModule({"main": func}))["main"]
+    except Exception:
+        return func
+    return narrowed
+
+
 def layout_free(func: tirx.PrimFunc) -> set[int]:
     """Indices of the parameters that are compile-time constants (may be re-laid out)."""
     attr = func.attrs.get("layout_free_buffers") if func.attrs is not None else None
