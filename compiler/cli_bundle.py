@@ -47,7 +47,8 @@ README = """\
   ./run --info                        what this bundle needs from the board
 
 Needs: {machine} Linux, glibc >= {glibc}, Python {pythons} with numpy >= {numpy}. Nothing to pip install.
-In Python: sys.path.insert(0, "{name}"); import run; model = run.load("{name}/artifact"); model(**feeds)
+In Python: sys.path.insert(0, "{name}/lib/python"); from ember.runtime import bundle_run
+           model = bundle_run.load("{name}/artifact"); outputs = model(**feeds)
 """
 
 

@@ -16,6 +16,12 @@ architecture, glibc and Python versions, and the ISA features the code was built
 artifact built for a core with dotprod or SVE is refused on a core without them, instead of
 dying with SIGILL). `EMBER_SKIP_CPU_CHECK=1` skips the ISA check.
 
+From Python on the board (the same module is in the bundle's lib/python):
+
+    sys.path.insert(0, "model-rpi4/lib/python")
+    from ember.runtime import bundle_run
+    model = bundle_run.load("model-rpi4/artifact")     # an ember.runtime Model: model(**feeds)
+
 Outside a bundle (ember's own tests, `ember compile` checking a cross build under qemu):
 `python bundle_run.py --artifact ART ...` with `tvm_ffi` and `ember.runtime` importable and
 the runtime libraries next to `tvm_ffi` (`.../tvm/lib`) or in `EMBER_TVM_LIB_DIR`.
@@ -136,7 +142,8 @@ def runtime_lib_dir(tvm_ffi: Any) -> Path:
     candidates = [HERE / "lib"]
     if os.environ.get("EMBER_TVM_LIB_DIR"):
         candidates.insert(0, Path(os.environ["EMBER_TVM_LIB_DIR"]))
-    candidates.append(Path(tvm_ffi.__file__).resolve().parent.parent / "tvm" / "lib")
+    ffi_parent = Path(tvm_ffi.__file__).resolve().parent.parent
+    candidates += [ffi_parent.parent, ffi_parent / "tvm" / "lib"]  # a bundle's lib/ (from lib/python), a wheel's
     for folder in candidates:
         if (folder / "libtvm_runtime.so").is_file():
             return folder

@@ -215,3 +215,29 @@ def test_links_with_a_plain_linker(emulator: Emulator, tmp_path: Path, monkeypat
     monkeypatch.setenv("EMBER_CROSS_LINKER", linker)
     result = compile_model(write_models(tmp_path)["digits_cnn"], tmp_path / "ld.ember", target="arm:jetson-nano", verify=True)
     assert result.manifest["checks"]["onnxruntime"] and elf_machine(result.path / "model.so") == "aarch64"
+
+
+def test_bundle_python_api_under_emulation(emulator: Emulator, arm_dir: Path, tmp_path: Path) -> None:
+    # On the board, from Python: the bundle's lib/python holds the loader as ember.runtime.bundle_run.
+    art = built(emulator, arm_dir, "arm:rpi4", "mobile_attn")
+    root = _unpack(make_bundle(art, tmp_path / "api.tar.gz").path, tmp_path)
+    feeds = random_inputs(write_models(arm_dir)["mobile_attn"], seed=7)
+    np.savez(tmp_path / "x.npz", **feeds)
+    script = tmp_path / "use.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(root / 'lib/python')!r})\n"
+        "import numpy as np\n"
+        "from ember.runtime import bundle_run\n"
+        f"model = bundle_run.load({str(root / 'artifact')!r})\n"
+        f"feeds = dict(np.load({str(tmp_path / 'x.npz')!r}))\n"
+        f"np.savez({str(tmp_path / 'y.npz')!r}, **model(**feeds))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tvm', 'ember')))\n"
+    )
+    proc = _bare(emulator, "cortex-a72", [str(script)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "'tvm'" not in proc.stdout and "ember.compiler" not in proc.stdout  # tvm_ffi only, no compiler
+    with np.load(tmp_path / "y.npz") as data:
+        got = {k: data[k] for k in data.files}
+    rows = compare(got, onnxruntime_outputs(write_models(arm_dir)["mobile_attn"], feeds))
+    assert all(row.ok for row in rows), [row.text() for row in rows]
