@@ -4,12 +4,14 @@ cross-linker discovery, and the missing-linker error that writes nothing."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from arm_helpers import unavailable
 from arm_models import DIGITS
 
 from ember.compiler.driver import compile_model
@@ -142,3 +144,18 @@ def test_elf_and_glibc_readers(tmp_path: Path) -> None:
     lib.write_bytes(lib.read_bytes()[:5] + b"\x01" + lib.read_bytes()[6:])
     assert cross.elf_machine(lib) == "aarch64"
     assert cross.glibc_requirements(lib) == {"glibc": "2.34", "glibcxx": "3.4.29"}
+
+
+@pytest.mark.arm
+def test_without_emulator_the_compile_says_unchecked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not any(shutil.which(n) for n in cross.linker_candidates("aarch64-linux-gnu")):
+        unavailable("no aarch64 cross linker on PATH")
+    monkeypatch.setenv("EMBER_ARM_HOME", str(tmp_path / "no-arm-setup"))
+    said: list[str] = []
+    result = compile_model(DIGITS, tmp_path / "d.ember", target="arm:rpi5", echo=said.append)
+    assert result.manifest["checks"] == {} and result.manifest["checked_on"].startswith("not run: no emulator here")
+    assert any(line.startswith("not checked: the arm:rpi5 build is for aarch64") and "tools/arm_setup.sh" in line
+               for line in said)
+    with pytest.raises(EmberError, match="cannot verify the arm:rpi5 build on this machine"):
+        compile_model(DIGITS, tmp_path / "v.ember", target="arm:rpi5", verify=True)
+    assert not (tmp_path / "v.ember").exists()
