@@ -241,3 +241,15 @@ def test_bundle_python_api_under_emulation(emulator: Emulator, arm_dir: Path, tm
         got = {k: data[k] for k in data.files}
     rows = compare(got, onnxruntime_outputs(write_models(arm_dir)["mobile_attn"], feeds))
     assert all(row.ok for row in rows), [row.text() for row in rows]
+
+
+def test_ember_runtime_with_the_tvm_package_under_emulation(emulator: Emulator, arm_dir: Path, tmp_path: Path) -> None:
+    # A board with the apache-tvm wheel installed (runtime-only, no libtvm_compiler.so) can use
+    # `python -m ember.runtime` instead of the bundle; TopK needs libtvm_runtime_extra.so there too.
+    art = built(emulator, arm_dir, "arm:rpi5", "mobile_attn")
+    (tmp_path / "py" / "ember").mkdir(parents=True)
+    (tmp_path / "py" / "ember" / "runtime").symlink_to(Path(__file__).resolve().parents[2] / "runtime")
+    assert not (emulator.site / "tvm" / "lib" / "libtvm_compiler.so").exists()
+    proc = _bare(emulator, "cortex-a76", ["-m", "ember.runtime", str(art), "--self-check"],
+                 env={"TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": f"{tmp_path / 'py'}:{emulator.site}"})
+    assert proc.returncode == 0 and "self-check passed" in proc.stdout, proc.stderr[-2000:]
