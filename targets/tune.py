@@ -342,8 +342,9 @@ def _make_stopper(measurer: _Measurer, ntasks: int, tick: Callable[[], None]) ->
             tick()
             measurer.batch_end = time.perf_counter()
             if measurer.no_time_for_another_batch():
-                for i in range(ntasks):
-                    task_scheduler.terminate_task(i)
+                for i, record in enumerate(task_scheduler.tasks_[:ntasks]):
+                    if not record.is_terminated:  # terminating twice is an error
+                        task_scheduler.terminate_task(i)
 
     return StopAtDeadline()
 
@@ -538,12 +539,16 @@ def _search(tasks: list[_Task], tvm_target: tvm.target.Target, measurer: _Measur
     callbacks = [ms.measure_callback.AddToDatabase(), ms.measure_callback.UpdateCostModel(),
                  _make_stopper(measurer, len(tasks), progress.tick)]
     scheduler = ms.task_scheduler.GradientBased()
-    scheduler.tune(
-        tasks=contexts, task_weights=[t.launches for t in tasks], max_trials_global=100000,
-        max_trials_per_task=100000, num_trials_per_iter=TRIALS_PER_ITER, builder=builder, runner=runner,
-        measure_callbacks=callbacks, database=database,
-        cost_model=ms.cost_model.XGBModel(num_tuning_cores=measurer.threads),
-    )
+    try:
+        scheduler.tune(
+            tasks=contexts, task_weights=[t.launches for t in tasks], max_trials_global=100000,
+            max_trials_per_task=100000, num_trials_per_iter=TRIALS_PER_ITER, builder=builder, runner=runner,
+            measure_callbacks=callbacks, database=database,
+            cost_model=ms.cost_model.XGBModel(num_tuning_cores=measurer.threads),
+        )
+    except Exception as err:  # what was measured before the failure is still worth keeping
+        text = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        warn(f"the search stopped early ({type(err).__name__}: {text}); keeping what it measured")
     best: dict[str, tuple[Any, int]] = {}
     for task, ctx in zip(tasks, contexts):
         workload = database.commit_workload(ctx.mod)
