@@ -25,7 +25,8 @@ processes on a shared machine hits all columns alike, without interleaving singl
 than --budget seconds is cut to max(3, budget / run time) runs, and its cell says how many.
 The ratio is ember / onnxruntime at the same thread count (< 1: ember is faster); the geomean
 rows cover the batch-1 zoo and the batch-B CNNs separately. Compile time is ember's import +
-passes + build (not its checks against the interpreter). A column that fails shows its error
+passes + build + kernel counts (not its checks against the interpreter); the compile runs in a
+child process stopped after --compile-timeout seconds. A column that fails shows its error
 in its cell and the run goes on. `--write` replaces the table between the bench markers in
 BENCHMARKS.md, with the command that produced it.
 """
@@ -128,18 +129,49 @@ def prepare_tvm(path: Path, feeds: dict[str, np.ndarray], info: dict[str, Any]) 
     return lambda: fn(*args)
 
 
-def prepare_ember(path: Path, feeds: dict[str, np.ndarray], info: dict[str, Any], scratch: Path) -> Any:
-    """ember: compile (default pipeline) to an artifact, load it with ember.runtime; the Model."""
-    from ember.compiler.driver import compile_model
+class CompileFailed(Exception):
+    """ember's compile failed or ran out of time; the message is the table cell."""
+
+
+def compile_child(path: Path, out: Path, feeds: dict[str, np.ndarray], conn: Any) -> None:
+    """In a child process: compile to `out`; send back ember's compile facts or the error."""
+    try:
+        from ember.compiler.driver import compile_model
+
+        result = compile_model(path, out, sample=feeds)
+        # import + passes + build (+ kernel counts), like the TVM column's from_onnx + compile; not the checks
+        conn.send({"compile_s": sum(v for k, v in result.seconds.items() if k != "check"),
+                   "launches": result.launches, "nodes": len(result.graph.nodes)})
+    except Exception as err:
+        conn.send({"error": _short(err)})
+
+
+def prepare_ember(path: Path, feeds: dict[str, np.ndarray], info: dict[str, Any], scratch: Path,
+                  timeout: float) -> Any:
+    """ember: compile (default pipeline) to an artifact in a child process that gets `timeout`
+    seconds, then load the artifact with ember.runtime here; the Model."""
+    import multiprocessing
+
     from ember.runtime import load
 
     out = scratch / f"{path.stem}.ember"
-    result = compile_model(path, out, sample=feeds)
-    # import + passes + build (+ kernel counts), like the TVM column's from_onnx + compile; not the checks
-    info["compile_s"] = sum(v for k, v in result.seconds.items() if k != "check")
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=compile_child, args=(path, out, feeds, send))
+    child.start()
+    done = receive.poll(timeout)
+    facts = receive.recv() if done else {"error": f"compile took over {timeout:g} s (stopped)"}
+    if child.is_alive():
+        child.join(5 if done else 0)
+    if child.is_alive():
+        child.kill()
+    child.join()
+    if "error" in facts:
+        if not done:
+            info["compile_timeout"] = timeout
+        raise CompileFailed(facts["error"])
+    info.update(facts)
     info["size_mb"] = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    info["launches"] = result.launches
-    info["nodes"] = len(result.graph.nodes)
     return load(out)
 
 
@@ -272,9 +304,11 @@ def bench_case(case: Case, args: argparse.Namespace, threads: list[int], scratch
         return Row(case, columns, info)
     path, feeds = case.path, case.feeds
     try:
-        model = prepare_ember(path, feeds, info, scratch)
+        model = prepare_ember(path, feeds, info, scratch, args.compile_timeout)
         ember_run: Callable[[], Any] | None = model.runner(feeds)
         ember_error = ""
+    except CompileFailed as err:
+        ember_run, ember_error = None, str(err)
     except Exception as err:
         ember_run, ember_error = None, _short(err)
     tvm_run, tvm_error = None, "skipped"
@@ -334,7 +368,8 @@ def render_row(row: Row, threads: list[int], args: argparse.Namespace) -> list[s
                   _fmt(row.ratio("ember", count), ".2f")]
         if not args.skip_tvm:
             cells += [time_cell(row.column("tvm", count), args.tvm_repeat), _fmt(row.ratio("tvm", count), ".1f")]
-    cells += [_fmt(row.info.get("compile_s"), ".1f"), _fmt(row.info.get("size_mb"), ".1f"),
+    compile_cell = f"> {row.info['compile_timeout']:g}" if "compile_timeout" in row.info else _fmt(row.info.get("compile_s"), ".1f")
+    cells += [compile_cell, _fmt(row.info.get("size_mb"), ".1f"),
               _fmt(row.info.get("nodes"), "d"), _fmt(row.info.get("launches"), "d")]
     return [c.replace("|", "/") for c in cells]
 
@@ -361,12 +396,18 @@ def summary(rows: list[Row], threads: list[int]) -> list[str]:
             parts.append(f"{count} thread{'s' if count > 1 else ''}: geomean {geomean(list(known.values())):.2f} "
                          f"over {len(known)} models, worst {known[worst]:.2f} ({worst})")
         label = label.replace("batch B", f"batch {group[0].case.batch}")
-        lines.append(f"- ember/onnxruntime, {label}: " + "; ".join(parts))
+        lines.append(f"- ember/onnxruntime, {label}: " + ("; ".join(parts) or "no model ran on both"))
     compiles = {r.case.name: r.info["compile_s"] for r in rows if "compile_s" in r.info}
-    if compiles:
-        slowest = max(compiles, key=lambda k: compiles[k])
-        lines.append(f"- ember compile time (no tuning): max {compiles[slowest]:.1f} s ({slowest}), "
-                     f"{sum(1 for v in compiles.values() if v <= 60)}/{len(compiles)} models within 60 s")
+    stopped = [f"{r.case.name} (stopped after {r.info['compile_timeout']:g} s)" for r in rows if "compile_timeout" in r.info]
+    if compiles or stopped:
+        within = sum(1 for v in compiles.values() if v <= 60)
+        text = f"- ember compile time (no tuning): {within}/{len(compiles) + len(stopped)} models within 60 s"
+        if compiles:
+            slowest = max(compiles, key=lambda k: compiles[k])
+            text += f"; slowest that finished: {compiles[slowest]:.1f} s ({slowest})"
+        if stopped:
+            text += f"; did not finish: {', '.join(stopped)}"
+        lines.append(text)
     return lines
 
 
@@ -400,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--budget", type=float, default=30.0,
                         help="seconds of timed runs per column at most (fewer runs for slow columns, never < 3)")
+    parser.add_argument("--compile-timeout", type=float, default=600.0,
+                        help="seconds ember's compile of one model may take (in a child process) before it is stopped")
     parser.add_argument("--tvm-repeat", type=int, default=3, help="timed runs of TVM as-is (its untuned code is slow)")
     parser.add_argument("--blocks", type=int, default=2, help="alternating blocks the timed runs are split into")
     parser.add_argument("--skip-tvm", action="store_true", help="leave out the TVM as-is columns")
