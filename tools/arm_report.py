@@ -68,6 +68,14 @@ def section(rows: list[dict]) -> str:
                 f"{comp['seconds']:.1f} | {run['wall_s']:.1f} | {run['median_ms']:.1f} | {err:.1e} | "
                 f"{bundle['self_check_wall_s']:.1f} |" if bundle and comp else
                 f"| {preset} | {run['qemu_cpu']} | {model} | | | | {run['wall_s']:.1f} | {run['median_ms']:.1f} | {err:.1e} | |")
+    rules: dict[str, int] = {}
+    for r in rows:
+        if r.get("kind") == "compile":
+            for name, count in (r.get("rules") or {}).items():
+                rules[name] = rules.get(name, 0) + count
+    if rules:
+        lines += ["", "Schedule rules that took the kernels (all presets and models; `none`: TVM's default code): "
+                      + ", ".join(f"{name} {count}" for name, count in sorted(rules.items(), key=lambda kv: -kv[1])) + "."]
     some = next((r for r in rows if r.get("kind") == "bundle"), None)
     if some:
         lines += ["", f"Board requirements recorded in every bundle: aarch64 Linux, glibc >= {some['glibc']}, CPython "

@@ -76,8 +76,12 @@ def built(emulator: Emulator, arm_dir: Path, preset: str, model: str) -> Path:
         out = arm_dir / f"{model}-{preset.split(':')[1]}.ember"
         start = time.perf_counter()
         result = compile_model(path, out, target=preset)
+        rules: dict[str, int] = {}
+        for kernel in result.manifest.get("kernels", []):
+            if isinstance(kernel, dict):
+                rules[str(kernel.get("rule"))] = rules.get(str(kernel.get("rule")), 0) + 1
         report(kind="compile", preset=preset, model=model, seconds=round(time.perf_counter() - start, 2),
-               checked_on=result.manifest["checked_on"])
+               checked_on=result.manifest["checked_on"], rules=rules)
         assert result.manifest["checked_on"] == f"qemu-aarch64 -cpu {TARGETS[preset].qemu_cpu}"
         assert result.manifest["checks"]["interpreter"]
         _BUILT[key] = out
@@ -207,11 +211,14 @@ def test_isa_mismatch_on_the_board_is_refused_before_loading(emulator: Emulator,
     assert proc.returncode == 2 and "dotprod" in proc.stderr and "--target arm:rpi4" in proc.stderr, proc.stderr
 
 
-def test_links_with_a_plain_linker(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # binutils' ld alone (no cross g++) links the library, and it runs.
-    linker = shutil.which("aarch64-linux-gnu-ld")
+@pytest.mark.parametrize("name", ["aarch64-linux-gnu-ld", "ld.lld"])
+def test_links_with_a_plain_linker(emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    # binutils' ld or LLVM's lld alone (no cross g++) links the library, and it runs.
+    linker = shutil.which(name)
+    if linker is None and name == "ld.lld":
+        pytest.skip("lld is optional (apt-get install lld)")
     if linker is None:
-        unavailable("no aarch64-linux-gnu-ld")
+        unavailable(f"no {name}")
     monkeypatch.setenv("EMBER_CROSS_LINKER", linker)
     result = compile_model(write_models(tmp_path)["digits_cnn"], tmp_path / "ld.ember", target="arm:jetson-nano", verify=True)
     assert result.manifest["checks"]["onnxruntime"] and elf_machine(result.path / "model.so") == "aarch64"
