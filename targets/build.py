@@ -69,9 +69,10 @@ def schedule_rules(target: TargetSpec) -> list[Any]:
     """
     from tvm.s_tir import dlight as dl
 
-    from ember.targets import sched_attention, sched_conv, sched_matmul
+    from ember.targets import sched_attention, sched_conv, sched_matmul, sched_reduce
 
-    return [*sched_attention.RULES, *sched_matmul.RULES, *sched_conv.CONV_RULES, dl.cpu.GEMV(), dl.cpu.Reduction()]
+    return [*sched_attention.RULES, *sched_matmul.RULES, *sched_conv.CONV_RULES, *sched_reduce.RULES,
+            dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
 def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any]) -> tuple[tvm.IRModule, dict[str, str]]:

@@ -141,6 +141,11 @@ def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
     return narrowed
 
 
+def root_block(sch: s_tir.Schedule) -> Any:
+    """The function's root block."""
+    return sch.get_sblock("root")
+
+
 def layout_free(func: tirx.PrimFunc) -> set[int]:
     """Indices of the parameters that are compile-time constants (may be re-laid out)."""
     attr = func.attrs.get("layout_free_buffers") if func.attrs is not None else None

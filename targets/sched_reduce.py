@@ -1,0 +1,163 @@
+"""CPU schedule rules for row reductions (LayerNorm, RMSNorm, Softmax, ReduceSum/Mean over the
+last axis, with their elementwise neighbours) and for purely elementwise kernels.
+
+RowReduce: every reduction of the kernel reduces the innermost axis of the rows the output is
+made of. Per row (rows in parallel), the reductions run one after another over the row, each
+vectorized through rfactor (`lanes` partial sums, then one horizontal sum), and the output's
+row is written with vectors:
+
+    parallel r:                      (the output's outer loops, fused)
+        mean[r] = sum(x[r, :]) / n   (vector partial sums over c)
+        var[r]  = ...
+        y[r, :] = (x[r, :] - mean[r]) * ...   (vectorized over c)
+
+Elementwise: a kernel without reductions is inlined into its last block, whose loops are fused,
+vectorized innermost and parallel outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ember.targets import sched_common as sc
+
+
+def _inner_reduction(info: Any) -> bool:
+    """A reduction block whose only reduction axis is its last iter."""
+    kinds = info.dom_kind()
+    return kinds.count("R") == 1 and kinds.endswith("R")
+
+
+class RowReduce:
+    """Rows in parallel; each reduction vectorized with lane-wise partial sums."""
+
+    name = "ember.RowReduce"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        func = sc.narrow_indices(func)
+        sch = s_tir.Schedule(func)
+        try:
+            blocks = sc.normalize(sch)
+        except ValueError:
+            return None
+        reds = [b for b in blocks if b.is_reduction()]
+        if not reds or not all(_inner_reduction(b) for b in reds):
+            return None
+        if any(len(sch.get(b.block_rv).reads) > 2 for b in reds):
+            return None  # a contraction (matmul-like), not a row reduction
+        out = blocks[-1]
+        if out.is_reduction() or len(out.iters) < 1:
+            return None
+        rows = len(reds[0].iters) - 1
+        if any(len(b.iters) - 1 != rows for b in reds) or len(out.iters) not in (rows, rows + 1):
+            return None
+        lanes = sc.vector_lanes(target, str(sch.get(out.block_rv).writes[0].source.ty.dtype))
+
+        # Inline the elementwise blocks (mean = sum / n, exp, deltas) into their readers; keep
+        # those that cannot be inlined (they are computed per row below).
+        for b in blocks[:-1]:
+            if not b.is_reduction():
+                with contextlib.suppress(Exception):  # (one that cannot is computed per row)
+                    sch.compute_inline(b.block_rv)
+        # Each reduction over the row as `lanes` partial sums (rfactor), then one final sum.
+        rfs: list[str] = []
+        for b in sc.normalize(sch):
+            if not b.is_reduction():
+                continue
+            inner = sch.get_loops(b.block_rv)[-1]
+            extent = sc.static_extent(sch, inner)
+            if extent and extent % lanes == 0 and extent >= 2 * lanes:
+                _, ci = sch.split(inner, [None, lanes])
+                rfs.append(sch.get(sch.rfactor(ci, 0)).name_hint)
+        order = [sch.get(blk).name_hint for blk in sch.get_child_blocks(sc.root_block(sch))]
+        out_name = order[-1]
+        out_block = sch.get_sblock(out_name)
+        out_loops = sch.get_loops(out_block)
+        row_loops = out_loops[:rows]
+        if not row_loops:
+            return None
+        r = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
+        if len(out_loops) > rows:
+            c = sch.get_loops(out_block)[-1]
+            extent = sc.static_extent(sch, c)
+            if extent and extent % lanes == 0:
+                _, cl = sch.split(c, [None, lanes])
+                sch.vectorize(cl)
+        for name in reversed(order[:-1]):
+            sch.compute_at(sch.get_sblock(name), r, preserve_unit_loops=True)
+        sch.parallel(r)
+        for name in order[:-1]:
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)
+            if name in rfs:  # (.., ci, co) -> (.., co, ci), ci vectorized
+                sch.reorder(loops[-1], loops[-2])
+                sch.vectorize(sch.get_loops(block)[-1])
+            elif all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars):
+                extent = sc.static_extent(sch, loops[-1])
+                if extent and extent % lanes == 0:
+                    _, cl = sch.split(loops[-1], [None, lanes])
+                    sch.vectorize(cl)
+        for name in rfs:
+            block = sch.get_sblock(name)
+            sch.decompose_reduction(block, sch.get_loops(block)[-2])
+        return sch
+
+
+def _contiguous_inner(sch: s_tir.Schedule, block: Any) -> bool:
+    """Whether every read is contiguous (or constant) along the block's innermost iter, so a
+    vector of outputs reads vectors, not gathers (a transpose is not)."""
+    ivs = sc.iter_vars(sch, block)
+    if not ivs:
+        return False
+    last = ivs[-1][0]
+    for _, idx in sc.reads(sch, block):
+        for n, e in enumerate(idx):
+            if sc.uses(e, last) and (n != len(idx) - 1 or not (isinstance(e, tirx.Var) and e.same_as(last))):
+                return False
+    return True
+
+
+PARALLEL_MIN = 16384  # elements below which an elementwise kernel stays on one thread
+
+
+class Elementwise:
+    """No reductions: one fused loop nest, vectorized and parallel."""
+
+    name = "ember.Elementwise"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        func = sc.narrow_indices(func)
+        sch = s_tir.Schedule(func)
+        try:
+            blocks = sc.normalize(sch)
+        except ValueError:
+            return None
+        if not blocks or any(b.is_reduction() for b in blocks):
+            return None
+        left = sc.inline_all(sch, blocks[:-1])
+        lanes = sc.vector_lanes(target, str(sch.get(blocks[-1].block_rv).writes[0].source.ty.dtype))
+        for info in [*left, blocks[-1]]:
+            loops = sch.get_loops(info.block_rv)
+            if not loops:
+                continue
+            contiguous = _contiguous_inner(sch, info.block_rv)
+            fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+            extent = sc.static_extent(sch, fused)
+            outer = fused
+            if contiguous and extent and extent % lanes == 0:
+                outer, lane = sch.split(fused, [None, lanes])
+                sch.vectorize(lane)
+            if extent is None or extent >= PARALLEL_MIN:  # smaller: a thread launch costs more
+                sch.parallel(outer)
+        return sch
+
+
+RULES = [RowReduce(), Elementwise()]

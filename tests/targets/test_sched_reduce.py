@@ -1,0 +1,49 @@
+"""The row-reduction and elementwise schedule rules on random shapes: widths the vector width
+divides or not, symbolic rows, broadcasts and transposes. Each case must be scheduled by the
+named rule and match ember's interpreter on fresh random inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from codegen_helpers import check_graph, onnx_model
+from onnx import TensorProto as T
+from onnx import helper
+
+from ember.compiler.importer import import_proto
+from ember.compiler.passmanager import run_pipeline
+from ember.compiler.pipeline import DEFAULT_PIPELINE
+
+F = T.FLOAT
+ATOL = 1e-5
+
+
+def compiled(model, rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    return check_graph(graph, rng, [{"N": 1}, {"N": 5}], atol=ATOL)
+
+
+@pytest.mark.parametrize("width", [64, 48, 37])
+def test_layernorm(rng: np.random.Generator, width: int) -> None:
+    nodes = [helper.make_node("LayerNormalization", ["x", "g", "b"], ["out"], name="out", axis=-1, epsilon=1e-5)]
+    inits = {"g": rng.standard_normal(width).astype(np.float32), "b": rng.standard_normal(width).astype(np.float32)}
+    built = compiled(onnx_model(nodes, [("x", F, ["N", 7, width])], inits), rng)
+    assert "RowReduce" in built.rules.values(), built.rules
+
+
+@pytest.mark.parametrize("width", [32, 19])
+def test_softmax_and_mean_over_the_last_axis(rng: np.random.Generator, width: int) -> None:
+    nodes = [helper.make_node("Softmax", ["x"], ["s"], name="s", axis=-1),
+             helper.make_node("ReduceMean", ["x", "axes"], ["m"], name="m", keepdims=1),
+             helper.make_node("Sub", ["s", "m"], ["out"], name="out")]
+    built = compiled(onnx_model(nodes, [("x", F, ["N", 3, width])], {"axes": np.array([-1], np.int64)}), rng)
+    assert "RowReduce" in built.rules.values(), built.rules
+
+
+def test_elementwise_chain_with_broadcast_and_transpose(rng: np.random.Generator) -> None:
+    nodes = [helper.make_node("Mul", ["x", "c"], ["a"], name="a"), helper.make_node("Tanh", ["a"], ["t"], name="t"),
+             helper.make_node("Add", ["t", "y"], ["s"], name="s"),
+             helper.make_node("Transpose", ["s"], ["out"], name="out", perm=[0, 2, 1])]
+    inputs = [("x", F, ["N", 33, 64]), ("y", F, [1, 64])]
+    built = compiled(onnx_model(nodes, inputs, {"c": rng.standard_normal(64).astype(np.float32)}), rng)
+    assert "Elementwise" in built.rules.values(), built.rules
