@@ -155,7 +155,9 @@ class Elementwise:
             if contiguous and extent and extent % lanes == 0:
                 outer, lane = sch.split(fused, [None, lanes])
                 sch.vectorize(lane)
-            if extent is None or extent >= PARALLEL_MIN:  # smaller: a thread launch costs more
+            # Parallel only for large contiguous loops: smaller ones (and gathers such as
+            # transposes, bound by memory latency) lose more to the thread launch than they gain.
+            if contiguous and (extent is None or extent >= PARALLEL_MIN):
                 sch.parallel(outer)
         return sch
 
