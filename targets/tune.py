@@ -197,6 +197,11 @@ def apply_records(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: d
         record = db.lookup(workload_key(func), tkey)
         if record is None or not record.faster or not _same_workload(func, record):
             continue
+        if record.rule_hash != workload_key(scheduled[gvar.name_hint]):
+            # The rule has changed since the record was timed against it: which is faster is
+            # unknown until `--tune` measures them again, and the rule's code is the default.
+            log.debug("record for %s was timed against another version of its rule", gvar.name_hint)
+            continue
         try:
             with tvm_target:
                 mod[gvar] = _replay(func, record)
@@ -597,7 +602,7 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
                 trace, trials = best[task.name]
                 rule_s, tuned_s = _side_by_side(task, trace, tvm_target, measurer)
                 kept += db.put(Record(
-                    workload=task.workload, target=tkey, kernel=task.name, rule=task.rule, rule_s=rule_s,
+                    workload=task.workload, target=tkey, kernel=task.name, rule=task.rule, rule_s=rule_s, rule_hash=workload_key(task.scheduled),
                     tuned_s=tuned_s, trials=trials, threads=threads,
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     trace=_plain(trace.as_json()), func=task.func_json,

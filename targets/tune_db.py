@@ -69,6 +69,7 @@ class Record:
     date: str  # ISO 8601, UTC
     trace: Any  # the schedule's trace as JSON (Trace.as_json), replayed by apply_records
     func: str  # tvm.ir.save_json of the unscheduled PrimFunc (guards against hash collisions)
+    rule_hash: str = ""  # structural hash of the rule's scheduled kernel that rule_s timed
 
     @property
     def speedup(self) -> float:
@@ -123,7 +124,7 @@ class TuneDB:
                 raise ValueError(f"version {data.get('version')}, this ember reads {FORMAT_VERSION}")
             records = {}
             for item in data["records"]:
-                record = Record(**{k: item[k] for k in _FIELDS})
+                record = Record(**{k: item[k] for k in _FIELDS if k in item or k != "rule_hash"})
                 records[(record.workload, record.target)] = record
         except OSError as err:
             warn(f"tuning database {path} cannot be read ({err.strerror or err}); ignoring it "
@@ -170,8 +171,8 @@ class TuneDB:
         Whether it was kept."""
         key = (record.workload, record.target)
         old = self.records.get(key)
-        if old is not None and old.speedup >= record.speedup:
-            return False
+        if old is not None and old.rule_hash == record.rule_hash and old.speedup >= record.speedup:
+            return False  # (a record timed against another version of the rule is replaced)
         self.records[key] = record
         return True
 

@@ -82,10 +82,10 @@ def _reference(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 def _record(workload: str = "00ff", target: str = '{"kind":"llvm","mcpu":"znver4","num-cores":2}', *,
             rule_s: float | None = 2e-3, tuned_s: float = 1e-3, date: str | None = None, trace: object = (),
-            func: str = "", kernel: str = "fused_matmul") -> Record:
+            func: str = "", kernel: str = "fused_matmul", rule_hash: str = "") -> Record:
     date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return Record(workload=workload, target=target, kernel=kernel, rule="ember.Matmul", rule_s=rule_s,
-                  tuned_s=tuned_s, trials=64, threads=2, date=date, trace=list(trace), func=func)
+                  tuned_s=tuned_s, trials=64, threads=2, date=date, trace=list(trace), func=func, rule_hash=rule_hash)
 
 
 def _hand_schedule(func: tvm.tirx.PrimFunc) -> list:
@@ -123,6 +123,8 @@ def test_database_round_trips_and_keeps_the_record_with_the_better_speedup(tmp_p
     assert db.put(_record(rule_s=2e-3, tuned_s=1e-3))  # 2x
     assert not db.put(_record(rule_s=1e-3, tuned_s=0.9e-3))  # 1.1x: faster in raw time, worse speedup
     assert db.put(_record(rule_s=3e-3, tuned_s=1e-3))  # 3x
+    assert db.put(_record(rule_s=1e-3, tuned_s=0.9e-3, rule_hash="ab"))  # timed against a newer rule: replaces
+    assert db.put(_record(rule_s=3e-3, tuned_s=1e-3, rule_hash="ab"))
     db.put(_record(workload="11aa", tuned_s=5e-3))  # slower than its rule: kept, never applied
     db.save()
     again = TuneDB.load(tmp_path / "sub" / "db.json")
@@ -191,13 +193,15 @@ def test_same_kernel_in_another_model_has_the_same_key_and_other_shapes_do_not(r
     assert tkey["mcpu"] and tkey["num-cores"] >= 1 and tkey["mattr"]
 
 
-def _store_hand_record(db_path: Path, model: onnx.ModelProto, *, faster: bool, target: tvm.target.Target | None = None) -> str:
-    unscheduled, _, _, host = _prepared(model)
+def _store_hand_record(db_path: Path, model: onnx.ModelProto, *, faster: bool, target: tvm.target.Target | None = None,
+                       stale_rule: bool = False) -> str:
+    unscheduled, scheduled, _, host = _prepared(model)
     func = _kernels(unscheduled)["fused_matmul"]
+    rule_hash = "0123456789abcdef" if stale_rule else tuning.workload_key(scheduled["fused_matmul"])
     db = TuneDB.load(db_path)
     db.put(_record(tuning.workload_key(func), tuning.target_key(target or host), rule_s=2e-3 if faster else 1e-3,
                    tuned_s=1e-3 if faster else 2e-3, trace=_hand_schedule(func),
-                   func=tvm.ir.save_json(tuning.workload_func(func))))
+                   func=tvm.ir.save_json(tuning.workload_func(func)), rule_hash=rule_hash))
     db.save()
     return "fused_matmul"
 
@@ -216,6 +220,11 @@ def test_records_apply_only_where_faster_than_the_rule_and_only_on_their_target(
     _, got = tuning.apply_records(*_prepared(model)[:3], target, tmp_path / "slow.json")
     assert tuning.TUNED not in got.values()
 
+    # Timed against another version of the rule (ember's rules changed since): not used.
+    _store_hand_record(tmp_path / "stale.json", model, faster=True, stale_rule=True)
+    _, got = tuning.apply_records(*_prepared(model)[:3], target, tmp_path / "stale.json")
+    assert tuning.TUNED not in got.values()
+
     other = tvm.target.Target({**target.export(), "num-cores": 64})
     _store_hand_record(tmp_path / "other.json", model, faster=True, target=other)
     _, got = tuning.apply_records(*_prepared(model)[:3], target, tmp_path / "other.json")
@@ -228,7 +237,8 @@ def test_record_that_does_not_replay_leaves_the_rule_schedule(tmp_path: Path, rn
     func = _kernels(unscheduled)["fused_matmul"]
     db = TuneDB(tmp_path / "db.json")
     db.put(_record(tuning.workload_key(func), tuning.target_key(target), trace=[[["GetSBlock", [], ["nope"]]], []],
-                   func=tvm.ir.save_json(tuning.workload_func(func))))
+                   func=tvm.ir.save_json(tuning.workload_func(func)),
+                   rule_hash=tuning.workload_key(scheduled["fused_matmul"])))
     db.save()
     _, got = tuning.apply_records(unscheduled, scheduled, applied, target, db.path)
     assert got == applied
