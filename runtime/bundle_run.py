@@ -4,7 +4,7 @@
 This file is the `run` script of a deploy bundle (`ember bundle ARTIFACT -o model.tar.gz`):
 
     tar xzf model-rpi4.tar.gz && cd model-rpi4
-    ./run --self-check                  # bundled sample vs bundled reference
+    ./run --self-check                  # files' checksums, then bundled sample vs bundled reference
     ./run --inputs x.npz -o y.npz       # inputs keyed by input name
     ./run --info                        # what the bundle holds and needs
 
@@ -76,6 +76,22 @@ def read_bundle_manifest() -> dict[str, Any]:
         return json.loads(path.read_text())
     except ValueError as err:
         raise BundleError(f"{path}: damaged ({err}); unpack the bundle again") from None
+
+
+def verify_bundle(bundle: dict[str, Any]) -> None:
+    """Every file bundle.json lists is present with its sha256 (a copy damaged in transit)."""
+    import hashlib
+
+    for name, digest in sorted(bundle.get("files", {}).items()):
+        path = HERE / name
+        if ".." in Path(name).parts or not path.is_file():
+            raise BundleError(f"{path}: missing from the bundle; unpack it again")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != digest:
+            raise BundleError(f"{path}: damaged (sha256 mismatch); copy and unpack the bundle again")
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -293,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.info:
             info(bundle, args.artifact)
             return 0
+        if args.self_check:
+            verify_bundle(bundle)
         check_board(bundle)
         check_cpu(bundle)
         model = load(args.artifact, threads=args.threads)

@@ -181,6 +181,13 @@ def test_wrong_architecture_load_is_explained(emulator: Emulator, arm_dir: Path,
     proc = subprocess.run([sys.executable, str(root / "run"), "--self-check"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2, proc.stderr
     assert f"this bundle is for aarch64 boards, this machine is {here}" in proc.stderr and "Traceback" not in proc.stderr
+    # --self-check first checks every file against bundle.json (a copy damaged in transit).
+    lib = root / "lib" / "libtvm_runtime_extra.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, str(root / "run"), "--self-check"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "libtvm_runtime_extra.so: damaged (sha256 mismatch)" in proc.stderr, proc.stderr
 
 
 def test_isa_mismatch_fails_the_compile_with_sigill(emulator: Emulator, tmp_path: Path) -> None:
