@@ -17,6 +17,7 @@ For each model (the zoo's NAME.onnx and NAME.inputs.npz, see tools/zoo.py):
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -154,14 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="tuning database (default %(default)s)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md between the tune markers")
+    parser.add_argument("--save", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--rows", help="no measuring: render the table from these --save files (comma-separated)")
     args = parser.parse_args(argv)
     budget = parse_duration(args.budget)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="ember-bench-tune-") as tmp:
-        for name in args.models.split(","):
-            rows.append(bench_model(name, budget, args.db.expanduser(), args.threads, args.repeat, args.blocks, Path(tmp)))
-            print(table(rows[-1:], ""), file=sys.stderr)
     command = f"python tools/bench_tune.py --models {args.models} --budget {args.budget} --threads {args.threads} --repeat {args.repeat}"
+    if args.rows:
+        saved = [json.loads(Path(p).read_text()) for p in args.rows.split(",")]
+        rows = [row for item in saved for row in item["rows"]]
+        command = "; ".join(item["command"] for item in saved)
+    else:
+        rows = []
+        with tempfile.TemporaryDirectory(prefix="ember-bench-tune-") as tmp:
+            for name in args.models.split(","):
+                rows.append(bench_model(name, budget, args.db.expanduser(), args.threads, args.repeat, args.blocks, Path(tmp)))
+                print(table(rows[-1:], ""), file=sys.stderr)
+        if args.save:
+            args.save.write_text(json.dumps({"command": command, "rows": rows}, indent=1))
     text = table(rows, command)
     print(text)
     if args.write:
