@@ -159,3 +159,28 @@ def test_without_emulator_the_compile_says_unchecked(tmp_path: Path, monkeypatch
     with pytest.raises(EmberError, match="cannot verify the arm:rpi5 build on this machine"):
         compile_model(DIGITS, tmp_path / "v.ember", target="arm:rpi5", verify=True)
     assert not (tmp_path / "v.ember").exists()
+
+
+@pytest.mark.arm  # seconds: a compile, a bundle and a fresh Python
+def test_bundle_for_this_machine_runs_here(tmp_path: Path) -> None:
+    # The same loader and layout serve artifacts built for this machine (its own TVM runtime).
+    import json
+    import tarfile
+
+    from ember.compiler.cli_bundle import make_bundle
+
+    art = compile_model(DIGITS, tmp_path / "d.ember").path
+    result = make_bundle(art, tmp_path / "digits-cpu.tar.gz")
+    assert result.path.name == "digits-cpu.tar.gz" and result.manifest["requires"]["machine"] == cross.host_machine()
+    with tarfile.open(result.path) as tar:
+        names = tar.getnames()
+        tar.extractall(tmp_path / "u")
+    assert "digits-cpu/run" in names and "digits-cpu/bundle.json" in names
+    assert not [n for n in names if "libtvm_compiler" in n or "/ember/compiler" in n or n.endswith(".pyc")]
+    root = tmp_path / "u" / "digits-cpu"
+    assert json.loads((root / "bundle.json").read_text())["files"]["artifact/model.so"]
+    proc = subprocess.run([sys.executable, str(root / "run"), "--self-check"], capture_output=True, text=True, check=False,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and "self-check passed" in proc.stdout, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, str(root / "run"), "--info"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "needs: " in proc.stdout and "glibc >=" in proc.stdout
