@@ -5,13 +5,16 @@
 Where it stands in a build: `prepare` (one unscheduled PrimFunc per kernel) -> `schedule` (ember's
 rules) -> `tune` (this module) -> `finalize` (weight re-layouts folded into constants).
 
-- `tune` picks the kernels worth tuning (they hold a reduction and do real work; weight = launches
-  per inference), measures the rule's schedule of each as the bar to beat, runs MetaSchedule's
-  evolutionary search over them until the budget is spent (progress bar on stderr), re-measures
-  the best candidate and the rule's schedule side by side, and stores both times in the database.
+- `tune` picks the kernels worth tuning (they hold a reduction and do real work), measures the
+  rule's code of each in the first tenth of the budget and ranks them by the time it leaves
+  above the machine's peak, times launches per inference; runs MetaSchedule's evolutionary
+  search over the top ones until the budget is spent (progress bar on stderr); re-measures the
+  best candidate and the rule's code side by side and stores both times in the database.
 - `apply_records` runs in every compile (with or without `--tune`) when the database holds
-  records for the target: each kernel whose record measured faster than the rule gets the
-  record's schedule back by replaying its trace (~0.1 s, no search, no measuring).
+  records for the target: each kernel whose record measured faster than the rule's code gets
+  the record's schedule by replaying its trace (~0.1 s, no search, no measuring). A record
+  keeps the structural hash of the rule's code it was timed against; once the rule changes,
+  the record waits for the next `--tune` to compare them again.
 
 Records are keyed by (structural hash of the unscheduled PrimFunc, its `layout_free_buffers`
 included and its name left out; the target as canonical JSON: mcpu, features, num-cores), so
