@@ -334,3 +334,14 @@ def test_tuning_an_mlp_keeps_its_results_and_the_records_are_reused(tmp_path: Pa
     assert time.perf_counter() - start < 20
     assert sorted(k for k, r in again.rules.items() if r == tuning.TUNED) == sorted(used)
     np.testing.assert_allclose(_run(again, x), _reference(other, x), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_compile_with_tune_writes_a_checked_artifact_and_lists_its_records(tmp_path: Path, rng: np.random.Generator) -> None:
+    onnx.save(_mlp_model(rng), tmp_path / "mlp.onnx")
+    db = tmp_path / "shared" / "tune.json"
+    result = _invoke(cli_artifact.compile, tmp_path / "mlp.onnx", "-o", tmp_path / "mlp.ember", "--tune", "20s", "--tune-db", db)
+    assert result.exit_code == 0, result.output
+    assert "tuning (" in result.output and "y: max abs error" in result.output  # progress label, checked outputs
+    listed = _invoke(cli_tune.tune_db, "list", "--db", db)
+    assert listed.exit_code == 0 and listed.output.splitlines()[0] != f"{db}: 0 records", listed.output
