@@ -277,3 +277,6 @@ def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1,
     if parallel and loops:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         sch.parallel(fused)
+
+
+_exists = exists  # (the name the conv rules were written against)
