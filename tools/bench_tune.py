@@ -116,8 +116,19 @@ def bench_model(name: str, budget_s: float, db: Path, threads: int, repeat: int,
             "max_diff": diff}
 
 
+PREFACE = """## 6. Tuning on request (`ember compile --tune`)
+
+Made by `tools/bench_tune.py` (its docstring says how it measures): per model, a compile with no
+tuning records (ember's schedule rules only), a compile with `--tune BUDGET` tuning at 2 threads
+into a database of its own, a compile that reuses that database without searching (its
+`apply_records` time is the reapply cost), then onnxruntime (default optimizations), the untuned
+and the tuned artifact timed in alternating blocks, medians, 2 threads. "kernels from records"
+counts the kernels whose record measured faster than the rule's code and was used; the others
+keep the rule's code. The machine is shared: ratios, not absolute times, are comparable."""
+
+
 def table(rows: list[dict[str, Any]], command: str) -> str:
-    lines = [f"Command: `{command}`", "",
+    lines = [PREFACE, "", f"Command: `{command}`", "",
              "| model | onnxruntime ms | ember untuned ms | untuned/ORT | ember tuned ms | tuned/ORT | budget | "
              "compile s untuned / --tune / reuse | apply_records s | kernels from records | max abs diff tuned vs untuned |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
