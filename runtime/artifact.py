@@ -152,5 +152,5 @@ def check_machine(manifest: Manifest) -> None:
         raise ArtifactError(
             f"{manifest.path.parent}: built for {want} ({manifest.data['arch'].get('triple')}, target "
             f"{manifest.data['target'].get('name')}), this machine is {here}; "
-            f"run it on a {want} machine or recompile with --target for this one"
+            f"run it on an {want} machine or recompile with --target for this one"
         )

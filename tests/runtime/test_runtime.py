@@ -253,7 +253,7 @@ def test_wrong_architecture_is_explained(dyn_artifact: Path, tmp_path: Path) -> 
     art = _copy(dyn_artifact, tmp_path)
     other = "aarch64" if os.uname().machine != "aarch64" else "x86_64"
     _edit_manifest(art, lambda d: d["arch"].update(machine=other, triple=f"{other}-linux-gnu"), reseal=True)
-    with pytest.raises(ArtifactError, match=f"built for {other} .*this machine is {os.uname().machine}; run it on a {other}"):
+    with pytest.raises(ArtifactError, match=f"built for {other} .*this machine is {os.uname().machine}; run it on an {other}"):
         load(art)
 
 
