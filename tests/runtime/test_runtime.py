@@ -278,7 +278,7 @@ def test_device_and_threads(dyn_artifact: Path) -> None:
 def test_failed_build_leaves_nothing(dyn_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import ember.targets
 
-    def explode(graph: object, target: object) -> None:
+    def explode(graph: object, target: object, **options: object) -> None:
         raise EmberError("build failed on purpose")
 
     monkeypatch.setattr(ember.targets, "build", explode)
