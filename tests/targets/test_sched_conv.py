@@ -118,6 +118,7 @@ CASES = [
     (Case("Conv", 32, 8, 9, 32, group=2, epilogue="silu"), "ConvBlocked"),  # grouped, 16 lanes per group
     (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip"), "Depthwise"),
     (Case("Conv", 8, 15, 15, 16, group=8, stride=(2, 2), k=(5, 5), pads=(2, 2, 2, 2)), "Depthwise"),  # multiplier 2
+    (Case("Conv", 32, 9, 11, 32, group=32, stride=(2, 2), epilogue="clip"), "Depthwise"),  # channel-packed
     (Case("MaxPool", 6, 13, 14, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1)), "Pool"),
     (Case("AveragePool", 5, 9, 20, k=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0)), "Pool"),
     (Case("Conv", 6, 1, 37, 20, k=(1, 5), pads=(0, 2, 0, 2), conv1d=True, epilogue="relu"), "ConvBlocked"),
@@ -151,13 +152,14 @@ def _random_case(rng: np.random.Generator) -> tuple[Case, str]:
     if kind == "pool":
         return Case(str(rng.choice(["MaxPool", "AveragePool"])), int(rng.integers(1, 20)), h, w, k=k, stride=stride,
                     pads=pads, n=n), "Pool"
-    if kind == "depthwise":
+    if kind == "depthwise":  # (a 1x1 depthwise conv has no reduction: it is an elementwise scale)
         c = int(rng.integers(1, 40))
+        k = (3, k[1]) if k == (1, 1) else k
         return Case("Conv", c, h, w, c * int(rng.integers(1, 3)), k=k, stride=stride, pads=pads, dilation=dilation,
                     group=c, epilogue=epilogue, n=n), "Depthwise"
     if kind == "grouped":
         g = int(rng.choice([2, 4]))
-        return Case("Conv", g * int(rng.integers(1, 6)), h, w, g * 16 * int(rng.integers(1, 3)), k=k, stride=stride,
+        return Case("Conv", g * int(rng.integers(2, 6)), h, w, g * 16 * int(rng.integers(1, 3)), k=k, stride=stride,
                     pads=pads, dilation=dilation, group=g, epilogue=epilogue, n=n), "ConvBlocked"
     if kind == "pointwise":
         return Case("Conv", int(rng.integers(1, 70)), h, w, int(rng.choice([4, 8, 12, 16, 24, 32, 40, 64, 96])), k=(1, 1),
