@@ -244,9 +244,9 @@ class _Measurer:
     def spent(self) -> bool:
         return time.perf_counter() > self.deadline
 
-    def no_time_for_another_batch(self) -> bool:
-        """Whether the next search step would end past the deadline (it cannot be cut short)."""
-        return time.perf_counter() + self.search_s > self.deadline
+    def no_time_for_another_batch(self, steps: int = 1) -> bool:
+        """Whether `steps` more search steps would end past the deadline (one cannot be cut short)."""
+        return time.perf_counter() + steps * self.search_s > self.deadline
 
     def batch_started(self) -> None:
         if self.batch_end is not None:
@@ -349,10 +349,12 @@ def _make_stopper(measurer: _Measurer, ntasks: int, tick: Callable[[], None]) ->
         def apply(self, task_scheduler: Any, task_id: int, *_: Any) -> None:
             tick()
             measurer.batch_end = time.perf_counter()
-            if measurer.no_time_for_another_batch():
-                for i, record in enumerate(task_scheduler.tasks_[:ntasks]):
-                    if not record.is_terminated:  # terminating twice is an error
-                        task_scheduler.terminate_task(i)
+            live = sum(1 for record in task_scheduler.tasks_[:ntasks] if not record.is_terminated)
+            # Only the task being joined may be terminated here (MetaSchedule checks that a task
+            # it dispatches or joins later is live); each other task stops at its own next join,
+            # after one more search step, so stop early enough for all of those steps.
+            if measurer.no_time_for_another_batch(steps=live):
+                task_scheduler.terminate_task(task_id)
 
     return StopAtDeadline()
 
