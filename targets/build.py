@@ -85,6 +85,7 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
     for gvar, func in list(mod.functions_items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or int(func.attrs.get("tirx.is_scheduled", 0) or 0) == 1:
             continue
+        func = _mark_small(func)
         for rule in rules:
             try:
                 space = rule.apply(func, target, False)
@@ -98,6 +99,26 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
             applied[gvar.name_hint] = type(rule).__name__
             break
     return mod, applied
+
+
+# A kernel below this many FLOPs (static shapes) runs on the calling thread: a parallel launch
+# costs microseconds, and on a busy machine a descheduled worker stalls the whole kernel.
+SERIAL_FLOPS = 1 << 20
+
+
+def _mark_small(func: Any) -> Any:
+    """The kernel marked `ember.serial` when its work is too small to split across threads."""
+    from ember.targets.sched_common import SERIAL_ATTR, buffer_shape
+
+    if any(not isinstance(d, int) for p in func.params for d in buffer_shape(p)):
+        return func  # symbolic: sized at run time, may be large
+    try:
+        from tvm.s_tir.analysis import estimate_tir_flops
+
+        work = float(estimate_tir_flops(tvm.IRModule({"main": func})))
+    except Exception:
+        return func
+    return func.with_attr(SERIAL_ATTR, True) if 0 < work < SERIAL_FLOPS else func
 
 
 def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:

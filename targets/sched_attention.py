@@ -146,7 +146,7 @@ class Attention:
                     sch.vectorize(lane)
         fused = bool(batch_loops) and all(sc.static_extent(sch, b) for b in batch_loops)
         outer = sch.fuse(*batch_loops, io) if fused else io
-        sch.parallel(outer)
+        sc.parallel(sch, outer)
         k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jl)
         for name in keep - {b.name for b in producers} - {pv.name}:
             try:

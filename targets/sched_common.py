@@ -36,6 +36,10 @@ PREPROC = "meta_schedule.layout_rewrite_preproc"
 # must therefore be "global" and smaller than this, or LLVM spills them on every iteration.
 MAX_STACK_BYTES = 1024
 
+# Set by build.apply_schedules on kernels too small for a parallel launch; rules parallelize
+# through `parallel`, which honours it.
+SERIAL_ATTR = "ember.serial"
+
 
 # --- the target ------------------------------------------------------------------------------
 
@@ -162,7 +166,8 @@ def param_index(func: tirx.PrimFunc, buffer: Any) -> int | None:
 
 def buffer_shape(buffer: Any) -> list[Any]:
     """A buffer's shape (ints where static)."""
-    return [int(d) if isinstance(d, tirx.IntImm) else d for d in buffer.ty.shape]
+    shape = getattr(buffer.ty, "shape", None) or ()  # a scalar parameter has none
+    return [int(d) if isinstance(d, tirx.IntImm) else d for d in shape]
 
 
 def reads(sch: s_tir.Schedule, block: Any) -> list[tuple[Any, list[tirx.PrimExpr]]]:
@@ -248,6 +253,14 @@ def pack_weight(sch: s_tir.Schedule, block: Any, read_index: int, index_map: Cal
     return copy
 
 
+def parallel(sch: s_tir.Schedule, loop: Any) -> None:
+    """sch.parallel(loop), unless the kernel is marked too small to split across threads."""
+    attrs = sch.mod["main"].attrs
+    if attrs is not None and attrs.get(SERIAL_ATTR):
+        return
+    sch.parallel(loop)
+
+
 def largest_divisor(extent: int, candidates: Sequence[int]) -> int:
     """The largest candidate that divides `extent` (1 if none does)."""
     for c in candidates:
@@ -262,7 +275,7 @@ def static_extent(sch: s_tir.Schedule, loop: Any) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
-def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1, parallel: bool = True) -> None:
+def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1, threads: bool = True) -> None:
     """Spatial block: fuse its loops, vectorize the innermost `lanes` (when the innermost loop
     divides by them) and parallelize the outer part."""
     loops = sch.get_loops(block)
@@ -274,9 +287,9 @@ def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1,
         _, lane = sch.split(loops[-1], [None, vec])
         sch.vectorize(lane)
         loops = sch.get_loops(block)[:-1]
-    if parallel and loops:
+    if threads and loops:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        sch.parallel(fused)
+        parallel(sch, fused)
 
 
 _exists = exists  # (the name the conv rules were written against)

@@ -238,7 +238,7 @@ class ConvBlocked:
         if conv.taps and conv.taps[-1] is not None:
             sch.unroll(conv.taps[-1].loop_rv)
         outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
-        sch.parallel(outer)
+        sc.parallel(sch, outer)
         for info in pads:  # once per call: a pad at the tile would redo it per channel panel
             _vectorize_row(sch, info.block_rv, lanes, parallel=True)
         _unroll_below(sch, acc, xo)
@@ -259,7 +259,7 @@ def _vectorize_row(sch: s_tir.Schedule, block: Any, lanes: int, parallel: bool =
     with `parallel`, its outer loops fused into one parallel loop."""
     loops = sch.get_loops(block)
     if parallel and len(loops) > 1:
-        sch.parallel(sch.fuse(*loops[:-1]))
+        sc.parallel(sch, sch.fuse(*loops[:-1]))
         loops = sch.get_loops(block)
     extent = sc.static_extent(sch, loops[-1])
     if extent is None or extent < lanes // 2:
@@ -368,7 +368,7 @@ def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: 
         sch.unroll(tap)
     if outer_loops:
         outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
-        sch.parallel(outer)
+        sc.parallel(sch, outer)
         for info in pads:
             sch.compute_at(info.block_rv, outer)
             _vectorize_row(sch, info.block_rv, lanes)
@@ -428,7 +428,7 @@ def schedule_depthwise_packed(sch: s_tir.Schedule, kernel: sc.Kernel, conv: Conv
     for tap in taps:
         sch.unroll(tap)
     outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
-    sch.parallel(outer)
+    sc.parallel(sch, outer)
     sch.compute_at(pad, outer)
     _unroll_below(sch, acc, xo)
     sch.decompose_reduction(anchor.block_rv, taps[0])

@@ -244,7 +244,7 @@ class Matmul:
         sch.unroll(jv)
         static_batch = [b for b in batch_loops if sc.static_extent(sch, b) is not None]
         outer = sch.fuse(*static_batch, jo) if static_batch and len(static_batch) == len(batch_loops) else jo
-        sch.parallel(outer)
+        sc.parallel(sch, outer)
         wb = sch.get_loops(acc)
         inner = sc.static_extent(sch, wb[-1])
         if inner and inner % vec == 0:

@@ -91,7 +91,7 @@ class RowReduce:
                 sch.vectorize(cl)
         for name in reversed(order[:-1]):
             sch.compute_at(sch.get_sblock(name), r, preserve_unit_loops=True)
-        sch.parallel(r)
+        sc.parallel(sch, r)
         for name in order[:-1]:
             block = sch.get_sblock(name)
             loops = sch.get_loops(block)
@@ -158,7 +158,7 @@ class Elementwise:
             # Parallel only for large contiguous loops: smaller ones (and gathers such as
             # transposes, bound by memory latency) lose more to the thread launch than they gain.
             if contiguous and (extent is None or extent >= PARALLEL_MIN):
-                sch.parallel(outer)
+                sc.parallel(sch, outer)
         return sch
 
 
