@@ -3,7 +3,7 @@
     python tools/bench.py [--models a,b] [--threads 1,2] [--batch 8] [--repeat 20] [--budget 20]
                           [--skip-tvm] [--write]
 
-For each model, in one process, on the same inputs (the zoo's NAME.inputs.npz) and at every
+For each model, on the same inputs (the zoo's NAME.inputs.npz) and at every
 thread count of --threads:
 - onnxruntime with its default graph optimizations, intra-op threads = the thread count;
 - ember: the default pipeline, compiled once to an artifact written by the driver and loaded by
@@ -20,7 +20,9 @@ batch-1 model's; otherwise the row says why not.
 Timing: every column is built first, then the columns are timed in --blocks alternating
 blocks of consecutive runs (ORT 1t, ember 1t, ORT 2t, ember 2t, ...), so load from other
 processes on a shared machine hits all columns alike, without interleaving single runs
-(spinning thread pools would slow each other). Cells are medians of --repeat timed runs after
+(spinning thread pools would slow each other). With --isolate (the default) each block of
+onnxruntime or ember runs in a fresh process of its own: the two runtimes' thread pools slow
+each other 2-4x even in alternating blocks inside one process. Cells are medians of --repeat timed runs after
 --warmup warm-up runs; a column whose first run shows that --repeat runs would take longer
 than --budget seconds is cut to max(3, budget / run time) runs, and its cell says how many.
 The ratio is ember / onnxruntime at the same thread count (< 1: ember is faster); the geomean
@@ -69,6 +71,7 @@ class Column:
     rounds: int = 0
     warmup: int = 0
     times: list[float] = field(default_factory=list)
+    spec: tuple[str, str, str, int] | None = None  # (kind, model or artifact, feeds .npz, threads): run in a child
 
     @property
     def median_ms(self) -> float | None:
@@ -182,6 +185,54 @@ def thread_setter(threads: int) -> Callable[[], None]:
     return lambda: set_threads(threads)
 
 
+def _block_child(spec: tuple[str, str, str, int], warmups: int, runs: int, budget: float | None, conn: Any) -> None:
+    """In a fresh process: build one column's runner, warm up, time `runs` runs (fewer when
+    the first run says they do not fit in `budget`); send back (times, fits) or an error."""
+    try:
+        kind, path, feeds_path, threads = spec
+        feeds = dict(np.load(feeds_path))
+        if kind == "ort":
+            run = prepare_ort(Path(path), feeds, threads)
+        else:
+            from ember.runtime import load
+
+            run = load(path, threads=threads).runner(feeds)
+        fits = None
+        for index in range(warmups):
+            start = time.perf_counter()
+            run()
+            if index == 0 and budget is not None:
+                fits = int(budget / max(time.perf_counter() - start, 1e-9))
+        times = []
+        for _ in range(runs if fits is None else min(runs, max(1, fits))):
+            start = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - start)
+        conn.send((times, fits))
+    except Exception as err:
+        conn.send(_short(err))
+
+
+def _run_block_in_child(column: Column, warmups: int, runs: int, budget: float | None) -> int | None:
+    """One timing block of `column` in its own process (onnxruntime's and TVM's thread pools
+    slow each other 2-4x when they share one); appends the times, returns the budget's fit."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_block_child, args=(column.spec, warmups, runs, budget, send))
+    child.start()
+    reply = receive.recv() if receive.poll(3600) else "no reply in an hour"
+    child.join(10)
+    if child.is_alive():
+        child.kill()
+    if isinstance(reply, str):
+        raise RuntimeError(reply)
+    times, fits = reply
+    column.times.extend(times)
+    return fits
+
+
 def measure(columns: list[Column], blocks: int, budget: float) -> None:
     """Time the columns in alternating blocks of consecutive runs; a failure ends that column.
 
@@ -198,6 +249,13 @@ def measure(columns: list[Column], blocks: int, budget: float) -> None:
                 continue
             time.sleep(0.2)
             try:
+                if column.spec is not None:
+                    first = block == 0
+                    todo = column.rounds // blocks + (1 if block < column.rounds % blocks else 0)
+                    fits = _run_block_in_child(column, column.warmup if first else 1, todo, budget if first else None)
+                    if first and fits is not None and fits < column.rounds:
+                        column.rounds = max(MIN_RUNS, fits)
+                    continue
                 if column.before is not None:
                     column.before()
                 warmups = column.warmup if block == 0 else min(column.warmup, 1)
@@ -317,6 +375,8 @@ def bench_case(case: Case, args: argparse.Namespace, threads: list[int], scratch
             tvm_run, tvm_error = prepare_tvm(path, feeds, info), ""
         except Exception as err:
             tvm_error = _short(err)
+    feeds_path = scratch / "feeds.npz"
+    np.savez(feeds_path, **feeds)
     for count in threads:
         ort = Column("ort", count, rounds=args.repeat, warmup=args.warmup)
         try:
@@ -324,8 +384,13 @@ def bench_case(case: Case, args: argparse.Namespace, threads: list[int], scratch
         except Exception as err:
             ort.error = _short(err)
         columns.append(ort)
-        columns.append(Column("ember", count, ember_run, thread_setter(count), ember_error,
-                              rounds=args.repeat, warmup=args.warmup))
+        ember = Column("ember", count, ember_run, thread_setter(count), ember_error, rounds=args.repeat, warmup=args.warmup)
+        columns.append(ember)
+        if args.isolate:
+            if ort.run is not None:
+                ort.spec = ("ort", str(path), str(feeds_path), count)
+            if ember_run is not None:
+                ember.spec = ("ember", str(scratch / f"{path.stem}.ember"), str(feeds_path), count)
         if not args.skip_tvm:
             columns.append(Column("tvm", count, tvm_run, thread_setter(count), tvm_error,
                                   rounds=args.tvm_repeat, warmup=min(args.warmup, 1)))
@@ -446,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tvm-repeat", type=int, default=3, help="timed runs of TVM as-is (its untuned code is slow)")
     parser.add_argument("--blocks", type=int, default=2, help="alternating blocks the timed runs are split into")
     parser.add_argument("--skip-tvm", action="store_true", help="leave out the TVM as-is columns")
+    parser.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                        help="time each block of onnxruntime and ember runs in its own process (default; their "
+                             "thread pools slow each other 2-4x in one process)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args(argv)
     threads = _ints(args.threads, "--threads", parser)
@@ -475,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         text = "\n".join([
             f"Command: `{command.strip()}` (threads {args.threads}; medians of {args.repeat} runs after {args.warmup} "
             f"warm-up runs unless a cell says fewer (--budget {args.budget:g} s a column), in {args.blocks} "
-            f"alternating blocks per column; {_versions()}; measured "
+            f"alternating blocks per column{', each block in its own process' if args.isolate else ''}; "
+            f"{_versions()}; measured "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "", *lines, "", *notes])
         bench_md = ROOT / "BENCHMARKS.md"
         old = bench_md.read_text() if bench_md.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
