@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import pytest
+from codegen_helpers import run_vm
 from onnx import TensorProto, helper, numpy_helper
 
 from ember.compiler import interp
@@ -17,7 +18,6 @@ from ember.compiler.importer import import_proto
 from ember.compiler.passmanager import run_pipeline
 from ember.compiler.pipeline import DEFAULT_PIPELINE
 from ember.targets import build, resolve_target
-from tests.targets.codegen_helpers import run_vm
 
 # fp32, reductions of up to ~600 terms of O(1) values (weights scaled by 1/sqrt(fan-in)):
 # the schedules reorder the sums, so agreement is to a few ulps of the output scale.
