@@ -112,7 +112,7 @@ TILES = {32: ((4, 3), (3, 4), (4, 2), (2, 4), (4, 1), (2, 2), (1, 4), (1, 2), (1
          16: ((4, 2), (3, 2), (2, 3), (2, 2), (4, 1), (1, 2), (1, 1))}
 
 
-def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int) -> tuple[int, int]:
+def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int, ragged_ok: bool = False) -> tuple[int, int]:
     """The register tile (mr, nv) for a column count of `vectors` vectors.
 
     The accumulator tile must stay under TVM's stack-allocation limit (1024 bytes, and only for
@@ -122,8 +122,11 @@ def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int) -> tup
     fits = [(mr, nv) for mr, nv in TILES[32 if registers >= 32 else 16]
             if vectors % nv == 0 and mr * nv * vec * nbytes < sc.MAX_STACK_BYTES]
     if isinstance(rows, int):
+        # Rows no tile divides get one ragged tile, split off by loop partitioning, where the
+        # kernel was narrowed to int32 (`ragged_ok`); else a tile that divides the rows.
         dividing = [(mr, nv) for mr, nv in fits if rows % mr == 0 and mr * nv >= 4]
-        fits = dividing or [(mr, nv) for mr, nv in fits if mr <= rows]
+        fitting = [(mr, nv) for mr, nv in fits if mr <= rows]
+        fits = (fitting if ragged_ok else dividing) or fitting
     return fits[0] if fits else (1, 1)
 
 
@@ -145,6 +148,9 @@ class Matmul:
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
+        narrowed = sc.narrow_indices(func)
+        int32 = narrowed is not func
+        func = narrowed
         kernel = sc.analyze(func)
         if kernel is None or kernel.anchor is None:
             return None
@@ -175,7 +181,7 @@ class Matmul:
             n = con.j.dom
         if vec < 2:
             return None
-        mr, nv = _tile(vec, sc.vector_registers(target), n // vec, con.i.dom, sc.dtype_bytes(dtype))
+        mr, nv = _tile(vec, sc.vector_registers(target), n // vec, con.i.dom, sc.dtype_bytes(dtype), ragged_ok=int32)
 
         blocks = sc.normalize(sch)
         names = [b.name for b in blocks]
@@ -234,10 +240,10 @@ class Matmul:
                 sch.reverse_compute_inline(epilogue)
             except Exception:  # its own vectorized loop nest after the kernel's tiles
                 sc.vectorize_inner(sch, epilogue, lanes)
-        if not isinstance(con.i.dom, int):
-            # Symbolic rows: split the row loop into full tiles without a bound check and one
-            # ragged tile (a predicate in the k loop costs 3-6x). (Static rows get a tile that
-            # divides them where one exists; TVM's LoopPartition fails on static extents here.)
+        if not isinstance(con.i.dom, int) or (int32 and con.i.dom % mr):
+            # Symbolic or ragged rows: split the row loop into full tiles without a bound check
+            # and one ragged tile (a predicate in the k loop costs 3-6x). (TVM 0.27's
+            # LoopPartition fails on static int64 loops, hence int32 kernels only.)
             sch.annotate(io, "pragma_loop_partition_hint", 1)
         sch.vectorize(jl)
         sch.unroll(ii)

@@ -74,3 +74,12 @@ def test_residual_epilogue_reads_a_second_activation(rng: np.random.Generator) -
     model = onnx_model(nodes, [("x", F, ["S", 32]), ("res", F, ["S", 64])], {"w": rng.standard_normal((32, 64)).astype(np.float32)})
     built = compiled(model, rng, [{"S": 3}, {"S": 8}])
     assert matmul_rules(built), built.rules
+
+
+@pytest.mark.parametrize("rows", [7, 197])
+def test_static_rows_no_tile_divides(rng: np.random.Generator, rows: int) -> None:
+    """Static shapes are narrowed to int32 and the ragged last row tile is split off (ViT's 197)."""
+    nodes = [node("MatMul", ["x", "w"], "mm"), node("Add", ["mm", "b"], "out")]
+    inits = {"w": rng.standard_normal((40, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
+    built = compiled(onnx_model(nodes, [("x", F, [rows, 40])], inits), rng, [{}])
+    assert matmul_rules(built), built.rules
