@@ -103,7 +103,9 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
 
 # A kernel below this many FLOPs (static shapes) runs on the calling thread: a parallel launch
 # costs microseconds, and on a busy machine a descheduled worker stalls the whole kernel.
-SERIAL_FLOPS = 1 << 20
+# Off (0) for now: the x86 deploy bundle's tvm_ffi-only loader segfaults in such serial kernels
+# (tests/arm test_bundle_for_this_machine_runs_here); 1 << 20 once the loader is fixed.
+SERIAL_FLOPS = 0
 
 
 def _mark_small(func: Any) -> Any:
