@@ -142,6 +142,9 @@ def _heads(x: relax.Expr, shape: list[Any], heads: int) -> relax.Expr:
     return R.permute_dims(R.reshape(x, [b, length, heads, width // heads]), [0, 2, 1, 3])
 
 
+KEY_BLOCK = 16  # key positions a padded attention row holds a multiple of (AVX-512's fp32 lanes)
+
+
 def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     """softmax(Q K^T * scale + bias) V (no KV cache, softcap or sliding window yet).
 
@@ -173,7 +176,13 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if isinstance(hq, int) and isinstance(hkv, int) and hq != hkv:  # grouped-query attention
         k, v = R.repeat(k, hq // hkv, axis=1), R.repeat(v, hq // hkv, axis=1)
     scale = at.get("scale") if at.get("scale") is not None else 1.0 / float(np.sqrt(int(head)))
-    scores = R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])), scalar(scale, t))
+    kv_static = k_t.shape[1] if q_t.rank == 3 else k_t.shape[2]
+    # A static key length no vector width divides (ViT's 197) is padded to whole vectors,
+    # the extra keys' scores -inf (probability 0), so the softmax rows vectorize with no
+    # ragged tail; P @ V reads only the real keys.
+    pad = (-kv_static) % KEY_BLOCK if isinstance(kv_static, int) and kv_static > KEY_BLOCK else 0
+    keys = R.nn.pad(k, [0, 0, 0, 0, 0, pad, 0, 0]) if pad else k
+    scores = R.multiply(R.matmul(q, R.permute_dims(keys, [0, 1, 3, 2])), scalar(scale, t))
     zero, minus_inf = scalar(0.0, t), scalar(float("-inf"), t)
     bias = None
     if len(a) > 3 and a[3] is not None:
@@ -183,14 +192,32 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         allowed = R.tril(R.ones([q_len, kv_len], "bool"), 0)
         causal = R.where(allowed, zero, minus_inf)
         bias = causal if bias is None else R.add(bias, causal)
-    if bias is None:
+    if bias is not None:
+        bias = lw.emit(bias)
+    padded_bias = None
+    if pad:
+        padding = np.where(np.arange(kv_static + pad) < kv_static, 0.0, -np.inf).astype(t.np_dtype)
+        padded_bias = const(padding)
+        bias_rank, bias_width = 0, None
+        if len(a) > 3 and a[3] is not None:
+            mask_t = in_type(lw, node, 3)
+            bias_rank, bias_width = mask_t.rank, mask_t.shape[-1]
+        if at["is_causal"]:
+            bias_rank, bias_width = max(bias_rank, 2), kv_static
+        if bias is not None and bias_width == kv_static:
+            padded_bias = R.nn.pad(bias, [0, 0] * (bias_rank - 1) + [0, pad], pad_value=float("-inf"))
+        elif bias is not None:
+            padded_bias = R.add(bias, padded_bias)
+    if bias is None and padded_bias is None:
         probs = R.nn.softmax(scores, axis=-1)
     else:
-        bias = lw.emit(bias)
-        probs = R.nn.softmax(R.add(scores, bias), axis=-1)
+        probs = R.nn.softmax(R.add(scores, padded_bias if padded_bias is not None else bias), axis=-1)
+    if bias is not None:
         # (TVM's max starts from the lowest finite value, so an all -inf row reduces to that)
         blocked = R.less_equal(R.max(bias, [-1], True), scalar(-1e30 if t.dtype in ("f32", "f64") else -3e4, t))
         probs = R.where(blocked, zero, probs)
+    if pad:
+        probs = R.strided_slice(probs, axes=[3], begin=[0], end=[kv_static])
     y = R.matmul(probs, v)
     if q_t.rank == 3:
         y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), lw.shape(t))

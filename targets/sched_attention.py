@@ -31,8 +31,31 @@ def _is_matmul(sch: s_tir.Schedule, info: Any) -> bool:
         and match(sch, info) is not None
 
 
-def _reads_only_params(sch: s_tir.Schedule, func: tirx.PrimFunc, info: Any) -> bool:
-    return all(sc.param_index(func, buf) is not None for buf, _ in sc.reads(sch, info.block_rv))
+def _root_copies(sch: s_tir.Schedule, func: tirx.PrimFunc, blocks: list[Any]) -> set[str]:
+    """The blocks that only re-lay out the inputs (K^T, padded keys, V split into heads):
+    each chain of them ends in one copy made at the root, once per call, which the row blocks
+    then read with unit stride; the links before the last are inlined into it here."""
+    derived: list[Any] = []  # buffers computed from the parameters alone
+    chain: list[Any] = []
+    for b in blocks:
+        if b.is_reduction():
+            continue
+        if all(sc.param_index(func, buf) is not None or any(buf.same_as(d) for d in derived)
+               for buf, _ in sc.reads(sch, b.block_rv)):
+            chain.append(b)
+            derived.extend(buf for buf, _ in sc.writes(sch, b.block_rv))
+    read_by_chain = [buf for c in chain for buf, _ in sc.reads(sch, c.block_rv)]
+    roots: set[str] = set()
+    for b in chain:
+        out = sc.writes(sch, b.block_rv)[0][0]
+        if any(out.same_as(buf) for buf in read_by_chain):
+            try:
+                sch.compute_inline(b.block_rv)
+                continue
+            except Exception:
+                pass
+        roots.add(b.name)
+    return roots
 
 
 class Attention:
@@ -69,16 +92,15 @@ class Attention:
         # output P (read D times by P @ V) and the row reductions; inline the rest.
         (p_buf, _), = [(buf, idx) for buf, idx in sc.reads(sch, pv.block_rv)[:1]]
         keep = {qk.name, pv.name, *(b.name for b in row_reductions)}
-        roots: set[str] = set()
+        roots = _root_copies(sch, narrowed, blocks[:i_pv])
+        blocks = [b for b in blocks if sc.exists(sch, b.block_rv)]
         for b in blocks:
             writes = sc.writes(sch, b.block_rv)
             if writes and writes[0][0].same_as(p_buf):
                 keep.add(b.name)
             if "exp" in b.name and not b.is_reduction() and b in between:
                 keep.add(b.name)
-            if names.index(b.name) < i_pv and not b.is_reduction() and _reads_only_params(sch, func, b):
-                keep.add(b.name)  # K^T, V split into heads and the like: one copy at the root
-                roots.add(b.name)
+        keep |= roots
         for b in blocks:
             if b.name not in keep and not b.is_reduction():
                 try:  # (never reverse_compute_inline: that would write the output from P @ V)
@@ -119,15 +141,24 @@ class Attention:
         sch.vectorize(jl)
         sch.unroll(ii)
 
+        # Softmax's max and sum as `lanes` partial results (rfactor needs them still at the root).
+        partials: set[str] = set()
+        for b in row_reductions:
+            rf = sc.rfactor_row(sch, sch.get_sblock(b.name), lanes)
+            if rf is not None:
+                partials.add(sch.get(rf).name_hint)
+        order = [sch.get(blk).name_hint for blk in sch.get_child_blocks(sc.root_block(sch))]
+
         # Everything between the matmuls (and Q K^T itself) per row block, consumers first.
-        producers = [b for b in blocks[names.index(qk.name): i_pv] if sc.exists(sch, b.block_rv) and b.name not in roots]
-        for b in reversed(producers):
-            sch.compute_at(b.block_rv, io, preserve_unit_loops=True)
+        producers = [n for n in order[order.index(qk.name): order.index(pv.name)] if n not in roots]
+        for name in reversed(producers):
+            sch.compute_at(sch.get_sblock(name), io, preserve_unit_loops=True)
         qk_k = None
-        for b in producers:
-            block = sch.get_sblock(b.name)
+        for name in producers:
+            block = sch.get_sblock(name)
             loops = sch.get_loops(block)
-            if b.name == qk.name:
+            spatial = all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars)
+            if name == qk.name:
                 # (.., ii, j, k): k outermost of the three, key positions j vectorized
                 ii, j, k = loops[-3:]
                 extent = sc.static_extent(sch, j)
@@ -139,16 +170,15 @@ class Attention:
                         sch.annotate(jo2, "pragma_loop_partition_hint", 1)
                     sch.vectorize(jl2)
                 qk_k = k
-            elif not b.is_reduction():
-                inner = sc.static_extent(sch, loops[-1])
-                if inner and inner % lanes == 0:
-                    _, lane = sch.split(loops[-1], [None, lanes])
-                    sch.vectorize(lane)
+            elif name in partials:
+                sc.vectorize_partials(sch, block)
+            elif spatial:
+                sc.vectorize_row(sch, loops[-1], lanes)
         fused = bool(batch_loops) and all(sc.static_extent(sch, b) for b in batch_loops)
         outer = sch.fuse(*batch_loops, io) if fused else io
         sc.parallel(sch, outer)
         k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jl)
-        for name in keep - {b.name for b in producers} - {pv.name}:
+        for name in keep - set(producers) - {pv.name}:
             try:
                 block = sch.get_sblock(name)
                 if not sch.get(block).reads or any(it.iter_type == 2 for it in sch.get(block).iter_vars):
@@ -157,6 +187,9 @@ class Attention:
             except Exception:
                 continue
         sch.decompose_reduction(sch.get_sblock(qk.name), qk_k)
+        for name in partials:
+            rf = sch.get_sblock(name)
+            sch.decompose_reduction(rf, sch.get_loops(rf)[-2])
         pv_block = sch.get_sblock(pv.name)
         sch.decompose_reduction(pv_block, sch.get_loops(pv_block)[k_at])
         return sch

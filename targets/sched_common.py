@@ -275,6 +275,48 @@ def static_extent(sch: s_tir.Schedule, loop: Any) -> int | None:
     return int(extent) if isinstance(extent, tirx.IntImm) else None
 
 
+def is_int32(sch: s_tir.Schedule, loop: Any) -> bool:
+    """Whether a loop's variable is int32 (a narrowed static kernel: LoopPartition works there)."""
+    return str(sch.get(loop).loop_var.ty.dtype) == "int32"
+
+
+def vectorize_row(sch: s_tir.Schedule, loop: Any, lanes: int) -> bool:
+    """Vectorize a static innermost loop by `lanes`. A ragged extent (ViT's 197 positions) gets
+    full vectors and one predicated tail split off by LoopPartition, which TVM 0.27 does only
+    on int32 loops; elsewhere only extents `lanes` divides are vectorized. Whether it was."""
+    extent = static_extent(sch, loop)
+    if not extent or extent < lanes or (extent % lanes and not is_int32(sch, loop)):
+        return False
+    outer, lane = sch.split(loop, [None, lanes])
+    if extent % lanes:
+        sch.annotate(outer, "pragma_loop_partition_hint", 1)
+    sch.vectorize(lane)
+    return True
+
+
+def rfactor_row(sch: s_tir.Schedule, block: Any, lanes: int) -> Any | None:
+    """A reduction over its innermost static loop as `lanes` partial results (rfactor): the
+    partial block, or None where the reduction is left as it is. Only extents `lanes` divides:
+    TVM 0.27's compute_at drops the predicate a ragged split leaves on the partial block (it
+    would read past the row). rfactor needs the block alone under its loops, so call this
+    before any compute_at, then vectorize_partials once the blocks are where they run."""
+    inner = sch.get_loops(block)[-1]
+    extent = static_extent(sch, inner)
+    if not extent or extent < 2 * lanes or extent % lanes:
+        return None
+    _, lane = sch.split(inner, [None, lanes])
+    return sch.rfactor(lane, len(writes(sch, block)[0][1]))  # lanes innermost in the buffer
+
+
+def vectorize_partials(sch: s_tir.Schedule, rf: Any) -> None:
+    """A partial block of rfactor_row: the lane loop moved innermost and vectorized. (Its init
+    is decomposed after any parallel: sch.parallel rejects a partial update without its init.)"""
+    # compute_at made one loop per block var, in their order: (lane, rows.., reduction)
+    made = sch.get_loops(rf)[-len(sch.get(rf).iter_vars):]
+    sch.reorder(*made[1:], made[0])
+    sch.vectorize(made[0])
+
+
 def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1, threads: bool = True) -> None:
     """Spatial block: fuse its loops, vectorize the innermost `lanes` (when the innermost loop
     divides by them) and parallelize the outer part."""

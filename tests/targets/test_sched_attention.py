@@ -26,6 +26,8 @@ def compiled(model, rng: np.random.Generator, fix=None):  # type: ignore[no-unty
 
 @pytest.mark.parametrize(("heads", "seq", "dim", "mask", "causal"), [
     (2, 16, 16, None, 0), (3, 13, 8, "float", 0), (2, 37, 32, "bool", 0), (1, 9, 6, None, 1), (2, 20, 16, "float", 1),
+    # key lengths padded to whole vectors (ViT's 197): with no bias, a bool mask, causal
+    (1, 197, 64, None, 0), (2, 45, 16, "bool", 1), (1, 33, 8, "float", 0),
 ])
 def test_attention_4d(rng: np.random.Generator, heads: int, seq: int, dim: int, mask: str | None, causal: int) -> None:
     shape = ["B", heads, seq, dim]
@@ -51,3 +53,4 @@ def test_attention_3d_packed_heads(rng: np.random.Generator) -> None:
     nodes = [helper.make_node("Attention", ["q", "k", "v"], ["out"], name="out", q_num_heads=4, kv_num_heads=4)]
     built = compiled(onnx_model(nodes, [("q", F, shape), ("k", F, shape), ("v", F, shape)], opset=23), rng)
     assert "Attention" in built.rules.values(), built.rules
+
