@@ -53,6 +53,24 @@ def _bias(y: relax.Expr, bias: relax.Expr | None, spatial: int) -> relax.Expr:
     return y if bias is None else R.add(y, R.reshape(bias, [1, -1] + [1] * spatial))
 
 
+POINTWISE_MIN_PIXELS = 64  # fewer pixels than this per image stay a convolution
+POINTWISE_PIXEL_MULTIPLE = 16  # whole vectors of pixels (a padded row costs a copy per call)
+
+
+def _pointwise_as_matmul(node: Node, x: TensorType, w: TensorType, pads: list[int]) -> bool:
+    """A float 1x1 convolution with unit strides, no padding and one group is a matrix product
+    of the weight [CO, CI] by each image [CI, H*W]; it is lowered as one (the matmul rule then
+    vectorizes along the pixels and writes NCHW rows directly) when the image has at least
+    POINTWISE_MIN_PIXELS pixels (a 7x7 map has too few for whole vectors)."""
+    at = node.attrs
+    if any(k != 1 for k in at["kernel_shape"]) or any(s != 1 for s in at["strides"]) or any(pads) or at["group"] != 1:
+        return False
+    if x.dtype not in ("f32", "f16", "bf16") or not all(isinstance(d, int) for d in (*x.shape[2:], *w.shape[:2])):
+        return False
+    pixels = int(np.prod(x.shape[2:]))
+    return pixels >= POINTWISE_MIN_PIXELS and pixels % POINTWISE_PIXEL_MULTIPLE == 0
+
+
 def _conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     at = node.attrs
     n = len(at["kernel_shape"])
@@ -60,6 +78,14 @@ def _conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if fn is None:
         raise refuse(node, f"{n}-d convolution")
     data_layout, kernel_layout = _LAYOUTS[n]
+    x_t, w_t, y_t = in_type(lw, node, 0), in_type(lw, node, 1), out_type(node)
+    pads = conv_pads(node, x_t, y_t)
+    if _pointwise_as_matmul(node, x_t, w_t, pads):
+        # W[CO, CI] @ X[N, CI, H*W]: vectors along the image row, stored straight into NCHW
+        shape = lw.shape(x_t)
+        w2 = R.reshape(a[1], [w_t.shape[0], w_t.shape[1]])
+        y = R.reshape(R.matmul(w2, R.reshape(a[0], [shape[0], shape[1], -1])), lw.shape(y_t))
+        return [_bias(y, a[2] if len(a) > 2 else None, n)]
     y = fn(a[0], a[1], strides=list(at["strides"]), padding=conv_pads(node, in_type(lw, node, 0), out_type(node)),
            dilation=list(at["dilations"]), groups=at["group"], data_layout=data_layout, kernel_layout=kernel_layout)
     return [_bias(y, a[2] if len(a) > 2 else None, n)]

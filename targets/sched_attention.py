@@ -112,8 +112,8 @@ class Attention:
         by_name = {b.name: b for b in blocks}
         pv = by_name[pv.name]
         con = match(sch, pv)
-        if con is None or not isinstance(con.j.dom, int):
-            return None
+        if con is None or con.i is None or not isinstance(con.j.dom, int):
+            return None  # (one query row: the matmul and row rules take its kernel)
         d = con.j.dom
         vec = sc.largest_divisor(d, [lanes, lanes // 2, lanes // 4, 2])
         if vec < 2:

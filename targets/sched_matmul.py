@@ -34,13 +34,13 @@ class Contraction:
 
     a_index: int  # read position of the operand that carries i
     b_index: int  # read position of the operand that carries j
-    i: Any  # IterInfo of the row loop
+    i: Any  # IterInfo of the row loop (None: a matrix-vector product, one row)
     j: Any  # IterInfo of the column loop (innermost in C)
     k: Any  # IterInfo of the reduction loop
     batch: list[Any]  # IterInfo of the other spatial loops
     b_axes: tuple[int, int]  # positions of k and j among B's indices
     b_rank: int
-    c_axes: tuple[int, int]  # positions of i and j among C's indices
+    c_axes: tuple[int | None, int]  # positions of i and j among C's indices
 
 
 def _single_var(expr: tirx.PrimExpr) -> tirx.Var | None:
@@ -52,7 +52,7 @@ def match(sch: s_tir.Schedule, anchor: Any) -> Contraction | None:
     iters = anchor.iters
     reds = [it for it in iters if it.kind == "R"]
     spatial = [it for it in iters if it.kind == "S"]
-    if len(reds) != 1 or len(spatial) < 2:
+    if len(reds) != 1 or not spatial:
         return None
     k = reds[0]
     (out, full_idx), = sc.writes(sch, anchor.block_rv)
@@ -81,16 +81,17 @@ def match(sch: s_tir.Schedule, anchor: Any) -> Contraction | None:
         return None
     (a_pos, _, a_idx), (b_pos, _, b_idx) = a_ops[0], b_ops[0]
     # The row loop is C's second-innermost index (read by A, not by B); the others are batch
-    # loops, which B may broadcast over (a weight shared by every batch).
-    if len(out_idx) < 2:
-        return None
-    i = next((it for it in spatial if it.var.same_as(out_idx[-2])), None)
-    if i is None or i is j or not carries(a_idx, i.var) or carries(b_idx, i.var):
+    # loops, which B may broadcast over (a weight shared by every batch). C with no other
+    # index than j (a classifier's Gemm at batch 1) is a matrix-vector product: no row loop.
+    i = next((it for it in spatial if it.var.same_as(out_idx[-2])), None) if len(out_idx) >= 2 else None
+    if len(out_idx) >= 2 and (i is None or i is j or not carries(a_idx, i.var) or carries(b_idx, i.var)):
         return None
     batch = [it for it in spatial if it is not i and it is not j]
+    if i is None and (batch or carries(a_idx, j.var)):
+        return None
     k_pos = next(n for n, e in enumerate(b_idx) if sc.uses(e, k.var))
     j_pos = next(n for n, e in enumerate(b_idx) if sc.uses(e, j.var))
-    c_i = next(n for n, e in enumerate(full_idx) if isinstance(e, tirx.Var) and e.same_as(i.var))
+    c_i = None if i is None else next(n for n, e in enumerate(full_idx) if isinstance(e, tirx.Var) and e.same_as(i.var))
     c_j = next(n for n, e in enumerate(full_idx) if isinstance(e, tirx.Var) and e.same_as(j.var))
     return Contraction(a_pos, b_pos, i, j, k, batch, (k_pos, j_pos), len(b_idx), (c_i, c_j))
 
@@ -130,12 +131,17 @@ def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int, ragged
     return fits[0] if fits else (1, 1)
 
 
-def _tile_map(mr: int, cols: int, c_axes: tuple[int, int]) -> Any:
-    """C[.., i, .., j] -> tile[i % mr, j % cols]: the accumulator of one register tile."""
+def _tile_map(mr: int, cols: int, c_axes: tuple[int | None, int]) -> Any:
+    """C[.., i, .., j] -> tile[i % mr, j % cols]: the accumulator of one register tile
+    (tile[j % cols] for a matrix-vector product)."""
 
     def index_map(*axes: Any) -> list[Any]:
-        i, j = axes[c_axes[0]], axes[c_axes[1]]
-        return [i % tirx.const(mr, str(i.ty.dtype)), j % tirx.const(cols, str(j.ty.dtype))]
+        j = axes[c_axes[1]]
+        tile_j = j % tirx.const(cols, str(j.ty.dtype))
+        if c_axes[0] is None:
+            return [tile_j]
+        i = axes[c_axes[0]]
+        return [i % tirx.const(mr, str(i.ty.dtype)), tile_j]
 
     return index_map
 
@@ -163,6 +169,7 @@ class Matmul:
             return None  # integer matmuls belong to the int8 rules
         lanes = sc.vector_lanes(target, dtype)
         n = con.j.dom
+        rows = 1 if con.i is None else con.i.dom
         vec = sc.largest_divisor(n, [lanes, lanes // 2, lanes // 4, 2])
         b_buf = sc.reads(sch, anchor.block_rv)[con.b_index][0]
         b_param = sc.param_index(func, b_buf)
@@ -171,7 +178,7 @@ class Matmul:
         if vec < lanes and n >= 4 * lanes:
             # Columns that no vector width divides (GPT-2's 50257-word head): compute a padded
             # einsum, the weight padded with zeros at compile time, then copy the columns out.
-            mr, nv = _tile(lanes, sc.vector_registers(target), 12, con.i.dom, sc.dtype_bytes(dtype))
+            mr, nv = _tile(lanes, sc.vector_registers(target), 12, rows, sc.dtype_bytes(dtype))
             sch.pad_einsum(anchor.block_rv, [nv * lanes if it.var.same_as(con.j.var) else 1 for it in anchor.iters])
             anchor = next(b for b in sc.normalize(sch) if b.is_reduction())
             con = match(sch, anchor)
@@ -181,7 +188,7 @@ class Matmul:
             n = con.j.dom
         if vec < 2:
             return None
-        mr, nv = _tile(vec, sc.vector_registers(target), n // vec, con.i.dom, sc.dtype_bytes(dtype), ragged_ok=int32)
+        mr, nv = _tile(vec, sc.vector_registers(target), n // vec, rows, sc.dtype_bytes(dtype), ragged_ok=int32)
 
         blocks = sc.normalize(sch)
         names = [b.name for b in blocks]
@@ -218,14 +225,19 @@ class Matmul:
         # Loop handles go stale when blocks are inlined or re-laid out: read the anchor again.
         anchor = next(b for b in sc.normalize(sch) if b.name == anchor.name)
         by_name = {it.var.name: it for it in anchor.iters}
-        con.i, con.j, con.k = by_name[con.i.var.name], by_name[con.j.var.name], by_name[con.k.var.name]
+        con.j, con.k = by_name[con.j.var.name], by_name[con.k.var.name]
+        con.i = None if con.i is None else by_name[con.i.var.name]
         con.batch = [by_name[b.var.name] for b in con.batch]
-        io, ii = sch.split(con.i.loop_rv, [None, mr])
         jo, jv, jl = sch.split(con.j.loop_rv, [None, nv, vec])
         batch_loops = [b.loop_rv for b in con.batch]
-        sch.reorder(*batch_loops, jo, io, con.k.loop_rv, ii, jv, jl)
+        if con.i is not None:
+            io, ii = sch.split(con.i.loop_rv, [None, mr])
+            sch.reorder(*batch_loops, jo, io, con.k.loop_rv, ii, jv, jl)
+        else:  # matrix-vector: each k step streams nv vectors of the packed weight
+            io = ii = None
+            sch.reorder(*batch_loops, jo, con.k.loop_rv, jv, jl)
         acc = sch.cache_write(anchor.block_rv, 0, "global")  # small global = stack: see _tile
-        sch.reverse_compute_at(acc, io)
+        sch.reverse_compute_at(acc, jo if io is None else io)
         # The tile buffer is as big as C until TVM compacts it, which fails when the rows are
         # symbolic (the tile at the edge is shorter): fold it onto one (mr, nv * vec) tile,
         # which every (jo, io) step initializes, accumulates and writes back before the next.
@@ -240,13 +252,14 @@ class Matmul:
                 sch.reverse_compute_inline(epilogue)
             except Exception:  # its own vectorized loop nest after the kernel's tiles
                 sc.vectorize_inner(sch, epilogue, lanes)
-        if not isinstance(con.i.dom, int) or (int32 and con.i.dom % mr):
+        if io is not None and (not isinstance(rows, int) or (int32 and rows % mr)):
             # Symbolic or ragged rows: split the row loop into full tiles without a bound check
             # and one ragged tile (a predicate in the k loop costs 3-6x). (TVM 0.27's
             # LoopPartition fails on static int64 loops, hence int32 kernels only.)
             sch.annotate(io, "pragma_loop_partition_hint", 1)
         sch.vectorize(jl)
-        sch.unroll(ii)
+        if ii is not None:
+            sch.unroll(ii)
         sch.unroll(jv)
         static_batch = [b for b in batch_loops if sc.static_extent(sch, b) is not None]
         outer = sch.fuse(*static_batch, jo) if static_batch and len(static_batch) == len(batch_loops) else jo
