@@ -116,7 +116,8 @@ CASES = [
     (Case("Conv", 24, 6, 6, 48, k=(1, 1), pads=(0, 0, 0, 0), epilogue="clip"), "ConvBlocked"),  # 1x1 (GEMM-like)
     # 1x1 over whole vectors of pixels: lowered as W @ X[n] (emit_nn._pointwise_as_matmul)
     (Case("Conv", 24, 8, 8, 40, k=(1, 1), pads=(0, 0, 0, 0), epilogue="residual", n=2), "Matmul"),
-    (Case("Conv", 5, 16, 12, 6, k=(1, 1), pads=(0, 0, 0, 0), epilogue="clip"), "Matmul"),
+    (Case("Conv", 30, 16, 12, 6, k=(1, 1), pads=(0, 0, 0, 0), epilogue="clip"), "Matmul"),
+    (Case("Conv", 16, 16, 12, 32, k=(1, 1), pads=(0, 0, 0, 0)), "ConvBlocked"),  # too few channels
     (Case("Conv", 5, 12, 12, 6, k=(3, 2), pads=(2, 1, 0, 2), dilation=(2, 3), stride=(1, 2), n=2), "ConvBlocked"),
     (Case("Conv", 32, 8, 9, 32, group=2, epilogue="silu"), "ConvBlocked"),  # grouped, 16 lanes per group
     (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip"), "Depthwise"),
@@ -165,8 +166,9 @@ def _random_case(rng: np.random.Generator) -> tuple[Case, str]:
         return Case("Conv", g * int(rng.integers(2, 6)), h, w, g * 16 * int(rng.integers(1, 3)), k=k, stride=stride,
                     pads=pads, dilation=dilation, group=g, epilogue=epilogue, n=n), "ConvBlocked"
     if kind == "pointwise":  # (whole vectors of pixels at unit stride: lowered as a matmul)
-        as_matmul = stride == (1, 1) and h * w >= 64 and h * w % 16 == 0
-        return Case("Conv", int(rng.integers(1, 70)), h, w, int(rng.choice([4, 8, 12, 16, 24, 32, 40, 64, 96])), k=(1, 1),
+        c = int(rng.integers(1, 70))
+        as_matmul = stride == (1, 1) and h * w >= 64 and h * w % 16 == 0 and c >= 24
+        return Case("Conv", c, h, w, int(rng.choice([4, 8, 12, 16, 24, 32, 40, 64, 96])), k=(1, 1),
                     pads=(0, 0, 0, 0), stride=stride, epilogue=epilogue, n=n), "Matmul" if as_matmul else "ConvBlocked"
     return Case("Conv", int(rng.integers(1, 40)), h, w, int(rng.choice([2, 4, 6, 8, 12, 16, 20, 32, 48, 64])), k=k,
                 stride=stride, pads=pads, dilation=dilation, epilogue=epilogue, n=n), "ConvBlocked"

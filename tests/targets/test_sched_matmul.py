@@ -83,3 +83,20 @@ def test_static_rows_no_tile_divides(rng: np.random.Generator, rows: int) -> Non
     inits = {"w": rng.standard_normal((40, 64)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
     built = compiled(onnx_model(nodes, [("x", F, [rows, 40])], inits), rng, [{}])
     assert matmul_rules(built), built.rules
+
+
+def test_activation_b_with_columns_padded_to_whole_vectors(rng: np.random.Generator) -> None:
+    """B an activation with 70 columns (no vector width divides them): the padded copy of B is
+    made once per call, outside the micro-kernel, and the padded columns never reach the output."""
+    nodes = [node("MatMul", ["x", "y"], "mm"), node("Relu", ["mm"], "out")]
+    model = onnx_model(nodes, [("x", F, ["B", 9, 24]), ("y", F, ["B", 24, 70])])
+    built = compiled(model, rng, [{"B": 1}, {"B": 3}])
+    assert matmul_rules(built), built.rules
+
+
+def test_matrix_vector_product(rng: np.random.Generator) -> None:
+    """One row (a classifier's Gemm at batch 1): no row loop, weight streamed in packed vectors."""
+    nodes = [node("Gemm", ["x", "w", "b"], "out", transB=1)]
+    inits = {"w": rng.standard_normal((100, 72)).astype(np.float32), "b": rng.standard_normal(100).astype(np.float32)}
+    built = compiled(onnx_model(nodes, [("x", F, [1, 72])], inits), rng, [{}])
+    assert matmul_rules(built), built.rules
