@@ -41,6 +41,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 BUNDLE_MANIFEST = "bundle.json"
+# TVM allocates every tensor 64-byte aligned (kAllocAlignment) and its compiled kernels rely on
+# it: LLVM emits aligned vector loads (vmovaps) on their parameters, which fault on anything less.
+ALIGNMENT = 64
 
 # AArch64 ISA features as LLVM names them -> (AT_HWCAP word, bit) as Linux reports them.
 AT_HWCAP, AT_HWCAP2 = 16, 26
@@ -167,6 +170,32 @@ def runtime_lib_dir(tvm_ffi: Any) -> Path:
                       "unpack the bundle again or set EMBER_TVM_LIB_DIR")
 
 
+def aligned(array: Any) -> Any:
+    """`array` C-contiguous at an ALIGNMENT-byte boundary: itself when it already is, else a copy.
+
+    `tvm_ffi.from_dlpack` wraps a numpy array's memory as it is, and numpy only aligns to 16
+    bytes; the `tvm` package's loader never hits this because `tvm.runtime.tensor` copies into
+    TVM's own (aligned) memory.
+    """
+    import numpy as np
+
+    array = np.asarray(array)
+    shape = array.shape
+    array = np.ascontiguousarray(array)
+    if array.size == 0 or array.ctypes.data % ALIGNMENT == 0:  # (no data, nothing to load)
+        return array.reshape(shape)
+    buf = np.empty(array.nbytes + ALIGNMENT, np.uint8)
+    start = -buf.ctypes.data % ALIGNMENT
+    out = buf[start:start + array.nbytes].view(array.dtype).reshape(shape)
+    out[...] = array.reshape(shape)
+    return out
+
+
+def to_tensor(tvm_ffi: Any, array: Any) -> Any:
+    """A tvm_ffi tensor over `array`'s data (copied first when not aligned as TVM's kernels need)."""
+    return tvm_ffi.from_dlpack(aligned(array))
+
+
 _RUNTIME: dict[str, Any] = {}
 
 
@@ -235,7 +264,7 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
         """ember.runtime's Model over tvm_ffi tensors (DLPack both ways) instead of `tvm`."""
 
         def _tensors(self, args: tuple[Any, ...], named: Any) -> list[Any]:
-            return [tvm_ffi.from_dlpack(a) for a in self._bind(args, named)]
+            return [to_tensor(tvm_ffi, a) for a in self._bind(args, named)]
 
         def __call__(self, *args: Any, **named: Any) -> dict[str, Any]:
             result = self._invoke(self._tensors(args, named))
@@ -259,7 +288,7 @@ def run_library(library: Path, inputs: Path, output: Path, order: list[str], nam
     feeds = _npz(inputs)
     vm = tvm_ffi.load_module(str(library))["vm_load_executable"]()
     vm["vm_initialization"](1, 0, 2)
-    result = vm["main"](*[tvm_ffi.from_dlpack(np.ascontiguousarray(feeds[n])) for n in order])
+    result = vm["main"](*[to_tensor(tvm_ffi, feeds[n]) for n in order])
     outs = [result] if hasattr(result, "__dlpack__") else list(result)
     np.savez(output, **{n: np.array(np.from_dlpack(o), copy=True) for n, o in zip(names, outs)})
     return 0

@@ -103,9 +103,10 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
 
 # A kernel below this many FLOPs (static shapes) runs on the calling thread: a parallel launch
 # costs microseconds, and on a busy machine a descheduled worker stalls the whole kernel.
-# Off (0) for now: the x86 deploy bundle's tvm_ffi-only loader segfaults in such serial kernels
-# (tests/arm test_bundle_for_this_machine_runs_here); 1 << 20 once the loader is fixed.
-SERIAL_FLOPS = 0
+# (Serial kernels were once blamed for the deploy bundle's segfaults; the cause was the bundle
+# loader handing TVM numpy memory that was not 64-byte aligned, which any kernel whose aligned
+# vector loads read an input straight away can trip: runtime/bundle_run.py now aligns inputs.)
+SERIAL_FLOPS = 1 << 20
 
 
 def _mark_small(func: Any) -> Any:

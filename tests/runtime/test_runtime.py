@@ -393,3 +393,58 @@ def test_runtime_works_without_the_compiler_library(dyn_artifact: Path, tmp_path
                             text=True, timeout=300)
     assert result.returncode == 0 and "self-check passed" in result.stdout, result.stderr[-3000:]
     assert "Scope Loaded" not in result.stderr
+
+
+# --- the deploy bundle's loader (runtime/bundle_run.py: tvm_ffi only, no `tvm` package) --------
+
+
+def test_bundle_loader_aligns_inputs_for_tvm() -> None:
+    # tvm_ffi.from_dlpack wraps numpy's memory as is (16-byte aligned); TVM's kernels need 64.
+    import ml_dtypes
+
+    from ember.runtime.bundle_run import ALIGNMENT, aligned
+
+    assert ALIGNMENT == 64
+    buf = np.empty(4096, np.uint8)
+    start = -buf.ctypes.data % 64
+    for value in (np.full((), 3.0, np.float32), np.zeros((0, 3), np.float32), np.arange(7) % 3 == 0,
+                  np.arange(6, dtype=np.float32).astype(ml_dtypes.bfloat16), np.arange(24).reshape(4, 6)[:, ::2]):
+        for offset in (4, 16):  # the same values at an address numpy may well give them
+            moved = buf[start + offset:start + offset + value.nbytes].view(value.dtype).reshape(value.shape)
+            moved[...] = value
+            out = aligned(moved)
+            assert (out.ctypes.data % 64 == 0 or not value.size) and out.flags.c_contiguous, (value, offset)
+            assert out.dtype == value.dtype and out.shape == value.shape and np.array_equal(out, value)
+    ready = buf[start:start + 256].view(np.float32)
+    assert np.shares_memory(aligned(ready), ready)  # already aligned and contiguous: no copy
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the bundle loader is for Linux boards")
+def test_bundle_loader_runs_serial_kernels_on_misaligned_inputs(tmp_path: Path) -> None:
+    # A small static kernel is marked serial (build.SERIAL_FLOPS): its vector loads of the input are
+    # aligned (vmovaps), so the bundle loader once segfaulted on inputs numpy had put at an address
+    # not 32/64-byte aligned (the x86 bundle's self-check crashed about half the time).
+    from ember.targets.build import SERIAL_FLOPS
+
+    model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "x"], ["y"])],
+                       [("x", T.FLOAT, [4, 64])], [("y", T.FLOAT, [4, 64])])
+    art = compile_model(_save(model, tmp_path / "tiny.onnx"), tmp_path / "tiny.ember").path
+    kernels = json.loads((art / "manifest.json").read_text())["kernels"]
+    assert all(0 < k["flops"] < SERIAL_FLOPS for k in kernels), kernels
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from ember.runtime import bundle_run
+        model = bundle_run.load({str(art)!r}, threads=2)
+        x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+        buf = np.empty(x.nbytes + 128, np.uint8)
+        for offset in (0, 4, 16, 32):
+            start = -buf.ctypes.data % 64 + offset
+            xin = buf[start:start + x.nbytes].view(np.float32).reshape(x.shape)
+            xin[...] = x
+            np.testing.assert_allclose(model(x=xin)["y"], np.maximum(x, 0) * x, rtol=1e-6)
+            np.testing.assert_array_equal(xin, x)  # the caller's array is left alone
+        assert all(r.ok for r in model.self_check())
+        print("bundle loader ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and "bundle loader ok" in result.stdout, (result.returncode, result.stderr[-3000:])
