@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tvm import s_tir, tirx
+from tvm import s_tir, sym, tirx
 from tvm.target import Target
 
 from ember.targets import sched_common as sc
@@ -265,7 +265,9 @@ def _vectorize_row(sch: s_tir.Schedule, block: Any, lanes: int, parallel: bool =
     if extent is None or extent < lanes // 2:
         return
     vec = lanes if extent >= lanes else lanes // 2
-    _, lane = sch.split(loops[-1], [None, vec])
+    outer, lane = sch.split(loops[-1], [None, vec])
+    if extent % vec and sc.is_int32(sch, outer):
+        sch.annotate(outer, "pragma_loop_partition_hint", 1)  # the ragged vector split off
     sch.vectorize(lane)
 
 
@@ -338,6 +340,29 @@ def _row_tile(width: int, lanes: int) -> tuple[int, int]:
     return vec, max(1, min(4, width // vec))
 
 
+def _deinterleave(sch: s_tir.Schedule, anchor: Any, win: Window, pad: Any) -> None:
+    """A window with column stride s > 1 reads every s-th padded column: a gather per vector
+    of outputs and tap. The padded plane is laid out [.., y, x % s, x // s] instead, so each
+    tap reads a contiguous run (x * s + rx -> (rx % s, x + rx // s)); the pad stage, iterating
+    the new layout, writes contiguously and gathers each input element once."""
+    (buf, idx), = [(b, i) for b, i in sc.reads(sch, anchor.block_rv) if b.same_as(sch.get(pad).writes[0].source)]
+    coef = sym.detect_linear_equation(idx[-1], [win.x.var])
+    stride = int(coef[0]) if len(coef) == 2 and isinstance(coef[0], tirx.IntImm) else 1
+    width = sc.buffer_shape(buf)[-1]
+    if stride < 2 or not isinstance(width, int) or width % stride:
+        return
+
+    def split_columns(*axes: Any) -> list[Any]:
+        *outer, x = axes
+        return [*outer, x % stride, x // stride]
+
+    dtype = str(idx[-1].ty.dtype)
+    sch.transform_layout(pad, ("write", 0), tirx.IndexMap.from_func(split_columns, ndim=len(idx), index_dtype=dtype))
+    # (its iterations in the same order: the columns last, as (x % s, x // s))
+    iters = len(sch.get(pad).iter_vars)
+    sch.transform_block_layout(pad, tirx.IndexMap.from_func(split_columns, ndim=iters, index_dtype=dtype))
+
+
 def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: int, cores: int) -> s_tir.Schedule:
     """Depthwise conv / pooling: parallel over (n, c), the padded plane of each channel built
     where it is read, a register row of xb vectors of output columns, the taps unrolled."""
@@ -348,6 +373,8 @@ def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: 
             sch.compute_inline(info.block_rv)
     pads = [info for info in pads if sc._exists(sch, info.block_rv)]
     epilogue = sc.inline_epilogue(sch, kernel.after)
+    for info in pads:
+        _deinterleave(sch, anchor, win, info.block_rv)
     width = _static(win.x)
     vec, xb = _row_tile(width, lanes) if width else (lanes, 1)
     xo, xv, xl = sch.split(win.x.loop_rv, [None, xb, vec])
@@ -444,6 +471,7 @@ class Depthwise:
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
+        func = sc.narrow_indices(func)  # int32: ragged rows get their last vector split off
         kernel = sc.analyze(func)
         if kernel is None or kernel.anchor is None:
             return None
@@ -477,6 +505,7 @@ class Pool:
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
+        func = sc.narrow_indices(func)  # int32: ragged rows get their last vector split off
         kernel = sc.analyze(func)
         if kernel is None or kernel.anchor is None:
             return None
