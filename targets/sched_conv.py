@@ -419,6 +419,21 @@ def _pad_block(sch: s_tir.Schedule, kernel: sc.Kernel, buffer: Any) -> Any | Non
     return None
 
 
+def _channel_block_map(sch: s_tir.Schedule, pad: Any, vec: int) -> Any | None:
+    """The pad stage's iterations (.., c, y, x) -> (.., c // vec, y, x, c % vec), or None when
+    its iterations are not (c, y, x) last."""
+    ivs = sch.get(pad).iter_vars
+    if len(ivs) < 3:
+        return None
+    dtype = str(ivs[-1].var.ty.dtype)
+
+    def channels_inner(*axes: Any) -> list[Any]:
+        *outer, c, y, x = axes
+        return [*outer, c // vec, y, x, c % vec]
+
+    return tirx.IndexMap.from_func(channels_inner, ndim=len(ivs), index_dtype=dtype)
+
+
 def schedule_depthwise_packed(sch: s_tir.Schedule, kernel: sc.Kernel, conv: ConvShape, vec: int,
                               lanes: int, regs: int) -> s_tir.Schedule | None:
     """Depthwise conv vectorized over channels: the padded input of each block of `vec`
@@ -434,6 +449,9 @@ def schedule_depthwise_packed(sch: s_tir.Schedule, kernel: sc.Kernel, conv: Conv
         return None
     epilogue = sc.inline_epilogue(sch, kernel.after)
     sch.transform_layout(pad, ("write", 0), lambda n, c, y, x: (n, c // vec, y, x, c % vec))
+    channel_block = _channel_block_map(sch, pad, vec)
+    if channel_block is not None:  # the pad stage iterates channels innermost: vector stores
+        sch.transform_block_layout(pad, channel_block)
     sc.pack_weight(sch, anchor.block_rv, conv.weight_index, _pack_map(vec))
     fo, fi = sch.split(conv.f.loop_rv, [None, vec])
     xr = _column_block(_static(conv.x), max(4, regs // 2))
@@ -457,6 +475,10 @@ def schedule_depthwise_packed(sch: s_tir.Schedule, kernel: sc.Kernel, conv: Conv
     outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sc.parallel(sch, outer)
     sch.compute_at(pad, outer)
+    if channel_block is not None:
+        lane = sch.get_loops(pad)[-1]
+        if sc.static_extent(sch, lane) == vec:
+            sch.vectorize(lane)
     _unroll_below(sch, acc, xo)
     sch.decompose_reduction(anchor.block_rv, taps[0])
     return sch
