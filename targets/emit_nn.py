@@ -92,7 +92,7 @@ def _conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         w2 = R.reshape(a[1], [w_t.shape[0], w_t.shape[1]])
         y = R.reshape(R.matmul(w2, R.reshape(a[0], [shape[0], shape[1], -1])), lw.shape(y_t))
         return [_bias(y, a[2] if len(a) > 2 else None, n)]
-    y = fn(a[0], a[1], strides=list(at["strides"]), padding=conv_pads(node, in_type(lw, node, 0), out_type(node)),
+    y = fn(a[0], a[1], strides=list(at["strides"]), padding=pads,
            dilation=list(at["dilations"]), groups=at["group"], data_layout=data_layout, kernel_layout=kernel_layout)
     return [_bias(y, a[2] if len(a) > 2 else None, n)]
 
