@@ -226,10 +226,8 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         bias = causal if bias is None else R.add(bias, causal)
     if bias is not None:
         bias = lw.emit(bias)
-    padded_bias = None
+    added = bias  # what the scores get: the bias, over the padded keys when there are any
     if pad:
-        padding = np.where(np.arange(kv_static + pad) < kv_static, 0.0, -np.inf).astype(t.np_dtype)
-        padded_bias = const(padding)
         bias_rank, bias_width = 0, None
         if len(a) > 3 and a[3] is not None:
             mask_t = in_type(lw, node, 3)
@@ -237,13 +235,11 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         if at["is_causal"]:
             bias_rank, bias_width = max(bias_rank, 2), kv_static
         if bias is not None and bias_width == kv_static:
-            padded_bias = R.nn.pad(bias, [0, 0] * (bias_rank - 1) + [0, pad], pad_value=float("-inf"))
-        elif bias is not None:
-            padded_bias = R.add(bias, padded_bias)
-    if bias is None and padded_bias is None:
-        probs = R.nn.softmax(scores, axis=-1)
-    else:
-        probs = R.nn.softmax(R.add(scores, padded_bias if padded_bias is not None else bias), axis=-1)
+            added = R.nn.pad(bias, [0, 0] * (bias_rank - 1) + [0, pad], pad_value=float("-inf"))
+        else:  # no bias, or one broadcast along the keys: add -inf over the padding
+            padding = const(np.where(np.arange(kv_static + pad) < kv_static, 0.0, -np.inf).astype(t.np_dtype))
+            added = padding if bias is None else R.add(bias, padding)
+    probs = R.nn.softmax(scores if added is None else R.add(scores, added), axis=-1)
     if bias is not None:
         # (TVM's max starts from the lowest finite value, so an all -inf row reduces to that)
         blocked = R.less_equal(R.max(bias, [-1], True), scalar(-1e30 if t.dtype in ("f32", "f64") else -3e4, t))
