@@ -102,10 +102,15 @@ def _echo_rows(rows: list[Any]) -> bool:
 @click.option("--tune", "tune_budget", metavar="DURATION",
               help="search faster kernel schedules for this long (90s, 10m, 1h); records are kept for later compiles")
 @click.option("--tune-db", type=PATH, help="the tuning database file (default ~/.cache/ember/tune/records.json)")
+@click.option("--specialize", "specialize", multiple=True, metavar="DIMS",
+              help="also build the model with these symbolic dims fixed (N=1 or batch=1,seq=128; repeatable); "
+                   "it runs when an inference's dims match. Default: batch dims = 1 when a model's only symbolic "
+                   "dims are batch dims")
+@click.option("--no-specialize", is_flag=True, help="build only the generic library")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, pass_options: dict[str, Any],
             emit_onnx: Path | None, verify: bool, rtol: float, atol: float, sample_path: Path | None,
-            tune_budget: str | None, tune_db: Path | None) -> None:
+            tune_budget: str | None, tune_db: Path | None, specialize: tuple[str, ...], no_specialize: bool) -> None:
     """Compile an ONNX model into an artifact directory.
 
     The built module is checked against the reference interpreter on a sample (and against
@@ -119,11 +124,15 @@ def compile(model: Path, output: Path | None, target: str, passes: str | None, p
     from ember.compiler.cli_tune import tune_options
 
     tune = tune_options(tune_budget, tune_db)
+    if no_specialize and specialize:
+        raise EmberError("--specialize and --no-specialize contradict each other; give one")
+    fixed = [] if no_specialize else [driver.parse_specialization(t) for t in specialize] if specialize else None
     sample = load_npz(sample_path) if sample_path is not None else None
     if pass_options["check_each"] and sample is not None:
         pass_options["check_each"] = sample
     result = driver.compile_model(model, output, target=target, passes=passes, pass_options=pass_options,
-                                  verify=verify, rtol=rtol, atol=atol, sample=sample, echo=click.echo, tune=tune)
+                                  verify=verify, rtol=rtol, atol=atol, sample=sample, echo=click.echo, tune=tune,
+                                  specialize=fixed)
     if result.records:
         from ember.compiler.passmanager import summary_table
 

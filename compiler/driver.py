@@ -20,7 +20,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -124,6 +124,7 @@ def compile_model(
     check: Callable[[Graph, Any, dict[str, np.ndarray]], None] | None = None,
     echo: Callable[[str], None] | None = None,
     tune: TuneOptions | None = None,
+    specialize: Sequence[Mapping[str, int]] | None = None,
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (default `<model>.ember`).
 
@@ -134,6 +135,9 @@ def compile_model(
     random inputs, symbolic dims = 1). `check(graph, built, sample)` runs last before writing;
     raising there (like any failure) leaves nothing behind.
     `tune`: a targets.tune.TuneOptions (search schedules within a budget, records in a database).
+    `specialize`: symbolic dims to build extra libraries for ([{"N": 1}]; each is the model
+    imported with those dims static, compiled and checked like the generic one); None: the
+    default (`default_specializations`), [] for none.
     """
     from ember.targets import build, resolve_target
     from ember.targets.kernel_stats import kernel_stats
@@ -147,6 +151,7 @@ def compile_model(
     start = time.perf_counter()
     graph = import_model(model)
     seconds["import"] = time.perf_counter() - start
+    wanted = default_specializations(graph) if specialize is None else checked_specializations(specialize, graph)
     start = time.perf_counter()
     optimized, records, pipeline = run_passes(graph, passes, pass_options or {})
     seconds["passes"] = time.perf_counter() - start
@@ -162,26 +167,37 @@ def compile_model(
     seconds["kernel_stats"] = time.perf_counter() - start
     start = time.perf_counter()
     reference = interp.run(graph, feeds)
-    ran_on = "host"
-    if spec.kind == "arm" and spec.machine != platform.machine():  # cross build: under qemu when set up
-        from ember.targets.emulate import cross_outputs
-
-        got, ran_on = cross_outputs(built, optimized, feeds, verify, say)
-    else:
-        got = run_built(built, optimized, feeds)
-    names = [v.name for v in graph.output_values]
-    checks: dict[str, Any] = {}
-    try:
-        if got is not None:
-            checks["interpreter"] = checked(compare(got, reference, names, rtol, atol), "the reference interpreter", say)
-        if verify and got is not None:
-            ort_out = onnxruntime_outputs(model, feeds)
-            checks["onnxruntime"] = checked(compare(got, ort_out, names, rtol, atol), "onnxruntime (graph optimizations off)", say)
-    except OutputMismatchError as err:
-        raise EmberError(f"{err}; no artifact written") from None
+    run_check = _Checker(model, graph, spec, verify, rtol, atol, say)
+    checks, ran_on = run_check(built, optimized, feeds, reference)
     seconds["check"] = time.perf_counter() - start
     if check is not None:
         check(optimized, built, feeds)
+
+    variants = []
+    for fixed in wanted:
+        start = time.perf_counter()
+        label = ",".join(f"{k}={v}" for k, v in fixed.items())
+        say(f"specialization {label}: the model again with these dims fixed")
+        fixed_graph = import_model(model, dims=fixed)
+        fixed_opt, _, _ = run_passes(fixed_graph, passes, {k: v for k, v in (pass_options or {}).items()
+                                                           if k in ("check_each", "reproducer_dir")})
+        fixed_built = build(fixed_opt, spec, tune=tune)
+        if all(dims.get(k) == v for k, v in fixed.items()):
+            fixed_feeds, fixed_ref = feeds, reference
+        else:
+            fixed_feeds = interp.sample_feeds(graph, dims={**dims, **fixed})
+            fixed_ref = interp.run(graph, fixed_feeds)
+        fixed_checks, _ = run_check(fixed_built, fixed_opt, fixed_feeds, fixed_ref)
+        if check is not None:
+            check(fixed_opt, fixed_built, fixed_feeds)
+        fixed_dims = {d: int(np.shape(fixed_feeds[v.name])[i]) for v in graph.inputs
+                      for i, d in enumerate(v.type.shape) if isinstance(d, str)}
+        variants.append((fixed, fixed_built, {
+            "dims": fixed, "library": f"model.{len(variants) + 1}.so",
+            "kernels": [k.as_json() for k in kernel_stats(fixed_opt, fixed_built, fixed_dims)],
+            "kernel_launches": fixed_built.launches, "checks": fixed_checks,
+            "seconds": round(time.perf_counter() - start, 3),
+        }))
 
     manifest = {
         "format": "ember-artifact",
@@ -205,15 +221,102 @@ def compile_model(
         "checked_on": ran_on,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "build_stats": {k: round(v, 3) for k, v in built.stats.items()},
+        "specializations": [entry for _, _, entry in variants],
     }
+
     def write_library(tmp: Path) -> None:
         with quiet_tvm_scope_logs():
             built.export(tmp / LIBRARY)
+            for _, fixed_built, entry in variants:
+                fixed_built.export(tmp / entry["library"])
 
     write_artifact(out, manifest, write_library, feeds, reference)
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    say(f"wrote {out} ({built.launches} kernel launches, {len(built.kernels)} distinct kernels, {size:.2f} MB)")
+    extra = "".join(f", specialized for {','.join(f'{k}={v}' for k, v in fixed.items())}" for fixed, _, _ in variants)
+    say(f"wrote {out} ({built.launches} kernel launches, {len(built.kernels)} distinct kernels{extra}, {size:.2f} MB)")
     return CompileResult(out, optimized, built.kernels, built.launches, seconds, records, manifest)
+
+
+class _Checker:
+    """Runs a build on a sample (under qemu for a cross build when set up) and compares it with
+    the reference interpreter's outputs (and onnxruntime's with `verify`): the checks' manifest
+    form and where it ran; EmberError when an output is beyond tolerance."""
+
+    def __init__(self, model: Path, graph: Graph, spec: Any, verify: bool, rtol: float, atol: float,
+                 say: Callable[[str], None]) -> None:
+        self.model, self.graph, self.spec, self.verify = model, graph, spec, verify
+        self.rtol, self.atol, self.say = rtol, atol, say
+
+    def __call__(self, built: Any, optimized: Graph, feeds: Mapping[str, np.ndarray],
+                 reference: Mapping[str, np.ndarray]) -> tuple[dict[str, Any], str]:
+        ran_on = "host"
+        if self.spec.kind == "arm" and self.spec.machine != platform.machine():  # cross build: under qemu when set up
+            from ember.targets.emulate import cross_outputs
+
+            got, ran_on = cross_outputs(built, optimized, feeds, self.verify, self.say)
+        else:
+            got = run_built(built, optimized, feeds)
+        names = [v.name for v in self.graph.output_values]
+        checks: dict[str, Any] = {}
+        try:
+            if got is not None:
+                checks["interpreter"] = checked(compare(got, reference, names, self.rtol, self.atol),
+                                                "the reference interpreter", self.say)
+            if self.verify and got is not None:
+                ort_out = onnxruntime_outputs(self.model, feeds)
+                checks["onnxruntime"] = checked(compare(got, ort_out, names, self.rtol, self.atol),
+                                                "onnxruntime (graph optimizations off)", self.say)
+        except OutputMismatchError as err:
+            raise EmberError(f"{err}; no artifact written") from None
+        return checks, ran_on
+
+
+def default_specializations(graph: Graph) -> list[dict[str, int]]:
+    """The specializations a compile builds unless told otherwise: when every symbolic dim of
+    the inputs is a leading (batch) axis, one library with those dims = 1.
+
+    Batch 1 is the common deployment case, and a static build's kernels get 32-bit indexing,
+    loop partitioning and serial small kernels, and the VM skips its shape checks. A model
+    with other symbolic dims (sequence length, image size) gets none by default: no single
+    value is a safe guess, so the caller names them (`--specialize seq=128`).
+    """
+    axes: dict[str, set[int]] = {}
+    for value in graph.inputs:
+        for axis, d in enumerate(value.type.shape):
+            if isinstance(d, str):
+                axes.setdefault(d, set()).add(axis)
+    if not axes or any(found != {0} for found in axes.values()):
+        return []
+    return [dict.fromkeys(sorted(axes), 1)]
+
+
+def parse_specialization(text: str) -> dict[str, int]:
+    """`N=1` or `batch=1,seq=128` -> {name: value}; EmberError naming what is wrong."""
+    fixed: dict[str, int] = {}
+    for part in text.split(","):
+        name, eq, value = part.strip().partition("=")
+        if not eq or not name.strip() or not value.strip().isdigit():
+            raise EmberError(f"--specialize {text!r}: expected NAME=VALUE[,NAME=VALUE...] with positive integer values")
+        fixed[name.strip()] = int(value)
+    return fixed
+
+
+def checked_specializations(requested: Sequence[Mapping[str, int]], graph: Graph) -> list[dict[str, int]]:
+    """The requested specializations, each naming only symbolic input dims with positive
+    values, duplicates dropped; EmberError naming the first that does not."""
+    symbols = sorted({d for v in graph.inputs for d in v.type.shape if isinstance(d, str)})
+    out: list[dict[str, int]] = []
+    for fixed in requested:
+        label = ",".join(f"{k}={v}" for k, v in fixed.items())
+        for name, value in fixed.items():
+            if name not in symbols:
+                known = ", ".join(symbols) if symbols else "none: every input dim is static"
+                raise EmberError(f"specialization {label!r}: {name!r} is not a symbolic input dim (the model's: {known})")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise EmberError(f"specialization {label!r}: {name} must be a positive integer, got {value!r}")
+        if fixed and dict(fixed) not in out:
+            out.append(dict(fixed))
+    return out
 
 
 def write_artifact(

@@ -9,7 +9,7 @@ types every value with ember's own inference rules.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -108,14 +108,17 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     return lines
 
 
-def import_model(path: str | Path) -> Graph:
-    """Load an ONNX file and import it; every failure is an EmberError with one clear message."""
+def import_model(path: str | Path, dims: Mapping[str, int] | None = None) -> Graph:
+    """Load an ONNX file and import it; every failure is an EmberError with one clear message.
+
+    `dims`: values for symbolic input dims (by ember's name for them, as the generic import
+    shows it): the graph is imported with those dims static."""
     model = load_onnx(path)
-    return import_proto(model, where=str(path))
+    return import_proto(model, where=str(path), dims=dims)
 
 
-def import_proto(model: onnx.ModelProto, where: str = "model") -> Graph:
-    """Import an in-memory ONNX model."""
+def import_proto(model: onnx.ModelProto, where: str = "model", dims: Mapping[str, int] | None = None) -> Graph:
+    """Import an in-memory ONNX model (symbolic input dims named in `dims` bound to those values)."""
     check_onnx(model, where)
     opset = model_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
@@ -133,7 +136,7 @@ def import_proto(model: onnx.ModelProto, where: str = "model") -> Graph:
         raise UnsupportedModelError(
             f"{where}: {len(missing)} unsupported operator(s):\n" + "\n".join(missing)
         )
-    importer = _Importer(opset, where)
+    importer = _Importer(opset, where, dims or {})
     try:
         return importer.graph(model.graph, parent=None, top=True)
     except EmberError:
@@ -213,9 +216,10 @@ def _constant_node_value(node: onnx.NodeProto) -> np.ndarray:
 class _Importer:
     """Builds ember graphs from ONNX graphs (recursively for subgraphs)."""
 
-    def __init__(self, opset: int, where: str) -> None:
+    def __init__(self, opset: int, where: str, dims: Mapping[str, int] | None = None) -> None:
         self.opset = opset
         self.where = where
+        self.dims = dict(dims or {})
         self.namer = Namer(set())
 
     def graph(
@@ -249,6 +253,9 @@ class _Importer:
                 value = Value(info.name, hints[k])
             else:
                 value = Value(info.name, _value_type(info, self.where))
+                if top and self.dims:
+                    bound = tuple(self.dims.get(d, d) if isinstance(d, str) else d for d in value.type.shape)
+                    value = Value(info.name, TensorType(value.type.dtype, bound))
             inputs.append(value)
             scope.types[value.name] = value.type
         for const in consts.values():

@@ -136,14 +136,14 @@ def random_feeds(graph: Graph, rng: np.random.Generator, dims: Mapping[str, int]
     return feeds
 
 
-def sample_feeds(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
-    """Deterministic inputs that are valid for most models (symbolic dims = 1).
+def sample_feeds(graph: Graph, seed: int = 0, dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic inputs that are valid for most models (symbolic dims from `dims`, else 1).
 
     Floats are random normal; integer and bool inputs are all ones, because integers are
     usually indices (token ids, segment ids, masks) and 1 is valid for nearly every table,
     where random values would index past small tables.
     """
-    feeds = random_feeds(graph, np.random.default_rng(seed))
+    feeds = random_feeds(graph, np.random.default_rng(seed), dims)
     for value in graph.inputs:
         if value.type.dtype not in dtypes.FLOATS:
             feeds[value.name] = np.ones_like(feeds[value.name])

@@ -4,6 +4,9 @@
       manifest.json     format version, versions, target and arch, inputs/outputs, pipeline,
                         sha256 of every other file, and a digest of the manifest itself
       model.so          the compiled library
+      model.1.so ...    specializations: the model built again with some symbolic dims fixed
+                        (manifest `specializations`: dims and library); the runtime calls one
+                        when an inference's dims match it, model.so otherwise
       sample.npz        sample inputs (fixed seed), keyed by input name
       reference.npz     the reference interpreter's outputs on sample.npz
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +55,20 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class Specialization:
+    """A library built for fixed values of some symbolic dims ({"N": 1}); `entry` is the
+    manifest's record (kernels, launches, checks)."""
+
+    dims: dict[str, int]
+    library: Path
+    entry: dict[str, Any] = field(repr=False)
+
+    def matches(self, dims: dict[str, int]) -> bool:
+        """Whether an inference with these symbolic dims may run this library."""
+        return all(dims.get(name) == value for name, value in self.dims.items())
+
+
+@dataclass(frozen=True)
 class Manifest:
     """The parsed manifest.json."""
 
@@ -72,6 +89,12 @@ class Manifest:
     def library(self) -> Path:
         """The compiled library's path."""
         return self.path.parent / self.data["library"]
+
+    @property
+    def specializations(self) -> list[Specialization]:
+        """The libraries built with some symbolic dims fixed, in the order they are tried."""
+        return [Specialization(dict(e["dims"]), self.path.parent / e["library"], e)
+                for e in self.data.get("specializations", [])]
 
     @property
     def machine(self) -> str:
@@ -121,6 +144,13 @@ def read_manifest(artifact: str | Path) -> Manifest:
     for key in ("library", "inputs", "outputs", "files", "target", "arch", DIGEST_KEY):
         if key not in data:
             raise ArtifactError(f"{path}: manifest lacks {key!r}; recompile the artifact")
+    symbols = {d for spec in data["inputs"] if isinstance(spec, dict) for d in spec.get("shape", ()) if isinstance(d, str)}
+    specs = data.get("specializations", [])
+    if not isinstance(specs, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("library"), str) and isinstance(e.get("dims"), dict)
+        and all(k in symbols and isinstance(v, int) for k, v in e["dims"].items()) for e in specs
+    ):
+        raise ArtifactError(f"{path}: malformed `specializations` in the manifest; recompile the artifact")
     if manifest_digest(data) != data[DIGEST_KEY]:
         raise ArtifactError(
             f"{path}: the manifest was edited or damaged (its digest does not match its contents); "
@@ -140,8 +170,9 @@ def verify_files(manifest: Manifest) -> None:
             raise ArtifactError(f"{root}: file {name} is missing; the artifact is incomplete, recompile it")
         if sha256(path) != digest:
             raise ArtifactError(f"{root}: file {name} is damaged (sha256 mismatch); recompile or copy the artifact again")
-    if manifest.data["library"] not in manifest.data["files"]:
-        raise ArtifactError(f"{root}: the library is not covered by the manifest's checksums; recompile the artifact")
+    for library in [manifest.data["library"], *(e["library"] for e in manifest.data.get("specializations", []))]:
+        if library not in manifest.data["files"]:
+            raise ArtifactError(f"{root}: the library {library} is not covered by the manifest's checksums; recompile the artifact")
 
 
 def check_machine(manifest: Manifest) -> None:

@@ -252,13 +252,15 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     set_threads(tvm_ffi, threads or usable_cpus())
-    try:
-        with quiet_tvm_scope_logs():  # TVM logs one "Scope Loaded" warning per kernel
-            lib = tvm_ffi.load_module(str(manifest.library))
-            vm = lib["vm_load_executable"]()
-        vm["vm_initialization"](1, 0, 2)  # kDLCPU, device 0, pooled allocator
-    except Exception as err:  # dlopen failures: wrong glibc, a file damaged after the checksums...
-        raise ArtifactError(f"{manifest.library}: cannot load the library: {str(err).strip().splitlines()[0]}") from None
+    vms = []
+    for path in [manifest.library, *(spec.library for spec in manifest.specializations)]:
+        try:
+            with quiet_tvm_scope_logs():  # TVM logs one "Scope Loaded" warning per kernel
+                vm = tvm_ffi.load_module(str(path))["vm_load_executable"]()
+            vm["vm_initialization"](1, 0, 2)  # kDLCPU, device 0, pooled allocator
+        except Exception as err:  # dlopen failures: wrong glibc, a file damaged after the checksums...
+            raise ArtifactError(f"{path}: cannot load the library: {str(err).strip().splitlines()[0]}") from None
+        vms.append(vm)
 
     class FfiModel(Model):
         """ember.runtime's Model over tvm_ffi tensors (DLPack both ways) instead of `tvm`."""
@@ -275,9 +277,10 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
 
         def runner(self, feeds: Any) -> Any:
             tensors = self._tensors((), feeds)  # the CPU runs synchronously: nothing to wait for
-            return lambda: self._invoke(tensors)
+            vm = self.variant([t.shape for t in tensors])[0]
+            return lambda: self._invoke(tensors, vm)
 
-    return FfiModel(manifest, vm, None)
+    return FfiModel(manifest, vms[0], None, list(zip(manifest.specializations, vms[1:])))
 
 
 def run_library(library: Path, inputs: Path, output: Path, order: list[str], names: list[str]) -> int:

@@ -9,13 +9,21 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ember.runtime.artifact import ArtifactError, Manifest, TensorSpec, check_machine, read_manifest, verify_files
+from ember.runtime.artifact import (
+    ArtifactError,
+    Manifest,
+    Specialization,
+    TensorSpec,
+    check_machine,
+    read_manifest,
+    verify_files,
+)
 from ember.runtime.check import Comparison, compare
 
 log = logging.getLogger(__name__)
@@ -118,12 +126,29 @@ def quiet_tvm_scope_logs() -> Iterator[None]:
 class Model:
     """A loaded artifact. Call with arrays by position or by input name; get {name: array}."""
 
-    def __init__(self, manifest: Manifest, vm: Any, device: Any) -> None:
+    def __init__(self, manifest: Manifest, vm: Any, device: Any,
+                 specialized: Sequence[tuple[Specialization, Any]] = ()) -> None:
         self.manifest = manifest
         self._vm = vm
         self._device = device
+        self._specialized = list(specialized)  # (specialization, its VM), tried in order
         self.inputs: list[TensorSpec] = manifest.inputs
         self.outputs: list[TensorSpec] = manifest.outputs
+
+    def dims(self, shapes: Sequence[Sequence[int]]) -> dict[str, int]:
+        """The symbolic dims' values for inputs of these shapes (in input order)."""
+        return {d: int(shape[axis]) for spec, shape in zip(self.inputs, shapes)
+                for axis, d in enumerate(spec.shape) if isinstance(d, str) and axis < len(shape)}
+
+    def variant(self, shapes: Sequence[Sequence[int]]) -> tuple[Any, Specialization | None]:
+        """The VM that runs inputs of these shapes: the first specialization whose dims they
+        match, else the generic library's; and that specialization (None for the generic)."""
+        if self._specialized:
+            dims = self.dims(shapes)
+            for spec, vm in self._specialized:
+                if spec.matches(dims):
+                    return vm, spec
+        return self._vm, None
 
     def _bind(self, args: tuple[Any, ...], named: Mapping[str, Any]) -> list[np.ndarray]:
         names = [s.name for s in self.inputs]
@@ -161,9 +186,11 @@ class Model:
 
         return [tvm.runtime.tensor(a, self._device) for a in self._bind(args, named)]
 
-    def _invoke(self, tensors: list[Any]) -> Any:
+    def _invoke(self, tensors: list[Any], vm: Any = None) -> Any:
+        if vm is None:
+            vm = self.variant([t.shape for t in tensors])[0]
         try:
-            return self._vm["main"](*tensors)
+            return vm["main"](*tensors)
         except Exception as err:  # TVM's VM raises its own error types; keep the message, not the trace
             lines = [line for line in str(err).strip().splitlines() if line.strip()]
             raise ModelRunError(f"{self.manifest.path.parent}: the model failed while running: "
@@ -197,9 +224,10 @@ class Model:
         """A zero-argument function that runs the model once on `feeds`, copied to the device
         once here, and waits for the device (for timing loops; outputs stay on the device)."""
         tensors = self._tensors((), feeds)
+        vm = self.variant([t.shape for t in tensors])[0]
 
         def run_once() -> None:
-            self._invoke(tensors)
+            self._invoke(tensors, vm)
             self._device.sync()
 
         return run_once
@@ -245,10 +273,15 @@ def load(path: str | Path, device: str | None = None, threads: int | None = None
 
     _load_runtime_extras(tvm)
     set_threads(threads or usable_cpus())
-    try:
-        with quiet_tvm_scope_logs():
-            lib = tvm.runtime.load_module(str(manifest.library))
-    except Exception as err:  # dlopen failures: wrong glibc, truncated file that passed checksums...
-        raise ArtifactError(f"{manifest.library}: cannot load the library: {str(err).splitlines()[0]}") from None
+    libraries = [manifest.library, *(spec.library for spec in manifest.specializations)]
+    loaded = []
+    for path in libraries:
+        try:
+            with quiet_tvm_scope_logs():
+                loaded.append(tvm.runtime.load_module(str(path)))
+        except Exception as err:  # dlopen failures: wrong glibc, truncated file that passed checksums...
+            raise ArtifactError(f"{path}: cannot load the library: {str(err).splitlines()[0]}") from None
+    lib, specialized = loaded[0], list(zip(manifest.specializations, loaded[1:]))
     dev = tvm.cpu(0)
-    return Model(manifest, tvm_vm.VirtualMachine(lib, dev), dev)
+    return Model(manifest, tvm_vm.VirtualMachine(lib, dev), dev,
+                 [(spec, tvm_vm.VirtualMachine(library, dev)) for spec, library in specialized])

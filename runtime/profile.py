@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ember.runtime.artifact import ArtifactError
+from ember.runtime.artifact import ArtifactError, Specialization
 from ember.runtime.model import Model
 
 PEAK_CACHE = "~/.cache/ember/peak.json"  # written by tools/peak.py
@@ -96,9 +96,10 @@ class Profile:
         }
 
 
-def manifest_kernels(model: Model) -> dict[str, dict[str, Any]]:
-    """The manifest's per-kernel counts by name ({} for artifacts compiled before they existed)."""
-    kernels = model.manifest.data.get("kernels")
+def manifest_kernels(model: Model, spec: Specialization | None = None) -> dict[str, dict[str, Any]]:
+    """The manifest's per-kernel counts by name, of the generic library or of a specialization
+    ({} for artifacts compiled before they existed)."""
+    kernels = (spec.entry if spec is not None else model.manifest.data).get("kernels")
     return {k["name"]: k for k in kernels} if isinstance(kernels, list) else {}
 
 
@@ -109,7 +110,8 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
 
     if repeat < 1 or warmup < 0:
         raise ValueError(f"need repeat >= 1 and warmup >= 0, got repeat={repeat}, warmup={warmup}")
-    known = manifest_kernels(model)
+    vm, spec = model.variant([np.shape(feeds[i.name]) for i in model.inputs])  # the library these inputs run
+    known = manifest_kernels(model, spec)
     run_once = model.runner(feeds)
     clock = time.perf_counter_ns
     events: list[tuple[int, str, bool]] = []
@@ -118,7 +120,6 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
         events.append((clock(), symbol, before))
         return 0
 
-    vm = model._vm  # the runtime's own Model; the hook is removed again below
     instrument = tvm.runtime.convert(hook)
     per_run: list[dict[str, int]] = []
     counts: dict[str, int] = {}
@@ -152,7 +153,8 @@ def profile(model: Model, feeds: Mapping[str, np.ndarray], repeat: int = 10, war
         rows.append(KernelRow(name, n_calls, seconds, None if flops is None else flops * n_calls,
                               None if nbytes is None else nbytes * n_calls, info.get("rule")))
     rows.sort(key=lambda r: (-r.seconds, r.name))
-    return Profile(rows, statistics.median(plain), statistics.median(hooked), repeat, threads)
+    extra = {"specialization": spec.dims} if spec is not None else {}
+    return Profile(rows, statistics.median(plain), statistics.median(hooked), repeat, threads, extra)
 
 
 def leaf_calls(events: list[tuple[int, str, bool]], known: Mapping[str, Any], calls: dict[str, int]) -> dict[str, int]:

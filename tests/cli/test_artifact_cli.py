@@ -118,6 +118,61 @@ def test_compile_options_reach_the_pass_manager_and_manifest(tiny: Path, tmp_pat
         np.testing.assert_allclose(model(x)["y"], interp.run(import_model(tiny), {"x": x})["y"], rtol=RTOL, atol=ATOL)
 
 
+def test_specializations_run_when_their_dims_match(tiny: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    from ember.runtime import load
+
+    art = tmp_path / "s.ember"
+    result = invoke("compile", tiny, "-o", art, "--specialize", "B=4", "--specialize", "B=1", "--verify")
+    assert result.exit_code == 0, result.output
+    assert "specialization B=4: the model again with these dims fixed" in result.output
+    specs = json.loads((art / "manifest.json").read_text())["specializations"]
+    assert [(s["dims"], s["library"]) for s in specs] == [({"B": 4}, "model.1.so"), ({"B": 1}, "model.2.so")]
+    assert all(s["checks"]["onnxruntime"][0]["max_abs"] <= 1e-4 for s in specs)  # each checked on its own sample
+    model = load(art)
+    for batch, library in ((4, "model.1.so"), (1, "model.2.so"), (3, None)):
+        x = rng.standard_normal((batch, 6)).astype(np.float32)
+        spec = model.variant([x.shape])[1]
+        assert (spec.library.name if spec is not None else None) == library
+        np.testing.assert_allclose(model(x)["y"], interp.run(import_model(tiny), {"x": x})["y"], rtol=RTOL, atol=ATOL)
+
+    result = invoke("compile", tiny, "-o", tmp_path / "none.ember", "--no-specialize")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "none.ember" / "manifest.json").read_text())
+    assert manifest["specializations"] == [] and "model.1.so" not in manifest["files"]
+
+
+@pytest.mark.parametrize(
+    ("shapes", "want"),
+    [
+        ((["B", 6], ["B", 6]), [{"B": 1}]),  # batch dims only (shared by two inputs): batch 1 by default
+        ((["B", 6], ["C", 6]), [{"B": 1, "C": 1}]),
+        ((["B", 6], ["B", "S"]), []),  # a sequence length: no value is a safe guess
+        (([2, 6], [2, 6]), []),  # static
+    ],
+)
+def test_default_specializations(shapes: tuple, want: list) -> None:
+    from ember.compiler.driver import default_specializations
+    from ember.compiler.importer import import_proto
+
+    model = make_model([helper.make_node("Add", ["x", "z"], ["y"])],
+                       [("x", T.FLOAT, shapes[0]), ("z", T.FLOAT, shapes[1])], [("y", T.FLOAT, [])], {})
+    assert default_specializations(import_proto(model)) == want
+
+
+@pytest.mark.parametrize(
+    ("args", "text"),
+    [
+        (("--specialize", "seq=4"), "specialization 'seq=4': 'seq' is not a symbolic input dim (the model's: B)"),
+        (("--specialize", "B=0"), "specialization 'B=0': B must be a positive integer, got 0"),
+        (("--specialize", "B"), "--specialize 'B': expected NAME=VALUE[,NAME=VALUE...] with positive integer values"),
+        (("--specialize", "B=1", "--no-specialize"), "--specialize and --no-specialize contradict each other"),
+    ],
+)
+def test_bad_specializations_are_one_line(tiny: Path, tmp_path: Path, args: tuple, text: str) -> None:
+    one_line_error(invoke("compile", tiny, "-o", tmp_path / "x.ember", *args), 1, text)
+    assert not (tmp_path / "x.ember").exists()
+
+
 def test_default_output_is_next_to_the_model(tiny: Path) -> None:
     result = invoke("compile", tiny)
     assert result.exit_code == 0, result.output

@@ -106,6 +106,8 @@ def test_dynamic_batch_matches_the_interpreter_at_batch_1_3_8(dyn_model: Path, d
     model = load(dyn_artifact)
     for batch in (1, 3, 8):
         x = rng.standard_normal((batch, 3, 8, 8)).astype(np.float32)
+        ran = model.variant([x.shape])[1]  # batch 1 runs the N=1 specialization, the others model.so
+        assert (ran.dims if ran is not None else None) == ({"N": 1} if batch == 1 else None)
         got = model(x)["y"]
         assert got.shape == (batch, 5)
         np.testing.assert_allclose(got, interp.run(graph, {"x": x})["y"], rtol=RTOL, atol=ATOL)
@@ -137,7 +139,11 @@ def test_manifest_describes_the_artifact(dyn_artifact: Path) -> None:
     assert [p["pass"] for p in manifest["passes"]][-1] == "fuse"
     assert len(manifest["kernels"]) >= 1 and manifest["kernel_launches"] >= len(manifest["kernels"])
     assert sum(k["calls"] for k in manifest["kernels"]) == manifest["kernel_launches"]
-    assert set(manifest["files"]) == {"model.so", "sample.npz", "reference.npz"}
+    assert set(manifest["files"]) == {"model.so", "model.1.so", "sample.npz", "reference.npz"}
+    [fixed] = manifest["specializations"]  # the only symbolic dim is a batch: one N=1 build by default
+    assert fixed["dims"] == {"N": 1} and fixed["library"] == "model.1.so"
+    assert fixed["checks"]["interpreter"][0]["max_abs"] <= 1e-4
+    assert sum(k["calls"] for k in fixed["kernels"]) == fixed["kernel_launches"]
     assert manifest["checks"]["interpreter"][0]["max_abs"] <= 1e-4
     assert manifest[DIGEST_KEY] == manifest_digest(manifest)
     sample = np.load(dyn_artifact / "sample.npz")
@@ -196,6 +202,7 @@ def test_failures_inside_tvm_are_one_clear_error(dyn_artifact: Path) -> None:
 
     model = load(dyn_artifact)
     model._vm = Failing()
+    model._specialized = [(spec, Failing()) for spec, _ in model._specialized]
     with pytest.raises(ModelRunError, match=r"the model failed while running: RuntimeError: Check failed: \(n == 1\) is false:$"):
         model(np.zeros((1, 3, 8, 8), np.float32))
 
@@ -224,6 +231,15 @@ DAMAGE = {
         lambda art: _edit_manifest(art, lambda d: d["files"].update({"model.so": "0" * 64}), reseal=False),
         "the manifest was edited or damaged"),
     "missing library": (lambda art: (art / "model.so").unlink(), "file model.so is missing; the artifact is incomplete"),
+    "flipped byte in a specialization": (
+        lambda art: (art / "model.1.so").write_bytes(b"\0" + (art / "model.1.so").read_bytes()[1:]),
+        "file model.1.so is damaged (sha256 mismatch)"),
+    "specialization outside the checksums": (
+        lambda art: _edit_manifest(art, lambda d: d["files"].pop("model.1.so"), reseal=True),
+        "the library model.1.so is not covered by the manifest's checksums"),
+    "specialization of an unknown dim": (
+        lambda art: _edit_manifest(art, lambda d: d["specializations"][0]["dims"].update(M=2), reseal=True),
+        "malformed `specializations` in the manifest"),
     "missing sample": (lambda art: (art / "sample.npz").unlink(), "file sample.npz is missing"),
     "missing manifest": (lambda art: (art / "manifest.json").unlink(), "no manifest.json"),
     "newer format": (
@@ -448,3 +464,26 @@ def test_bundle_loader_runs_serial_kernels_on_misaligned_inputs(tmp_path: Path) 
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0 and "bundle loader ok" in result.stdout, (result.returncode, result.stderr[-3000:])
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the bundle loader is for Linux boards")
+def test_bundle_loader_runs_the_specialization_that_matches(dyn_model: Path, dyn_artifact: Path, tmp_path: Path) -> None:
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from ember.runtime import bundle_run
+        model = bundle_run.load({str(dyn_artifact)!r}, threads=2)
+        ffi = bundle_run.load_tvm_runtime()
+        for batch in (1, 3):
+            x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+            spec = model.variant([bundle_run.to_tensor(ffi, x).shape])[1]
+            print(batch, spec.library.name if spec is not None else None)
+            np.savez("out%d.npz" % batch, **model(x))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["1", "model.1.so", "3", "None"]
+    graph = import_model(dyn_model)
+    for batch in (1, 3):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+        np.testing.assert_allclose(np.load(tmp_path / f"out{batch}.npz")["y"], interp.run(graph, {"x": x})["y"],
+                                   rtol=RTOL, atol=ATOL)
