@@ -104,8 +104,8 @@ def _echo_rows(rows: list[Any]) -> bool:
 @click.option("--tune-db", type=PATH, help="the tuning database file (default ~/.cache/ember/tune/records.json)")
 @click.option("--specialize", "specialize", multiple=True, metavar="DIMS",
               help="also build the model with these symbolic dims fixed (N=1 or batch=1,seq=128; repeatable); "
-                   "it runs when an inference's dims match. Default: batch dims = 1 when a model's only symbolic "
-                   "dims are batch dims")
+                   "it runs when an inference's dims match. Default: the sample's batch (1 without --sample) when a "
+                   "model's only symbolic dims are batch dims")
 @click.option("--no-specialize", is_flag=True, help="build only the generic library")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, pass_options: dict[str, Any],

@@ -151,7 +151,10 @@ def compile_model(
     start = time.perf_counter()
     graph = import_model(model)
     seconds["import"] = time.perf_counter() - start
-    wanted = default_specializations(graph) if specialize is None else checked_specializations(specialize, graph)
+    feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
+    dims = {d: int(np.shape(feeds[v.name])[i]) for v in graph.inputs if v.name in feeds
+            for i, d in enumerate(v.type.shape) if isinstance(d, str) and i < np.ndim(feeds[v.name])}
+    wanted = default_specializations(graph, dims) if specialize is None else checked_specializations(specialize, graph)
     start = time.perf_counter()
     optimized, records, pipeline = run_passes(graph, passes, pass_options or {})
     seconds["passes"] = time.perf_counter() - start
@@ -159,10 +162,7 @@ def compile_model(
     built = build(optimized, spec, tune=tune)
     seconds["build"] = time.perf_counter() - start
 
-    feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
     start = time.perf_counter()
-    dims = {d: int(np.shape(feeds[v.name])[i]) for v in graph.inputs if v.name in feeds
-            for i, d in enumerate(v.type.shape) if isinstance(d, str) and i < np.ndim(feeds[v.name])}
     stats = kernel_stats(optimized, built, dims)  # FLOPs, bytes, rule, calls per kernel at the sample's dims
     seconds["kernel_stats"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -271,11 +271,13 @@ class _Checker:
         return checks, ran_on
 
 
-def default_specializations(graph: Graph) -> list[dict[str, int]]:
+def default_specializations(graph: Graph, sample_dims: Mapping[str, int] | None = None) -> list[dict[str, int]]:
     """The specializations a compile builds unless told otherwise: when every symbolic dim of
-    the inputs is a leading (batch) axis, one library with those dims = 1.
+    the inputs is a leading (batch) axis, one library with those dims at the sample's values
+    (`sample_dims`; 1 for the default sample).
 
-    Batch 1 is the common deployment case, and a static build's kernels get 32-bit indexing,
+    The sample stands for the deployment's inputs (batch 1 unless the caller's sample says
+    otherwise), and a static build's kernels get 32-bit indexing,
     loop partitioning and serial small kernels, and the VM skips its shape checks. A model
     with other symbolic dims (sequence length, image size) gets none by default: no single
     value is a safe guess, so the caller names them (`--specialize seq=128`).
@@ -287,7 +289,7 @@ def default_specializations(graph: Graph) -> list[dict[str, int]]:
                 axes.setdefault(d, set()).add(axis)
     if not axes or any(found != {0} for found in axes.values()):
         return []
-    return [dict.fromkeys(sorted(axes), 1)]
+    return [{d: int((sample_dims or {}).get(d, 1)) for d in sorted(axes)}]
 
 
 def parse_specialization(text: str) -> dict[str, int]:

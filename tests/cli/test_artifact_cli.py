@@ -156,7 +156,18 @@ def test_default_specializations(shapes: tuple, want: list) -> None:
 
     model = make_model([helper.make_node("Add", ["x", "z"], ["y"])],
                        [("x", T.FLOAT, shapes[0]), ("z", T.FLOAT, shapes[1])], [("y", T.FLOAT, [])], {})
-    assert default_specializations(import_proto(model)) == want
+    graph = import_proto(model)
+    assert default_specializations(graph) == want
+    # the caller's sample stands for the deployment: its batch is the one specialized
+    assert default_specializations(graph, {"B": 4, "S": 7}) == [{k: 4 if k == "B" else 1 for k in d} for d in want]
+
+
+def test_the_default_specialization_takes_the_samples_batch(tiny: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    np.savez(tmp_path / "sample.npz", x=rng.standard_normal((5, 6)).astype(np.float32))
+    result = invoke("compile", tiny, "-o", tmp_path / "b5.ember", "--sample", tmp_path / "sample.npz")
+    assert result.exit_code == 0, result.output
+    specs = json.loads((tmp_path / "b5.ember" / "manifest.json").read_text())["specializations"]
+    assert [s["dims"] for s in specs] == [{"B": 5}]
 
 
 @pytest.mark.parametrize(
