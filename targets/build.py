@@ -21,6 +21,7 @@ from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
 from ember.targets import tune as tuning
 from ember.targets.fast_math import fast_math
+from ember.targets.inplace import use_inplace
 from ember.targets.lower import to_relax
 from ember.targets.registry import TargetSpec
 
@@ -210,12 +211,14 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | No
 
 
 def kernel_launches(mod: tvm.IRModule) -> int:
-    """Number of call_tir sites in `main` (one per kernel launch of an inference)."""
+    """Number of call_tir (and call_tir_inplace) sites in `main` (one per kernel launch of an
+    inference)."""
+    from ember.targets.inplace import is_kernel_call
+
     found = [0]
-    call_tir = tvm.ir.Op.get("relax.call_tir")
 
     def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+        if is_kernel_call(expr):
             found[0] += 1
 
     relax.analysis.post_order_visit(mod["main"], visit)
@@ -253,6 +256,15 @@ def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = No
         mod, applied = schedule(mod, tvm_target, schedule_rules(target))
         mod, applied = tuning.tune(unscheduled, mod, applied, tvm_target, tune or tuning.TuneOptions())
         mod = finalize(mod, tvm_target)
+        mod, made = use_inplace(mod)
+        if made:
+            for new, old in made.items():  # the rule that scheduled the kernel it was made from
+                base = old.removesuffix("_prepacked")
+                if base in applied or old in applied:
+                    applied[new] = applied.get(old, applied.get(base, ""))
+            with tvm_target:
+                mod = relax.transform.DeadCodeElimination()(mod)
+        stats["inplace_kernels"] = len(made)
         kernels = kernel_names(mod)
         launches = kernel_launches(mod)
         executable = tvm.compile(mod, target=tvm_target)

@@ -17,12 +17,14 @@ in 16-lane tiles counts 1.65x its FLOPs there), and the report wants the useful 
 - calls: call sites of the kernel in `main` (launches per inference).
 
 A kernel whose schedule packed a weight is renamed `<name>_prepacked` by the build's finalize
-stage; it is matched back to its unscheduled original by that suffix.
+stage, and one that writes its result over an operand `<name>_inplace` (targets/inplace.py);
+both are matched back to their unscheduled original by those suffixes.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -37,6 +39,7 @@ from ember.targets.build import Built, prepare
 from ember.targets.lower import to_relax
 
 PACKED_SUFFIX = "_prepacked"
+INPLACE_SUFFIX = "_inplace"  # targets/inplace.py's SUFFIX
 log = logging.getLogger(__name__)
 
 
@@ -61,12 +64,13 @@ def primfuncs(mod: tvm.IRModule) -> dict[str, Any]:
 
 
 def call_counts(mod: tvm.IRModule) -> Counter[str]:
-    """How many call_tir sites in `main` call each kernel."""
-    call_tir = tvm.ir.Op.get("relax.call_tir")
+    """How many call_tir (and call_tir_inplace) sites in `main` call each kernel."""
+    from ember.targets.inplace import is_kernel_call
+
     counts: Counter[str] = Counter()
 
     def visit(expr: Any) -> None:
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+        if is_kernel_call(expr):
             counts[expr.args[0].name_hint] += 1
 
     relax.analysis.post_order_visit(mod["main"], visit)
@@ -95,6 +99,7 @@ def flops(func: Any) -> float:
 
 
 def _original(name: str, unscheduled: dict[str, Any]) -> str | None:
+    name = re.sub(INPLACE_SUFFIX + r"\d*$", "", name)  # an in-place twin counts as its kernel
     if name in unscheduled:
         return name
     if name.endswith(PACKED_SUFFIX) and name[: -len(PACKED_SUFFIX)] in unscheduled:

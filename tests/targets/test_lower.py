@@ -4,6 +4,8 @@ most modules have a symbolic batch dim N and run at N = 1, 3, 8."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from codegen_helpers import check_model, onnx_model
@@ -248,7 +250,8 @@ def test_each_fused_group_is_one_kernel(rng: np.random.Generator) -> None:
     fused = wrap_fused(graph, [["mm", "mm_b", "h"], ["hc", "ht", "hs"], ["g", "gs", "gated"]])
     assert [n.op for n in fused.nodes] == ["Fused", "Fused", "Fused", "Softmax", "Transpose"]
     built = check_graph(fused, rng, BATCHES)
-    primfuncs = [name for name in built.kernels if name.startswith("fused_group")]
+    # (a group that ends by adding a tensor nothing reads afterwards writes over it: `_inplace`)
+    primfuncs = [re.sub(r"_inplace\d*$", "", name) for name in built.kernels if name.startswith("fused_group")]
     # The two matmul groups read weights the matmul rule packed at compile time.
     assert sorted(primfuncs) == ["fused_group0_prepacked", "fused_group1", "fused_group2_prepacked"], built.kernels
     assert built.rules["fused_group0"] == built.rules["fused_group2"] == "Matmul", built.rules
