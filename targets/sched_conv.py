@@ -5,15 +5,17 @@ residual add).
 
 Blocked conv (`ConvBlocked`), the schedule that matched onnxruntime on a 3x3 conv here:
 
-    parallel  n, fo, y                  (CO / (nv * vec) channel panels x output rows)
-      pad rows y*s .. y*s + (KH-1)*d     (the padding stage, computed for the tile that reads it)
+    parallel  n, yo                     (bands of output rows: SPATIAL_CHUNKS; or n, fo, y,
+      fo, yi                             channel panels x rows, when the weight outweighs the
+                                         activations)
       xo                                 (W / xr column blocks)
         rc, ry, rx (rx unrolled)
           xi (unrolled xr) x fv (unrolled nv) x fi (vector lanes):
               acc[xi, fv, fi] += pad[n, rc, y*s + ry*d, x*s + rx*d] * Wp[fo*nv + fv, rc, ry, rx, fi]
       acc -> out[n, f, y, x] with the epilogue applied (bias, activation, residual)
 
-The weight is packed `[CO/vec, CI, KH, KW, vec]` at compile time (`sched_common.pack_weight`),
+The padding stage runs once per call before the loop nest, parallel and vectorized. The weight
+is packed `[CO/vec, CI, KH, KW, vec]` at compile time (`sched_common.pack_weight`),
 so each reduction step loads nv contiguous weight vectors and broadcasts xr input scalars. The
 accumulator tile is laid out channel-innermost (`transform_layout` to n, y, x, f), which makes
 the vec lanes contiguous; without it the code is 12x slower. A 1x1 conv is the same loop nest
@@ -21,11 +23,12 @@ with KH = KW = 1, a GEMM of the weight [CO, CI] by the image [CI, H*W]. A groupe
 group width divides by the lanes is the same too (each vector stays inside one group).
 
 Depthwise conv (`Depthwise`, groups == channels) has no channel reduction to block over: it
-vectorizes along the output row instead, with the padded input plane computed per channel and
-a register row of accumulators.
+vectorizes along the output row instead (or over channels when rows are narrower than a
+vector), with the padded input plane computed per channel and a register row of accumulators.
 
-Pooling (`Pool`, max/avg windows with their padding stage) vectorizes along the output row and
-is parallel over channels; global average pooling is a plain reduction left to dlight.
+Pooling (`Pool`, max/avg windows with their padding stage) vectorizes along the output row;
+global average pooling is a plain reduction left to dlight. Both are parallel over bands of
+rows when the map is tall enough (`_window_bands`), else over channels.
 """
 
 from __future__ import annotations
@@ -181,8 +184,8 @@ def _tile(target: Target, co: int, width: int, lanes: int) -> tuple[int, int, in
 # reads rows the same core just wrote. Measured on this 2-core machine, a kernel reading data
 # the other core wrote runs slower at 2 threads than at 1 (MobileNetV2's 576 -> 96 1x1 conv:
 # 0.355 ms at 1 thread, 0.433 ms at 2 with channel panels split between the threads, 0.31 ms
-# with bands of rows). The depthwise and pooling rules keep channels across threads: bands
-# there recompute each band's halo rows of the padded plane, which measured slower.
+# with bands of rows). The depthwise and pooling rules take fewer, taller bands
+# (`_window_bands`): each band recomputes its halo rows of the padded plane.
 SPATIAL_CHUNKS = 8
 
 
@@ -192,6 +195,20 @@ def _row_chunks(sch: s_tir.Schedule, row: Any) -> int | None:
     if height is None or height < 2:
         return None
     return next((c for c in range(min(SPATIAL_CHUNKS, height), 1, -1) if height % c == 0), min(SPATIAL_CHUNKS, height))
+
+
+WINDOW_BANDS = 4  # at most this many bands of rows in a depthwise conv or pool, of 7+ rows each
+
+
+def _window_bands(row: Any) -> int | None:
+    """Bands of rows for a depthwise conv or pool (None: channels across threads instead): up
+    to WINDOW_BANDS bands of at least 7 rows, since each band recomputes its halo rows of the
+    padded plane (8 bands of 2 rows on a 14x14 map measured slower than channels; 2-4 bands of
+    7+ rows: MobileNetV2 6.16 -> 5.95 ms at 2 threads, 9.99 -> 9.74 ms at 1)."""
+    height = _static(row) if row is not None else None
+    if height is None:
+        return None
+    return next((c for c in range(WINDOW_BANDS, 1, -1) if height % c == 0 and height // c >= 7), None)
 
 
 def _nbytes(buffer: Any) -> int:
@@ -416,10 +433,19 @@ def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: 
     width = _static(win.x)
     vec, xb = _row_tile(width, lanes) if width else (lanes, 1)
     xo, xv, xl = sch.split(win.x.loop_rv, [None, xb, vec])
-    outer_loops = [it.loop_rv for it in (win.n, win.c) if it is not None]
     rows = [r.loop_rv for r in win.rows if r is not None]
     taps = [t.loop_rv for t in win.taps]
-    sch.reorder(*outer_loops, *rows, xo, *taps, xv, xl)
+    parts = _window_bands(win.rows[0] if rows else None)
+    channel = [win.c.loop_rv] if win.c is not None else []
+    batch = [win.n.loop_rv] if win.n is not None else []
+    if parts and channel:
+        yo, yi = sch.split(rows[0], [parts, None])
+        sch.reorder(*batch, yo, *channel, yi, *rows[1:], xo, *taps, xv, xl)
+        outer_loops, pad_at = [*batch, yo], channel[0]
+    else:
+        outer_loops = batch + channel
+        sch.reorder(*outer_loops, *rows, xo, *taps, xv, xl)
+        pad_at = None
     acc = sch.cache_write(anchor.block_rv, 0, "local")
     sch.reverse_compute_at(acc, xo)
     if epilogue is not None:
@@ -435,7 +461,7 @@ def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: 
         outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
         sc.parallel(sch, outer)
         for info in pads:
-            sch.compute_at(info.block_rv, outer)
+            sch.compute_at(info.block_rv, pad_at if pad_at is not None else outer)
             _vectorize_row(sch, info.block_rv, lanes)
     else:
         for info in pads:
@@ -494,10 +520,17 @@ def schedule_depthwise_packed(sch: s_tir.Schedule, kernel: sc.Kernel, conv: Conv
     fo, fi = sch.split(conv.f.loop_rv, [None, vec])
     xr = _column_block(_static(conv.x), max(4, regs // 2))
     xo, xi = sch.split(conv.x.loop_rv, [None, xr])
-    outer_loops = [it.loop_rv for it in (conv.n,) if it is not None] + [fo]
+    batch = [it.loop_rv for it in (conv.n,) if it is not None]
     rows = [r.loop_rv for r in conv.rows]
     taps = [t.loop_rv for t in conv.taps if t is not None]
-    sch.reorder(*outer_loops, *rows, xo, *taps, xi, fi)
+    parts = _window_bands(conv.rows[0] if rows else None)
+    if parts:
+        yo, yi = sch.split(rows[0], [parts, None])
+        sch.reorder(*batch, yo, fo, yi, *rows[1:], xo, *taps, xi, fi)
+        outer_loops, pad_at = [*batch, yo], fo
+    else:
+        outer_loops, pad_at = batch + [fo], None
+        sch.reorder(*outer_loops, *rows, xo, *taps, xi, fi)
     acc = sch.cache_write(anchor.block_rv, 0, "local")
     sch.reverse_compute_at(acc, xo)
     sch.transform_layout(anchor.block_rv, ("write", 0), _acc_map())
@@ -512,7 +545,7 @@ def schedule_depthwise_packed(sch: s_tir.Schedule, kernel: sc.Kernel, conv: Conv
         sch.unroll(tap)
     outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
     sc.parallel(sch, outer)
-    sch.compute_at(pad, outer)
+    sch.compute_at(pad, pad_at if pad_at is not None else outer)
     if channel_block is not None:
         lane = sch.get_loops(pad)[-1]
         if sc.static_extent(sch, lane) == vec:
