@@ -275,8 +275,9 @@ class ConvBlocked:
             # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows.
             yo, yi = sch.split(rows[0], [parts, None])
             sch.reorder(*batch, yo, fo, yi, *rows[1:], xo, *reds, xi, fv, fi)
-            outer_loops = [*batch, yo]
+            outer_loops, banded = [*batch, yo], True
         else:  # the weight outweighs the activations: each thread takes channel panels
+            banded = False
             outer_loops = batch + [fo] + rows
             sch.reorder(*outer_loops, xo, *reds, xi, fv, fi)
         acc = sch.cache_write(anchor.block_rv, 0, "local")
@@ -295,6 +296,9 @@ class ConvBlocked:
         outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
         sc.parallel(sch, outer)
         for info in pads:  # once per call: a pad at the tile would redo it per channel panel
+            loops = sch.get_loops(info.block_rv)
+            if banded and len(loops) == 4:  # (n, c, y, x) -> (n, y, c, x): the threads' bands
+                sch.reorder(loops[0], loops[2], loops[1], loops[3])
             _vectorize_row(sch, info.block_rv, lanes, parallel=True)
         _unroll_below(sch, acc, xo)
         sch.decompose_reduction(anchor.block_rv, reds[0])
