@@ -289,7 +289,8 @@ def default_specializations(graph: Graph, sample_dims: Mapping[str, int] | None 
                 axes.setdefault(d, set()).add(axis)
     if not axes or any(found != {0} for found in axes.values()):
         return []
-    return [{d: int((sample_dims or {}).get(d, 1)) for d in sorted(axes)}]
+    fixed = {d: int((sample_dims or {}).get(d, 1)) for d in sorted(axes)}
+    return [fixed] if all(v >= 1 for v in fixed.values()) else []  # an empty batch: nothing to specialize for
 
 
 def parse_specialization(text: str) -> dict[str, int]:

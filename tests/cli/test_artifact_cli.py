@@ -160,6 +160,7 @@ def test_default_specializations(shapes: tuple, want: list) -> None:
     assert default_specializations(graph) == want
     # the caller's sample stands for the deployment: its batch is the one specialized
     assert default_specializations(graph, {"B": 4, "S": 7}) == [{k: 4 if k == "B" else 1 for k in d} for d in want]
+    assert default_specializations(graph, {"B": 0, "C": 0}) == []  # an empty sample batch: nothing to build
 
 
 def test_the_default_specialization_takes_the_samples_batch(tiny: Path, tmp_path: Path, rng: np.random.Generator) -> None:
