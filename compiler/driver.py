@@ -152,8 +152,7 @@ def compile_model(
     graph = import_model(model)
     seconds["import"] = time.perf_counter() - start
     feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
-    dims = {d: int(np.shape(feeds[v.name])[i]) for v in graph.inputs if v.name in feeds
-            for i, d in enumerate(v.type.shape) if isinstance(d, str) and i < np.ndim(feeds[v.name])}
+    dims = sample_dims(graph, feeds)
     wanted = default_specializations(graph, dims) if specialize is None else checked_specializations(specialize, graph)
     start = time.perf_counter()
     optimized, records, pipeline = run_passes(graph, passes, pass_options or {})
@@ -190,11 +189,9 @@ def compile_model(
         fixed_checks, _ = run_check(fixed_built, fixed_opt, fixed_feeds, fixed_ref)
         if check is not None:
             check(fixed_opt, fixed_built, fixed_feeds)
-        fixed_dims = {d: int(np.shape(fixed_feeds[v.name])[i]) for v in graph.inputs
-                      for i, d in enumerate(v.type.shape) if isinstance(d, str)}
         variants.append((fixed, fixed_built, {
             "dims": fixed, "library": f"model.{len(variants) + 1}.so",
-            "kernels": [k.as_json() for k in kernel_stats(fixed_opt, fixed_built, fixed_dims)],
+            "kernels": [k.as_json() for k in kernel_stats(fixed_opt, fixed_built, sample_dims(graph, fixed_feeds))],
             "kernel_launches": fixed_built.launches, "checks": fixed_checks,
             "seconds": round(time.perf_counter() - start, 3),
         }))
@@ -235,6 +232,12 @@ def compile_model(
     extra = "".join(f", specialized for {','.join(f'{k}={v}' for k, v in fixed.items())}" for fixed, _, _ in variants)
     say(f"wrote {out} ({built.launches} kernel launches, {len(built.kernels)} distinct kernels{extra}, {size:.2f} MB)")
     return CompileResult(out, optimized, built.kernels, built.launches, seconds, records, manifest)
+
+
+def sample_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+    """The values the graph's symbolic input dims take in `feeds`."""
+    return {d: int(np.shape(feeds[v.name])[i]) for v in graph.inputs if v.name in feeds
+            for i, d in enumerate(v.type.shape) if isinstance(d, str) and i < np.ndim(feeds[v.name])}
 
 
 class _Checker:

@@ -189,7 +189,7 @@ def _tile(target: Target, co: int, width: int, lanes: int) -> tuple[int, int, in
 SPATIAL_CHUNKS = 8
 
 
-def _row_chunks(sch: s_tir.Schedule, row: Any) -> int | None:
+def _row_chunks(row: Any) -> int | None:
     """How many bands the outermost output row loop is split into (None: no static rows)."""
     height = _static(row) if row is not None else None
     if height is None or height < 2:
@@ -269,7 +269,7 @@ class ConvBlocked:
         reds = [it.loop_rv for it in conv.reductions]
         data_buf = sc.reads(sch, anchor.block_rv)[conv.data_index][0]
         out_buf = sch.get(anchor.block_rv).writes[0].source
-        parts = _row_chunks(sch, conv.rows[0] if rows else None)
+        parts = _row_chunks(conv.rows[0] if conv.rows else None)
         if parts and _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf):
             # Activations outweigh the weight: each thread takes a band of rows, all channels
             # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows.
