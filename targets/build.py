@@ -21,7 +21,7 @@ from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
 from ember.targets import tune as tuning
 from ember.targets.fast_math import fast_math
-from ember.targets.inplace import use_inplace
+from ember.targets.inplace import is_kernel_call, use_inplace
 from ember.targets.lower import to_relax
 from ember.targets.registry import TargetSpec
 
@@ -213,8 +213,6 @@ def optimize(mod: tvm.IRModule, target: tvm.target.Target, rules: list[Any] | No
 def kernel_launches(mod: tvm.IRModule) -> int:
     """Number of call_tir (and call_tir_inplace) sites in `main` (one per kernel launch of an
     inference)."""
-    from ember.targets.inplace import is_kernel_call
-
     found = [0]
 
     def visit(expr: Any) -> None:

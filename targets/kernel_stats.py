@@ -36,10 +36,11 @@ from tvm.s_tir.analysis import estimate_tir_flops
 
 from ember.compiler.ir import Graph
 from ember.targets.build import Built, prepare
+from ember.targets.inplace import SUFFIX as INPLACE_SUFFIX
+from ember.targets.inplace import is_kernel_call
 from ember.targets.lower import to_relax
 
 PACKED_SUFFIX = "_prepacked"
-INPLACE_SUFFIX = "_inplace"  # targets/inplace.py's SUFFIX
 log = logging.getLogger(__name__)
 
 
@@ -65,8 +66,6 @@ def primfuncs(mod: tvm.IRModule) -> dict[str, Any]:
 
 def call_counts(mod: tvm.IRModule) -> Counter[str]:
     """How many call_tir (and call_tir_inplace) sites in `main` call each kernel."""
-    from ember.targets.inplace import is_kernel_call
-
     counts: Counter[str] = Counter()
 
     def visit(expr: Any) -> None:
