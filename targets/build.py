@@ -43,6 +43,7 @@ class Built:
     stats: dict[str, float] = field(default_factory=dict)
     module: Any = None  # the optimized, scheduled IRModule tvm.compile received (for reports)
     rules: dict[str, str] = field(default_factory=dict)  # kernel -> name of the rule that scheduled it
+    block_lanes: int = 0  # the blocked activation layout's lanes (0: NCHW throughout)
 
     def export(self, path: Path) -> None:
         """Write the shared library (through a cross linker when the target is another CPU
@@ -70,9 +71,9 @@ def schedule_rules(target: TargetSpec) -> list[Any]:
     """
     from tvm.s_tir import dlight as dl
 
-    from ember.targets import sched_attention, sched_conv, sched_matmul, sched_reduce
+    from ember.targets import sched_attention, sched_conv, sched_matmul, sched_nchwc, sched_reduce
 
-    return [*sched_attention.RULES, *sched_matmul.RULES, *sched_conv.CONV_RULES, *sched_reduce.RULES,
+    return [*sched_nchwc.RULES, *sched_attention.RULES, *sched_matmul.RULES, *sched_conv.CONV_RULES, *sched_reduce.RULES,
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
@@ -237,14 +238,27 @@ def kernel_count(built: Built) -> int:
     return len(built.kernels)
 
 
-def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None) -> Built:
+def block_lanes(target: TargetSpec) -> int:
+    """The float32 vector lanes the blocked activation layout uses on `target` (0: the target
+    keeps NCHW; targets/blocked.py). x86 CPUs for now: the NEON rules are not measured yet."""
+    if target.kind != "cpu":
+        return 0
+    from ember.targets.sched_common import vector_lanes
+
+    lanes = vector_lanes(tvm.target.Target(target.tvm_target()), "float32")
+    return lanes if lanes >= 8 else 0
+
+
+def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None, blocked: bool = True) -> Built:
     """Lower, optimize and compile a graph for a target.
 
     `tune`: search schedules within a budget (targets/tune.py); with None, records of the
-    default tuning database that beat the rules are still applied."""
+    default tuning database that beat the rules are still applied. `blocked`: keep CNN
+    activations in the blocked layout where the target has one (targets/blocked.py)."""
     stats: dict[str, float] = {}
     start = time.perf_counter()
-    mod = to_relax(graph)
+    lanes = block_lanes(target) if blocked else 0
+    mod = to_relax(graph, lanes)
     stats["lower_s"] = time.perf_counter() - start
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()
@@ -271,4 +285,4 @@ def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = No
     except Exception as err:
         raise EmberError(f"TVM failed to build for {target.name}: {type(err).__name__}: {str(err).splitlines()[0][:400]}") from None
     stats["build_s"] = time.perf_counter() - start
-    return Built(executable, target, kernels, launches, stats, module=mod, rules=applied)
+    return Built(executable, target, kernels, launches, stats, module=mod, rules=applied, block_lanes=lanes)

@@ -44,6 +44,12 @@ class Lowering:
         self.contents = contents or {}  # known (symbolic) contents of small integer tensors
         self.primitive = primitive  # lowering the body of a primitive (fused) function
         self.values: dict[str, relax.Expr] = {}
+        # The blocked layout (targets/blocked.py): the plan, the values held as [N, C/b, H, W, b]
+        # (their block), plain copies made of them, and the builder kernels are added to.
+        self.plan: Any = None
+        self.blocked: dict[str, int] = {}
+        self.plain: dict[str, relax.Expr] = {}
+        self.module_bb = bb
         self.types: dict[str, TensorType] = {v.name: v.type for v in graph.inputs}
         self.types.update((c.name, c.type) for c in graph.consts)
         for node in graph.nodes:
@@ -83,6 +89,28 @@ class Lowering:
                 self.values[name] = const(self.consts[name])
             else:
                 raise LoweringError(f"value {name!r} is used before it is computed")
+        if name in self.blocked:  # a plain reader of a blocked value: convert once
+            if name not in self.plain:
+                from ember.targets import blocked
+
+                b, t = self.blocked[name], self.types[name]
+                if self.primitive:
+                    self.plain[name] = self.emit(blocked.to_plain(self.values[name], self.shape(t), b))
+                else:
+                    self.plain[name] = blocked.conversion_kernel(self, self.values[name], t, b, plain=True)
+            return self.plain[name]
+        return self.values[name]
+
+    def blocked_arg(self, name: str) -> relax.Expr:
+        """The blocked form of a value the plan blocks (converted once from a plain one)."""
+        if name in self.blocked:
+            return self.values[name]
+        from ember.targets import blocked
+
+        b, t = self.plan.values[name], self.types[name]
+        self.plain[name] = self.arg(name)
+        self.values[name] = blocked.conversion_kernel(self, self.plain[name], t, b, plain=False)
+        self.blocked[name] = b
         return self.values[name]
 
 

@@ -110,7 +110,7 @@ def kernel_stats(graph: Graph, built: Built, dims: Mapping[str, int] | None = No
     """Counts for every kernel `main` calls in the built module, in name order; symbolic dims
     take their values from `dims` (the sample's), and count as 1 where it has none."""
     target = tvm.target.Target(built.target.tvm_target())
-    mod = to_relax(graph)
+    mod = to_relax(graph, built.block_lanes)
     if dims:
         try:
             mod = relax.transform.BindSymbolicVars(dict(dims))(mod)

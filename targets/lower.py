@@ -117,8 +117,12 @@ def _live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
     return list(reversed(live))
 
 
-def to_relax(graph: Graph) -> tvm.IRModule:
-    """An IRModule whose `main` computes the graph's outputs from its inputs."""
+def to_relax(graph: Graph, block_lanes: int = 0) -> tvm.IRModule:
+    """An IRModule whose `main` computes the graph's outputs from its inputs; with
+    `block_lanes` (the target's float vector lanes), CNN activations are kept in the blocked
+    layout (targets/blocked.py)."""
+    from ember.targets import blocked
+
     missing = missing_emitters(graph)
     if missing:
         raise LoweringError("operators without a code generator:\n" + "\n".join(missing))
@@ -132,6 +136,7 @@ def to_relax(graph: Graph) -> tvm.IRModule:
         shape = [d if isinstance(d, int) else dims[d] for d in value.type.shape]
         params.append(relax.Var(value.name, relax.TensorType(shape, TVM_DTYPE[value.type.dtype])))
     lw = Lowering(bb, dims, graph, {c.name: c.data for c in graph.consts}, tracked_values(graph))
+    lw.plan = blocked.plan(graph, block_lanes)
     with bb.function("main", params):
         with bb.dataflow():
             for value, param in zip(graph.inputs, params):
@@ -149,6 +154,11 @@ def lower_node(lw: Lowering, node: Node) -> None:
     primitive function call (so each becomes exactly one kernel)."""
     from ember.targets.fused import computes, lower_fused, primitive_function, single_node_group
 
+    if lw.plan is not None and node.name in lw.plan.nodes:
+        from ember.targets import blocked
+
+        blocked.lower_node(lw, node)
+        return
     if node.op == "Fused":
         outs = lower_fused(lw, node)
     elif _from_contents(lw, node):

@@ -98,7 +98,7 @@ def check(case: Case, rule: str, rng: np.random.Generator, target: str = "cpu") 
     model = case.model(rng)
     graph = import_proto(model)
     optimized = run_pipeline(graph, DEFAULT_PIPELINE).graph
-    built = build(optimized, resolve_target(target))
+    built = build(optimized, resolve_target(target), blocked=False)  # the NCHW rules (test_blocked.py: NCHWc)
     assert rule in built.rules.values(), f"{case}: {rule} did not apply; rules: {built.rules}"
     if target != "cpu":
         return

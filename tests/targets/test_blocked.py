@@ -1,0 +1,211 @@
+"""The blocked activation layout (targets/blocked.py) and its rules (targets/sched_nchwc.py).
+
+The plan is checked on a small CNN (which nodes lower blocked, which values stay blocked), and
+the numbers on fresh random inputs against the interpreter: convs of every form the blocked
+emitter takes (strides, asymmetric pads, dilation, a plain 3-channel input, a channel count
+that only half a vector divides, a single output block), depthwise convs, max and average
+pooling (ceil_mode, count_include_pad), global pooling, squeeze-excitation style products
+with a run-time per-channel tensor, per-pixel constants, residual adds, and blocked values
+that a plain consumer or a graph output reads. Each is built for AVX-512 lanes (this
+machine) and AVX2 lanes (x86-64-v3, 8 lanes) and run on the host.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from codegen_helpers import compare, onnx_model, run_vm
+from onnx import TensorProto as T
+from onnx import helper
+
+from ember.compiler import interp
+from ember.compiler.importer import import_proto
+from ember.compiler.passmanager import run_pipeline
+from ember.compiler.pipeline import DEFAULT_PIPELINE
+from ember.targets import blocked, build, resolve_target
+from ember.targets.build import block_lanes
+
+F = T.FLOAT
+ATOL = 1e-4  # fp32 sums of up to ~600 terms of O(1) values, reordered by the schedules
+TARGETS = ["cpu", "x86-64-v3"]
+
+
+def _w(rng: np.random.Generator, co: int, ci: int, k: tuple[int, int]) -> np.ndarray:
+    return (rng.standard_normal((co, ci, *k)) / np.sqrt(ci * k[0] * k[1])).astype(np.float32)
+
+
+def conv(name: str, x: str, ci: int, co: int, rng: np.random.Generator, inits: dict, k: tuple[int, int] = (3, 3),
+         group: int = 1, bias: bool = True, **attrs: object) -> object:
+    """A Conv node named `name` reading `x`, its weight (and bias) added to `inits`."""
+    inits[f"{name}_w"] = _w(rng, co, ci // group, k)
+    inputs = [x, f"{name}_w"]
+    if bias:
+        inits[f"{name}_b"] = rng.standard_normal(co).astype(np.float32)
+        inputs.append(f"{name}_b")
+    return helper.make_node("Conv", inputs, [name], kernel_shape=list(k), group=group, **attrs)
+
+
+def _build(model: object, target: str, blocked_layout: bool = True) -> tuple[object, object]:
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    return graph, build(graph, resolve_target(target), blocked=blocked_layout)
+
+
+def check(model: object, target: str, rng: np.random.Generator) -> dict[str, str]:
+    """Build the model (static shapes: a symbolic batch keeps NCHW, its specializations are
+    blocked); its outputs match the interpreter on fresh random inputs; the rules used."""
+    graph, built = _build(model, target)
+    feeds = interp.random_feeds(graph, rng, {})
+    compare(run_vm(built, graph, feeds), interp.run(graph, feeds), target, atol=ATOL)
+    return built.rules
+
+
+def _lanes(target: str) -> int:
+    return block_lanes(resolve_target(target))
+
+
+# --- the plan --------------------------------------------------------------------------------
+
+def _small_cnn(rng: np.random.Generator) -> object:
+    """x[1,3,16,16] -> conv 3->32 s2 + relu -> maxpool -> depthwise 3x3 + clip -> conv 1x1 32->32
+    + residual add -> global average pool -> flatten -> gemm."""
+    inits: dict = {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32),
+                   "fc_w": rng.standard_normal((10, 32)).astype(np.float32)}
+    nodes = [
+        conv("c0", "x", 3, 32, rng, inits, strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"]),
+        helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[2, 2], strides=[2, 2]),
+        conv("c1", "p0", 32, 32, rng, inits, group=32, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["c1", "lo", "hi"], ["r1"]),
+        conv("c2", "r1", 32, 32, rng, inits, k=(1, 1)),
+        helper.make_node("Add", ["c2", "p0"], ["a2"]),
+        helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "fc_w"], ["y"], transB=1),
+    ]
+    return onnx_model(nodes, [("x", F, [1, 3, 16, 16])], inits)
+
+
+def test_plan_blocks_the_cnn_body_and_converts_once_at_its_end(rng: np.random.Generator) -> None:
+    graph = run_pipeline(import_proto(_small_cnn(rng)), DEFAULT_PIPELINE).graph
+    plan = blocked.plan(graph, 16)
+    kinds = {n.name: (n.attrs["kernel"] if n.op == "Fused" else n.op.lower()) for n in graph.nodes}
+    assert sorted(kinds[name] for name in plan.nodes) == ["conv_add", "conv_clip", "conv_relu", "globalaveragepool", "maxpool"]
+    # every 4-d value up to the global pool stays blocked; its [1,32,1,1] output and after are plain
+    assert sorted(kinds[name] for name in plan.values) == ["conv_add", "conv_clip", "conv_relu", "maxpool"]
+    assert set(plan.values.values()) == {16}
+    # AVX2 blocks by 8; 4-lane targets and disabled layouts block nothing
+    assert set(blocked.plan(graph, 8).values.values()) == {8}
+    assert not blocked.plan(graph, 4).nodes and not blocked.plan(graph, 0).nodes
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_small_cnn_matches_and_uses_the_blocked_rules(target: str, rng: np.random.Generator) -> None:
+    rules = check(_small_cnn(rng), target, rng)
+    used = set(rules.values())
+    assert {"ConvNCHWc", "WindowNCHWc"} <= used, rules
+    assert "ConvBlocked" not in used and "Depthwise" not in used and "Pool" not in used, rules
+
+
+def test_block_of() -> None:
+    assert [blocked.block_of(c, 16) for c in (16, 32, 24, 40, 12, 3, "C")] == [16, 16, 8, 8, None, None, None]
+    assert [blocked.block_of(c, 8) for c in (8, 24, 12, 6)] == [8, 8, 4, None]
+    assert blocked.block_of(16, 4) is None  # NEON keeps NCHW for now
+
+
+def test_disabled_layout_builds_nchw(rng: np.random.Generator) -> None:
+    _, built = _build(_small_cnn(rng), "cpu", blocked_layout=False)
+    assert built.block_lanes == 0
+    assert "ConvNCHWc" not in built.rules.values()
+    assert "nchwc" not in built.module.script()
+
+
+# --- numbers ---------------------------------------------------------------------------------
+
+CONVS = [  # (ci, h, w, co, kernel, attrs)
+    (16, 9, 13, 32, (3, 3), dict(pads=[1, 1, 1, 1])),  # width 13: a ragged column block
+    (3, 17, 17, 32, (7, 7), dict(pads=[3, 3, 3, 3], strides=[2, 2])),  # a plain 3-channel image
+    (24, 8, 8, 24, (1, 1), {}),  # 24 channels: half-vector blocks on AVX-512
+    (32, 7, 9, 16, (3, 2), dict(pads=[2, 1, 0, 2], dilations=[2, 3], strides=[1, 2])),  # one output block
+    (48, 5, 5, 48, (1, 1), dict(strides=[2, 2])),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(CONVS)))
+def test_conv_forms(case: int, target: str, rng: np.random.Generator) -> None:
+    ci, h, w, co, k, attrs = CONVS[case]
+    inits: dict = {}
+    nodes = [conv("c", "x", ci, co, rng, inits, k=k, **attrs), helper.make_node("Relu", ["c"], ["y"])]
+    rules = check(onnx_model(nodes, [("x", F, [2, ci, h, w])], inits), target, rng)
+    if co % _lanes(target) == 0 or co % (_lanes(target) // 2) == 0:
+        assert "ConvNCHWc" in rules.values(), rules
+
+
+WINDOWS = [  # (op, c, h, w, attrs)
+    ("Depthwise", 32, 14, 14, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
+    ("Depthwise", 48, 9, 11, dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2], dilations=[1, 2])),
+    ("MaxPool", 32, 15, 15, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
+    ("MaxPool", 16, 9, 9, dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1)),
+    ("AveragePool", 32, 9, 10, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1)),
+    ("AveragePool", 32, 9, 10, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(WINDOWS)))
+def test_windows_after_a_blocked_conv(case: int, target: str, rng: np.random.Generator) -> None:
+    op, c, h, w, attrs = WINDOWS[case]
+    attrs = dict(attrs)
+    inits: dict = {}
+    nodes = [conv("c0", "x", 8, c, rng, inits, k=(1, 1))]
+    if op == "Depthwise":
+        k = tuple(attrs.pop("kernel_shape"))
+        nodes.append(conv("y", "c0", c, c, rng, inits, k=k, group=c, **attrs))
+    else:
+        nodes.append(helper.make_node(op, ["c0"], ["y"], **attrs))
+    rules = check(onnx_model(nodes, [("x", F, [2, 8, h, w])], inits), target, rng)
+    assert "WindowNCHWc" in rules.values(), rules
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_squeeze_excitation_and_broadcasts(target: str, rng: np.random.Generator) -> None:
+    """x -> conv -> s = sigmoid(conv1x1(relu(conv1x1(gap(c))))) -> c * s (a run-time [N,C,1,1]
+    operand) -> + per-pixel constant [1,1,H,W] -> * per-channel constant [C,1,1] -> output (a
+    blocked value read by the graph's output) and a max over a plain [N,1,1,1]-shaped branch."""
+    c, h = 32, 6
+    inits: dict = {"pix": rng.standard_normal((1, 1, h, h)).astype(np.float32),
+                   "chan": rng.standard_normal((c, 1, 1)).astype(np.float32)}
+    nodes = [
+        conv("c0", "x", 16, c, rng, inits, pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c0"], ["g"]),
+        conv("s0", "g", c, 8, rng, inits, k=(1, 1)),
+        helper.make_node("Relu", ["s0"], ["s1"]),
+        conv("s2", "s1", 8, c, rng, inits, k=(1, 1)),
+        helper.make_node("Sigmoid", ["s2"], ["s"]),
+        helper.make_node("Mul", ["c0", "s"], ["m"]),
+        helper.make_node("Add", ["m", "pix"], ["p"]),
+        helper.make_node("Mul", ["p", "chan"], ["y"]),
+        helper.make_node("ReduceMax", ["y"], ["peak"], keepdims=1),
+    ]
+    rules = check(onnx_model(nodes, [("x", F, [3, 16, h, h])], inits), target, rng)
+    assert "ConvNCHWc" in rules.values(), rules
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_residual_network_block(target: str, rng: np.random.Generator) -> None:
+    """Two bottleneck blocks (1x1 -> 3x3 -> 1x1 + residual, relu), the second strided with a
+    projection shortcut, then a plain reader (Flatten) of a blocked value."""
+    inits: dict = {}
+    nodes = [
+        conv("a0", "x", 32, 16, rng, inits, k=(1, 1)), helper.make_node("Relu", ["a0"], ["a1"]),
+        conv("a2", "a1", 16, 16, rng, inits, pads=[1, 1, 1, 1]), helper.make_node("Relu", ["a2"], ["a3"]),
+        conv("a4", "a3", 16, 32, rng, inits, k=(1, 1)), helper.make_node("Add", ["a4", "x"], ["a5"]),
+        helper.make_node("Relu", ["a5"], ["a6"]),
+        conv("b0", "a6", 32, 16, rng, inits, k=(1, 1)), helper.make_node("Relu", ["b0"], ["b1"]),
+        conv("b2", "b1", 16, 16, rng, inits, pads=[1, 1, 1, 1], strides=[2, 2]), helper.make_node("Relu", ["b2"], ["b3"]),
+        conv("b4", "b3", 16, 48, rng, inits, k=(1, 1)),
+        conv("sc", "a6", 32, 48, rng, inits, k=(1, 1), strides=[2, 2]),
+        helper.make_node("Add", ["b4", "sc"], ["b5"]), helper.make_node("Relu", ["b5"], ["b6"]),
+        helper.make_node("Flatten", ["b6"], ["y"]),
+    ]
+    check(onnx_model(nodes, [("x", F, [2, 32, 10, 10])], inits), target, rng)
