@@ -28,6 +28,7 @@ sub-indexed layouts in TVM 0.27); pools use TOPI's NCHWc pooling. Their schedule
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +71,9 @@ class Plan:
 
 
 def _static(t: TensorType) -> bool:
-    return all(isinstance(d, int) for d in t.shape)
+    """Static dims but the leading (batch) one: a symbolic batch is an outer loop the kernels
+    and their rules take as it comes, so dynamic-batch models keep the layout too."""
+    return all(isinstance(d, int) for d in t.shape[1:])
 
 
 def _members(node: Node) -> tuple[list[Node], dict[str, str]]:
@@ -219,7 +222,7 @@ def _padded(data: te.Tensor, pads: list[int], value: float = 0.0) -> te.Tensor:
     top, left, bottom, right = pads
     if not any(pads):
         return data
-    n, c, h, w, b = (int(d) for d in data.shape)
+    n, (c, h, w, b) = data.shape[0], (int(d) for d in data.shape[1:])
 
     def body(i: Any, j: Any, y: Any, x: Any, k: Any) -> Any:
         inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
@@ -235,7 +238,7 @@ def _reduce(extent: int, name: str) -> Any:
 def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int]) -> te.Tensor:
     """out[n, fo, y, x, fi] = sum_{co, ry, rx, ci} pad[n, co, y*s + ry*d, x*s + rx*d, ci]
     * W[fo, co, ry, rx, ci, fi]: data [N, CI/bi, H, W, bi], weight [CO/bo, CI/bi, KH, KW, bi, bo]."""
-    n, cib, h, w, bi = (int(d) for d in data.shape)
+    n, (cib, h, w, bi) = data.shape[0], (int(d) for d in data.shape[1:])
     cob, _, kh, kw, _, bo = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     padded = _padded(data, pads)
@@ -250,9 +253,9 @@ def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: lis
 
 
 def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int]) -> te.Tensor:
-    """out[n, c, y, x, i] = sum_{ry, rx} pad[n, c, y*s + ry*d, x*s + rx*d, i] * W[c, ry, rx, i]."""
-    n, cb, h, w, b = (int(d) for d in data.shape)
-    _, kh, kw, _ = (int(d) for d in weight.shape)
+    """out[n, c, y, x, i] = sum_{ry, rx} pad[n, c, y*s + ry*d, x*s + rx*d, i] * W[c, 0, ry, rx, 0, i]."""
+    n, (cb, h, w, b) = data.shape[0], (int(d) for d in data.shape[1:])
+    _, _, kh, kw, _, _ = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     padded = _padded(data, pads)
     oh = (h + pads[0] + pads[2] - (kh - 1) * dy - 1) // sy + 1
@@ -260,30 +263,40 @@ def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads
     ry, rx = _reduce(kh, "ry"), _reduce(kw, "rx")
     return te.compute(
         _i64([n, cb, oh, ow, b]),
-        lambda i, c, y, x, k: te.sum(padded[i, c, y * sy + ry * dy, x * sx + rx * dx, k] * weight[c, ry, rx, k], axis=[ry, rx]),
+        lambda i, c, y, x, k: te.sum(padded[i, c, y * sy + ry * dy, x * sx + rx * dx, k] * weight[c, 0, ry, rx, 0, k], axis=[ry, rx]),
         name="depthwise_nchwc", attrs={LAYOUT_ATTR: 1})
+
+
+# --- legalization of conv2d in the blocked layouts ------------------------------------------
+
+_BLOCKED = re.compile(r"NCHW(\d+)c$")
+
+
+def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """relax.nn.conv2d: the blocked layouts (`NCHW{b}c` data) as the TE computes above; any
+    other layout by TVM's own legalization. (Passed to LegalizeOps, which binds the symbolic
+    batch of each kernel the way FuseTIR expects.)"""
+    from tvm.relax.transform.legalize_ops.nn import _nn_conv2d
+
+    at = call.attrs
+    if not _BLOCKED.match(str(at.data_layout)):
+        return _nn_conv2d(bb, call)
+    kwargs = dict(strides=[int(v) for v in at.strides], pads=[int(v) for v in at.padding],
+                  dilation=[int(v) for v in at.dilation])
+    if int(at.groups) > 1:
+        return bb.call_te(depthwise_nchwc, call.args[0], call.args[1], **kwargs, primfunc_name_hint="depthwise_nchwc")
+    return bb.call_te(conv_nchwc, call.args[0], call.args[1], **kwargs, primfunc_name_hint="conv2d_nchwc")
+
+
+LEGALIZE = {"relax.nn.conv2d": legalize_conv2d}
 
 
 # --- blocked emitters ------------------------------------------------------------------------
 
-def _call_te(lw: Lowering, fn: Any, name: str, args: list[relax.Expr], arg_types: list[tuple[list[int], str]],
-             **kwargs: Any) -> relax.Expr:
-    """A call_tir of the PrimFunc that `fn` computes (added once to the module being built)."""
-    holders = [te.placeholder(_i64(shape), dtype, name=f"in{i}") for i, (shape, dtype) in enumerate(arg_types)]
-    out = fn(*holders, **kwargs)
-    func = te.create_prim_func([*holders, out]).without_attr("global_symbol")
-    gvar = lw.module_bb.add_func(func, name)
-    shape = [int(d) for d in out.shape]
-    return relax.call_tir(gvar, args, relax.TensorType(shape, str(out.dtype)))
-
-
-def _i64(shape: list[int]) -> list[Any]:
-    """Static dims as int64 (Relax's shape type: buffers of int32 dims do not match in FuseTIR)."""
-    return [tirx.IntImm("int64", int(d)) for d in shape]
-
-
-def _shape(t: TensorType) -> list[int]:
-    return [int(d) for d in t.shape]
+def _i64(shape: list[Any]) -> list[Any]:
+    """Dims as int64 (Relax's shape type: buffers of int32 dims do not match in FuseTIR); a
+    symbolic dim (the batch's tir.Var) as it is."""
+    return [tirx.IntImm("int64", int(d)) if isinstance(d, (int, tirx.IntImm)) else d for d in shape]
 
 
 def _conv(lw: Lowering, node: Node) -> relax.Expr:
@@ -296,24 +309,18 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
 
     begin_end = conv_pads(node, x_t, y_t)
     pads = [begin_end[0], begin_end[1], begin_end[2], begin_end[3]]
-    dtype = TVM_DTYPE[x_t.dtype]
     kh, kw = weight.shape[2:]
-    kwargs = dict(strides=list(at["strides"]), pads=pads, dilation=list(at["dilations"]))
     if at["group"] == 1:
         bi = lw.blocked.get(node.inputs[0], 1)
-        data = lw.values[node.inputs[0]] if bi > 1 else R.reshape(lw.arg(node.inputs[0]), [*_shape(x_t), 1])
+        data = lw.values[node.inputs[0]] if bi > 1 else R.reshape(lw.arg(node.inputs[0]), [*lw.shape(x_t), 1])
         packed = weight.reshape(co // bo, bo, ci // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1)
-        w_shape = [co // bo, ci // bi, kh, kw, bi, bo]
-        fn, name = conv_nchwc, "conv2d_nchwc"
-    else:
+    else:  # depthwise: [C/b, 1, KH, KW, 1, b]
         bi = lw.blocked[node.inputs[0]]
         data = lw.values[node.inputs[0]]
-        packed = weight.reshape(co // bo, bo, kh, kw).transpose(0, 2, 3, 1)
-        w_shape = [co // bo, kh, kw, bo]
-        fn, name = depthwise_nchwc, "depthwise_nchwc"
-    d_shape = [x_t.shape[0], ci // bi, x_t.shape[2], x_t.shape[3], bi]
-    y = _call_te(lw, fn, name, [data, const(np.ascontiguousarray(packed.astype(weight.dtype)))],
-                 [(d_shape, dtype), (w_shape, dtype)], **kwargs)
+        packed = weight.reshape(co // bo, bo, 1, kh, kw, 1).transpose(0, 2, 3, 4, 5, 1)
+    y = R.nn.conv2d(data, const(np.ascontiguousarray(packed)), strides=list(at["strides"]), padding=pads,
+                    dilation=list(at["dilations"]), groups=at["group"], data_layout=f"NCHW{bi}c",
+                    kernel_layout=f"OIHW{1 if at['group'] > 1 else bi}i{bo}o", out_layout=f"NCHW{bo}c")
     if len(node.inputs) > 2 and node.inputs[2]:
         bias = np.asarray(lw.const_of(node.inputs[2])).reshape(1, co, 1, 1)
         y = R.add(y, const(pack_activation(bias, bo)))
@@ -351,10 +358,11 @@ def _operand(lw: Lowering, name: str, like: TensorType, b: int) -> relax.Expr | 
     t = lw.types[name]
     if t.rank == 0:
         return lw.arg(name)
-    shape = [1] * (4 - t.rank) + _shape(t)
+    shape = [1] * (4 - t.rank) + lw.shape(t)
     per_channel = shape[1] == like.shape[1] and like.shape[1] != 1
     data = lw.const_of(name)
     if data is not None:
+        shape = [1] * (4 - t.rank) + [int(d) for d in t.shape]
         data = np.asarray(data).reshape(shape)
         return const(pack_activation(data, b) if per_channel else data.reshape([*shape, 1]))
     x = R.reshape(lw.arg(name), shape) if t.rank != 4 else lw.arg(name)
@@ -395,7 +403,7 @@ def lower_node(lw: Lowering, node: Node) -> None:
     known = {m.name: lw.const_of(o) for m, o in zip(body.inputs, group.inputs) if lw.const_of(o) is not None}
     known.update((c.name, c.data) for c in body.consts)
     inner = Lowering(sub, lw.dims, body, known, primitive=True)
-    inner.module_bb, inner.plan = lw.module_bb, lw.plan
+    inner.plan = lw.plan
     params, args = [], []
     for value, name in zip(members, outer):
         b = lw.plan.values.get(name)

@@ -130,9 +130,11 @@ def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
     """Relax -> one unscheduled PrimFunc per kernel: LegalizeOps, then FuseTIR over ember's
     Primitive groups, constants folded, and each kernel's constant (weight) parameters marked
     `layout_free_buffers` so a schedule may re-lay them out at compile time."""
+    from ember.targets import blocked
+
     seq = tvm.transform.Sequential(
         [
-            relax.transform.LegalizeOps(),
+            relax.transform.LegalizeOps(blocked.LEGALIZE),
             relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseTIR(),
             relax.transform.DeadCodeElimination(),

@@ -45,11 +45,10 @@ class Lowering:
         self.primitive = primitive  # lowering the body of a primitive (fused) function
         self.values: dict[str, relax.Expr] = {}
         # The blocked layout (targets/blocked.py): the plan, the values held as [N, C/b, H, W, b]
-        # (their block), plain copies made of them, and the builder kernels are added to.
+        # (their block) and plain copies made of them.
         self.plan: Any = None
         self.blocked: dict[str, int] = {}
         self.plain: dict[str, relax.Expr] = {}
-        self.module_bb = bb
         self.types: dict[str, TensorType] = {v.name: v.type for v in graph.inputs}
         self.types.update((c.name, c.type) for c in graph.consts)
         for node in graph.nodes:

@@ -50,7 +50,8 @@ def _loop_of(anchor: Any, expr: Any) -> Any | None:
 def _roles(sch: s_tir.Schedule, anchor: Any, read: int | None, positions: list[int]) -> tuple[list[Any], list[Any]] | None:
     """The anchor's loops by role: the five output axes [n, c, y, x, lanes] from its write index
     and the reductions from read `read`'s index at `positions` (None: the reductions in block
-    order); a dropped unit loop is None. None when the anchor has another form."""
+    order); a dropped unit loop is None. None when the anchor has another form or a symbolic
+    extent other than the batch."""
     try:
         (_, out_idx), = sc.writes(sch, anchor.block_rv)
         if len(out_idx) != 5:
@@ -64,7 +65,7 @@ def _roles(sch: s_tir.Schedule, anchor: Any, read: int | None, positions: list[i
     except ValueError:
         return None
     present = [it for it in spatial + reds if it is not None]
-    if len(present) != len(anchor.iters) or any(not isinstance(it.dom, int) for it in present):
+    if len(present) != len(anchor.iters) or any(not isinstance(it.dom, int) for it in present if it is not spatial[0]):
         return None
     return spatial, reds
 
@@ -209,7 +210,7 @@ class WindowNCHWc:
         is_depthwise = anchor.name.startswith("depthwise_nchwc") and LAYOUT_ATTR in block.annotations
         if not (is_depthwise or anchor.name.startswith(("pool_max", "pool_sum"))):
             return None
-        roles = _roles(sch, anchor, 1 if is_depthwise else None, [1, 2])  # W[c, ry, rx, i]
+        roles = _roles(sch, anchor, 1 if is_depthwise else None, [2, 3])  # W[c, 0, ry, rx, 0, i]
         if roles is None:
             return None
         (n, c, y, x, i), taps_info = roles
