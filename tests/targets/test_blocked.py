@@ -210,3 +210,51 @@ def test_residual_network_block(target: str, rng: np.random.Generator) -> None:
         helper.make_node("Flatten", ["b6"], ["y"]),
     ]
     check(onnx_model(nodes, [("x", F, ["B", 32, 10, 10])], inits), target, rng, batches=(2, 1))
+
+
+def _random_chain(rng: np.random.Generator) -> object:
+    """conv (random channels, kernel, stride, padding, dilation) -> random epilogue -> a random
+    window op (depthwise conv, max or average pool, or none) -> conv 1x1 -> output."""
+    inits: dict = {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
+    ci = int(rng.integers(1, 40))
+    co = int(rng.choice([8, 16, 24, 32, 48, 64]))
+    h, w = (int(v) for v in rng.integers(5, 20, 2))
+    k = tuple(int(v) for v in rng.integers(1, 4, 2))
+    stride = [int(v) for v in rng.integers(1, 3, 2)]
+    dilation = [int(v) for v in rng.integers(1, 3, 2)]
+    pads = [int(rng.integers(0, k[i % 2])) for i in range(4)]
+    nodes = [conv("c0", "x", ci, co, rng, inits, k=k, strides=stride, dilations=dilation, pads=pads,
+                  bias=bool(rng.integers(0, 2)))]
+    epilogue = str(rng.choice(["", "relu", "clip", "silu"]))
+    last = "c0"
+    if epilogue == "relu":
+        nodes.append(helper.make_node("Relu", ["c0"], ["e"]))
+    elif epilogue == "clip":
+        nodes.append(helper.make_node("Clip", ["c0", "lo", "hi"], ["e"]))
+    elif epilogue == "silu":
+        nodes += [helper.make_node("Sigmoid", ["c0"], ["s"]), helper.make_node("Mul", ["c0", "s"], ["e"])]
+    last = "e" if epilogue else last
+    window = str(rng.choice(["depthwise", "MaxPool", "AveragePool", "none"]))
+    kw = tuple(int(v) for v in rng.integers(2, 4, 2))
+    wpads = [int(rng.integers(0, kw[i % 2])) for i in range(4)]
+    wstride = [int(v) for v in rng.integers(1, 3, 2)]
+    if window == "depthwise":
+        nodes.append(conv("win", last, co, co, rng, inits, k=kw, group=co, pads=wpads, strides=wstride))
+        last = "win"
+    elif window != "none":
+        extra = {"count_include_pad": int(rng.integers(0, 2))} if window == "AveragePool" else {}
+        nodes.append(helper.make_node(window, [last], ["win"], kernel_shape=list(kw), pads=wpads, strides=wstride,
+                                      ceil_mode=int(rng.integers(0, 2)), **extra))
+        last = "win"
+    nodes.append(conv("y", last, co, int(rng.choice([8, 16, 40])), rng, inits, k=(1, 1)))
+    return onnx_model(nodes, [("x", F, ["B", ci, h, w])], inits)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(30))
+def test_random_chains(seed: int) -> None:
+    rng = np.random.default_rng(2000 + seed)
+    model = _random_chain(rng)
+    target = TARGETS[seed % 2]
+    rules = check(model, target, rng, batches=(1, 2))
+    assert "ConvNCHWc" in rules.values(), rules
