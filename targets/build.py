@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax
 from tvm.ir.expr import GenericConst
@@ -103,19 +104,26 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
     return mod, applied
 
 
-# A kernel below this many FLOPs (static shapes) runs on the calling thread: a parallel launch
-# costs microseconds, and on a busy machine a descheduled worker stalls the whole kernel.
+# A kernel whose work is this small runs on the calling thread: a parallel launch costs
+# microseconds, and on a busy machine a descheduled worker stalls the whole kernel. Below
+# SERIAL_FLOPS always; below COMPUTE_SERIAL_FLOPS when it also touches under SERIAL_BYTES, a
+# compute-bound few microseconds (the batch-3 digits CNN: 0.042 -> 0.034 ms; MobileNetV2, from
+# its small 7x7 and 14x14 kernels: 4.04 -> 3.73 ms). A plain 4 MFLOP threshold also made the
+# depthwise convs serial, which stream far more bytes for their FLOPs (MobileNetV2 4.26 -> 4.40).
 # (Serial kernels were once blamed for the deploy bundle's segfaults; the cause was the bundle
 # loader handing TVM numpy memory that was not 64-byte aligned, which any kernel whose aligned
 # vector loads read an input straight away can trip: runtime/bundle_run.py now aligns inputs.)
 SERIAL_FLOPS = 1 << 20
+COMPUTE_SERIAL_FLOPS = 4 << 20
+SERIAL_BYTES = 256 << 10
 
 
 def _mark_small(func: Any) -> Any:
     """The kernel marked `ember.serial` when its work is too small to split across threads."""
-    from ember.targets.sched_common import SERIAL_ATTR, buffer_shape
+    from ember.targets.sched_common import SERIAL_ATTR, buffer_shape, dtype_bytes
 
-    if any(not isinstance(d, int) for p in func.params for d in buffer_shape(p)):
+    shapes = [buffer_shape(p) for p in func.params]
+    if any(not isinstance(d, int) for shape in shapes for d in shape):
         return func  # symbolic: sized at run time, may be large
     try:
         from tvm.s_tir.analysis import estimate_tir_flops
@@ -123,7 +131,9 @@ def _mark_small(func: Any) -> Any:
         work = float(estimate_tir_flops(tvm.IRModule({"main": func})))
     except Exception:
         return func
-    return func.with_attr(SERIAL_ATTR, True) if 0 < work < SERIAL_FLOPS else func
+    size = sum(int(np.prod(shape)) * dtype_bytes(str(p.ty.dtype)) for shape, p in zip(shapes, func.params) if shape)
+    small = 0 < work < SERIAL_FLOPS or (0 < work < COMPUTE_SERIAL_FLOPS and size < SERIAL_BYTES)
+    return func.with_attr(SERIAL_ATTR, True) if small else func
 
 
 def prepare(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
