@@ -100,3 +100,19 @@ def test_matrix_vector_product(rng: np.random.Generator) -> None:
     inits = {"w": rng.standard_normal((100, 72)).astype(np.float32), "b": rng.standard_normal(100).astype(np.float32)}
     built = compiled(onnx_model(nodes, [("x", F, [1, 72])], inits), rng, [{}])
     assert matmul_rules(built), built.rules
+
+
+def test_panel_groups_share_a_pass_over_large_a(rng: np.random.Generator) -> None:
+    """A = 96 x 768 floats (288 KB) does not stay in L2 beside a panel's weight: two 48-column
+    panels share each pass over A's rows (their packed weight, 288 KB, fits), and the results
+    are those of the interpreter; a small A or a deep K keeps one panel per pass."""
+    from ember.targets.sched_matmul import _panel_group
+
+    assert _panel_group(4, 48, 768, 96, 4) == 2
+    assert _panel_group(4, 48, 768, 16, 4) == 1  # A of 48 KB stays in L2
+    assert _panel_group(4, 48, 3072, 96, 4) == 1  # one panel's weight is 576 KB already
+    assert _panel_group(3, 48, 256, 512, 4) == 3
+    nodes = [node("MatMul", ["x", "w"], "mm"), node("Add", ["mm", "b"], "mb"), node("Relu", ["mb"], "out")]
+    inits = {"w": (rng.standard_normal((768, 192)) / 28).astype(np.float32), "b": rng.standard_normal(192).astype(np.float32)}
+    built = compiled(onnx_model(nodes, [("x", F, [96, 768])], inits), rng, [{}])
+    assert matmul_rules(built), built.rules
