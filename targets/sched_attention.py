@@ -127,12 +127,13 @@ class Attention:
         # P @ V: rows split by ti, the whole D in registers, parallel over (batch.., io).
         batch_loops = [b.loop_rv for b in con.batch]
         io, ii = sch.split(con.i.loop_rv, [None, ti])
-        jo, jl = sch.split(con.j.loop_rv, [None, vec])
-        sch.reorder(*batch_loops, io, jo, con.k.loop_rv, ii, jl)
+        nd = 2 if (d // vec) % 2 == 0 and ti * 2 * vec * sc.dtype_bytes(dtype) < sc.MAX_STACK_BYTES else 1
+        jo, jv, jl = sch.split(con.j.loop_rv, [None, nd, vec])
+        sch.reorder(*batch_loops, io, jo, con.k.loop_rv, ii, jv, jl)
         acc = sch.cache_write(pv.block_rv, 0, "global")
         sch.reverse_compute_at(acc, jo)
-        if d * 0 + ti * vec * sc.dtype_bytes(dtype) < sc.MAX_STACK_BYTES:
-            sch.transform_layout(pv.block_rv, ("write", 0), _fold(ti, vec, con.c_axes), assume_injective_transform=True)
+        if ti * nd * vec * sc.dtype_bytes(dtype) < sc.MAX_STACK_BYTES:
+            sch.transform_layout(pv.block_rv, ("write", 0), _fold(ti, nd * vec, con.c_axes), assume_injective_transform=True)
         if epilogue is not None:
             try:
                 sch.reverse_compute_inline(epilogue)
@@ -140,6 +141,7 @@ class Attention:
                 sc.vectorize_inner(sch, epilogue, lanes)
         sch.vectorize(jl)
         sch.unroll(ii)
+        sch.unroll(jv)
 
         # Softmax's max and sum as `lanes` partial results (rfactor needs them still at the root).
         partials: set[str] = set()
@@ -162,7 +164,25 @@ class Attention:
                 # (.., ii, j, k): k outermost of the three, key positions j vectorized
                 ii, j, k = loops[-3:]
                 extent = sc.static_extent(sch, j)
-                if extent and (extent % lanes == 0 or (int32 and extent >= lanes)):
+                if extent and extent % lanes == 0:
+                    # a register tile of ti rows x nk key vectors, k innermost: each K^T vector
+                    # loaded feeds ti FMAs and the scores leave the registers once
+                    nk = 2 if (extent // lanes) % 2 == 0 else 1
+                    jo2, jv2, jl2 = sch.split(j, [None, nk, lanes])
+                    sch.reorder(jo2, k, ii, jv2, jl2)
+                    tile = sch.cache_write(block, 0, "global")
+                    sch.reverse_compute_at(tile, jo2)
+                    ndim = len(sch.get(block).writes[0].region)
+                    sch.transform_layout(block, ("write", 0), _fold(ti, nk * lanes, (ndim - 2, ndim - 1)),
+                                         assume_injective_transform=True)
+                    sch.vectorize(jl2)
+                    sch.unroll(jv2)
+                    sch.unroll(ii)
+                    wb = sch.get_loops(tile)
+                    if sc.static_extent(sch, wb[-1]) == nk * lanes:
+                        _, lane = sch.split(wb[-1], [None, lanes])
+                        sch.vectorize(lane)
+                elif extent and (extent % lanes == 0 or (int32 and extent >= lanes)):
                     jo2, jl2 = sch.split(j, [None, lanes])
                     sch.reorder(k, ii, jo2, jl2)
                     if extent % lanes:  # ViT's 197 positions: full vectors, then one ragged one
@@ -177,7 +197,7 @@ class Attention:
         fused = bool(batch_loops) and all(sc.static_extent(sch, b) for b in batch_loops)
         outer = sch.fuse(*batch_loops, io) if fused else io
         sc.parallel(sch, outer)
-        k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jl)
+        k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jv, jl)
         for name in keep - set(producers) - {pv.name}:
             try:
                 block = sch.get_sblock(name)
