@@ -7,10 +7,10 @@ The schedule computes attention a block of `ti` query rows at a time, in paralle
 stays in L1/L2, never as the full [B, H, S, S] score tensor:
 
     parallel b, h, io:
-        scores[ti, S]  = Q[rows] @ K^T          (vectorized over key positions)
+        scores[ti, S]  = Q[rows] @ K^T          (register tiles of ti x 2 key vectors, k innermost)
         m[ti]          = max(scores)             e[ti, S] = exp(scores - m)
         s[ti]          = sum(e)                  P[ti, S] = e / s (and the mask's where)
-        out[rows, D]   = P @ V                   (register tile ti x D, vectorized over D)
+        out[rows, D]   = P @ V                   (register tiles of ti x 2 vectors of D)
 
 K^T, when the kernel transposes K itself, is one vectorized copy per call at the root.
 """
