@@ -191,8 +191,10 @@ class ConvNCHWc:
             _order(sch, _loop(n), yo, fo, yi, xo, *reds, xi, fv, o.loop_rv)
             outer = [_loop(n), yo]
         else:
-            _order(sch, _loop(n), fo, _loop(y), xo, *reds, xi, fv, o.loop_rv)
-            outer = [_loop(n), fo, _loop(y)]
+            # each panel's weights serve every image of the batch before the next panel
+            # (batch 8: ResNet-18 112.5 -> 107.2 ms, ResNet-50 271.5 -> 267.3 ms at 2 threads)
+            _order(sch, fo, _loop(n), _loop(y), xo, *reds, xi, fv, o.loop_rv)
+            outer = [fo, _loop(n), _loop(y)]
         outer = [lp for lp in outer if lp is not None]
         acc = sch.cache_write(anchor.block_rv, 0, "local")
         sch.reverse_compute_at(acc, xo)
