@@ -110,6 +110,9 @@ def checked(rows: list[Comparison], what: str, echo: Callable[[str], None]) -> l
     return [{"name": r.name, "max_abs": r.max_abs, "max_rel": r.max_rel} for r in rows]
 
 
+LAYOUTS = ("auto", "nchw")  # `compile_model(layout=)`, `ember compile --layout`
+
+
 def compile_model(
     model: str | Path,
     output: str | Path | None = None,
@@ -125,6 +128,7 @@ def compile_model(
     echo: Callable[[str], None] | None = None,
     tune: TuneOptions | None = None,
     specialize: Sequence[Mapping[str, int]] | None = None,
+    layout: str = "auto",
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (default `<model>.ember`).
 
@@ -135,6 +139,8 @@ def compile_model(
     random inputs, symbolic dims = 1). `check(graph, built, sample)` runs last before writing;
     raising there (like any failure) leaves nothing behind.
     `tune`: a targets.tune.TuneOptions (search schedules within a budget, records in a database).
+    `layout`: "auto" keeps CNN activations in the target's blocked layout (NCHW{b}c, README),
+    "nchw" keeps ONNX's layout throughout (for comparisons and debugging).
     `specialize`: symbolic dims to build extra libraries for ([{"N": 1}]; each is the model
     imported with those dims static, compiled and checked like the generic one); None: the
     default (`default_specializations`), [] for none.
@@ -158,7 +164,9 @@ def compile_model(
     optimized, records, pipeline = run_passes(graph, passes, pass_options or {})
     seconds["passes"] = time.perf_counter() - start
     start = time.perf_counter()
-    built = build(optimized, spec, tune=tune)
+    if layout not in LAYOUTS:
+        raise EmberError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+    built = build(optimized, spec, tune=tune, blocked=layout == "auto")
     seconds["build"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -180,7 +188,7 @@ def compile_model(
         fixed_graph = import_model(model, dims=fixed)
         fixed_opt, _, _ = run_passes(fixed_graph, passes, {k: v for k, v in (pass_options or {}).items()
                                                            if k in ("check_each", "reproducer_dir")})
-        fixed_built = build(fixed_opt, spec, tune=tune)
+        fixed_built = build(fixed_opt, spec, tune=tune, blocked=layout == "auto")
         if all(dims.get(k) == v for k, v in fixed.items()):
             fixed_feeds, fixed_ref = feeds, reference
         else:
@@ -213,6 +221,7 @@ def compile_model(
         "kernels": [k.as_json() for k in stats],
         "kernel_dims": dims,
         "kernel_launches": built.launches,
+        "activation_layout": f"NCHW{built.block_lanes}c" if built.block_lanes else "NCHW",
         "tolerance": {"rtol": rtol, "atol": atol},
         "checks": checks,
         "checked_on": ran_on,

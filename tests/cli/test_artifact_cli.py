@@ -259,3 +259,27 @@ def test_commands_are_in_the_ember_group() -> None:
     from ember.compiler.cli import main
 
     assert {"compile", "run", "bench", "verify", "targets"} <= set(main.commands)
+
+
+def test_layout_option(digits: Path, tmp_path: Path, rng: np.random.Generator) -> None:
+    """--layout nchw builds ONNX's layout throughout, the default the target's blocked one; the
+    manifest says which, and both give the interpreter's outputs."""
+    from ember.targets import resolve_target
+    from ember.targets.build import block_lanes
+
+    lanes = block_lanes(resolve_target("cpu"))
+    assert json.loads((digits / "manifest.json").read_text())["activation_layout"] == (f"NCHW{lanes}c" if lanes else "NCHW")
+    result = invoke("compile", DIGITS, "-o", tmp_path / "nchw.ember", "--layout", "nchw")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "nchw.ember" / "manifest.json").read_text())
+    assert manifest["activation_layout"] == "NCHW"
+    assert not any(k["rule"] in ("ConvNCHWc", "WindowNCHWc") for k in manifest["kernels"])
+    x = rng.standard_normal((1, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "in.npz", input=x)
+    want = interp.run(import_model(DIGITS), {"input": x})["logits"]
+    for artifact in (digits, tmp_path / "nchw.ember"):
+        result = invoke("run", artifact, "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+        assert result.exit_code == 0, result.output
+        np.testing.assert_allclose(np.load(tmp_path / "out.npz")["logits"], want, rtol=RTOL, atol=ATOL)
+    bad = invoke("compile", DIGITS, "-o", tmp_path / "x.ember", "--layout", "nhwc")
+    assert bad.exit_code == 2 and "'nhwc' is not one of 'auto', 'nchw'" in bad.output and "Traceback" not in bad.output
