@@ -258,3 +258,24 @@ def test_random_chains(seed: int) -> None:
     target = TARGETS[seed % 2]
     rules = check(model, target, rng, batches=(1, 2))
     assert "ConvNCHWc" in rules.values(), rules
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_unblockable_channels_between_blocked_convs(target: str, rng: np.random.Generator) -> None:
+    """conv 8->32 (blocked) -> conv 32->12 (12 channels: no block of 16 or 8 on AVX-512, so its
+    input is converted to NCHW once; AVX2 blocks it by 4) -> conv 12->32 (blocked again, reading the plain tensor as blocks of one
+    channel) -> max pool (blocked) -> output (converted back)."""
+    inits: dict = {}
+    nodes = [
+        conv("a", "x", 8, 32, rng, inits, pads=[1, 1, 1, 1]),
+        conv("b", "a", 32, 12, rng, inits, k=(1, 1)),
+        conv("c", "b", 12, 32, rng, inits, pads=[1, 1, 1, 1]),
+        helper.make_node("MaxPool", ["c"], ["y"], kernel_shape=[2, 2], strides=[2, 2]),
+    ]
+    model = onnx_model(nodes, [("x", F, ["B", 8, 10, 10])], inits)
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    plan = blocked.plan(graph, _lanes(target))
+    half = 12 % (_lanes(target) // 2) == 0  # AVX2: 12 channels are 3 blocks of 4
+    assert sorted(plan.values) == (["a", "b", "c", "y"] if half else ["a", "c", "y"]), plan.values
+    rules = check(model, target, rng, batches=(1, 2))
+    assert list(rules.values()).count("ConvNCHWc") == (3 if half else 2), rules
