@@ -115,17 +115,20 @@ def _prologue(sch: s_tir.Schedule, before: list[Any]) -> list[Any]:
     return pads
 
 
-def _pad_stage(sch: s_tir.Schedule, pad: Any, lanes: int, rows_first: bool) -> None:
-    """The padding stage: parallel over its outer loops, the pixel's lanes vectorized (a plain
-    input's block of one lane vectorizes along the row instead)."""
+def _pad_stage(sch: s_tir.Schedule, pad: Any, lanes: int, at: Any | None) -> None:
+    """The padding stage: computed under loop `at` (a band's rows, by the thread that reads
+    them), else once for the whole tensor, parallel over its outer loops; the pixel's lanes
+    vectorized (a plain input's block of one lane vectorizes along the row instead)."""
+    if at is not None:
+        sch.compute_at(pad, at, preserve_unit_loops=True)
     loops = sch.get_loops(pad)
-    if rows_first and len(loops) == 5:  # (n, c, y, x, i) -> (n, y, c, x, i): the threads' bands
-        sch.reorder(loops[0], loops[2], loops[1], loops[3], loops[4])
-        loops = sch.get_loops(pad)
-    if sc.static_extent(sch, loops[-1]) == 1:
+    first = 0  # where the stage's own loops start
+    if at is not None:
+        first = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(at))) + 1
+    if sc.static_extent(sch, loops[-1]) == 1 and len(loops) - first >= 2:
         loops = [*loops[:-2], sch.fuse(loops[-2], loops[-1])]
     inner = sc.static_extent(sch, loops[-1]) or 1
-    if len(loops) > 1:
+    if at is None and len(loops) > 1:
         sc.parallel(sch, sch.fuse(*loops[:-1]))
     vec = sc.largest_divisor(inner, [lanes, lanes // 2, lanes // 4])
     if vec > 1:
@@ -209,22 +212,10 @@ class ConvNCHWc:
         fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
         sc.parallel(sch, fused)
         for pad in pads:
-            if banded:
-                # each band pads its own rows (and halo) just before reading them, from L2: a
-                # whole-tensor padded copy went to memory and back (ResNet-18 15.35 -> 14.78 ms,
-                # ResNet-50 35.5 -> 34.3 ms at 2 threads; ResNet-18 28.8 -> 28.4 ms at 1)
-                sch.compute_at(pad, fused, preserve_unit_loops=True)
-                loops = sch.get_loops(pad)
-                inner = loops[-1]
-                if sc.static_extent(sch, inner) == 1 and len(loops) >= 2:
-                    inner = sch.fuse(loops[-2], loops[-1])
-                ext = sc.static_extent(sch, inner) or 1
-                vec = sc.largest_divisor(ext, [lanes, lanes // 2, lanes // 4])
-                if vec > 1:
-                    _, lane = sch.split(inner, [None, vec])
-                    sch.vectorize(lane)
-                continue
-            _pad_stage(sch, pad, lanes, banded)
+            # with bands, each band pads its own rows (and halo) just before reading them, from
+            # L2: a whole-tensor padded copy went to memory and back (ResNet-18 15.35 -> 14.78 ms,
+            # ResNet-50 35.5 -> 34.3 ms at 2 threads; ResNet-18 28.8 -> 28.4 ms at 1)
+            _pad_stage(sch, pad, lanes, fused if banded else None)
         first = next((lp for lp in reds if lp is not None), None)
         if first is not None:
             sch.decompose_reduction(anchor.block_rv, first)
