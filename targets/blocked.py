@@ -231,6 +231,13 @@ def _padded(data: te.Tensor, pads: list[int], value: float = 0.0) -> te.Tensor:
     return te.compute(_i64([n, c, h + top + bottom, w + left + right, b]), body, name="pad_nchwc")
 
 
+def _out_size(size: tuple[int, int], kernel: tuple[int, int], strides: list[int], pads: list[int],
+              dilation: list[int]) -> tuple[int, int]:
+    """Output rows and columns of a window over a padded [.., H, W, ..] map."""
+    return tuple((size[i] + pads[i] + pads[i + 2] - (kernel[i] - 1) * dilation[i] - 1) // strides[i] + 1
+                 for i in range(2))  # type: ignore[return-value]
+
+
 def _reduce(extent: int, name: str) -> Any:
     return te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", extent)), name)
 
@@ -242,8 +249,7 @@ def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: lis
     cob, _, kh, kw, _, bo = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     padded = _padded(data, pads)
-    oh = (h + pads[0] + pads[2] - (kh - 1) * dy - 1) // sy + 1
-    ow = (w + pads[1] + pads[3] - (kw - 1) * dx - 1) // sx + 1
+    oh, ow = _out_size((h, w), (kh, kw), strides, pads, dilation)
     rco, ry, rx, rci = _reduce(cib, "rco"), _reduce(kh, "ry"), _reduce(kw, "rx"), _reduce(bi, "rci")
     return te.compute(
         _i64([n, cob, oh, ow, bo]),
@@ -258,8 +264,7 @@ def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads
     _, _, kh, kw, _, _ = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     padded = _padded(data, pads)
-    oh = (h + pads[0] + pads[2] - (kh - 1) * dy - 1) // sy + 1
-    ow = (w + pads[1] + pads[3] - (kw - 1) * dx - 1) // sx + 1
+    oh, ow = _out_size((h, w), (kh, kw), strides, pads, dilation)
     ry, rx = _reduce(kh, "ry"), _reduce(kw, "rx")
     return te.compute(
         _i64([n, cb, oh, ow, b]),
@@ -393,43 +398,9 @@ def lower_member(lw: Lowering, node: Node) -> None:
 def lower_node(lw: Lowering, node: Node) -> None:
     """Emit a node the plan lowers blocked: one Primitive function (one kernel) whose blocked
     inputs and outputs are 5-d."""
-    from ember.targets.fused import _primitive, kernel_name, single_node_group
+    from ember.targets.fused import lower_fused, primitive_function, single_node_group
 
     group = node if node.op == "Fused" else single_node_group(lw, node)
-    body: Graph = group.attrs["body"]
-    sub = relax.BlockBuilder()
-    members = list(body.inputs) + [c.value for c in body.consts]
-    outer = list(group.inputs) + [c.name for c in body.consts]
-    known = {m.name: lw.const_of(o) for m, o in zip(body.inputs, group.inputs) if lw.const_of(o) is not None}
-    known.update((c.name, c.data) for c in body.consts)
-    inner = Lowering(sub, lw.dims, body, known, primitive=True)
-    inner.plan = lw.plan
-    params, args = [], []
-    for value, name in zip(members, outer):
-        b = lw.plan.values.get(name)
-        if b is not None:
-            shape = lw.shape(value.type)
-            params.append(relax.Var(value.name, relax.TensorType([shape[0], shape[1] // b, *shape[2:], b], TVM_DTYPE[value.type.dtype])))
-            args.append(lw.blocked_arg(name))
-            inner.blocked[value.name] = b
-        else:
-            params.append(relax.Var(value.name, relax.TensorType(lw.shape(value.type), TVM_DTYPE[value.type.dtype])))
-            args.append(lw.arg(name) if name in lw.values or lw.const_of(name) is not None else const(inner.consts[value.name]))
-    name = kernel_name(group)
-    with sub.function(name, params, attrs={"Primitive": True}, private=True):
-        with sub.dataflow():
-            for value, param in zip(members, params):
-                inner.values[value.name] = param
-            for member in body.nodes:
-                lower_member(inner, member)
-            outs = [inner.values[n] for n in body.outputs]
-            result = sub.emit_output(relax.Tuple(outs) if len(outs) > 1 else outs[0])
-        sub.emit_func_output(result)
-    func, call_args = _primitive(sub.get()[name], args)
-    gvar = lw.bb.add_func(func, name)
-    call = lw.emit(relax.Call(gvar, call_args))
-    results = [call] if len(body.outputs) == 1 else [lw.emit(relax.TupleGetItem(call, i)) for i in range(len(body.outputs))]
-    for inner_name, value, expr in zip(body.outputs, node.outputs, results):
+    outs = lower_fused(lw, group, primitive_function(lw, group, blocked=True))
+    for value, expr in zip(node.outputs, outs):
         lw.values[value.name] = expr
-        if inner_name in inner.blocked:
-            lw.blocked[value.name] = inner.blocked[inner_name]

@@ -83,28 +83,48 @@ def computes(func: relax.Function) -> bool:
     return found[0]
 
 
-def primitive_function(lw: Lowering, node: Node) -> tuple[relax.Function, list[relax.Expr]]:
-    """The primitive function of a Fused node and the arguments to call it with."""
+def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple[relax.Function, list[relax.Expr]]:
+    """The primitive function of a Fused node and the arguments to call it with.
+
+    `blocked`: the node lowers in the blocked layout (targets/blocked.py): inputs the plan
+    blocks arrive as [N, C/b, H, W, b] and the members go through the blocked emitters; the
+    blocked outputs are recorded in `lw.blocked` by the caller from `inner.blocked`."""
+    from ember.targets import blocked as blocked_layout
+
     body: Graph = node.attrs["body"]
     sub = relax.BlockBuilder()
     members = list(body.inputs) + [c.value for c in body.consts]
-    params = [relax.Var(v.name, relax.TensorType(lw.shape(v.type), TVM_DTYPE[v.type.dtype])) for v in members]
     # Constant operands are visible to the body's emitters as data (axes, pads, exponents,
     # weights to pre-transpose); they still arrive as parameters.
     known = {inner.name: lw.const_of(outer) for inner, outer in zip(body.inputs, node.inputs) if lw.const_of(outer) is not None}
     known.update((c.name, c.data) for c in body.consts)
     inner = Lowering(sub, lw.dims, body, known, primitive=True)
+    inner.plan = lw.plan
+    params, args = [], []
+    for value, outer in zip(body.inputs, node.inputs):
+        shape = lw.shape(value.type)
+        b = lw.plan.values.get(outer) if blocked else None
+        if b is not None:  # [N, C/b, H, W, b]
+            shape = [shape[0], shape[1] // b, *shape[2:], b]
+            inner.blocked[value.name] = b
+        params.append(relax.Var(value.name, relax.TensorType(shape, TVM_DTYPE[value.type.dtype])))
+        args.append(lw.blocked_arg(outer) if b is not None else lw.arg(outer))
+    for c in body.consts:
+        params.append(relax.Var(c.name, relax.TensorType(lw.shape(c.value.type), TVM_DTYPE[c.value.type.dtype])))
+        args.append(const(c.data))
+    lower_member = blocked_layout.lower_member if blocked else lower_node
     name = kernel_name(node)
     with sub.function(name, params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
             for value, param in zip(members, params):
                 inner.values[value.name] = param
             for member in body.nodes:
-                lower_node(inner, member)
-            outs = [inner.arg(n) for n in body.outputs]
+                lower_member(inner, member)
+            outs = [inner.values[n] if n in inner.blocked else inner.arg(n) for n in body.outputs]
             result = sub.emit_output(relax.Tuple(outs) if len(outs) > 1 else outs[0])
         sub.emit_func_output(result)
-    args = [lw.arg(n) for n in node.inputs] + [const(c.data) for c in body.consts]
+    if blocked:
+        lw.blocked.update((value.name, inner.blocked[n]) for n, value in zip(body.outputs, node.outputs) if n in inner.blocked)
     return _primitive(sub.get()[name], args)
 
 
