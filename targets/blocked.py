@@ -201,18 +201,16 @@ def to_plain(x: relax.Expr, shape: list[Any], b: int) -> relax.Expr:
     return R.reshape(R.permute_dims(x, [0, 1, 4, 2, 3]), shape)
 
 
-def conversion_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int, plain: bool) -> relax.Expr:
-    """One kernel converting a value between the layouts (a Primitive function called from main)."""
+def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Expr:
+    """One kernel converting a blocked value to NCHW (a Primitive function called from main)."""
     shape = lw.shape(t)
-    src = [*shape[:1], shape[1] // b, *shape[2:], b] if plain else shape
-    param = relax.Var("x", relax.TensorType(src, TVM_DTYPE[t.dtype]))
+    param = relax.Var("x", relax.TensorType([shape[0], shape[1] // b, *shape[2:], b], TVM_DTYPE[t.dtype]))
     sub = relax.BlockBuilder()
-    name = "to_nchw" if plain else f"to_nchw{b}c"
-    with sub.function(name, [param], attrs={"Primitive": True}, private=True):
+    with sub.function("to_nchw", [param], attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            y = sub.emit_output(to_plain(param, shape, b) if plain else to_blocked(param, shape, b))
+            y = sub.emit_output(to_plain(param, shape, b))
         sub.emit_func_output(y)
-    gvar = lw.bb.add_func(sub.get()[name], name)
+    gvar = lw.bb.add_func(sub.get()["to_nchw"], "to_nchw")
     return lw.emit(relax.Call(gvar, [x]))
 
 

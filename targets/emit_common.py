@@ -96,20 +96,8 @@ class Lowering:
                 if self.primitive:
                     self.plain[name] = self.emit(blocked.to_plain(self.values[name], self.shape(t), b))
                 else:
-                    self.plain[name] = blocked.conversion_kernel(self, self.values[name], t, b, plain=True)
+                    self.plain[name] = blocked.plain_kernel(self, self.values[name], t, b)
             return self.plain[name]
-        return self.values[name]
-
-    def blocked_arg(self, name: str) -> relax.Expr:
-        """The blocked form of a value the plan blocks (converted once from a plain one)."""
-        if name in self.blocked:
-            return self.values[name]
-        from ember.targets import blocked
-
-        b, t = self.plan.values[name], self.types[name]
-        self.plain[name] = self.arg(name)
-        self.values[name] = blocked.conversion_kernel(self, self.plain[name], t, b, plain=False)
-        self.blocked[name] = b
         return self.values[name]
 
 

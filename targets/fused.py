@@ -86,9 +86,9 @@ def computes(func: relax.Function) -> bool:
 def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple[relax.Function, list[relax.Expr]]:
     """The primitive function of a Fused node and the arguments to call it with.
 
-    `blocked`: the node lowers in the blocked layout (targets/blocked.py): inputs the plan
-    blocks arrive as [N, C/b, H, W, b] and the members go through the blocked emitters; the
-    blocked outputs are recorded in `lw.blocked` by the caller from `inner.blocked`."""
+    `blocked`: the node lowers in the blocked layout (targets/blocked.py): its blocked inputs
+    arrive as [N, C/b, H, W, b], the members go through the blocked emitters, and its blocked
+    outputs are recorded in `lw.blocked`."""
     from ember.targets import blocked as blocked_layout
 
     body: Graph = node.attrs["body"]
@@ -103,12 +103,12 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
     params, args = [], []
     for value, outer in zip(body.inputs, node.inputs):
         shape = lw.shape(value.type)
-        b = lw.plan.values.get(outer) if blocked else None
-        if b is not None:  # [N, C/b, H, W, b]
+        b = lw.blocked.get(outer) if blocked else None
+        if b is not None:  # [N, C/b, H, W, b], as the blocked node that made it left it
             shape = [shape[0], shape[1] // b, *shape[2:], b]
             inner.blocked[value.name] = b
         params.append(relax.Var(value.name, relax.TensorType(shape, TVM_DTYPE[value.type.dtype])))
-        args.append(lw.blocked_arg(outer) if b is not None else lw.arg(outer))
+        args.append(lw.values[outer] if b is not None else lw.arg(outer))
     for c in body.consts:
         params.append(relax.Var(c.name, relax.TensorType(lw.shape(c.value.type), TVM_DTYPE[c.value.type.dtype])))
         args.append(const(c.data))

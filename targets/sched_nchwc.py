@@ -5,7 +5,7 @@ Conv (`ConvNCHWc`), the anchor `out[n, fo, y, x, o] += pad[n, co, y*s + ry*d, x*
 * W[fo, co, ry, rx, ci, o]` with the weight packed at compile time:
 
     parallel  n, yo                 (bands of rows when the activations outweigh the weight;
-      fo, yi                         else n, fo, y: channel panels)
+      fo, yi                         else fo, n, y: channel panels, the batch inside)
         xo                          (column blocks of xr)
           co, ry, rx, ci            (reduction; rx unrolled)
             xi (unrolled xr) x fv (unrolled nv) x o (the b lanes: one vector)
@@ -15,7 +15,7 @@ The accumulator tile is xr x nv vectors, stored as xr*nv contiguous 64-byte runs
 read as broadcast scalars (one pixel's ci lanes are contiguous) and the weight as nv vectors.
 
 Window (`WindowNCHWc`): depthwise conv and pooling `out[n, c, y, x, i] = reduce pad[n, c, y*s +
-ry*d, x*s + rx*d, i] (* W[c, ry, rx, i])`: vectors along the channel lanes, so a strided window
+ry*d, x*s + rx*d, i] (* W[c, 0, ry, rx, 0, i])`: vectors along the channel lanes, so a strided window
 costs nothing extra; a register row of xr output pixels per tile, the taps unrolled.
 
 The conv's padding stage runs per band of rows (each thread pads the rows it reads, into L2),
