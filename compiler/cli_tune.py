@@ -19,7 +19,7 @@ import click
 
 from ember.compiler.cli_artifact import reports_errors
 from ember.compiler.errors import EmberError
-from ember.targets.tune_db import DEFAULT_DB, TuneDB, TuneOptions, check_writable, parse_duration, target_label
+from ember.targets.tune_db import DEFAULT_DB, Record, TuneDB, TuneOptions, check_writable, parse_duration, target_label
 
 DB_OPTION = click.option("--db", "db_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
                          help=f"the tuning database (default {DEFAULT_DB})")
@@ -58,7 +58,8 @@ def _ms(seconds: float | None) -> str:
 @DB_OPTION
 @reports_errors
 def list_records(db_path: Path | None) -> None:
-    """One line per record: kernel, target, rule, rule and tuned time, speedup, date.
+    """One line per record: kernel, target, rule, rule and tuned time, speedup, date, and
+    what it applies (the rule's knob values, or a MetaSchedule trace).
 
     A record is used by compiles for its target only where it is faster than the rule.
 
@@ -73,12 +74,19 @@ def list_records(db_path: Path | None) -> None:
     if not records:
         return
     click.echo(f"{'kernel':36s} {'target':24s} {'rule':16s} {'rule ms':>9s} {'tuned ms':>9s} "
-               f"{'speedup':>8s} {'used':4s} {'trials':>6s}  date")
+               f"{'speedup':>8s} {'used':4s} {'trials':>6s}  {'date':25s}  schedule")
     for r in records:
         speedup = f"{r.speedup:.2f}x" if r.rule_s else "-"
         click.echo(f"{r.kernel[:36]:36s} {target_label(r.target)[:24]:24s} {(r.rule or 'TVM default')[:16]:16s} "
                    f"{_ms(r.rule_s):>9s} {_ms(r.tuned_s):>9s} {speedup:>8s} {'yes' if r.faster else 'no':4s} "
-                   f"{r.trials:6d}  {r.date}")
+                   f"{r.trials:6d}  {r.date:25s}  {_how(r)}")
+
+
+def _how(record: Record) -> str:
+    """What the record replays: the rule's own code with knob values, or a searched trace."""
+    if record.knobs is not None:
+        return "knobs " + ",".join(f"{k}={v}" for k, v in sorted(record.knobs.items()))
+    return "MetaSchedule trace"
 
 
 def _target_matcher(text: str) -> str:

@@ -88,20 +88,33 @@ def apply_schedules(mod: tvm.IRModule, target: tvm.target.Target, rules: list[An
     for gvar, func in list(mod.functions_items()):
         if not isinstance(func, tvm.tirx.PrimFunc) or int(func.attrs.get("tirx.is_scheduled", 0) or 0) == 1:
             continue
-        func = _mark_small(func)
         for rule in rules:
-            try:
-                space = rule.apply(func, target, False)
-            except Exception as err:  # a rule's own failure: try the next one
-                log.debug("schedule rule %s failed on %s: %s", type(rule).__name__, gvar.name_hint, err)
-                continue
-            if space is None:
-                continue
-            sch = space[0] if isinstance(space, list) else space
-            mod[gvar] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-            applied[gvar.name_hint] = type(rule).__name__
-            break
+            scheduled = schedule_with(rule, func, target)
+            if scheduled is not None:
+                mod[gvar] = scheduled
+                applied[gvar.name_hint] = type(rule).__name__
+                break
     return mod, applied
+
+
+def schedule_with(rule: Any, func: Any, target: tvm.target.Target, knobs: dict[str, int] | None = None) -> Any:
+    """The kernel scheduled by one rule (with the tuner's knob values, if any), or None when
+    the rule declines it or fails on it."""
+    from ember.targets.sched_common import KNOBS_ATTR, with_knobs
+
+    func = with_knobs(_mark_small(func), knobs or {})
+    try:
+        space = rule.apply(func, target, False)
+    except Exception as err:  # a rule's own failure: the caller tries the next one
+        log.debug("schedule rule %s failed on %s: %s", type(rule).__name__, func.attrs.get("global_symbol"), err)
+        return None
+    if space is None:
+        return None
+    sch = space[0] if isinstance(space, list) else space
+    scheduled = sch.mod["main"]
+    if scheduled.attrs is not None and KNOBS_ATTR in scheduled.attrs:
+        scheduled = scheduled.without_attr(KNOBS_ATTR)
+    return scheduled.with_attr("tirx.is_scheduled", True)
 
 
 # A kernel whose work is this small runs on the calling thread: a parallel launch costs

@@ -40,6 +40,33 @@ MAX_STACK_BYTES = 1024
 # through `parallel`, which honours it.
 SERIAL_ATTR = "ember.serial"
 
+# A rule's tunable choices (register tile, bands or panels, serial or parallel), set by the
+# tuner's knob search (targets/tune.py) on the kernel it hands the rule: {knob: int}. A rule
+# reads each with `knob`, falling back to its own default; a value the kernel cannot take makes
+# the rule decline (None). A rule offers its knobs through `knob_space(func, target)`.
+KNOBS_ATTR = "ember.knobs"
+
+
+def knob(func: tirx.PrimFunc, name: str, default: Any = None) -> Any:
+    """The tuner's value of one of a rule's knobs on this kernel, else `default`."""
+    knobs = func.attrs.get(KNOBS_ATTR) if func.attrs is not None else None
+    if knobs is None or name not in knobs:
+        return default
+    return int(knobs[name])
+
+
+def with_knobs(func: tirx.PrimFunc, knobs: dict[str, int]) -> tirx.PrimFunc:
+    """The kernel carrying the tuner's knob values for its rule."""
+    return func.with_attr(KNOBS_ATTR, {k: int(v) for k, v in knobs.items()}) if knobs else func
+
+
+def serial(func: tirx.PrimFunc) -> bool:
+    """Whether the kernel runs on the calling thread: the `serial` knob, else build's size mark."""
+    value = knob(func, "serial")
+    if value is not None:
+        return bool(value)
+    return bool(func.attrs is not None and func.attrs.get(SERIAL_ATTR))
+
 
 # --- the target ------------------------------------------------------------------------------
 
@@ -255,8 +282,7 @@ def pack_weight(sch: s_tir.Schedule, block: Any, read_index: int, index_map: Cal
 
 def parallel(sch: s_tir.Schedule, loop: Any) -> None:
     """sch.parallel(loop), unless the kernel is marked too small to split across threads."""
-    attrs = sch.mod["main"].attrs
-    if attrs is not None and attrs.get(SERIAL_ATTR):
+    if serial(sch.mod["main"]):
         return
     sch.parallel(loop)
 

@@ -142,6 +142,14 @@ def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int, ragged
     return fits[0] if fits else (1, 1)
 
 
+def _tile_ok(mr: int, nv: int, vec: int, vectors: int, rows: Any, nbytes: int, registers: int, ragged_ok: bool) -> bool:
+    """Whether a register tile (a tuner's choice) fits: nv divides the column vectors, the
+    accumulators stay under the stack limit and leave registers for B and A, the rows take it."""
+    if mr < 1 or nv < 1 or vectors % nv or mr * nv * vec * nbytes >= sc.MAX_STACK_BYTES or mr * nv + nv + 1 > registers:
+        return False
+    return not isinstance(rows, int) or (mr <= rows if ragged_ok else rows % mr == 0)
+
+
 def _tile_map(mr: int, cols: int, c_axes: tuple[int | None, int]) -> Any:
     """C[.., i, .., j] -> tile[i % mr, j % cols]: the accumulator of one register tile
     (tile[j % cols] for a matrix-vector product)."""
@@ -218,6 +226,10 @@ class Matmul:
             return None
         mr, nv = _tile(vec, sc.vector_registers(target), n // vec, rows, sc.dtype_bytes(dtype), ragged_ok=int32,
                        packed_b=weight)
+        if sc.knob(func, "mr") is not None or sc.knob(func, "nv") is not None:
+            mr, nv = sc.knob(func, "mr", mr), sc.knob(func, "nv", nv)
+            if not _tile_ok(mr, nv, vec, n // vec, rows, sc.dtype_bytes(dtype), sc.vector_registers(target), int32):
+                return None
 
         blocks = sc.normalize(sch)
         names = [b.name for b in blocks]
@@ -268,7 +280,9 @@ class Matmul:
         tile_at = None
         if con.i is not None:
             io, ii = sch.split(con.i.loop_rv, [None, mr])
-            group = _panel_group(n // (nv * vec), nv * vec, con.k.dom, rows, sc.dtype_bytes(dtype))
+            group = sc.knob(func, "group", _panel_group(n // (nv * vec), nv * vec, con.k.dom, rows, sc.dtype_bytes(dtype)))
+            if group < 1 or (n // (nv * vec)) % group:
+                return None
             if group > 1:
                 jo, tile_at = sch.split(jo, [None, group])
                 sch.reorder(*batch_loops, jo, io, tile_at, con.k.loop_rv, ii, jv, jl)
@@ -316,6 +330,10 @@ class Matmul:
             sc.vectorize_inner(sch, sch.get_sblock(pad_copy), lanes)
         sch.decompose_reduction(anchor.block_rv, con.k.loop_rv)
         return sch
+
+    def knob_space(self, func: tirx.PrimFunc, target: Target) -> dict[str, list[int]]:
+        """Register tile rows and vectors; column panels sharing a pass over A."""
+        return {"mr": [1, 2, 3, 4, 5, 6, 7, 8], "nv": [1, 2, 3, 4], "group": [1, 2, 3, 4]}
 
 
 RULES = [Matmul()]

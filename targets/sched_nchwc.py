@@ -175,21 +175,32 @@ class ConvNCHWc:
         if len(pads) != len([i for i in kernel.before if i.name.startswith(PAD_PREFIXES)]):
             return None
         epilogue = sc.inline_epilogue(sch, kernel.after)
-        nv = 2 if cob % 2 == 0 else 1
+        nv = sc.knob(func, "nv", 2 if cob % 2 == 0 else 1)
+        if nv < 1 or cob % nv:
+            return None
         # Accumulators take every register but the nv weight vectors and a broadcast or two:
         # each weight vector loaded then feeds xr FMAs (ResNet-50 at 2 threads: 38.4 -> 34.8 ms
         # against half the registers). A plain image input (blocks of one channel, the stem)
         # keeps half: its wide tile measured 0.83 -> 1.40 ms.
         cap = (regs - nv - 2) // nv if rci is not None else regs // 2 // nv
-        xr = _column_block(width, max(4, cap))
+        cap = max(4, cap)
+        if sc.knob(func, "xr") is not None:
+            cap = sc.knob(func, "xr")
+            if cap < 1 or cap * nv > regs - nv - 1:
+                return None
+        xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         fo, fv = sch.split(f.loop_rv, [None, nv]) if f is not None else (None, None)
         xo, xi = sch.split(x.loop_rv, [None, xr])
         reads = sc.reads(sch, anchor.block_rv)
         data_buf, w_buf = reads[0][0], reads[1][0]
         out_buf = sch.get(anchor.block_rv).writes[0].source
         parts = _bands(y, sc.num_cores(target))
+        if parts and sc.knob(func, "bands") is not None:
+            parts = sc.knob(func, "bands")
+            if not 2 <= parts <= _extent(y):
+                return None
         reds = [_loop(it) for it in (rco, ry, rx, rci)]
-        banded = bool(parts) and _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)
+        banded = bool(parts) and bool(sc.knob(func, "banded", _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)))
         if banded:
             yo, yi = sch.split(y.loop_rv, [parts, None])
             _order(sch, _loop(n), yo, fo, yi, xo, *reds, xi, fv, o.loop_rv)
@@ -220,6 +231,13 @@ class ConvNCHWc:
         if first is not None:
             sch.decompose_reduction(anchor.block_rv, first)
         return sch
+
+    def knob_space(self, func: tirx.PrimFunc, target: Target) -> dict[str, list[int]]:
+        """What the tuner may try (values a kernel cannot take make `apply` decline): vectors
+        per tile, pixels per tile, bands of rows or channel panels, how many bands."""
+        cores = sc.num_cores(target)
+        return {"nv": [1, 2, 4], "xr": [4, 6, 7, 8, 12, 14, 16], "banded": [0, 1],
+                "bands": sorted({cores, 2 * cores, 4 * cores, 7, 8, 14})}
 
 
 class WindowNCHWc:
@@ -252,9 +270,17 @@ class WindowNCHWc:
         if len(pads) != len([b for b in kernel.before if b.name.startswith(PAD_PREFIXES)]):
             return None
         epilogue = sc.inline_epilogue(sch, kernel.after)
-        xr = _column_block(width, 8)
+        cap = sc.knob(func, "xr", 8)
+        if not 1 <= cap <= sc.vector_registers(target) - 4:
+            return None
+        xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         xo, xi = sch.split(x.loop_rv, [None, xr])
         parts = _window_bands(y)
+        bands = sc.knob(func, "bands")
+        if bands is not None:
+            if bands > _extent(y):
+                return None
+            parts = bands if bands >= 2 else None
         reds = [_loop(it) for it in taps_info]
         if parts:
             yo, yi = sch.split(y.loop_rv, [parts, None])
@@ -286,6 +312,11 @@ class WindowNCHWc:
         if first is not None:
             sch.decompose_reduction(anchor.block_rv, first)
         return sch
+
+    def knob_space(self, func: tirx.PrimFunc, target: Target) -> dict[str, list[int]]:
+        """Pixels per register row; bands of rows (0: channel blocks across threads instead)."""
+        cores = sc.num_cores(target)
+        return {"xr": [4, 7, 8, 14, 16], "bands": sorted({0, cores, 2 * cores, 4, 7})}
 
 
 RULES = [ConvNCHWc(), WindowNCHWc()]

@@ -7,12 +7,18 @@ rules) -> `tune` (this module) -> `finalize` (weight re-layouts folded into cons
 
 - `tune` picks the kernels worth tuning (they hold a reduction and do real work), measures the
   rule's code of each in the first tenth of the budget and ranks them by the time it leaves
-  above the machine's peak, times launches per inference; runs MetaSchedule's evolutionary
-  search over the top ones until the budget is spent (progress bar on stderr); re-measures the
-  best candidate and the rule's code side by side and stores both times in the database.
+  above the machine's peak, times launches per inference. Then, in that order, the knob
+  search: each ember rule offers its choices (register tile, bands of rows or channel panels,
+  panel groups, serial or parallel) as knobs, and a coordinate descent builds and measures
+  each value side by side with the current choice (a few seconds a kernel; a 10-minute search
+  by MetaSchedule on 2 cores never beat these rules). What is left of the budget goes to
+  MetaSchedule's evolutionary search, kernels no ember rule schedules first (progress bar on
+  stderr). The best of each is re-measured side by side with the rule's default code and both
+  times are stored in the database.
 - `apply_records` runs in every compile (with or without `--tune`) when the database holds
   records for the target: each kernel whose record measured faster than the rule's code gets
-  the record's schedule by replaying its trace (~0.1 s, no search, no measuring). A record
+  the record's schedule by replaying its trace or scheduling it with the record's knob values
+  (~0.1 s, no search, no measuring). A record
   keeps the structural hash of the rule's code it was timed against; once the rule changes,
   the record waits for the next `--tune` to compare them again.
 
@@ -175,6 +181,23 @@ def _replay(func: tvm.tirx.PrimFunc, record: Record) -> tvm.tirx.PrimFunc:
     return scheduled.with_attr("tirx.is_scheduled", True)
 
 
+def _with_knobs(func: tvm.tirx.PrimFunc, record: Record, tvm_target: tvm.target.Target) -> tvm.tirx.PrimFunc:
+    """The kernel scheduled by the record's rule with the record's knob values."""
+    from ember.targets.build import schedule_with
+
+    rule = _rules_by_name().get(record.rule)
+    scheduled = None if rule is None else schedule_with(rule, func, tvm_target, record.knobs)
+    if scheduled is None:
+        raise ValueError(f"rule {record.rule!r} does not take knobs {record.knobs}")
+    return scheduled
+
+
+def _rules_by_name() -> dict[str, Any]:
+    from ember.targets.build import schedule_rules
+
+    return {type(rule).__name__: rule for rule in schedule_rules(None)}
+
+
 def _same_workload(func: tvm.tirx.PrimFunc, record: Record) -> bool:
     try:
         return bool(tvm_ffi.structural_equal(workload_func(func), tvm.ir.load_json(record.func)))
@@ -207,7 +230,7 @@ def apply_records(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: d
             continue
         try:
             with tvm_target:
-                mod[gvar] = _replay(func, record)
+                mod[gvar] = _replay(func, record) if record.knobs is None else _with_knobs(func, record, tvm_target)
         except Exception as err:  # a record from another TVM, or a bug: the rule's schedule stays
             log.debug("record for %s did not replay: %s", gvar.name_hint, err)
             continue
@@ -569,6 +592,83 @@ def _search(tasks: list[_Task], tvm_target: tvm.target.Target, measurer: _Measur
     return best
 
 
+# --- the rules' knob search ----------------------------------------------------------------------
+
+# Each variant of a knob is measured side by side with the current choice, this many rounds.
+KNOB_ROUNDS = 3
+# A knob value is taken only when it beats the current choice by this fraction (noise guard).
+KNOB_MARGIN = 0.03
+# With kernels no ember rule schedules (MetaSchedule's best chances), the knob search stops at
+# this fraction of the budget and leaves the rest to the search over those.
+KNOB_SHARE = 0.6
+
+
+def knob_space(rule: Any, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> dict[str, list[int]]:
+    """The knobs a rule offers on a kernel ({} for TVM's own rules); every ember rule also takes
+    `serial` (run on the calling thread or across the cores)."""
+    if not type(rule).__module__.startswith("ember."):
+        return {}
+    space = dict(rule.knob_space(func, target)) if hasattr(rule, "knob_space") else {}
+    space["serial"] = [0, 1]
+    return space
+
+
+@dataclass
+class _KnobResult:
+    knobs: dict[str, int]
+    trials: int
+    rule_s: float
+    tuned_s: float
+
+
+def _knob_search(task: _Task, rule: Any, tvm_target: tvm.target.Target, measurer: _Measurer, until: float,
+                 tick: Callable[[], None]) -> _KnobResult | None:
+    """Coordinate descent over the rule's knobs: for each knob in turn, every value the kernel
+    takes is built and measured side by side with the current choice, and the fastest is kept
+    if it wins by KNOB_MARGIN. Variants whose code is identical are measured once. The winner
+    is measured against the rule's default code at the end; None when nothing beat it."""
+    from ember.targets.build import schedule_with
+
+    space = knob_space(rule, task.fresh(), tvm_target)
+    if not space:
+        return None
+    current: dict[str, int] = {}
+    current_mod = _one_kernel(task.scheduled)
+    seen = {workload_key(task.scheduled)}
+    trials = 0
+    for name, values in space.items():
+        if time.perf_counter() > until:
+            break
+        variants = []
+        for value in values:
+            knobs = {**current, name: value}
+            func = schedule_with(rule, task.fresh(), tvm_target, knobs)
+            if func is None:
+                continue
+            key = workload_key(func)
+            if key in seen:
+                continue
+            seen.add(key)
+            variants.append((knobs, func))
+        if not variants:
+            continue
+        mods = [current_mod, *(_one_kernel(f) for _, f in variants)]
+        try:
+            times = measurer.time_side_by_side(mods, tvm_target, KNOB_ROUNDS)
+        except Exception as err:  # a variant that does not build or run: this knob stays
+            log.info("kernel %s: knob %s not measured (%s)", task.name, name, type(err).__name__)
+            continue
+        trials += len(variants)
+        tick()
+        best = min(range(len(times)), key=times.__getitem__)
+        if best > 0 and times[best] < (1.0 - KNOB_MARGIN) * times[0]:
+            current, current_mod = variants[best - 1][0], mods[best]
+    if not current:
+        return None
+    rule_s, tuned_s = measurer.time_side_by_side([_one_kernel(task.scheduled), current_mod], tvm_target, SIDE_BY_SIDE_ROUNDS)
+    return _KnobResult(current, trials, rule_s, tuned_s)
+
+
 def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, str],
          tvm_target: tvm.target.Target, options: TuneOptions) -> tuple[tvm.IRModule, dict[str, str]]:
     """Search better schedules than the rules' for the heaviest kernels within
@@ -595,11 +695,33 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     try:
         with _threads(threads), _quiet_meta_schedule(), tvm_target:
             # Up to a tenth of the budget goes to measuring the rules' code, to pick what to tune.
-            tasks = _plan(_rank(candidates, measurer, tvm_target, start + 0.1 * options.budget_s), options.budget_s)
+            ranked = _rank(candidates, measurer, tvm_target, start + 0.1 * options.budget_s)
             progress.tick()
+            # The rules' knobs first (a few builds each, and the rules are near the machine's
+            # limit where they apply), heaviest gap first; MetaSchedule's search then gets what
+            # is left, on the kernels no ember rule schedules first.
+            rules = _rules_by_name()
+            generic = [t for t in ranked if not knob_space(rules.get(t.rule), t.fresh(), tvm_target)]
+            generic_names = {t.name for t in generic}
+            knob_until = start + options.budget_s * (KNOB_SHARE if generic else 1.0) - 4.0
+            for task in ranked:
+                if time.perf_counter() > knob_until:
+                    break
+                if task.name in generic_names:
+                    continue
+                found = _knob_search(task, rules[task.rule], tvm_target, measurer, knob_until, progress.tick)
+                if found is not None:
+                    kept += db.put(Record(
+                        workload=task.workload, target=tkey, kernel=task.name, rule=task.rule, rule_s=found.rule_s,
+                        rule_hash=workload_key(task.scheduled), tuned_s=found.tuned_s, trials=found.trials,
+                        threads=threads, date=_now(), trace=None, func=task.func_json, knobs=found.knobs))
+            left = start + options.budget_s - time.perf_counter()
+            tasks = _plan(generic + [t for t in ranked if t.name not in generic_names], left)
+            if left < SECONDS_PER_ITER * MIN_ITERS_PER_KERNEL:
+                tasks = []
             # Keep a few seconds of the budget for the final side-by-side measurements.
             measurer.deadline = start + max(1.0, options.budget_s - 4.0 * len(tasks))
-            best = _search(tasks, tvm_target, measurer, progress)
+            best = _search(tasks, tvm_target, measurer, progress) if tasks else {}
             measurer.deadline = math.inf
             for task in tasks:
                 if task.name not in best:
@@ -609,7 +731,7 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
                 kept += db.put(Record(
                     workload=task.workload, target=tkey, kernel=task.name, rule=task.rule, rule_s=rule_s, rule_hash=workload_key(task.scheduled),
                     tuned_s=tuned_s, trials=trials, threads=threads,
-                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    date=_now(),
                     trace=_plain(trace.as_json()), func=task.func_json,
                 ))
     except EmberError:
@@ -622,6 +744,10 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     if kept:
         db.save(merge=True)
     return apply_records(unscheduled, scheduled, applied, tvm_target, db)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _side_by_side(task: _Task, trace: Any, tvm_target: tvm.target.Target, measurer: _Measurer,

@@ -4,8 +4,9 @@
     db.put(record); db.prune(older_than_s=30 * 86400); db.save()
 
 A record is keyed by (workload, target): the structural hash of the unscheduled kernel and the
-target as canonical JSON (targets/tune.py makes both). It keeps the tuned schedule's trace, its
-time and the time of the schedule rule's code measured side by side; only a record faster than
+target as canonical JSON (targets/tune.py makes both). It keeps the tuned schedule (a MetaSchedule
+trace, or the rule's own knob values that the knob search found), its time and the time of the
+schedule rule's default code measured side by side; only a record faster than
 the rule is applied. `ember tune-db list/prune` reads and edits this file; it imports no TVM.
 """
 
@@ -70,6 +71,7 @@ class Record:
     trace: Any  # the schedule's trace as JSON (Trace.as_json), replayed by apply_records
     func: str  # tvm.ir.save_json of the unscheduled PrimFunc (guards against hash collisions)
     rule_hash: str = ""  # structural hash of the rule's scheduled kernel that rule_s timed
+    knobs: dict[str, int] | None = None  # a knob record: the rule's own schedule with these choices (no trace)
 
     @property
     def speedup(self) -> float:
@@ -124,7 +126,10 @@ class TuneDB:
                 raise ValueError(f"version {data.get('version')}, this ember reads {FORMAT_VERSION}")
             records = {}
             for item in data["records"]:
-                record = Record(**{k: item[k] for k in _FIELDS if k in item or k != "rule_hash"})
+                record = Record(**{k: item[k] for k in _FIELDS if k in item or k not in ("rule_hash", "knobs")})
+                if record.knobs is not None and not (isinstance(record.knobs, dict)
+                                                     and all(isinstance(v, int) for v in record.knobs.values())):
+                    raise ValueError(f"record {record.kernel}: knobs must map names to integers")
                 records[(record.workload, record.target)] = record
         except OSError as err:
             warn(f"tuning database {path} cannot be read ({err.strerror or err}); ignoring it "

@@ -30,7 +30,7 @@ from ember.compiler.errors import EmberError
 from ember.compiler.importer import import_proto
 from ember.targets import resolve_target
 from ember.targets import tune as tuning
-from ember.targets.build import build, prepare, schedule, schedule_rules
+from ember.targets.build import block_lanes, build, prepare, schedule, schedule_rules
 from ember.targets.lower import to_relax
 from ember.targets.tune_db import Record, TuneDB, TuneOptions, parse_duration
 
@@ -345,3 +345,102 @@ def test_compile_with_tune_writes_a_checked_artifact_and_lists_its_records(tmp_p
     assert "tuning (" in result.output and "y: max abs error" in result.output  # progress label, checked outputs
     listed = _invoke(cli_tune.tune_db, "list", "--db", db)
     assert listed.exit_code == 0 and listed.output.splitlines()[0] != f"{db}: 0 records", listed.output
+
+
+# --- the rules' knobs ----------------------------------------------------------------------------
+
+def _knob_record(model: onnx.ModelProto, kernel: str, knobs: dict[str, int], path: Path) -> None:
+    unscheduled, scheduled, _, target = _prepared(model)
+    func = _kernels(unscheduled)[kernel]
+    db = TuneDB(path)
+    db.put(Record(workload=tuning.workload_key(func), target=tuning.target_key(target), kernel=kernel, rule="Matmul",
+                  rule_s=2e-3, tuned_s=1e-3, trials=8, threads=2, date="2026-12-05T00:00:00+00:00", trace=None,
+                  func=tvm.ir.save_json(tuning.workload_func(func)), rule_hash=tuning.workload_key(scheduled[kernel]),
+                  knobs=knobs))
+    db.save()
+
+
+def test_a_knob_record_schedules_the_kernel_with_its_rule_and_computes_the_same(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = _mlp_model(rng)
+    unscheduled, scheduled, applied, target = _prepared(model)
+    assert applied["fused_matmul"] == "Matmul"
+    _knob_record(model, "fused_matmul", {"mr": 2, "nv": 1, "serial": 0}, tmp_path / "db.json")
+    default = scheduled["fused_matmul"].script()
+    mod, got = tuning.apply_records(unscheduled, scheduled, applied, target, tmp_path / "db.json")
+    assert got["fused_matmul"] == tuning.TUNED
+    text = mod["fused_matmul"].script()
+    # a 2 MFLOP kernel runs serial by default; the record makes it parallel, with another tile
+    assert text != default and "T.parallel" not in default and "T.parallel" in text
+    assert "ember.knobs" not in text
+
+    spec = resolve_target("cpu")
+    tuned = build(_graph(model), spec, tune=TuneOptions(db_path=tmp_path / "db.json"))
+    x = rng.standard_normal((64, 128)).astype(np.float32)
+    np.testing.assert_allclose(_run(tuned, x), _reference(model, x), rtol=RTOL, atol=ATOL)
+    listed = _invoke(cli_tune.tune_db, "list", "--db", tmp_path / "db.json")
+    assert "knobs mr=2,nv=1,serial=0" in listed.output, listed.output
+
+
+def test_knob_values_the_rule_cannot_take_leave_the_rule_schedule(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = _mlp_model(rng)
+    unscheduled, scheduled, applied, target = _prepared(model)
+    for knobs in ({"nv": 5}, {"mr": 0}, {"mr": 8, "nv": 4}, {"group": 3}):  # 5 vectors: 128 columns are 8
+        _knob_record(model, "fused_matmul", knobs, tmp_path / "db.json")
+        _, got = tuning.apply_records(unscheduled, scheduled, applied, target, tmp_path / "db.json")
+        assert got == applied, knobs
+
+
+def _knob_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """A blocked conv -> depthwise conv -> max pool -> Gemm chain: one kernel per schedule rule
+    with knobs (ConvNCHWc, WindowNCHWc twice, Matmul), odd sizes."""
+    inits = {"w1": (rng.standard_normal((32, 16, 3, 3)) * 0.1).astype(np.float32),
+             "b1": rng.standard_normal(32).astype(np.float32),
+             "w2": (rng.standard_normal((32, 1, 3, 3)) * 0.3).astype(np.float32),
+             "w3": (rng.standard_normal((40, 32 * 7 * 7)) * 0.05).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=32),
+             helper.make_node("MaxPool", ["c2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "w3"], ["y"], transB=1)]
+    return make_model(nodes, [("x", 1, [3, 16, 14, 14])], [("y", 1, [3, 40])], inits)
+
+
+def _run_kernel(func: tvm.tirx.PrimFunc, target: tvm.target.Target, args: list[np.ndarray]) -> list[np.ndarray]:
+    lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    tensors = [tvm.runtime.tensor(a.copy()) for a in args]
+    lib["main"](*tensors)
+    return [t.numpy() for t in tensors]
+
+
+def test_every_knob_value_a_rule_takes_computes_what_its_default_does(rng: np.random.Generator) -> None:
+    """The knob search may pick any value a rule accepts, so each must be a correct schedule:
+    every kernel with knobs, scheduled with each value of each knob, on random arguments."""
+    from ember.targets.build import schedule_with
+    from ember.targets.sched_common import buffer_shape
+
+    spec = resolve_target("cpu")
+    target = tvm.target.Target(spec.tvm_target())
+    mod = prepare(to_relax(_graph(_knob_model(rng)), block_lanes(spec)), target)
+    unscheduled = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    _, applied = schedule(mod, target, schedule_rules(spec))
+    rules = {type(r).__name__: r for r in schedule_rules(spec)}
+    assert {"ConvNCHWc", "WindowNCHWc", "Matmul"} <= set(applied.values()), applied
+    tried = 0
+    for name, func in _kernels(unscheduled).items():
+        rule = rules.get(applied.get(name, ""))
+        space = tuning.knob_space(rule, func, target) if rule is not None else {}
+        if not space:
+            continue
+        args = [rng.standard_normal(buffer_shape(p)).astype(str(p.ty.dtype)) for p in func.params]
+        with target:
+            want = _run_kernel(schedule_with(rule, func, target), target, args)
+            for knob, values in space.items():
+                for value in values:
+                    scheduled = schedule_with(rule, func, target, {knob: value})
+                    if scheduled is None:
+                        continue
+                    tried += 1
+                    for got, expected in zip(_run_kernel(scheduled, target, args), want):
+                        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL, err_msg=f"{name} {knob}={value}")
+    assert tried >= 20, tried
