@@ -14,15 +14,51 @@ Dim = int | str
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _top_level_factors(text: str) -> list[str] | None:
+    """`text` split at its top-level `*` (not inside parentheses); None if unbalanced."""
+    factors, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "*" and depth == 0:
+            if text[i - 1: i] == "*" or text[i + 1: i + 2] == "*":
+                return None  # a power: not a product
+            factors.append(text[start:i])
+            start = i + 1
+    return None if depth else [*factors, text[start:]]
+
+
+def _enclosed(text: str) -> bool:
+    """Whether `text` is one parenthesized group, `(...)`."""
+    if not (text.startswith("(") and text.endswith(")")):
+        return False
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and i < len(text) - 1:
+            return False
+    return True
+
+
 def _product(dim: Dim) -> tuple[int, tuple[str, ...]] | None:
-    """Split a dim into (coefficient, sorted symbols) if it is a pure product, else None."""
+    """Split a dim into (coefficient, sorted factors) if it is a product of integers, symbols
+    and parenthesized expressions (`2*N*(S+1)`: an expression is an opaque factor, so
+    `(W//2)*N*64 // ((W//2)*N)` is 64), else None."""
     if isinstance(dim, int):
         return dim, ()
+    factors = _top_level_factors(dim)
+    if factors is None:
+        return None
     coef, syms = 1, []
-    for factor in dim.split("*"):
+    for factor in factors:
         if factor.lstrip("-").isdigit():
             coef *= int(factor)
-        elif _SYMBOL.match(factor):
+        elif _SYMBOL.match(factor) or _enclosed(factor):
             syms.append(factor)
         else:
             return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from tvm import relax
+from tvm import relax, tirx
 from tvm.ir.expr import GenericConst
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
@@ -112,6 +112,13 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
     for c in body.consts:
         params.append(relax.Var(c.name, relax.TensorType(lw.shape(c.value.type), TVM_DTYPE[c.value.type.dtype])))
         args.append(const(c.data))
+    # A symbolic dim that reaches the kernel only inside an expression (`W//2` after a strided
+    # op on a dynamic width) is defined by an extra shape argument: a function cannot bind W
+    # from a tensor of width W//2, and without it the kernel's result loses its shape.
+    unbound = _unbound_vars([p.ty for p in params])
+    if unbound:
+        params.append(relax.Var("dims", relax.ShapeType(unbound)))
+        args.append(relax.ShapeExpr(unbound))
     lower_member = blocked_layout.lower_member if blocked else lower_node
     name = kernel_name(node)
     with sub.function(name, params, attrs={"Primitive": True}, private=True):
@@ -129,6 +136,24 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
 
 
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _unbound_vars(types: list[Any]) -> list[tirx.Var]:
+    """Symbolic vars that occur in the tensor types' dims only inside expressions (no dim is
+    the bare var), in order of appearance."""
+    bare: list[tirx.Var] = []
+    inside: list[tirx.Var] = []
+    for ty in types:
+        for dim in getattr(getattr(ty, "shape", None), "values", None) or []:
+            if isinstance(dim, tirx.Var):
+                bare.append(dim)
+                continue
+            inside.extend(tirx.analysis.undefined_vars(dim))
+    out: list[tirx.Var] = []
+    for var in inside:
+        if not any(var.same_as(b) for b in bare) and not any(var.same_as(o) for o in out):
+            out.append(var)
+    return out
 
 
 def single_node_group(lw: Lowering, node: Node) -> Node | None:
