@@ -107,7 +107,12 @@ def use_inplace(mod: tvm.IRModule) -> tuple[tvm.IRModule, dict[str, str]]:
     def reshape_kernel(value: Any) -> bool:
         # tvm.compile's RewriteDataflowReshape turns these into views of their input
         func = mod[value.args[0]] if isinstance(value.args[0], relax.GlobalVar) else None
-        return isinstance(func, tirx.PrimFunc) and bool(relax.analysis.has_reshape_pattern(func))
+        if not isinstance(func, tirx.PrimFunc):
+            return False
+        try:
+            return bool(relax.analysis.has_reshape_pattern(func))
+        except Exception:  # a hand-written kernel with no root block (the recurrences): not a reshape
+            return False
 
     kernels = {b.var for b in bindings if isinstance(b, relax.VarBinding) and isinstance(b.value, relax.Call)
                and b.value.op.same_as(call_tir) and not reshape_kernel(b.value)}

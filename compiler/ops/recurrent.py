@@ -65,16 +65,17 @@ _ACTIVATIONS: dict[str, _Activation] = {
 }
 
 
-def _activations(attrs: Attrs, spec: _Cell, dirs: int) -> list[Act]:
-    """The activation functions in order (per direction), alpha/beta consumed in order by
-    the activations that read them (as onnxruntime does); ValueError for bad names/counts."""
+def activation_specs(attrs: Attrs, spec: _Cell, dirs: int) -> list[tuple[str, float | None, float | None]]:
+    """(lower-case name, alpha, beta) of each activation in order (per direction), alpha/beta
+    consumed in order by the activations that read them (as onnxruntime does); ValueError for
+    bad names/counts. The code generator builds its kernels from these."""
     names = list(attrs.get("activations") or spec.activations * dirs)
     want = len(spec.activations) * dirs
     if len(names) != want:
         raise ValueError(f"activations lists {len(names)} functions; {dirs} direction(s) need {want}")
     alphas = list(attrs.get("activation_alpha") or ())
     betas = list(attrs.get("activation_beta") or ())
-    out: list[Act] = []
+    out: list[tuple[str, float | None, float | None]] = []
     for name in names:
         act = _ACTIVATIONS.get(name.lower())
         if act is None:
@@ -84,8 +85,13 @@ def _activations(attrs: Attrs, spec: _Cell, dirs: int) -> list[Act]:
         if (act.uses_alpha and a is None) or (act.uses_beta and b is None):
             raise ValueError(f"activation {name} needs explicit activation_alpha/activation_beta values "
                              "(ONNX and onnxruntime disagree on its defaults)")
-        out.append(lambda x, f=act.fn, a=a, b=b: f(x, a, b))
+        out.append((name.lower(), a, b))
     return out
+
+
+def _activations(attrs: Attrs, spec: _Cell, dirs: int) -> list[Act]:
+    """The activation functions in order (per direction), as numpy callables."""
+    return [lambda x, f=_ACTIVATIONS[name].fn, a=a, b=b: f(x, a, b) for name, a, b in activation_specs(attrs, spec, dirs)]
 
 
 # --- cells --------------------------------------------------------------------------------------

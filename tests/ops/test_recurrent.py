@@ -208,3 +208,116 @@ def test_sequence_lens_past_the_sequence_is_a_run_time_error(rng: np.random.Gene
     feeds["lens"] = np.array([9, 1, 1, 1], np.int32)
     with pytest.raises(EvalError, match=r"sequence_lens \[9, 1, 1, 1\] must hold 4 values in 0..5"):
         interp.run(import_proto(model), feeds)
+
+
+# --- compiled (targets/emit_recurrent.py) -------------------------------------------------------
+def _compiled(model: onnx.ModelProto) -> tuple[Any, Any]:
+    from ember.compiler.passmanager import run_pipeline
+    from ember.compiler.pipeline import DEFAULT_PIPELINE
+    from ember.targets import build, resolve_target
+
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    return graph, build(graph, resolve_target("cpu"))
+
+
+def _run_compiled(graph: Any, built: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "targets"))
+    from codegen_helpers import run_vm
+
+    return run_vm(built, graph, feeds)
+
+
+def _compare_compiled(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> None:
+    graph, built = _compiled(model)
+    got, want = _run_compiled(graph, built, feeds), interp.run(graph, feeds)
+    assert set(got) == set(want)
+    for name, expected in want.items():
+        assert got[name].shape == expected.shape and got[name].dtype == expected.dtype, name
+        np.testing.assert_allclose(got[name], expected, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("case", OPTIONS, ids=[c[0] for c in OPTIONS])
+def test_compiled_options_match_the_interpreter(case: tuple, rng: np.random.Generator) -> None:
+    """Every option, compiled to one matmul and one recurrence kernel, on fresh random inputs."""
+    _, op, direction, attrs, lens, states, peep, outputs = case
+    _compare_compiled(*_option_model(rng, op, direction, attrs, lens, states, peep, outputs, hidden=19, inp=7))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_compiled_layout_1_and_symbolic_dims_match_the_interpreter(op: str, rng: np.random.Generator) -> None:
+    """Batch-first (layout 1) with initial states as inputs, the sequence length and batch
+    symbolic: one artifact run at several (batch, sequence) sizes and lengths."""
+    hidden, inp = 24, 10
+    dirs = 2
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}
+    states = ["h0"] + (["c0"] if op == "LSTM" else [])
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    node = helper.make_node(op, ["x", "W", "R", "B", "lens"] + states, outs, hidden_size=hidden, direction="bidirectional",
+                            layout=1, **extra)
+    model = make_model([node], [("x", T.FLOAT, ["N", "S", inp]), ("lens", T.INT32, ["N"])]
+                       + [(s, T.FLOAT, ["N", dirs, hidden]) for s in states],
+                       [("Y", T.FLOAT, ["N", "S", dirs, hidden])] + [(o, T.FLOAT, ["N", dirs, hidden]) for o in outs[1:]],
+                       _weights(rng, op, dirs, inp, hidden), opset=14)
+    graph, built = _compiled(model)
+    for n, s in ((3, 6), (1, 1), (5, 2)):
+        feeds = {"x": rng.standard_normal((n, s, inp)).astype(np.float32),
+                 "lens": rng.integers(0, s + 1, n).astype(np.int32)}
+        feeds.update({name: rng.standard_normal((n, dirs, hidden)).astype(np.float32) for name in states})
+        got, want = _run_compiled(graph, built, feeds), interp.run(graph, feeds)
+        for name, expected in want.items():
+            np.testing.assert_allclose(got[name], expected, rtol=RTOL, atol=ATOL, err_msg=f"{name} at N={n}, S={s}")
+
+
+def test_compiled_half_precision_recurrence_matches_the_interpreter(rng: np.random.Generator) -> None:
+    model, feeds = _option_model(rng, "LSTM", "forward", {}, False, False, False, ("Y", "Y_h", "Y_c"), hidden=8)
+    model = onnx.compose.expand_out_dim(model, 0) if False else model
+    from onnx import numpy_helper
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+    for v in list(model.graph.input) + list(model.graph.output):
+        v.type.tensor_type.elem_type = T.FLOAT16
+    feeds = {"x": feeds["x"].astype(np.float16)}
+    graph, built = _compiled(model)
+    got, want = _run_compiled(graph, built, feeds), interp.run(graph, feeds)
+    for name, expected in want.items():
+        assert got[name].dtype == np.float16
+        np.testing.assert_allclose(got[name].astype(np.float32), expected.astype(np.float32), rtol=2e-3, atol=2e-3, err_msg=name)
+
+
+def test_compiled_sequence_lens_past_the_sequence_is_a_clear_run_time_error(rng: np.random.Generator) -> None:
+    model, feeds = _option_model(rng, "GRU", "forward", {}, True, False, False, ("Y",))
+    graph, built = _compiled(model)
+    feeds["lens"] = np.array([9, 1, 1, 1], np.int32)
+    with pytest.raises(Exception, match="sequence_lens holds a length outside 0..sequence length"):
+        _run_compiled(graph, built, feeds)
+
+
+def test_compiled_crnn_style_model_matches_onnxruntime(rng: np.random.Generator) -> None:
+    """What an OCR model exports: conv features -> columns as time steps (Transpose, Reshape)
+    -> bidirectional LSTM -> per-step classifier -> LogSoftmax, the image width symbolic."""
+    hidden, feat, classes = 32, 16, 11
+    inits = {"cw": (rng.standard_normal((feat, 1, 3, 3)) * 0.3).astype(np.float32),
+             "cb": rng.standard_normal(feat).astype(np.float32) * 0.1,
+             "shape": np.array([0, 0, -1], np.int64),
+             **_weights(rng, "LSTM", 2, feat * 4, hidden),
+             "fc": (rng.standard_normal((2 * hidden, classes)) * 0.2).astype(np.float32),
+             "yshape": np.array([0, 0, -1], np.int64)}
+    nodes = [helper.make_node("Conv", ["img", "cw", "cb"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),  # N, 16, 4, W/2
+             helper.make_node("Transpose", ["p"], ["pt"], perm=[3, 0, 1, 2]),  # W/2, N, 16, 4
+             helper.make_node("Reshape", ["pt", "shape"], ["seq"]),  # W/2, N, 64
+             helper.make_node("LSTM", ["seq", "W", "R", "B"], ["y"], hidden_size=hidden, direction="bidirectional"),
+             helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["yt", "yshape"], ["feats"]),
+             helper.make_node("MatMul", ["feats", "fc"], ["logits"]),
+             helper.make_node("LogSoftmax", ["logits"], ["out"], axis=-1)]
+    model = make_model(nodes, [("img", T.FLOAT, ["N", 1, 8, "W"])], [("out", T.FLOAT, ["S", "N", classes])], inits, opset=17)
+    graph, built = _compiled(model)
+    for n, width in ((1, 40), (2, 16)):
+        feeds = {"img": rng.standard_normal((n, 1, 8, width)).astype(np.float32)}
+        got, want = _run_compiled(graph, built, feeds), run_onnxruntime(model, feeds)
+        np.testing.assert_allclose(got["out"], want["out"], rtol=RTOL, atol=1e-4, err_msg=f"N={n}, W={width}")

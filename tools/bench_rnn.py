@@ -1,0 +1,125 @@
+"""Recurrent layers (LSTM, GRU) compiled by ember vs onnxruntime, side by side.
+
+    python tools/bench_rnn.py [--threads 1,2] [--blocks 8] [--runs 5] [--write]
+
+Each case is one ONNX model of a single bidirectional layer as exporters write it (weights as
+initializers, X [seq, batch, input]), generated here with seeded weights: speech- and OCR-sized
+layers at batch 1 and 8. Per case and thread count, ember's artifact (compiled in this process,
+checked against the interpreter by the compile) and onnxruntime (default optimizations, the same
+intra-op thread count) run on the same inputs in `--blocks` alternating blocks of `--runs`
+consecutive runs after warm-up; the table holds medians of all runs and their ratio. The outputs
+are compared first (max abs difference). `--write` replaces the table in BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+# (op, sequence length, batch, input size, hidden size)
+CASES = [
+    ("LSTM", 100, 1, 256, 256),
+    ("LSTM", 100, 8, 256, 256),
+    ("LSTM", 50, 1, 128, 128),
+    ("GRU", 100, 1, 256, 256),
+    ("GRU", 100, 8, 256, 256),
+    ("LSTM", 400, 1, 80, 512),
+]
+GATES = {"LSTM": 4, "GRU": 3}
+BEGIN, END = "<!-- rnn:start -->", "<!-- rnn:end -->"
+
+
+def model(op: str, seq: int, batch: int, inp: int, hidden: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+    g = GATES[op] * hidden
+    inits = {"W": rng.standard_normal((2, g, inp)) * inp ** -0.5, "R": rng.standard_normal((2, g, hidden)) * hidden ** -0.5,
+             "B": rng.standard_normal((2, 2 * g)) * 0.1}
+    extra = {"linear_before_reset": 1} if op == "GRU" else {}  # PyTorch's GRU
+    node = helper.make_node(op, ["x", "W", "R", "B"], ["Y", "Y_h"], hidden_size=hidden, direction="bidirectional", **extra)
+    graph = helper.make_graph(
+        [node], op.lower(), [helper.make_tensor_value_info("x", TensorProto.FLOAT, [seq, batch, inp])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [seq, 2, batch, hidden]),
+         helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [2, batch, hidden])],
+        [onnx.numpy_helper.from_array(v.astype(np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--write", action="store_true", help="replace the table in BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+
+    from ember.compiler.driver import compile_model
+    from ember.runtime import load
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for op, seq, batch, inp, hidden in CASES:
+            proto = model(op, seq, batch, inp, hidden)
+            path = Path(tmp) / f"{op}_{seq}_{batch}_{inp}_{hidden}.onnx"
+            onnx.save(proto, path)
+            start = time.perf_counter()
+            compile_model(path, Path(tmp) / f"{path.stem}.ember")
+            compile_s = time.perf_counter() - start
+            feeds = {"x": np.random.default_rng(1).standard_normal((seq, batch, inp)).astype(np.float32)}
+            for threads in [int(t) for t in args.threads.split(",")]:
+                art = load(Path(tmp) / f"{path.stem}.ember", threads=threads)
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = threads
+                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                ember_run, ort_run = art.runner(feeds), (lambda s=session, f=feeds: s.run(None, f))
+                diff = max(float(np.abs(a - b).max()) for a, b in zip(art(**feeds).values(), session.run(None, feeds)))
+                times: dict[str, list[float]] = {"ember": [], "ort": []}
+                for fn in (ember_run, ort_run):
+                    for _ in range(3):
+                        fn()
+                for _ in range(args.blocks):
+                    for name, fn in (("ember", ember_run), ("ort", ort_run)):
+                        for _ in range(args.runs):
+                            t0 = time.perf_counter()
+                            fn()
+                            times[name].append(time.perf_counter() - t0)
+                e, o = statistics.median(times["ember"]) * 1e3, statistics.median(times["ort"]) * 1e3
+                row = (f"| {op} | {seq} | {batch} | {inp} | {hidden} | {threads} | {o:.3f} | {e:.3f} | {e / o:.2f} | "
+                       f"{diff:.1e} | {compile_s:.1f} |")
+                print(row, flush=True)
+                rows.append(row)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    command = "python tools/bench_rnn.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = "\n".join([
+        BEGIN,
+        f"Command: `{command.strip()}` (measured {stamp}; medians of {args.blocks * args.runs} runs a column, "
+        "alternating blocks)",
+        "",
+        "| op | seq | batch | input | hidden | threads | onnxruntime ms | ember ms | ember/ORT | max abs diff | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        END,
+    ])
+    print(table)
+    if args.write:
+        bench = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+        text = bench.read_text()
+        if BEGIN in text and END in text:
+            text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n## 7. Recurrent layers (LSTM, GRU): ember vs onnxruntime\n\n" + table + "\n"
+        bench.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
