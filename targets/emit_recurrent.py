@@ -7,9 +7,9 @@ The kernel (generated as TVMScript per op, direction, hidden size and options) r
 up to ROWS batch rows of one direction per parallel iteration. Per step:
 - h of the group's rows is copied to a small buffer (0 for rows past the batch);
 - the gates start from the step's row of X W^T + Wb plus the recurrent bias;
-- h R^T is added through ROWS x TILE register tiles over the hidden size (R transposed at
-  compile time so a tile's columns are contiguous; a single row, batch 1, takes a 1 x TILE1
-  tile instead of computing rows that are not there);
+- h R^T is added through ROWS x TILE register tiles over the hidden size, R^T packed at
+  compile time in panels of TILE columns so a tile's pass over k reads contiguous memory (a
+  single row, batch 1, takes QUAD panels at once instead of computing rows that are not there);
 - the cell's elementwise update runs in vectors of VEC lanes, each gate activated in place
   (fp32 tanh and sigmoid as TVM's rational fast_tanh; libm's are scalar calls per lane).
 h and c live in the Y_h / Y_c outputs. Symbolic sequence length and batch are read from the
@@ -55,7 +55,7 @@ SPECS = {"LSTM": ref.LSTM, "GRU": ref.GRU, "RNN": ref.RNN}
 # 8.2 ms).
 ROWS = 4
 TILE = 32  # columns of the register tile: ROWS x TILE accumulators (8 AVX-512 registers)
-TILE1 = 64  # columns of a single row's tile (batch 1)
+QUAD = 4  # panels a single row's tile covers (batch 1): QUAD x TILE accumulators
 
 
 class _Text:
@@ -119,14 +119,18 @@ def _act_in_place(spec: tuple[str, float | None, float | None], buf: str, dt: st
 
 def kernel_source(op: str, attrs: dict[str, Any], dirs: int, hidden: int, dt: str, has_lens: bool, has_h0: bool,
                   has_c0: bool) -> str:
-    """The recurrence kernel as TVMScript: (xw, rt, rb[, p][, lens][, h0][, c0], y, yh[, yc])."""
+    """The recurrence kernel as TVMScript: (xw, rp0[, rp1], rb[, p][, lens][, h0][, c0], y, yh[, yc]);
+    rpN is R^T's column range N of `ranges` packed in panels (`pack_panels`)."""
     spec = SPECS[op]
     H, GH, D = hidden, spec.gates * hidden, dirs
     acts = ref.activation_specs(attrs, spec, dirs)
     per = len(spec.activations)
     clip = attrs.get("clip")
     lstm = op == "LSTM"
-    params = ["xw_h: T.handle", f'rt: T.Buffer(({D}, {H}, {GH}), "{dt}")', f'rb: T.Buffer(({D}, {GH}), "{dt}")']
+    params = ["xw_h: T.handle"]
+    for i, (_, width) in enumerate(ranges(op, H)):
+        params.append(f'rp{i}: T.Buffer(({D}, {-(-width // TILE)}, {H}, {TILE}), "{dt}")')
+    params.append(f'rb: T.Buffer(({D}, {GH}), "{dt}")')
     if lstm:
         params.append(f'p: T.Buffer(({D}, {3 * H}), "{dt}")')
     params += ["lens_h: T.handle"] * has_lens + ["h0_h: T.handle"] * has_h0 + ["c0_h: T.handle"] * (lstm and has_c0)
@@ -165,7 +169,7 @@ def kernel_source(op: str, attrs: dict[str, Any], dirs: int, hidden: int, dt: st
     w(2, f'acc = T.decl_buffer(({ROWS}, {GH}), "{dt}")')
     w(2, f'hb = T.decl_buffer(({ROWS}, {H}), "{dt}")')  # h of the group's rows, 0 past the batch
     w(2, f'tile = T.decl_buffer(({ROWS}, {TILE}), "{dt}")')  # register tiles (stack: under 1 KB)
-    w(2, f'tile1 = T.decl_buffer(({TILE1},), "{dt}")')
+    w(2, f'tile1 = T.decl_buffer(({QUAD * TILE},), "{dt}")')
     if op == "GRU":
         w(2, f'rh = T.decl_buffer(({ROWS}, {H}), "{dt}")')  # r * h (candidate gate's input)
         w(2, f'hr = T.decl_buffer(({ROWS}, {H}), "{dt}")')  # h R_h^T (linear_before_reset)
@@ -202,7 +206,7 @@ def kernel_source(op: str, attrs: dict[str, Any], dirs: int, hidden: int, dt: st
     else:
         w(inner + 1, f"acc[bi, g] = xw[s, b0 + bi, d * {GH} + g] + rb[d, g]")
     # the gates that read h R^T directly (GRU's candidate gate reads it through the reset gate)
-    _gemm(w, 3, "hb", 0, 2 * H if op == "GRU" else GH, "acc", 0, True, H, zero)
+    _gemm(w, 3, "hb", "rp0", ranges(op, H)[0][1], "acc", 0, True, H, zero)
     same = all(acts[i] == acts[per + i] for i in range(per)) if D == 2 else True
     for dd in range(1 if same else D):
         depth = 3
@@ -271,7 +275,7 @@ def _cell(w: _Text, depth: int, op: str, attrs: dict[str, Any], fns: list[Any], 
         f_act, g_act = fns
         lbr = bool(attrs.get("linear_before_reset"))
         if lbr:
-            _gemm(w, depth, "hb", 2 * H, H, "hr", -2 * H, False, H, zero)
+            _gemm(w, depth, "hb", "rp1", H, "hr", 0, False, H, zero)
         d0 = rows_loop(depth)
         _for_j(w, d0, 2 * H, [f"acc[bi, j] = {c('acc[bi, j]')}", *_act_in_place(f_act, "acc[bi, j]", dt)])  # z and r
         if lbr:
@@ -279,7 +283,7 @@ def _cell(w: _Text, depth: int, op: str, attrs: dict[str, Any], fns: list[Any], 
         else:
             _for_j(w, d0, H, [f"rh[bi, j] = acc[bi, {H} + j] * {h}",
                               f"acc[bi, {2 * H} + j] = acc[bi, {2 * H} + j] + rb[d, {2 * H} + j]"])
-            _gemm(w, depth, "rh", 2 * H, H, "acc", 0, True, H, zero)
+            _gemm(w, depth, "rh", "rp1", H, "acc", 2 * H, True, H, zero)
             cand = "{slot}"
         _for_j(w, rows_loop(depth), H, [*gate(2, cand, g_act),
                                         f"{y} = ({one} - acc[bi, j]) * acc[bi, {2 * H} + j] + acc[bi, j] * {h}", f"{h} = {y}"])
@@ -288,55 +292,78 @@ def _cell(w: _Text, depth: int, op: str, attrs: dict[str, Any], fns: list[Any], 
         _for_j(w, rows_loop(depth), H, [*gate(0, "{slot}", f_act), f"{h} = acc[bi, j]", f"{y} = {h}"])
 
 
-def _gemm(w: _Text, depth: int, src: str, col0: int, width: int, dst: str, shift: int, add: bool, H: int,
+def ranges(op: str, H: int) -> list[tuple[int, int]]:
+    """(first column, width) of R^T's column ranges the kernel multiplies separately: every gate
+    at once, except GRU's candidate gate, which reads h through the reset gate."""
+    return [(0, 2 * H), (2 * H, H)] if op == "GRU" else [(0, SPECS[op].gates * H)]
+
+
+def pack_panels(rt: relax.Expr, col0: int, width: int, dirs: int, hidden: int, dt: str) -> relax.Expr:
+    """R^T [D, H, G*H] columns col0..col0+width as panels [D, P, H, TILE] (zero-padded to whole
+    panels): a tile's pass over k reads one contiguous panel (a strided walk over R^T's rows
+    measured 2x slower once R outgrows L2). Folded into a constant when R is one."""
+    panels = -(-width // TILE)
+    part = R.strided_slice(rt, [2], [col0], [col0 + width])
+    if panels * TILE > width:
+        part = R.concat([part, const(np.zeros((dirs, hidden, panels * TILE - width), np.dtype(dt)))], axis=2)
+    return R.permute_dims(R.reshape(part, [dirs, hidden, panels, TILE]), [0, 2, 1, 3])
+
+
+def _gemm(w: _Text, depth: int, src: str, rp: str, width: int, dst: str, col0: int, add: bool, H: int,
           zero: str) -> None:
-    """dst[bi, col0 + shift + g] (+)= sum_k src[bi, k] * rt[d, k, col0 + g] for g < width and the
-    group's rows: ROWS x TILE register tiles over k (all ROWS rows computed, the rows past the
-    batch or inactive at this step are not written back), the columns no tile covers one by one."""
-    full = width // TILE * TILE
+    """dst[bi, col0 + g] (+)= sum_k src[bi, k] * R^T[k, g] for g < width, R^T's range packed in
+    panels `rp`, over the group's rows: ROWS x TILE register tiles over k (all ROWS rows
+    computed; the rows past the batch or inactive at this step are not written back), one row's
+    QUAD panels at a time for a single row (batch 1)."""
+    full, panels = width // TILE, -(-width // TILE)
 
-    def store(expr_dst: str, value: str) -> str:
-        return f"{expr_dst} = {expr_dst} + {value}" if add else f"{expr_dst} = {value}"
+    def store(target: str, value: str) -> str:
+        return f"{target} = {target} + {value}" if add else f"{target} = {value}"
 
-    full1 = width // TILE1 * TILE1
-    w(depth, "if rows == T.int64(1):")  # batch 1: a GEMV, one row's tile of TILE1 columns
+    def write_back(d0: int, panel: str, row: str, tile_at: str) -> None:
+        """Panel `panel`'s tile into dst (the last panel only up to `width`)."""
+        if full < panels:
+            w(d0, f"if {panel} < {full}:")
+            d0 += 1
+        w(d0, f"for g in T.vectorized({TILE}):")
+        w(d0 + 1, store(f"{dst}[{row}, {col0} + {panel} * {TILE} + g]", tile_at.format(g="g")))
+        if full < panels:
+            w(d0 - 1, "else:")
+            w(d0, f"for g in range({width - full * TILE}):")
+            w(d0 + 1, store(f"{dst}[{row}, {col0} + {panel} * {TILE} + g]", tile_at.format(g="g")))
+
+    quads = panels // QUAD
+    w(depth, "if rows == T.int64(1):")  # batch 1: a GEMV over QUAD panels at once
     d1 = depth + 1
-    if full1:
-        w(d1, f"for gc in range({full1 // TILE1}):")
-        w(d1 + 1, f"for g in range({TILE1}):")
+    if quads:
+        w(d1, f"for gq in range({quads}):")
+        w(d1 + 1, f"for g in range({QUAD * TILE}):")
         w(d1 + 2, f"tile1[g] = {zero}")
         w(d1 + 1, f"for k in range({H}):")
-        w(d1 + 2, f"for g in T.vectorized({TILE1}):")
-        w(d1 + 3, f"tile1[g] = tile1[g] + {src}[0, k] * rt[d, k, {col0} + gc * {TILE1} + g]")
-        w(d1 + 1, f"for g in T.vectorized({TILE1}):")
-        w(d1 + 2, store(f"{dst}[0, {col0 + shift} + gc * {TILE1} + g]", "tile1[g]"))
-    if full1 < width:
-        target = f"{dst}[0, {col0 + shift + full1} + g]"
-        w(d1, f"for g in range({width - full1}):")
-        if not add:
-            w(d1 + 1, f"{target} = {zero}")
+        w(d1 + 2, f"for q in T.unroll({QUAD}):")
+        w(d1 + 3, f"for g in T.vectorized({TILE}):")
+        w(d1 + 4, f"tile1[q * {TILE} + g] = tile1[q * {TILE} + g] + {src}[0, k] * {rp}[d, gq * {QUAD} + q, k, g]")
+        w(d1 + 1, f"for q in range({QUAD}):")
+        write_back(d1 + 2, f"(gq * {QUAD} + q)", "0", f"tile1[q * {TILE} + {{g}}]")
+    if quads * QUAD < panels:
+        w(d1, f"for pp in range({panels - quads * QUAD}):")
+        w(d1 + 1, f"for g in range({TILE}):")
+        w(d1 + 2, f"tile1[g] = {zero}")
         w(d1 + 1, f"for k in range({H}):")
-        w(d1 + 2, f"{target} = {target} + {src}[0, k] * rt[d, k, {col0 + full1} + g]")
+        w(d1 + 2, f"for g in T.vectorized({TILE}):")
+        w(d1 + 3, f"tile1[g] = tile1[g] + {src}[0, k] * {rp}[d, {quads * QUAD} + pp, k, g]")
+        write_back(d1 + 1, f"({quads * QUAD} + pp)", "0", "tile1[{g}]")
     w(depth, "else:")
-    depth += 1
-    if full:
-        w(depth, f"for gc in range({full // TILE}):")
-        w(depth + 1, f"for bi, g in T.grid({ROWS}, {TILE}):")
-        w(depth + 2, f"tile[bi, g] = {zero}")
-        w(depth + 1, f"for k in range({H}):")
-        w(depth + 2, f"for bi in T.unroll({ROWS}):")
-        w(depth + 3, f"for g in T.vectorized({TILE}):")
-        w(depth + 4, f"tile[bi, g] = tile[bi, g] + {src}[bi, k] * rt[d, k, {col0} + gc * {TILE} + g]")
-        w(depth + 1, "for bi in range(rows):")
-        w(depth + 2, f"for g in T.vectorized({TILE}):")
-        w(depth + 3, store(f"{dst}[bi, {col0 + shift} + gc * {TILE} + g]", "tile[bi, g]"))
-    if full < width:
-        target = f"{dst}[bi, {col0 + shift + full} + g]"
-        w(depth, f"for bi, g in T.grid(rows, {width - full}):")
-        if not add:
-            w(depth + 1, f"{target} = {zero}")
-        w(depth + 1, f"for k in range({H}):")
-        w(depth + 2, f"{target} = {target} + {src}[bi, k] * rt[d, k, {col0 + full} + g]")
+    d1 = depth + 1
+    w(d1, f"for gc in range({panels}):")
+    w(d1 + 1, f"for bi, g in T.grid({ROWS}, {TILE}):")
+    w(d1 + 2, f"tile[bi, g] = {zero}")
+    w(d1 + 1, f"for k in range({H}):")
+    w(d1 + 2, f"for bi in T.unroll({ROWS}):")
+    w(d1 + 3, f"for g in T.vectorized({TILE}):")
+    w(d1 + 4, f"tile[bi, g] = tile[bi, g] + {src}[bi, k] * {rp}[d, gc, k, g]")
+    w(d1 + 1, "for bi in range(rows):")
+    write_back(d1 + 2, "gc", "bi", "tile[bi, {g}]")
 
 
 def _recurrent(op: str) -> Emitter:
@@ -371,8 +398,9 @@ def _recurrent(op: str) -> Emitter:
         else:
             rb = const(np.zeros((dirs, gh), np.dtype(dt)))
         xw = lw.emit(R.reshape(xw, [seq, batch, dirs * gh]))
-        rt = lw.emit(R.permute_dims(cast(a[2], in_type(lw, node, 2)), [0, 2, 1]))
-        args: list[relax.Expr] = [xw, rt, lw.emit(rb)]
+        rt = R.permute_dims(cast(a[2], in_type(lw, node, 2)), [0, 2, 1])
+        args: list[relax.Expr] = [xw, *(lw.emit(pack_panels(rt, c0, width, dirs, hidden, dt)) for c0, width in ranges(op, hidden))]
+        args.append(lw.emit(rb))
         if spec.has_c:
             p = cast(a[7], in_type(lw, node, 7)) if has_input(node, 7) else const(np.zeros((dirs, 3 * hidden), np.dtype(dt)))
             args.append(lw.emit(p))

@@ -7,8 +7,9 @@ initializers, X [seq, batch, input]), generated here with seeded weights: speech
 layers at batch 1 and 8. Per case and thread count, ember's artifact (compiled in this process,
 checked against the interpreter by the compile) and onnxruntime (default optimizations, the same
 intra-op thread count) run on the same inputs in `--blocks` alternating blocks of `--runs`
-consecutive runs after warm-up; the table holds medians of all runs and their ratio. The outputs
-are compared first (max abs difference). `--write` replaces the table in BENCHMARKS.md.
+consecutive runs after warm-up, each block in a fresh process (tools/bench.py's block child:
+two runtimes' spinning thread pools in one process slow each other); the table holds medians of
+all runs and their ratio. The outputs are compared first (max abs difference). `--write` replaces the table in BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -53,6 +54,34 @@ def model(op: str, seq: int, batch: int, inp: int, hidden: int) -> onnx.ModelPro
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
+def _block(kind: str, where: Path, feeds: Path, threads: int, runs: int) -> list[float]:
+    """`runs` timed runs of one engine in a fresh process (bench.py's block child: the two
+    runtimes' spinning thread pools slow each other 2-4x inside one process)."""
+    import multiprocessing
+
+    import bench
+
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=bench._block_child, args=((kind, str(where), str(feeds), threads), 3, runs, None, send))
+    child.start()
+    result = receive.recv()
+    child.join()
+    if isinstance(result, str):
+        raise RuntimeError(f"{kind} failed: {result}")
+    return result[0]
+
+
+def _max_diff(artifact: Path, model_path: Path, feeds: dict[str, np.ndarray], threads: int) -> float:
+    import onnxruntime as ort
+
+    from ember.runtime import load
+
+    got = load(artifact, threads=threads)(**feeds)
+    want = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    return max(float(np.abs(a - b).max()) for a, b in zip(got.values(), want))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
@@ -60,11 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--write", action="store_true", help="replace the table in BENCHMARKS.md")
     args = parser.parse_args(argv)
-    import onnxruntime as ort
-
     from ember.compiler.driver import compile_model
-    from ember.runtime import load
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for op, seq, batch, inp, hidden in CASES:
@@ -75,23 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             compile_model(path, Path(tmp) / f"{path.stem}.ember")
             compile_s = time.perf_counter() - start
             feeds = {"x": np.random.default_rng(1).standard_normal((seq, batch, inp)).astype(np.float32)}
+            np.savez(Path(tmp) / "feeds.npz", **feeds)
             for threads in [int(t) for t in args.threads.split(",")]:
-                art = load(Path(tmp) / f"{path.stem}.ember", threads=threads)
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads
-                session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-                ember_run, ort_run = art.runner(feeds), (lambda s=session, f=feeds: s.run(None, f))
-                diff = max(float(np.abs(a - b).max()) for a, b in zip(art(**feeds).values(), session.run(None, feeds)))
+                diff = _max_diff(Path(tmp) / f"{path.stem}.ember", path, feeds, threads)
                 times: dict[str, list[float]] = {"ember": [], "ort": []}
-                for fn in (ember_run, ort_run):
-                    for _ in range(3):
-                        fn()
                 for _ in range(args.blocks):
-                    for name, fn in (("ember", ember_run), ("ort", ort_run)):
-                        for _ in range(args.runs):
-                            t0 = time.perf_counter()
-                            fn()
-                            times[name].append(time.perf_counter() - t0)
+                    for name, where in (("ember", Path(tmp) / f"{path.stem}.ember"), ("ort", path)):
+                        times[name] += _block(name, where, Path(tmp) / "feeds.npz", threads, args.runs)
                 e, o = statistics.median(times["ember"]) * 1e3, statistics.median(times["ort"]) * 1e3
                 row = (f"| {op} | {seq} | {batch} | {inp} | {hidden} | {threads} | {o:.3f} | {e:.3f} | {e / o:.2f} | "
                        f"{diff:.1e} | {compile_s:.1f} |")
