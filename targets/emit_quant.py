@@ -1,5 +1,6 @@
-"""Emitters for quantization: QuantizeLinear/DequantizeLinear and the integer convolution and
-matrix products (ConvInteger, MatMulInteger, QLinearConv, QLinearMatMul).
+"""Emitters for quantization: QuantizeLinear/DequantizeLinear, DynamicQuantizeLinear and the
+integer convolution and matrix products (ConvInteger, MatMulInteger, QLinearConv,
+QLinearMatMul).
 
 Integer products accumulate exactly in int32; requantization computes
 rint(acc * (scale_a * scale_b) / scale_y) + zero_y in float64, the order ember's reference
@@ -117,7 +118,21 @@ def _qlinear_matmul(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [_requantize(lw, node, acc, R.multiply(a_scale, R.astype(a[4], "float64")), 6, 7)]
 
 
+def _dynamic_quantize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """uint8 asymmetric quantization over x's range extended to include 0 (the interpreter's
+    formula, f32 arithmetic, round half to even). An all-zero x gets scale 1 and zero point 0,
+    as in onnxruntime: dividing by that scale gives y = 0 and zero point 0 with no special case."""
+    x = R.astype(a[0], "float32")
+    zero = relax.const(0.0, "float32")
+    hi, lo = R.maximum(R.max(x), zero), R.minimum(R.min(x), zero)
+    scale = R.divide(R.subtract(hi, lo), relax.const(255.0, "float32"))
+    scale = lw.emit(R.where(R.equal(scale, zero), relax.const(1.0, "float32"), scale))
+    zp = lw.emit(R.round(R.clip(R.subtract(zero, R.divide(lo, scale)), 0, 255)))
+    y = R.clip(R.add(R.round(R.divide(x, scale)), zp), 0, 255)
+    return [R.astype(y, "uint8"), scale, R.astype(zp, "uint8")]
+
+
 EMITTERS: dict[str, Emitter] = {
-    "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize, "MatMulInteger": _matmul_integer,
+    "DynamicQuantizeLinear": _dynamic_quantize, "QuantizeLinear": _quantize, "DequantizeLinear": _dequantize, "MatMulInteger": _matmul_integer,
     "ConvInteger": _conv_integer, "QLinearConv": _qlinear_conv, "QLinearMatMul": _qlinear_matmul,
 }

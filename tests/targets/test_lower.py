@@ -331,3 +331,32 @@ def test_quantized_ops(rng: np.random.Generator) -> None:
     }
     model = onnx_model(nodes, [("x", F, ["N", 3, 5, 5]), ("aq", U8, ["N", 6])], inits, opset=21)
     check_model(model, rng, BATCHES)
+
+
+def test_dynamic_quantization_matches_onnxruntime(rng: np.random.Generator) -> None:
+    """A dynamically quantized linear layer as onnxruntime's quantizer writes it (text models):
+    DynamicQuantizeLinear -> MatMulInteger -> Cast -> scale product; every output, including
+    the scalar scale and zero point, on positive-only, mixed and all-zero inputs."""
+    from codegen_helpers import run_vm
+    from conftest import run_onnxruntime
+
+    from ember.compiler.passmanager import run_pipeline
+    from ember.compiler.pipeline import DEFAULT_PIPELINE
+
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             node("MatMulInteger", ["xq", "w", "xz", "wz"], "acc"), node("Cast", ["acc"], "accf", to=F),
+             node("Mul", ["xs", "ws"], "s"), node("Mul", ["accf", "s"], "y")]
+    inits = {"w": rng.integers(-128, 128, (16, 8)).astype(np.int8), "wz": np.int8(0), "ws": np.float32(0.02)}
+    model = onnx_model(nodes, [("x", F, ["N", 16])], inits, opset=21)
+    del model.graph.output[:]
+    model.graph.output.extend([helper.make_tensor_value_info("y", F, ["N", 8]), helper.make_tensor_value_info("xq", U8, ["N", 16]),
+                               helper.make_tensor_value_info("xs", F, []), helper.make_tensor_value_info("xz", U8, [])])
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = build(graph, resolve_target("cpu"))
+    for x in (rng.standard_normal((3, 16)) * 4, np.abs(rng.standard_normal((1, 16))) + 0.5, np.zeros((2, 16))):
+        feeds = {"x": x.astype(np.float32)}
+        got, want = run_vm(built, graph, feeds), run_onnxruntime(model, feeds)
+        for name in ("xq", "xz"):
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+        np.testing.assert_allclose(got["xs"], want["xs"], rtol=1e-6, err_msg="xs")
+        np.testing.assert_allclose(got["y"], want["y"], rtol=1e-5, atol=1e-5, err_msg="y")
