@@ -15,6 +15,7 @@ valid. An existing destination is replaced only if it is an ember artifact (or e
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import shutil
@@ -37,6 +38,8 @@ from ember.runtime.model import quiet_tvm_scope_logs
 
 if TYPE_CHECKING:
     from ember.targets.tune import TuneOptions
+
+log = logging.getLogger(__name__)
 
 LIBRARY = "model.so"
 
@@ -157,7 +160,11 @@ def compile_model(
     start = time.perf_counter()
     graph = import_model(model)
     seconds["import"] = time.perf_counter() - start
-    feeds = dict(sample) if sample is not None else interp.sample_feeds(graph)
+    reference = None
+    if sample is not None:
+        feeds = dict(sample)
+    else:
+        feeds, reference = generated_sample(graph)
     dims = sample_dims(graph, feeds)
     wanted = default_specializations(graph, dims) if specialize is None else checked_specializations(specialize, graph)
     start = time.perf_counter()
@@ -170,10 +177,10 @@ def compile_model(
     seconds["build"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    stats = kernel_stats(optimized, built, dims)  # FLOPs, bytes, rule, calls per kernel at the sample's dims
+    stats = _kernel_stats(kernel_stats, optimized, built, dims)  # FLOPs, bytes, rule, calls per kernel at the sample's dims
     seconds["kernel_stats"] = time.perf_counter() - start
     start = time.perf_counter()
-    reference = interp.run(graph, feeds)
+    reference = reference if reference is not None else interp.run(graph, feeds)
     run_check = _Checker(model, graph, spec, verify, rtol, atol, say)
     checks, ran_on = run_check(built, optimized, feeds, reference)
     seconds["check"] = time.perf_counter() - start
@@ -199,7 +206,7 @@ def compile_model(
             check(fixed_opt, fixed_built, fixed_feeds)
         variants.append((fixed, fixed_built, {
             "dims": fixed, "library": f"model.{len(variants) + 1}.so",
-            "kernels": [k.as_json() for k in kernel_stats(fixed_opt, fixed_built, sample_dims(graph, fixed_feeds))],
+            "kernels": [k.as_json() for k in _kernel_stats(kernel_stats, fixed_opt, fixed_built, sample_dims(graph, fixed_feeds))],
             "kernel_launches": fixed_built.launches, "checks": fixed_checks,
             "seconds": round(time.perf_counter() - start, 3),
         }))
@@ -243,6 +250,31 @@ def compile_model(
     return CompileResult(out, optimized, built.kernels, built.launches, seconds, records, manifest)
 
 
+# Values tried for the symbolic dims that are not a leading (batch) axis when the compile makes
+# its own sample: 1 first (cheapest), then sizes a strided CNN (a width divided by 32) or a
+# sequence model takes.
+GENERATED_DIMS = (1, 64, 256)
+
+
+def generated_sample(graph: Graph) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The compile's own sample when none is given, and the interpreter's outputs on it:
+    symbolic batch (leading) dims 1, the others the first of GENERATED_DIMS the model runs at
+    (an OCR model's width of 1 pools to nothing). EmberError naming --sample when none works."""
+    leading = {d for v in graph.inputs for i, d in enumerate(v.type.shape) if isinstance(d, str) and i == 0}
+    other = {d for v in graph.inputs for d in v.type.shape if isinstance(d, str)} - leading
+    first: Exception | None = None
+    for size in GENERATED_DIMS if other else GENERATED_DIMS[:1]:
+        feeds = interp.sample_feeds(graph, dims={**{d: 1 for d in leading}, **{d: size for d in other}})
+        try:
+            return feeds, interp.run(graph, feeds)
+        except EmberError as err:
+            first = first or err
+    dims = ", ".join(sorted(leading | other)) or "none"
+    raise EmberError(f"{first} (on the compile's generated sample: symbolic dims {dims} at 1"
+                     f"{', the non-batch ones also at ' + ' and '.join(map(str, GENERATED_DIMS[1:])) if other else ''}); "
+                     "give real inputs with --sample FILE.npz") from None
+
+
 def sample_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     """The values the graph's symbolic input dims take in `feeds`."""
     return {d: int(np.shape(feeds[v.name])[i]) for v in graph.inputs if v.name in feeds
@@ -281,6 +313,17 @@ class _Checker:
         except OutputMismatchError as err:
             raise EmberError(f"{err}; no artifact written") from None
         return checks, ran_on
+
+
+def _kernel_stats(count: Callable[..., list[Any]], graph: Graph, built: Any, dims: Mapping[str, int]) -> list[Any]:
+    """The manifest's per-kernel counts (informational: `ember profile` reads them); a failure
+    to count (dims at which TVM refuses to lower a kernel, say) leaves them out, never the build."""
+    try:
+        return count(graph, built, dims)
+    except Exception as err:
+        log.warning("warning: kernel FLOP/byte counts left out of the manifest (%s: %s)", type(err).__name__,
+                    str(err).strip().splitlines()[-1][:200] if str(err).strip() else "")
+        return []
 
 
 def default_specializations(graph: Graph, sample_dims: Mapping[str, int] | None = None) -> list[dict[str, int]]:

@@ -44,7 +44,24 @@ def _transpose(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 
 def _concat(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    return [R.concat([x for x in a if x is not None], axis=axis_of(node, out_type(node).rank))]
+    """Operands whose other dims are written differently from the output's (an upsampled
+    `(((H+1)//2+1)//2+1)//2*2` beside a `((H+1)//2+1)//2` skip branch, equal at every size the
+    model runs at) are first sliced to the output's dims (an in-bounds slice: Relax then knows
+    the shapes agree; it cannot prove such expressions equal and would leave the result's shape
+    unknown, and a reshape between them takes TVM minutes to simplify). At a size where the
+    branches differ the model is invalid (onnxruntime refuses it); ember does not check it."""
+    t = out_type(node)
+    axis = axis_of(node, t.rank)
+    parts = []
+    for i, x in enumerate(a):
+        if x is None:
+            continue
+        shape = in_type(lw, node, i).shape
+        differ = [k for k, d in enumerate(shape) if k != axis and d != t.shape[k]]
+        if differ:
+            x = R.strided_slice(x, differ, [0] * len(differ), [lw.dim(t.shape[k]) for k in differ], assume_inbound=True)
+        parts.append(x)
+    return [R.concat(parts, axis=axis)]
 
 
 def _split(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:

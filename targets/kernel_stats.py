@@ -84,7 +84,11 @@ def param_bytes(func: Any) -> int:
     """Bytes of the kernel's parameter buffers (scalars count their own size)."""
     total = 0
     for param in func.params:
-        bits = tvm.runtime.DataType(str(param.dtype)).bits * tvm.runtime.DataType(str(param.dtype)).lanes
+        try:
+            dtype = tvm.runtime.DataType(str(param.dtype))
+        except AttributeError:  # a scalar (a symbolic dim passed to the kernel): its type's size
+            dtype = tvm.runtime.DataType(str(param.ty.dtype))
+        bits = dtype.bits * dtype.lanes
         elements = 1
         for d in getattr(param, "shape", None) or ():
             elements *= _dim(d)

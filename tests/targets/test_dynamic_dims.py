@@ -1,0 +1,77 @@
+"""Models whose image size or sequence length is symbolic, as exporters write detection and OCR
+models: dims that reach a kernel only inside expressions (`(W+1)//2` after a strided conv), an
+upsampled branch concatenated with a skip branch whose dims are written differently, and the
+compile's own sample when a symbolic dim of 1 makes the model invalid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model, run_onnxruntime
+from onnx import TensorProto as T
+from onnx import helper
+
+from ember.compiler.driver import compile_model
+from ember.compiler.errors import EmberError
+from ember.runtime import load
+
+RTOL, ATOL = 1e-4, 1e-4
+
+
+def _conv(name: str, x: str, ci: int, co: int, k: int, stride: int, rng: np.random.Generator, inits: dict) -> list:
+    inits[f"{name}_w"] = (rng.standard_normal((co, ci, k, k)) / np.sqrt(ci * k * k)).astype(np.float32)
+    inits[f"{name}_b"] = (rng.standard_normal(co) * 0.1).astype(np.float32)
+    return [helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [f"{name}_c"], kernel_shape=[k, k],
+                             strides=[stride, stride], pads=[k // 2] * 4),
+            helper.make_node("Sigmoid", [f"{name}_c"], [f"{name}_s"]),
+            helper.make_node("Mul", [f"{name}_c", f"{name}_s"], [name])]  # SiLU
+
+
+def detection_head(rng: np.random.Generator) -> onnx.ModelProto:
+    """Strided backbone, a nearest x2 upsample of the deep branch concatenated with the skip
+    branch, a 1x1 head, then the anchors' predictions flattened over the image."""
+    inits: dict[str, np.ndarray] = {"scales": np.array([1, 1, 2, 2], np.float32), "shape": np.array([0, 3, 7, -1], np.int64)}
+    nodes = [*_conv("a", "x", 3, 16, 3, 2, rng, inits), *_conv("b", "a", 16, 32, 3, 2, rng, inits),
+             *_conv("c", "b", 32, 64, 3, 2, rng, inits),
+             helper.make_node("Resize", ["c", "", "scales"], ["up"], mode="nearest"),
+             helper.make_node("Concat", ["up", "b"], ["cat"], axis=1)]
+    inits["h_w"] = (rng.standard_normal((21, 96, 1, 1)) * 0.1).astype(np.float32)
+    nodes += [helper.make_node("Conv", ["cat", "h_w"], ["head"], kernel_shape=[1, 1]),
+              helper.make_node("Reshape", ["head", "shape"], ["flat"]),
+              helper.make_node("Transpose", ["flat"], ["t"], perm=[0, 1, 3, 2]),
+              helper.make_node("Sigmoid", ["t"], ["y"])]
+    return make_model(nodes, [("x", T.FLOAT, ["N", 3, "H", "W"])], [("y", T.FLOAT, ["N", 3, "P", 7])], inits, opset=17)
+
+
+def test_a_detection_head_with_a_symbolic_image_size_compiles_and_runs_at_other_sizes(tmp_path: Path,
+                                                                                      rng: np.random.Generator) -> None:
+    """At H = W = 1 the upsampled branch (2) and the skip branch (1) differ, so the compile
+    makes its sample at 64; the artifact then runs at other sizes that are multiples of 8."""
+    model = detection_head(rng)
+    onnx.save(model, tmp_path / "det.onnx")
+    result = compile_model(tmp_path / "det.onnx", tmp_path / "det.ember")
+    assert result.manifest["kernels"], "per-kernel counts are in the manifest (scalar dim arguments included)"
+    artifact = load(tmp_path / "det.ember")
+    for shape in ((1, 3, 64, 64), (2, 3, 96, 128), (1, 3, 40, 24)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        got, want = artifact(x=x), run_onnxruntime(model, {"x": x})
+        np.testing.assert_allclose(got["y"], want["y"], rtol=RTOL, atol=ATOL, err_msg=str(shape))
+
+
+def test_a_model_no_generated_sample_runs_asks_for_one(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A reshape to a constant length (an exporter that baked the traced length in) runs at no
+    generated size: one error naming --sample, and --sample with the traced size compiles."""
+    inits = {"shape": np.array([1, 60, 8], np.int64)}
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Reshape", ["r", "shape"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, [1, "T", 8])], [("y", T.FLOAT, [1, 60, 8])], inits)
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(EmberError, match=r"generated sample: symbolic dims T at 1, the non-batch ones also at 64 and 256\); "
+                                         r"give real inputs with --sample"):
+        compile_model(tmp_path / "m.onnx", tmp_path / "m.ember")
+    assert not (tmp_path / "m.ember").exists()
+    x = rng.standard_normal((1, 60, 8)).astype(np.float32)
+    compile_model(tmp_path / "m.onnx", tmp_path / "m.ember", sample={"x": x})
+    np.testing.assert_allclose(load(tmp_path / "m.ember")(x=x)["y"], np.maximum(x, 0), rtol=RTOL, atol=ATOL)
