@@ -105,3 +105,29 @@ def random_inputs(model: Path, seed: int) -> dict[str, np.ndarray]:
         shape = [d.dim_value or 1 for d in value.type.tensor_type.shape.dim]
         feeds[value.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
+
+
+def speech_rnn(seed: int = 0) -> onnx.ModelProto:
+    """A bidirectional LSTM (peepholes, sequence_lens) feeding a GRU (linear_before_reset, as
+    PyTorch exports it): x [20, 2, 10] -> Y [20, 1, 2, 24] and its final state; hidden 24 (not
+    a multiple of the kernel's 32-column panels, so the partial panel runs too)."""
+    rng = np.random.default_rng(seed)
+    hidden, inp = 24, 10
+
+    def w(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * 0.3).astype(np.float32)
+
+    inits = {"W": w(2, 4 * hidden, inp), "R": w(2, 4 * hidden, hidden), "B": w(2, 8 * hidden), "P": w(2, 3 * hidden),
+             "lens": np.array([20, 13], np.int32), "shape": np.array([0, 0, -1], np.int64),
+             "Wg": w(1, 3 * hidden, 2 * hidden), "Rg": w(1, 3 * hidden, hidden), "Bg": w(1, 6 * hidden)}
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B", "lens", "", "", "P"], ["y"], hidden_size=hidden,
+                              direction="bidirectional"),
+             helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["yt", "shape"], ["feats"]),
+             helper.make_node("GRU", ["feats", "Wg", "Rg", "Bg"], ["z", "zh"], hidden_size=hidden, linear_before_reset=1)]
+    graph = helper.make_graph(
+        nodes, "speech_rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [20, 2, inp])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [20, 1, 2, hidden]),
+         helper.make_tensor_value_info("zh", TensorProto.FLOAT, [1, 2, hidden])],
+        [onnx.numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])

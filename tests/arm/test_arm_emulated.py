@@ -1,7 +1,8 @@
 """Proof under emulation: every ARM preset's build of the digits CNN and of mobile_attn runs
 under qemu-aarch64 with the preset's pinned core and the runtime-only aarch64 TVM, and matches
-onnxruntime on x86; bundles unpack and self-check with nothing but the sysroot's Python and
-numpy; wrong-architecture loads and ISA mismatches fail clearly.
+onnxruntime on x86; so does a Pi 4 build of an LSTM + GRU model (the generated recurrence
+kernel); bundles unpack and self-check with nothing but the sysroot's Python and numpy;
+wrong-architecture loads and ISA mismatches fail clearly.
 
 Tolerances: float outputs |ember - onnxruntime| <= 1e-4 + 1e-3 * |onnxruntime| (the compiler's
 default, ember.runtime.TOLERANCE); integer outputs (TopK indices) exactly equal.
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from arm_helpers import report, unavailable
-from arm_models import random_inputs, write_models
+from arm_models import random_inputs, speech_rnn, write_models
 
 from ember.compiler.cli_bundle import make_bundle
 from ember.compiler.driver import compile_model
@@ -188,6 +189,30 @@ def test_wrong_architecture_load_is_explained(emulator: Emulator, arm_dir: Path,
     lib.write_bytes(bytes(data))
     proc = subprocess.run([sys.executable, str(root / "run"), "--self-check"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "libtvm_runtime_extra.so: damaged (sha256 mismatch)" in proc.stderr, proc.stderr
+
+
+def test_recurrent_layers_run_under_emulation_and_match_onnxruntime(emulator: Emulator, tmp_path: Path) -> None:
+    """The generated LSTM/GRU recurrence kernel cross-compiled for a Raspberry Pi 4 (NEON): the
+    compile's own check under qemu, then the artifact on fresh inputs against onnxruntime."""
+    import onnx
+
+    preset = "arm:rpi4"
+    path = tmp_path / "speech_rnn.onnx"
+    onnx.save(speech_rnn(), path)
+    out = tmp_path / "speech_rnn.ember"
+    result = compile_model(path, out, target=preset)
+    assert result.manifest["checked_on"] == f"qemu-aarch64 -cpu {TARGETS[preset].qemu_cpu}"
+    assert elf_machine(out / "model.so") == "aarch64"
+    feeds = random_inputs(path, seed=77)
+    np.savez(tmp_path / "x.npz", **feeds)
+    cpu = TARGETS[preset].qemu_cpu
+    proc = run_artifact(emulator, out, cpu, ["--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz"),
+                                             "--threads", "2"])
+    assert proc.returncode == 0, f"{describe_exit(proc.returncode, cpu)}\n{proc.stderr[-2000:]}"
+    with np.load(tmp_path / "y.npz") as data:
+        got = {k: data[k] for k in data.files}
+    rows = compare(got, onnxruntime_outputs(path, feeds), rtol=TOLERANCE["rtol"], atol=TOLERANCE["atol"])
+    assert all(row.ok for row in rows), [row.text() for row in rows]
 
 
 def test_isa_mismatch_fails_the_compile_with_sigill(emulator: Emulator, tmp_path: Path) -> None:
