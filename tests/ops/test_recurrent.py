@@ -320,3 +320,19 @@ def test_compiled_crnn_style_model_matches_onnxruntime(rng: np.random.Generator)
         feeds = {"img": rng.standard_normal((n, 1, 8, width)).astype(np.float32)}
         got, want = _run_compiled(graph, built, feeds), run_onnxruntime(model, feeds)
         np.testing.assert_allclose(got["out"], want["out"], rtol=RTOL, atol=1e-4, err_msg=f"N={n}, W={width}")
+
+
+def test_compiled_onnx_node_tests_match_their_data() -> None:
+    """The ONNX backend node tests of LSTM, GRU and RNN (onnx's own generators and data),
+    compiled and run: every output within the recurrence tolerance of onnx's expected values."""
+    from onnx.backend.test.case.node import collect_testcases
+
+    cases = [c for c in collect_testcases() if c.name.startswith(("test_lstm", "test_gru", "test_rnn", "test_simple_rnn"))]
+    assert len(cases) >= 15
+    for case in cases:
+        graph, built = _compiled(case.model)
+        for inputs, outputs in case.data_sets:
+            feeds = {v.name: x for v, x in zip(case.model.graph.input, inputs)}
+            got = _run_compiled(graph, built, feeds)
+            for value, expected in zip(case.model.graph.output, outputs):
+                np.testing.assert_allclose(got[value.name], expected, rtol=RTOL, atol=ATOL, err_msg=f"{case.name} {value.name}")
