@@ -601,6 +601,8 @@ KNOB_MARGIN = 0.03
 # With kernels no ember rule schedules (MetaSchedule's best chances), the knob search stops at
 # this fraction of the budget and leaves the rest to the search over those.
 KNOB_SHARE = 0.6
+# MetaSchedule is not started with less of the budget left than this (one search step).
+MIN_SEARCH_S = 10.0
 
 
 def knob_space(rule: Any, func: tvm.tirx.PrimFunc, target: tvm.target.Target) -> dict[str, list[int]]:
@@ -626,7 +628,8 @@ def _knob_search(task: _Task, rule: Any, tvm_target: tvm.target.Target, measurer
     """Coordinate descent over the rule's knobs: for each knob in turn, every value the kernel
     takes is built and measured side by side with the current choice, and the fastest is kept
     if it wins by KNOB_MARGIN. Variants whose code is identical are measured once. The winner
-    is measured against the rule's default code at the end; None when nothing beat it."""
+    (or, when the default won every round, the closest alternative, so the database shows the
+    search) is measured against the rule's default code at the end; None when no value applied."""
     from ember.targets.build import schedule_with
 
     space = knob_space(rule, task.fresh(), tvm_target)
@@ -634,6 +637,7 @@ def _knob_search(task: _Task, rule: Any, tvm_target: tvm.target.Target, measurer
         return None
     current: dict[str, int] = {}
     current_mod = _one_kernel(task.scheduled)
+    runner_up: tuple[dict[str, int], tvm.IRModule, float] | None = None  # the best value that did not win
     seen = {workload_key(task.scheduled)}
     trials = 0
     for name, values in space.items():
@@ -660,11 +664,15 @@ def _knob_search(task: _Task, rule: Any, tvm_target: tvm.target.Target, measurer
             continue
         trials += len(variants)
         tick()
-        best = min(range(len(times)), key=times.__getitem__)
-        if best > 0 and times[best] < (1.0 - KNOB_MARGIN) * times[0]:
+        best = min(range(1, len(times)), key=times.__getitem__)
+        if times[best] < (1.0 - KNOB_MARGIN) * times[0]:
             current, current_mod = variants[best - 1][0], mods[best]
-    if not current:
+        elif not current and (runner_up is None or times[best] / times[0] < runner_up[2]):
+            runner_up = (variants[best - 1][0], mods[best], times[best] / times[0])
+    if not current and runner_up is None:
         return None
+    if not current:  # the default won every round: the record keeps the closest alternative (and says so)
+        current, current_mod = runner_up[0], runner_up[1]
     rule_s, tuned_s = measurer.time_side_by_side([_one_kernel(task.scheduled), current_mod], tvm_target, SIDE_BY_SIDE_ROUNDS)
     return _KnobResult(current, trials, rule_s, tuned_s)
 
@@ -716,9 +724,7 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
                         rule_hash=workload_key(task.scheduled), tuned_s=found.tuned_s, trials=found.trials,
                         threads=threads, date=_now(), trace=None, func=task.func_json, knobs=found.knobs))
             left = start + options.budget_s - time.perf_counter()
-            tasks = _plan(generic + [t for t in ranked if t.name not in generic_names], left)
-            if left < SECONDS_PER_ITER * MIN_ITERS_PER_KERNEL:
-                tasks = []
+            tasks = _plan(generic + [t for t in ranked if t.name not in generic_names], left) if left > MIN_SEARCH_S else []
             # Keep a few seconds of the budget for the final side-by-side measurements.
             measurer.deadline = start + max(1.0, options.budget_s - 4.0 * len(tasks))
             best = _search(tasks, tvm_target, measurer, progress) if tasks else {}
