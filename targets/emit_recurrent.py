@@ -332,27 +332,24 @@ def _gemm(w: _Text, depth: int, src: str, rp: str, width: int, dst: str, col0: i
             w(d0, f"for g in range({width - full * TILE}):")
             w(d0 + 1, store(f"{dst}[{row}, {col0} + {panel} * {TILE} + g]", tile_at.format(g="g")))
 
+    def one_row(at: int, first: int, tiles: int, per: int) -> None:
+        """The single row's product: `tiles` tiles of `per` panels each, from panel `first`."""
+        w(at, f"for gq in range({tiles}):")
+        w(at + 1, f"for g in range({per * TILE}):")
+        w(at + 2, f"tile1[g] = {zero}")
+        w(at + 1, f"for k in range({H}):")
+        w(at + 2, f"for q in T.unroll({per}):")
+        w(at + 3, f"for g in T.vectorized({TILE}):")
+        w(at + 4, f"tile1[q * {TILE} + g] = tile1[q * {TILE} + g] + {src}[0, k] * {rp}[d, {first} + gq * {per} + q, k, g]")
+        w(at + 1, f"for q in range({per}):")
+        write_back(at + 2, f"({first} + gq * {per} + q)", "0", f"tile1[q * {TILE} + {{g}}]")
+
     quads = panels // QUAD
-    w(depth, "if rows == T.int64(1):")  # batch 1: a GEMV over QUAD panels at once
-    d1 = depth + 1
+    w(depth, "if rows == T.int64(1):")  # batch 1: a GEMV over QUAD panels at once, then the rest one by one
     if quads:
-        w(d1, f"for gq in range({quads}):")
-        w(d1 + 1, f"for g in range({QUAD * TILE}):")
-        w(d1 + 2, f"tile1[g] = {zero}")
-        w(d1 + 1, f"for k in range({H}):")
-        w(d1 + 2, f"for q in T.unroll({QUAD}):")
-        w(d1 + 3, f"for g in T.vectorized({TILE}):")
-        w(d1 + 4, f"tile1[q * {TILE} + g] = tile1[q * {TILE} + g] + {src}[0, k] * {rp}[d, gq * {QUAD} + q, k, g]")
-        w(d1 + 1, f"for q in range({QUAD}):")
-        write_back(d1 + 2, f"(gq * {QUAD} + q)", "0", f"tile1[q * {TILE} + {{g}}]")
+        one_row(depth + 1, 0, quads, QUAD)
     if quads * QUAD < panels:
-        w(d1, f"for pp in range({panels - quads * QUAD}):")
-        w(d1 + 1, f"for g in range({TILE}):")
-        w(d1 + 2, f"tile1[g] = {zero}")
-        w(d1 + 1, f"for k in range({H}):")
-        w(d1 + 2, f"for g in T.vectorized({TILE}):")
-        w(d1 + 3, f"tile1[g] = tile1[g] + {src}[0, k] * {rp}[d, {quads * QUAD} + pp, k, g]")
-        write_back(d1 + 1, f"({quads * QUAD} + pp)", "0", "tile1[{g}]")
+        one_row(depth + 1, quads * QUAD, panels - quads * QUAD, 1)
     w(depth, "else:")
     d1 = depth + 1
     w(d1, f"for gc in range({panels}):")
