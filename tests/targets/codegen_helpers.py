@@ -69,7 +69,7 @@ def _topological(nodes: Sequence[onnx.NodeProto]) -> list[onnx.NodeProto]:
 def run_vm(built: Built, graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Outputs of a built graph on TVM's Relax VM, by output name."""
     vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[v.name])) for v in graph.inputs])
+    out = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[v.name], order="C")) for v in graph.inputs])  # (0-d stays 0-d)
     outs = [out] if hasattr(out, "numpy") else list(out)
     return {name: o.numpy() for name, o in zip(graph.outputs, outs)}
 

@@ -1,0 +1,293 @@
+"""Ops whose output size depends on the data: NonZero, Compress, NonMaxSuppression.
+
+Each is two steps in `main`, both compiled code (no Python at run time, so the thin runtime
+runs them): a kernel (or a fused reduction) counts the elements the output will hold, the VM
+turns that count into a shape (`R.tensor_to_shape`) and binds it to a fresh tir.Var named
+after ember's run-time dim (`nz_1`), and a serial TIR kernel fills an output of that length.
+Later nodes read the dim like any symbolic dim of an input, so a `GatherND` of `NonZero`'s
+indices or the boxes NMS kept compile as usual.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from ember.compiler.ir import Node
+from ember.targets.emit_common import (
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    LoweringError,
+    R,
+    const,
+    has_input,
+    in_type,
+    out_type,
+)
+
+KERNEL_ATTRS = 'T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})'
+
+
+def bind_length(lw: Lowering, count: relax.Expr, name: str) -> tirx.Var:
+    """The tir.Var `name`, bound to the value of `count` (an int64 tensor of one element) at
+    run time; later nodes read ember's dim `name` as this var."""
+    shape = lw.emit(R.tensor_to_shape(R.reshape(count, [1])))
+    var = tirx.Var(name, "int64")
+    lw.bb.match_cast(shape, relax.ShapeType([var]))
+    lw.dims[name] = var
+    return var
+
+
+def _zero(dt: str) -> str:
+    """The TVMScript literal a nonzero test compares with."""
+    return "False" if dt == "bool" else f"T.{dt}(0)"
+
+
+def nonzero_source(rank: int, dt: str) -> str:
+    """A serial kernel writing the coordinates of x's nonzero elements in row-major order:
+    (x[d0, ..], count[1], y[rank, n]), n = count[0] being the count found before."""
+    dims = [f"d{i}" for i in range(rank)]
+    idx = [f"i{i}" for i in range(rank)]
+    test = f"x[{', '.join(idx)}]" if dt == "bool" else f"x[{', '.join(idx)}] != {_zero(dt)}"
+    lines = [
+        "@T.prim_func(private=True)",
+        "def nonzero_fill(x_h: T.handle, count: T.Buffer((1,), \"int64\"), y_h: T.handle):",
+        f"    {KERNEL_ATTRS}",
+        *(f"    {d} = T.int64()" for d in dims),
+        "    n = T.int64()",
+        f'    x = T.match_buffer(x_h, ({", ".join(dims)},), "{dt}")',
+        f'    y = T.match_buffer(y_h, ({rank}, n), "int64")',
+        '    k = T.decl_buffer((1,), "int64")',
+        "    k[0] = T.int64(0)",
+        f"    for {', '.join(idx)} in T.grid({', '.join(dims)}):",
+        f"        if {test} and k[0] < count[0]:",
+        *(f"            y[{j}, k[0]] = {i}" for j, i in enumerate(idx)),
+        "            k[0] = k[0] + T.int64(1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def nonzero(lw: Lowering, x: relax.Expr, rank: int, dt: str, name: str) -> relax.Expr:
+    """[rank, n] int64 coordinates of x's nonzero elements (n bound as dim `name`)."""
+    flags = R.astype(x if dt == "bool" else R.not_equal(x, relax.const(0, dt)), "int64")
+    count = lw.emit(R.reshape(R.sum(flags), [1]))
+    n = bind_length(lw, count, name)
+    gvar = lw.bb.add_func(tvm.script.from_source(nonzero_source(rank, dt)), "nonzero_fill")
+    # The kernel reads the count (it never writes past it): TVM's RewriteDataflowReshape takes a
+    # kernel that reads one tensor for a possible reshape, and fails on one without a root block.
+    return relax.call_tir(gvar, relax.Tuple([x, count]), relax.TensorType([rank, n], "int64"))
+
+
+def _nonzero(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t = in_type(lw, node, 0)
+    x = a[0] if t.rank else R.reshape(a[0], [1])  # a scalar is one element of a 1-D tensor
+    return [nonzero(lw, x, max(t.rank, 1), TVM_DTYPE[t.dtype], out_type(node).shape[1])]
+
+
+def _compress(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t, y = in_type(lw, node, 0), out_type(node)
+    if node.attrs.get("axis") is None:  # the flattened input
+        x, axis = R.reshape(a[0], [-1]), 0
+        size = int(np.prod(lw.shape(t), dtype=object)) if all(isinstance(d, int) for d in t.shape) else None
+        extent = size if size is not None else _product(lw.shape(t))
+    else:
+        x, axis = a[0], int(node.attrs["axis"]) % t.rank
+        size = t.shape[axis] if isinstance(t.shape[axis], int) else None
+        extent = lw.dim(t.shape[axis])
+    cond_len, cond = in_type(lw, node, 1).shape[0], a[1]
+    if isinstance(cond_len, int) and size is not None:
+        if cond_len > size:
+            raise LoweringError(f"node {node.name!r} (Compress): the condition has {cond_len} entries for {size} slices")
+    else:  # a longer condition is invalid (onnxruntime refuses it): its extra entries are never read
+        cond = lw.emit(R.strided_slice(cond, [0], [0], [extent]))
+    fresh = y.shape[axis]
+    idx = lw.emit(nonzero(lw, cond, 1, "bool", fresh))
+    return [R.take(x, R.reshape(idx, [lw.dims[fresh]]), axis=axis)]
+
+
+def _product(dims: list[Any]) -> Any:
+    out: Any = 1
+    for d in dims:
+        out = out * d
+    return out
+
+
+# --- NonMaxSuppression -----------------------------------------------------------------------------
+def nms_source(center: bool) -> str:
+    """NMS per (batch, class), in parallel, as onnxruntime does it: the boxes scoring above the
+    threshold go into a max-heap by score (ties: the lower index first) and are popped in that
+    order, each kept unless it overlaps a box already kept by IoU > threshold, until `limit`
+    are kept or none is left. (The greedy algorithm of ember's reference: a box is dropped only
+    by kept boxes; the heap pops only as many as it takes, not a full sort.)
+    Kept box indices go to sel[b, c, :count[b, c]]; key/order (the heap) are scratch.
+    Corners as ember's reference: [y1, x1, y2, x2] in either order, or [xc, yc, w, h]."""
+    if center:
+        corners = [
+            "{p}yc: T.float32 = T.Cast('float32', boxes[b, {i}, 1])",
+            "{p}xc: T.float32 = T.Cast('float32', boxes[b, {i}, 0])",
+            "{p}hh: T.float32 = T.Cast('float32', boxes[b, {i}, 3]) * T.float32(0.5)",
+            "{p}hw: T.float32 = T.Cast('float32', boxes[b, {i}, 2]) * T.float32(0.5)",
+            "{p}y0: T.float32 = {p}yc - {p}hh",
+            "{p}x0: T.float32 = {p}xc - {p}hw",
+            "{p}y1: T.float32 = {p}yc + {p}hh",
+            "{p}x1: T.float32 = {p}xc + {p}hw",
+        ]
+    else:
+        corners = [
+            "{p}y0: T.float32 = T.min(T.Cast('float32', boxes[b, {i}, 0]), T.Cast('float32', boxes[b, {i}, 2]))",
+            "{p}x0: T.float32 = T.min(T.Cast('float32', boxes[b, {i}, 1]), T.Cast('float32', boxes[b, {i}, 3]))",
+            "{p}y1: T.float32 = T.max(T.Cast('float32', boxes[b, {i}, 0]), T.Cast('float32', boxes[b, {i}, 2]))",
+            "{p}x1: T.float32 = T.max(T.Cast('float32', boxes[b, {i}, 1]), T.Cast('float32', boxes[b, {i}, 3]))",
+        ]
+
+    def corner_lines(indent: str, p: str, i: str) -> list[str]:
+        return [indent + c.format(p=p, i=i) for c in corners]
+
+    def sift_down(indent: str, start: str) -> list[str]:
+        """Restore the heap below slot `start` (heap size st[0]); st[3] the slot, st[4] whether
+        to go on, st[5] the better child."""
+        better = ("key[b, c, {x}] > key[b, c, {y}] or (key[b, c, {x}] == key[b, c, {y}] "
+                  "and order[b, c, {x}] < order[b, c, {y}])")
+        body = [
+            f"st[3] = {start}",
+            "st[4] = T.int64(1)",
+            "while st[4] == T.int64(1):",
+            "    left: T.int64 = st[3] * T.int64(2) + T.int64(1)",
+            "    st[5] = st[3]",
+            "    if left < st[0]:",
+            "        if " + better.format(x="left", y="st[5]") + ":",
+            "            st[5] = left",
+            "    if left + T.int64(1) < st[0]:",
+            "        if " + better.format(x="left + T.int64(1)", y="st[5]") + ":",
+            "            st[5] = left + T.int64(1)",
+            "    if st[5] != st[3]:",
+            "        tk: T.float32 = key[b, c, st[3]]",
+            "        to: T.int64 = order[b, c, st[3]]",
+            "        key[b, c, st[3]] = key[b, c, st[5]]",
+            "        order[b, c, st[3]] = order[b, c, st[5]]",
+            "        key[b, c, st[5]] = tk",
+            "        order[b, c, st[5]] = to",
+            "        st[3] = st[5]",
+            "    else:",
+            "        st[4] = T.int64(0)",
+        ]
+        return [indent + line for line in body]
+
+    # st: [heap size, -, -, sift slot, sifting, better child, kept, -, overlapped, kept box checked]
+    lines = [
+        "@T.prim_func(private=True)",
+        "def nms_select(boxes_h: T.handle, scores_h: T.handle, limits: T.Buffer((3,), \"float32\"), sel_h: T.handle,"
+        " count_h: T.handle, key_h: T.handle, order_h: T.handle):",
+        f"    {KERNEL_ATTRS}",
+        "    nb = T.int64()",
+        "    nc = T.int64()",
+        "    n = T.int64()",
+        '    boxes = T.match_buffer(boxes_h, (nb, n, 4), "DT")',
+        '    scores = T.match_buffer(scores_h, (nb, nc, n), "DT")',
+        '    sel = T.match_buffer(sel_h, (nb, nc, n), "int64")',
+        '    count = T.match_buffer(count_h, (nb, nc), "int64")',
+        '    key = T.match_buffer(key_h, (nb, nc, n), "float32")',
+        '    order = T.match_buffer(order_h, (nb, nc, n), "int64")',
+        "    for bc in T.parallel(nb * nc):",
+        "        b: T.int64 = bc // nc",
+        "        c: T.int64 = bc % nc",
+        '        st = T.decl_buffer((10,), "int64")',
+        "        st[0] = T.int64(0)",
+        "        for i in range(n):",
+        "            if T.Cast('float32', scores[b, c, i]) > limits[2]:",
+        "                key[b, c, st[0]] = T.Cast('float32', scores[b, c, i])",
+        "                order[b, c, st[0]] = i",
+        "                st[0] = st[0] + T.int64(1)",
+        "        for s in range(st[0] // T.int64(2)):",  # a max-heap of the candidates
+        *sift_down("            ", "st[0] // T.int64(2) - T.int64(1) - s"),
+        "        st[6] = T.int64(0)",
+        "        while st[0] > T.int64(0) and T.Cast('float32', st[6]) < limits[0]:",
+        "            cand: T.int64 = order[b, c, 0]",
+        "            st[0] = st[0] - T.int64(1)",
+        "            key[b, c, 0] = key[b, c, st[0]]",
+        "            order[b, c, 0] = order[b, c, st[0]]",
+        *sift_down("            ", "T.int64(0)"),
+        *corner_lines("            ", "o", "cand"),
+        "            area: T.float32 = (ox1 - ox0) * (oy1 - oy0)",
+        "            st[8] = T.int64(0)",
+        "            st[9] = T.int64(0)",
+        "            while st[8] == T.int64(0) and st[9] < st[6]:",
+        "                kept: T.int64 = sel[b, c, st[9]]",
+        *corner_lines("                ", "k", "kept"),
+        "                iw: T.float32 = T.min(ox1, kx1) - T.max(ox0, kx0)",
+        "                ih: T.float32 = T.min(oy1, ky1) - T.max(oy0, ky0)",
+        "                karea: T.float32 = (kx1 - kx0) * (ky1 - ky0)",
+        "                union: T.float32 = area + karea - iw * ih",
+        "                if iw > T.float32(0) and ih > T.float32(0) and area > T.float32(0) and karea > T.float32(0):",
+        "                    if union > T.float32(0) and iw * ih / union > limits[1]:",
+        "                        st[8] = T.int64(1)",
+        "                st[9] = st[9] + T.int64(1)",
+        "            if st[8] == T.int64(0):",
+        "                sel[b, c, st[6]] = cand",
+        "                st[6] = st[6] + T.int64(1)",
+        "        count[b, c] = st[6]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+NMS_GATHER = """\
+@T.prim_func(private=True)
+def nms_gather(sel_h: T.handle, count_h: T.handle, y_h: T.handle):
+    KERNEL_ATTRS
+    nb = T.int64()
+    nc = T.int64()
+    n = T.int64()
+    m = T.int64()
+    sel = T.match_buffer(sel_h, (nb, nc, n), "int64")
+    count = T.match_buffer(count_h, (nb, nc), "int64")
+    y = T.match_buffer(y_h, (m, 3), "int64")
+    k = T.decl_buffer((1,), "int64")
+    k[0] = T.int64(0)
+    for b, c in T.grid(nb, nc):
+        for j in range(count[b, c]):
+            y[k[0], 0] = b
+            y[k[0], 1] = c
+            y[k[0], 2] = sel[b, c, j]
+            k[0] = k[0] + T.int64(1)
+""".replace("KERNEL_ATTRS", KERNEL_ATTRS)
+
+
+def _scalar_input(lw: Lowering, node: Node, a: list[Any], i: int, default: float) -> relax.Expr:
+    """Optional scalar input i as a [1] float32 tensor (its first element; `default` when
+    omitted or empty)."""
+    if not has_input(node, i):
+        return const(np.array([default], np.float32))
+    t = in_type(lw, node, i)
+    if any(d == 0 for d in t.shape):
+        return const(np.array([default], np.float32))
+    flat = R.reshape(a[i], [-1])
+    return R.astype(R.strided_slice(flat, [0], [0], [1]), "float32")
+
+
+def _nms(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    bt, st = in_type(lw, node, 0), in_type(lw, node, 1)
+    dt = TVM_DTYPE[bt.dtype]
+    if TVM_DTYPE[st.dtype] != dt:
+        raise LoweringError(f"node {node.name!r} (NonMaxSuppression): boxes are {bt.dtype} and scores {st.dtype}")
+    # limits = [max kept per class (>= 0), IoU threshold, score threshold (-inf: none)]
+    limit = R.maximum(_scalar_input(lw, node, a, 2, 0.0), const(np.zeros(1, np.float32)))
+    limits = lw.emit(R.concat([limit, _scalar_input(lw, node, a, 3, 0.0), _scalar_input(lw, node, a, 4, -np.inf)], axis=0))
+    nb, n = lw.dim(bt.shape[0]), lw.dim(bt.shape[1])
+    nc = lw.dim(st.shape[1])
+    source = nms_source(bool(node.attrs["center_point_box"])).replace('"DT"', f'"{dt}"')
+    select = lw.bb.add_func(tvm.script.from_source(source), "nms_select")
+    per_class = [nb, nc, n]
+    found = lw.emit(relax.call_tir(select, relax.Tuple([a[0], a[1], limits]), [
+        relax.TensorType(per_class, "int64"), relax.TensorType([nb, nc], "int64"), relax.TensorType(per_class, "float32"),
+        relax.TensorType(per_class, "int64")]))
+    sel, count = lw.emit(relax.TupleGetItem(found, 0)), lw.emit(relax.TupleGetItem(found, 1))
+    m = bind_length(lw, lw.emit(R.sum(count)), out_type(node).shape[0])
+    gather = lw.bb.add_func(tvm.script.from_source(NMS_GATHER), "nms_gather")
+    return [relax.call_tir(gather, relax.Tuple([sel, count]), relax.TensorType([m, 3], "int64"))]
+
+
+EMITTERS: dict[str, Emitter] = {"NonZero": _nonzero, "Compress": _compress, "NonMaxSuppression": _nms}
