@@ -8,6 +8,7 @@ from typing import Any
 from ember.compiler.errors import EmberError
 
 DEFAULT_PIPELINE: tuple[str, ...] = (
+    "inline_branches",  # an If on a shape check that inference settles: its taken branch, before folding
     "simplify",  # drop Identity/Dropout/no-op Reshapes first, so folding sees through them
     "fold_constants",  # evaluate constant subgraphs and static shape arithmetic (Shape -> ... -> Reshape)
     "dce",  # the folded chains leave dead nodes and constants

@@ -13,6 +13,7 @@ from ember.passes.fold_batchnorm import fold_batchnorm
 from ember.passes.fold_constants import fold_constants
 from ember.passes.fuse import fuse
 from ember.passes.fuse_composites import fuse_composites
+from ember.passes.inline_branches import inline_branches
 from ember.passes.simplify import simplify
 
 PASSES: dict[str, Callable[[Graph], PassResult]] = {
@@ -20,6 +21,7 @@ PASSES: dict[str, Callable[[Graph], PassResult]] = {
     "dce": dce,
     "cse": cse,
     "simplify": simplify,
+    "inline_branches": inline_branches,
     "fold_batchnorm": fold_batchnorm,
     "fuse_composites": fuse_composites,
     "fuse": fuse,
@@ -30,6 +32,7 @@ DESCRIPTIONS: dict[str, str] = {
     "dce": "remove nodes and constants no graph output depends on",
     "cse": "merge duplicate nodes and duplicate small constants",
     "simplify": "drop identities and no-ops (Identity, x*1, x+0, same-shape Reshape, Transpose pairs...)",
+    "inline_branches": "replace each If whose condition is known at compile time by its taken branch",
     "fold_batchnorm": "fold BatchNormalization and per-channel Mul/Add into Conv/Gemm/MatMul weights",
     "fuse_composites": "rewrite decomposed GELU, LayerNorm, Softmax and attention to single ops",
     "fuse": "group anchors (Conv, MatMul, pooling...) with elementwise epilogues into one kernel each",
