@@ -78,7 +78,7 @@ def run_built(built: Any, graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict
 
     vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
     try:
-        result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[v.name])) for v in graph.inputs])
+        result = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[v.name], order="C")) for v in graph.inputs])
     except Exception as err:
         raise EmberError(f"the built module failed on the sample inputs: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
     outs = [result] if hasattr(result, "numpy") else list(result)

@@ -178,7 +178,7 @@ class Model:
                     raise RuntimeInputError(f"input {spec.name!r} must have shape {spec.text()}, got {list(array.shape)} (axis {axis})")
                 if isinstance(d, str) and bound.setdefault(d, s) != s:
                     raise RuntimeInputError(f"input {spec.name!r}: dim {d} is {s} here but {bound[d]} in another input")
-            arrays.append(np.ascontiguousarray(array))
+            arrays.append(np.asarray(array, order="C"))  # (ascontiguousarray makes a 0-d input 1-d)
         return arrays
 
     def _tensors(self, args: tuple[Any, ...], named: Mapping[str, Any]) -> list[Any]:

@@ -139,7 +139,7 @@ def emulated_outputs(built: Any, graph: Any, feeds: Mapping[str, np.ndarray], ti
     with tempfile.TemporaryDirectory(prefix="ember-qemu-") as tmp:
         work = Path(tmp)
         built.export(work / "model.so")
-        np.savez(work / "in.npz", **{v.name: np.ascontiguousarray(feeds[v.name]) for v in graph.inputs})
+        np.savez(work / "in.npz", **{v.name: np.asarray(feeds[v.name], order="C") for v in graph.inputs})
         names = [v.name for v in graph.output_values]
         args = [str(runner_script()), "--library", str(work / "model.so"), "--inputs", str(work / "in.npz"),
                 "-o", str(work / "out.npz"), "--input-order", ",".join(v.name for v in graph.inputs),

@@ -17,13 +17,15 @@ emit_nn); this module assembles their tables and walks the graph:
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tvm
 from tvm import relax, tirx
 
 from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
-from ember.compiler.ir import Graph, Node
+from ember.compiler.ir import Graph, Node, free_names
 from ember.targets import emit_dynamic, emit_elementwise, emit_nn, emit_quant, emit_recurrent, emit_reduce, emit_shape
 from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, LoweringError, R, const
 
@@ -53,7 +55,7 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 # them can sit in a primitive function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
-    "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression",
+    "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If",
 })
 
 
@@ -63,10 +65,11 @@ def missing_emitters(graph: Graph) -> list[str]:
 
     def visit(g: Graph) -> None:
         for node in g.nodes:
-            if node.op == "Fused":
-                visit(node.attrs["body"])
-            elif node.op not in EMITTERS:
+            if node.op not in EMITTERS and node.op != "Fused":
                 found.setdefault(node.op, []).append(node.name)
+            elif node.op in ("Fused", "If"):  # what the bodies and branches hold is lowered too
+                for sub in node.subgraphs():
+                    visit(sub)
 
     visit(graph)
     return [f"  {op}: {len(names)} node(s): {', '.join(names[:6])}" for op, names in sorted(found.items())]
@@ -101,7 +104,7 @@ def _contents_expr(lw: Lowering, node: Node) -> relax.Expr:
     return R.reshape(y, []) if t.rank == 0 else y
 
 
-def _live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
+def live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
     """Nodes that contribute to an output, except shape arithmetic the emitters bypass."""
     needed = set(graph.outputs)
     live: list[Node] = []
@@ -115,6 +118,8 @@ def _live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
         for i, name in enumerate(node.inputs):
             if name and i not in skip:
                 needed.add(name)
+        for sub in node.subgraphs():  # what an If's branches read of this graph
+            needed.update(free_names(sub))
     return list(reversed(live))
 
 
@@ -138,14 +143,17 @@ def to_relax(graph: Graph, block_lanes: int = 0) -> tvm.IRModule:
         params.append(relax.Var(value.name, relax.TensorType(shape, TVM_DTYPE[value.type.dtype])))
     lw = Lowering(bb, dims, graph, {c.name: c.data for c in graph.consts}, tracked_values(graph))
     lw.plan = blocked.plan(graph, block_lanes)
+    # A Relax If cannot sit in a dataflow block: a graph with one is lowered into a plain block.
+    flow = any(n.op == "If" for n in graph.nodes)
     with bb.function("main", params):
-        with bb.dataflow():
+        with contextlib.nullcontext() if flow else bb.dataflow():
             for value, param in zip(graph.inputs, params):
                 lw.values[value.name] = param
-            for node in _live_nodes(lw, graph):
+            for node in live_nodes(lw, graph):
                 lower_node(lw, node)
             outs = [lw.arg(name) for name in graph.outputs]
-            result = bb.emit_output(relax.Tuple(outs) if len(outs) > 1 else outs[0])
+            out = relax.Tuple(outs) if len(outs) > 1 else outs[0]
+            result = bb.emit(out) if flow else bb.emit_output(out)
         bb.emit_func_output(result)
     return bb.get()
 

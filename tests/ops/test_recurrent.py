@@ -226,7 +226,7 @@ def _run_compiled(graph: Any, built: Any, feeds: dict[str, np.ndarray]) -> dict[
     from tvm.runtime import vm as tvm_vm
 
     vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
-    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feeds[v.name])) for v in graph.inputs])
+    out = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[v.name], order="C")) for v in graph.inputs])
     outs = [out] if hasattr(out, "numpy") else list(out)
     return {name: o.numpy() for name, o in zip(graph.outputs, outs)}
 
