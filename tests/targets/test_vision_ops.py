@@ -3,19 +3,25 @@ attribute combination matches the reference interpreter on random inputs at two 
 the symbolic batch / roi dims (rois partly or wholly outside the image, malformed rois,
 adaptive and fixed sampling), f16 and 3-D spatial grids too; the ONNX backend node tests of
 both ops match onnx's own expected outputs; a batch index outside the batch is a run-time
-error."""
+error; both behind convolutions (blocked activations), compiled by `ember compile`, match
+onnxruntime."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from codegen_helpers import ATOL, RTOL, check_model, onnx_model, run_vm
+from conftest import make_model, run_onnxruntime
 from onnx import TensorProto as T
 from onnx import helper
 
 from ember.compiler import interp
+from ember.compiler.driver import compile_model
 from ember.compiler.importer import import_proto
+from ember.runtime import load
 from ember.targets import build, resolve_target
 
 F, F16, I64 = T.FLOAT, T.FLOAT16, T.INT64
@@ -139,3 +145,38 @@ def test_onnx_node_tests_of_these_ops_match_their_data() -> None:
                 np.testing.assert_allclose(got[value.name], want[value.name], rtol=RTOL, atol=ATOL, err_msg=case.name)
                 atol = 5e-5 + ATOL if case.name in FOUR_DECIMALS else ATOL
                 np.testing.assert_allclose(got[value.name], expected, rtol=RTOL, atol=atol, err_msg=case.name)
+
+
+def conv_heads() -> onnx.ModelProto:
+    """A box head (conv features -> RoiAlign -> conv) and a warp (conv -> GridSample -> conv),
+    as detection and OCR models chain them: the resampled inputs come out of convolutions."""
+    rng = np.random.default_rng(7)
+    inits = {f"w{i}": (rng.standard_normal((16, 16, 3, 3)) * 0.1).astype(np.float32) for i in range(3)}
+    inits["w_in"] = (rng.standard_normal((16, 3, 3, 3)) * 0.3).astype(np.float32)
+    node = helper.make_node
+    nodes = [
+        node("Conv", ["image", "w_in"], ["c0"], pads=[1, 1, 1, 1]),
+        node("Relu", ["c0"], ["f"]),
+        node("RoiAlign", ["f", "rois", "idx"], ["pooled"], output_height=7, output_width=7, sampling_ratio=0,
+             spatial_scale=0.5),
+        node("Conv", ["pooled", "w0"], ["box"], pads=[1, 1, 1, 1]),
+        node("Conv", ["f", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+        node("GridSample", ["c1", "grid"], ["warped"], mode="bilinear", padding_mode="border"),  # opset 16 name
+        node("Conv", ["warped", "w2"], ["text"], pads=[1, 1, 1, 1]),
+    ]
+    inputs = [("image", F, [2, 3, 20, 24]), ("rois", F, [5, 4]), ("idx", I64, [5]), ("grid", F, [2, 8, 32, 2])]
+    return make_model(nodes, inputs, [("box", F, [5, 16, 7, 7]), ("text", F, [2, 16, 8, 32])], inits, opset=16)
+
+
+def test_behind_convolutions_compiled_matches_onnxruntime(tmp_path: Path, rng: np.random.Generator) -> None:
+    model = conv_heads()
+    onnx.save(model, tmp_path / "heads.onnx")
+    xy = rng.uniform(-4.0, 44.0, (5, 2))
+    feeds = {"image": rng.standard_normal((2, 3, 20, 24)).astype(np.float32),
+             "rois": np.concatenate([xy, xy + rng.uniform(2.0, 30.0, (5, 2))], axis=1).astype(np.float32),
+             "idx": np.array([0, 1, 1, 0, 1], np.int64),
+             "grid": rng.uniform(-1.2, 1.2, (2, 8, 32, 2)).astype(np.float32)}
+    compile_model(tmp_path / "heads.onnx", tmp_path / "heads.ember", sample=feeds)
+    got, want = load(tmp_path / "heads.ember")(**feeds), run_onnxruntime(model, feeds)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
