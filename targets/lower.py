@@ -26,7 +26,16 @@ from tvm import relax, tirx
 from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
 from ember.compiler.ir import Graph, Node, free_names
-from ember.targets import emit_dynamic, emit_elementwise, emit_nn, emit_quant, emit_recurrent, emit_reduce, emit_shape
+from ember.targets import (
+    emit_dynamic,
+    emit_elementwise,
+    emit_nn,
+    emit_quant,
+    emit_recurrent,
+    emit_reduce,
+    emit_shape,
+    emit_vision,
+)
 from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, LoweringError, R, const
 
 
@@ -41,7 +50,7 @@ def _merge(*tables: dict[str, Emitter]) -> dict[str, Emitter]:
 
 
 EMITTERS: dict[str, Emitter] = _merge(emit_elementwise.EMITTERS, emit_shape.EMITTERS, emit_reduce.EMITTERS, emit_nn.EMITTERS,
-                                      emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS)
+                                      emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS, emit_vision.EMITTERS)
 
 # Operands the emitters never read: the output shape comes from ember's inferred type.
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
@@ -51,11 +60,13 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 
 # Ops emitted straight into main: pure metadata (a reshape may become no kernel at all), run-time
 # shape reads (VM builtins, not TIR), constants, scans/sorts that TVM dispatches to its own
-# kernels after legalization, and recurrences (a matmul and a hand-written kernel): none of
-# them can sit in a primitive function.
+# kernels after legalization, recurrences (a matmul and a hand-written kernel) and the
+# hand-written resampling kernels (RoiAlign, GridSample): none of them can sit in a primitive
+# function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
     "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If",
+    "RoiAlign", "GridSample",
 })
 
 
