@@ -9,6 +9,7 @@ from ember.compiler.errors import EmberError
 
 DEFAULT_PIPELINE: tuple[str, ...] = (
     "inline_branches",  # an If on a shape check that inference settles: its taken branch, before folding
+    "unroll_loops",  # a Loop / Scan of a known count: copies of its body (and the Ifs they decide)
     "simplify",  # drop Identity/Dropout/no-op Reshapes first, so folding sees through them
     "fold_constants",  # evaluate constant subgraphs and static shape arithmetic (Shape -> ... -> Reshape)
     "dce",  # the folded chains leave dead nodes and constants

@@ -48,9 +48,9 @@ def test_exported_optimized_graph_matches_the_input_graph_in_onnxruntime(name: s
 def test_diff_ignores_the_header_line(tmp_path: Path) -> None:
     run_pipeline(import_proto(golden.cnn_bn(), where="cnn_bn"), DEFAULT_PIPELINE, dump_dir=tmp_path)
     runner = CliRunner()
-    same = runner.invoke(main, ["diff", str(tmp_path / "006_cse.ir"), str(tmp_path / "007_simplify.ir")])
+    same = runner.invoke(main, ["diff", str(tmp_path / "007_cse.ir"), str(tmp_path / "008_simplify.ir")])
     assert same.exit_code == 0 and same.output.strip() == "no difference"
-    changed = runner.invoke(main, ["diff", str(tmp_path / "004_dce.ir"), str(tmp_path / "005_fold_batchnorm.ir")])
+    changed = runner.invoke(main, ["diff", str(tmp_path / "005_dce.ir"), str(tmp_path / "006_fold_batchnorm.ir")])
     lines = changed.output.splitlines()
     assert "-  %bn1: f32[1,8,16,16] = BatchNormalization(%conv1, %bn1.scale, %bn1.bias, %bn1.mean, %bn1.var)" in lines
     assert "+  %bn1: f32[1,8,16,16] = Conv(%input, %conv1.w_folded, %conv1.w_bias) {pads=[1,1,1,1]}" in lines
@@ -63,7 +63,7 @@ def test_explain_lists_each_rejection_with_node_and_reason() -> None:
     result = runner.invoke(main, ["explain", "fuse", str(digits)])
     assert result.exit_code == 0, result.output
     first, *rows = result.output.splitlines()
-    assert first.startswith("fuse after inline_branches,simplify,fold_constants,dce,fold_batchnorm,cse,simplify,dce,fuse_composites,"
+    assert first.startswith("fuse after inline_branches,unroll_loops,simplify,fold_constants,dce,fold_batchnorm,cse,simplify,dce,fuse_composites,"
                             "simplify,dce: groups=3")
     assert rows and all(row.startswith("  group: %") and "not added to the group of" in row for row in rows)
     result = runner.invoke(main, ["explain", "simplify", str(digits), "--after", ""])

@@ -36,10 +36,10 @@ def test_default_pipeline_dumps_records_and_summary(tmp_path: Path) -> None:
     assert [n.op for n in result.graph.nodes] == ["Fused", "GlobalAveragePool", "Flatten"]
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == "000_input.ir" and names[1] == "001_inline_branches.ir" and len(names) == len(DEFAULT_PIPELINE) + 1
-    header = (tmp_path / "005_fold_batchnorm.ir").read_text().splitlines()[0]
-    assert header == f"{HEADER_PREFIX} | pipeline: {pipeline_text(DEFAULT_PIPELINE)} | after: fold_batchnorm (5) | stats: mul_folded=1"
+    header = (tmp_path / "006_fold_batchnorm.ir").read_text().splitlines()[0]
+    assert header == f"{HEADER_PREFIX} | pipeline: {pipeline_text(DEFAULT_PIPELINE)} | after: fold_batchnorm (6) | stats: mul_folded=1"
     assert [r.name for r in result.records] == list(DEFAULT_PIPELINE)
-    fold = result.records[4]
+    fold = result.records[5]
     assert (fold.nodes_before, fold.nodes_after, fold.stats) == (5, 4, {"mul_folded": 1})
     assert (fold.param_bytes_before, fold.param_bytes_after) == (4 * 12 + 4 * 4, 4 * 12)  # %k went into %w
     table = summary_table(result.records)
