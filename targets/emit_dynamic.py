@@ -361,3 +361,121 @@ def _if(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 
 EMITTERS["If"] = _if
+
+
+# --- Shapes, lengths and counts read from the data ----------------------------------------------------
+def runtime_ints(lw: Lowering, expr: relax.Expr, n: int) -> list[tirx.Var]:
+    """The n values of an integer tensor (any rank, n elements), bound to tir.Vars at run time."""
+    shape = lw.emit(R.tensor_to_shape(lw.emit(R.astype(R.reshape(expr, [n]), "int64"))))
+    values = [tirx.Var(f"v{i}", "int64") for i in range(n)]
+    lw.bb.match_cast(shape, relax.ShapeType(values))
+    return values
+
+
+def resolves(lw: Lowering, t: Any) -> bool:
+    """Whether every dim of a type is known before the node runs (else it comes from the data)."""
+    try:
+        lw.shape(t)
+    except LoweringError:
+        return False
+    return True
+
+
+def _ones(n: int) -> relax.Expr:
+    return const(np.ones(n, np.int64))
+
+
+def _dims_tensor(lw: Lowering, x: relax.Expr, rank: int, total: int) -> relax.Expr:
+    """x's shape as an int64 tensor, padded with leading ones to `total` entries."""
+    dims = lw.emit(R.shape_to_tensor(lw.emit(R.shape_of(x))))
+    return R.concat([_ones(total - rank), dims], axis=0) if total > rank else dims
+
+
+def reshape_from_data(lw: Lowering, node: Node, x: relax.Expr, shape: relax.Expr) -> relax.Expr:
+    """Reshape to a shape tensor computed at run time: 0 copies the input's dim (unless
+    allowzero), -1 takes what the others leave."""
+    t, y = in_type(lw, node, 0), out_type(node)
+    r = y.rank
+    s = lw.emit(R.astype(shape, "int64"))
+    if not node.attrs.get("allowzero"):
+        dims = lw.emit(R.shape_to_tensor(lw.emit(R.shape_of(x))))
+        if t.rank >= r:
+            same = R.strided_slice(dims, [0], [0], [r]) if t.rank > r else dims
+        else:
+            same = R.concat([dims, _ones(r - t.rank)], axis=0)
+        s = lw.emit(R.where(R.equal(s, const(np.array(0, np.int64))), same, s))
+    numel = R.prod(lw.emit(R.shape_to_tensor(lw.emit(R.shape_of(x)))))
+    minus = R.equal(s, const(np.array(-1, np.int64)))
+    known = R.prod(R.where(minus, const(np.array(1, np.int64)), s))
+    s = lw.emit(R.where(minus, R.floor_divide(numel, R.maximum(known, const(np.array(1, np.int64)))), s))
+    return bind_type(lw, R.reshape(x, runtime_ints(lw, s, r)), y)
+
+
+def expand_from_data(lw: Lowering, node: Node, x: relax.Expr, shape: relax.Expr) -> relax.Expr:
+    """Expand to a shape tensor computed at run time (numpy broadcasting of x's shape and it)."""
+    t, y = in_type(lw, node, 0), out_type(node)
+    r, rs = y.rank, in_type(lw, node, 1).shape[0]
+    s = lw.emit(R.astype(shape, "int64"))
+    if isinstance(rs, int) and rs < r:
+        s = lw.emit(R.concat([_ones(r - rs), s], axis=0))
+    mine = _dims_tensor(lw, x, t.rank, r)
+    out = lw.emit(R.where(R.equal(s, const(np.array(1, np.int64))), mine, s))
+    return bind_type(lw, R.broadcast_to(x, runtime_ints(lw, out, r)), y)
+
+
+def full_from_data(lw: Lowering, node: Node, shape: relax.Expr, fill: relax.Expr) -> relax.Expr:
+    """ConstantOfShape of a shape tensor computed at run time."""
+    y = out_type(node)
+    return bind_type(lw, R.full(runtime_ints(lw, shape, y.rank), fill, TVM_DTYPE[y.dtype]), y)
+
+
+def range_from_data(lw: Lowering, node: Node, a: list[Any]) -> relax.Expr:
+    """Range whose start, limit or delta is computed at run time: max(ceil((limit - start) /
+    delta), 0) elements start + i * delta (the count in f64: exact for integers below 2^53)."""
+    y = out_type(node)
+    start, limit, delta = (R.reshape(v, []) for v in a[:3])
+    wide = [R.astype(v, "float64") for v in (start, limit, delta)]
+    count = R.maximum(R.ceil(R.divide(R.subtract(wide[1], wide[0]), wide[2])), relax.const(0.0, "float64"))
+    n = runtime_ints(lw, lw.emit(R.astype(count, "int64")), 1)[0]
+    steps = R.arange(0, n, 1, TVM_DTYPE[y.dtype])
+    return bind_type(lw, R.add(R.multiply(steps, delta), start), y)
+
+
+def topk_from_data(lw: Lowering, node: Node, x: relax.Expr, k: relax.Expr, axis: int) -> list[relax.Expr]:
+    """TopK with k computed at run time: every element sorted, then the first k."""
+    k_var = runtime_ints(lw, k, 1)[0]
+    both = lw.emit(R.topk(x, -1, axis, "both", bool(node.attrs["largest"]), "int64"))
+    outs = []
+    for i, value in enumerate(node.outputs):
+        part = R.strided_slice(lw.emit(relax.TupleGetItem(both, i)), [axis], [0], [k_var])
+        outs.append(bind_type(lw, part, value.type))
+    return outs
+
+
+def slice_from_data(lw: Lowering, node: Node, a: list[Any], axes: list[int], steps: list[int]) -> relax.Expr:
+    """Slice whose starts or ends are computed at run time (axes and steps constant): each
+    start and end clamped as ONNX says for either sign of step, then the elements gathered by
+    an index range per axis (TVM's strided slice with run-time bounds builds broken kernels)."""
+    t, y = in_type(lw, node, 0), out_type(node)
+    n = len(axes)
+    starts, ends = runtime_ints(lw, a[1], n), runtime_ints(lw, a[2], n)
+    zero = tirx.IntImm("int64", 0)
+    x = a[0]
+    for s, e, ax, step in zip(starts, ends, axes, steps):
+        dim = lw.dim(t.shape[ax])
+        dim = tirx.IntImm("int64", dim) if isinstance(dim, int) else dim
+
+        def clamp(v: Any, lo: Any, hi: Any, dim: Any = dim) -> Any:
+            return tirx.max(tirx.min(tirx.Select(v < 0, v + dim, v), hi), lo)
+
+        if step > 0:
+            b, stop = clamp(s, zero, dim), clamp(e, zero, dim)
+            count = tirx.max(tirx.floordiv(stop - b + (step - 1), step), zero)
+        else:
+            b, stop = clamp(s, zero, dim - 1), clamp(e, tirx.IntImm("int64", -1), dim - 1)
+            count = tirx.max(tirx.floordiv(b - stop + (-step - 1), -step), zero)
+        (length,) = runtime_ints(lw, R.shape_to_tensor(relax.ShapeExpr([count])), 1)
+        first = lw.emit(R.shape_to_tensor(relax.ShapeExpr([b])))
+        index = R.add(R.multiply(R.arange(0, length, 1, "int64"), const(np.array(step, np.int64))), first)
+        x = lw.emit(R.take(x, lw.emit(index), axis=ax))
+    return bind_type(lw, x, y)

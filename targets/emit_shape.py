@@ -15,6 +15,7 @@ import numpy as np
 from tvm import relax, tirx
 
 from ember.compiler.ir import Node
+from ember.targets import emit_dynamic as dyn
 from ember.targets.emit_common import (
     TVM_DTYPE,
     Emitter,
@@ -34,7 +35,10 @@ from ember.targets.emit_common import (
 
 
 def _like_out(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    """Reshape, Flatten, Squeeze, Unsqueeze: a reshape to the inferred output shape."""
+    """Reshape, Flatten, Squeeze, Unsqueeze: a reshape to the inferred output shape (a Reshape
+    to a shape computed from the data: that shape, read at run time)."""
+    if node.op == "Reshape" and not dyn.resolves(lw, out_type(node)):
+        return [dyn.reshape_from_data(lw, node, a[0], lw.arg(node.inputs[1]))]
     return [R.reshape(a[0], lw.shape(out_type(node)))]
 
 
@@ -77,6 +81,11 @@ def _split(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     t = in_type(lw, node, 0)
+    if lw.const_of(node.inputs[1]) is None or lw.const_of(node.inputs[2]) is None:  # starts/ends from the data
+        n = int(in_type(lw, node, 1).shape[0])
+        axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(n))
+        steps = static_ints(lw, node, 4, "steps") if has_input(node, 4) else [1] * n
+        return [dyn.slice_from_data(lw, node, a, [ax % t.rank for ax in axes], steps)]
     starts = static_ints(lw, node, 1, "starts")
     ends = static_ints(lw, node, 2, "ends")
     axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(len(starts)))
@@ -133,6 +142,8 @@ def _scatter_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 
 def _expand(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    if not dyn.resolves(lw, out_type(node)):
+        return [dyn.expand_from_data(lw, node, a[0], lw.arg(node.inputs[1]))]
     return [R.broadcast_to(a[0], lw.shape(out_type(node)))]
 
 
@@ -144,6 +155,8 @@ def _constant_of_shape(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Exp
     fill = node.attrs.get("value")
     value = np.asarray(fill).reshape(-1)[0] if fill is not None else np.float32(0)
     t = out_type(node)
+    if not dyn.resolves(lw, t):
+        return [dyn.full_from_data(lw, node, lw.arg(node.inputs[0]), scalar(value, t))]
     return [R.full(lw.shape(t), scalar(value, t), TVM_DTYPE[t.dtype])]
 
 
@@ -172,6 +185,8 @@ def _size(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 def _range(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     t = out_type(node)  # its length (from start, limit, delta) is already in the inferred type
+    if not dyn.resolves(lw, t):
+        return [dyn.range_from_data(lw, node, a)]
     start = static_scalar(lw, node, 0, "start")
     delta = static_scalar(lw, node, 2, "delta")
     length = lw.dim(t.shape[0])
@@ -289,6 +304,8 @@ def _cumulative(fn: Any) -> Emitter:
 
 def _topk(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     t = in_type(lw, node, 0)
+    if lw.const_of(node.inputs[1]) is None:
+        return dyn.topk_from_data(lw, node, a[0], a[1], axis_of(node, t.rank))
     k = int(static_scalar(lw, node, 1, "K"))
     tup = lw.emit(R.topk(a[0], k, axis_of(node, t.rank), "both", bool(node.attrs["largest"]), "int64"))
     return [lw.emit(relax.TupleGetItem(tup, 0)), lw.emit(relax.TupleGetItem(tup, 1))]

@@ -18,6 +18,7 @@ emit_nn); this module assembles their tables and walks the graph:
 from __future__ import annotations
 
 import contextlib
+import re
 
 import numpy as np
 import tvm
@@ -26,6 +27,7 @@ from tvm import relax, tirx
 from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
 from ember.compiler.ir import Graph, Node, free_names
+from ember.compiler.ops.registry import _symbol
 from ember.targets import (
     emit_dynamic,
     emit_elementwise,
@@ -115,6 +117,14 @@ def _contents_expr(lw: Lowering, node: Node) -> relax.Expr:
     return R.reshape(y, []) if t.rank == 0 else y
 
 
+def reads_shape_at_run_time(node: Node) -> bool:
+    """Whether a node's output has dims of its own that come from the data (`y_0` of a Reshape
+    to a shape computed at run time): then its shape operand is read after all."""
+    own = [re.escape(_symbol(v.name)) for v in node.outputs]
+    pattern = re.compile(rf"^(?:{'|'.join(own)})_\d+$")
+    return any(isinstance(d, str) and pattern.match(d) for v in node.outputs for d in v.type.shape)
+
+
 def live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
     """Nodes that contribute to an output, except shape arithmetic the emitters bypass."""
     needed = set(graph.outputs)
@@ -125,7 +135,7 @@ def live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
         live.append(node)
         if _from_contents(lw, node):
             continue  # built from its known contents: its inputs are not read
-        skip = SHAPE_OPERANDS.get(node.op, ())
+        skip = () if reads_shape_at_run_time(node) else SHAPE_OPERANDS.get(node.op, ())
         for i, name in enumerate(node.inputs):
             if name and i not in skip:
                 needed.add(name)

@@ -1,0 +1,96 @@
+"""Shapes, lengths and counts computed from the data at run time, compiled: Reshape, Expand and
+ConstantOfShape to a shape tensor the model computes, Range to a limit it computes (a length
+mask from `lengths.max()`), TopK with k = min(n, 5) as detection heads export it, and Slice with
+starts/ends it computes (both signs of step, out-of-range bounds). Each compiled by `ember
+compile` and run at several inputs against onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_model, run_onnxruntime
+from onnx import TensorProto as T
+from onnx import helper
+
+from ember.compiler.driver import compile_model
+from ember.runtime import load
+
+I64 = T.INT64
+
+
+def _i64(*v: int) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+def _check(tmp_path: Path, model: onnx.ModelProto, feeds_list: list[dict[str, np.ndarray]]) -> None:
+    onnx.save(model, tmp_path / "m.onnx")
+    compile_model(tmp_path / "m.onnx", tmp_path / "m.ember", sample=feeds_list[0])
+    artifact = load(tmp_path / "m.ember")
+    for feeds in feeds_list:
+        got, want = artifact(**feeds), run_onnxruntime(model, feeds)
+        for name, value in want.items():
+            assert got[name].shape == value.shape, (name, got[name].shape, value.shape)
+            np.testing.assert_allclose(got[name], value, rtol=1e-6, atol=1e-6, err_msg=name)
+
+
+def test_topk_of_min_n_and_k(tmp_path: Path, rng: np.random.Generator) -> None:
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "one"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["n", "ax0"], ["n1"]), helper.make_node("Min", ["n1", "five"], ["k"]),
+             helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)]
+    model = make_model(nodes, [("x", T.FLOAT, [2, "N"])], [("v", T.FLOAT, [2, "K"]), ("i", I64, [2, "K"])],
+                       {"one": np.array(1, np.int64), "ax0": _i64(0), "five": _i64(5)})
+    _check(tmp_path, model, [{"x": rng.standard_normal((2, n)).astype(np.float32)} for n in (9, 3, 5)])
+
+
+def test_a_length_mask_from_range_of_the_longest(tmp_path: Path, rng: np.random.Generator) -> None:
+    """mask[b, t] = t < lens[b] for t in range(lens.max()), applied to a [B, T] input sliced to it."""
+    nodes = [helper.make_node("ReduceMax", ["lens"], ["m"], keepdims=0),
+             helper.make_node("Range", ["zero", "m", "onei"], ["r"]),
+             helper.make_node("Unsqueeze", ["r", "ax0"], ["r2"]), helper.make_node("Unsqueeze", ["lens", "ax1"], ["l2"]),
+             helper.make_node("Less", ["r2", "l2"], ["mask"]), helper.make_node("Cast", ["mask"], ["y"], to=T.FLOAT),
+             helper.make_node("Cast", ["m"], ["fm"], to=T.FLOAT), helper.make_node("Range", ["fstart", "fm", "fstep"], ["fr"])]
+    inits = {"zero": np.array(0, np.int64), "onei": np.array(1, np.int64), "ax0": _i64(0), "ax1": _i64(1),
+             "fstart": np.array(0.5, np.float32), "fstep": np.array(0.75, np.float32)}
+    model = make_model(nodes, [("lens", I64, ["B"])], [("y", T.FLOAT, ["B", "L"]), ("fr", T.FLOAT, ["F"])], inits)
+    _check(tmp_path, model, [{"lens": _i64(3, 5, 2)}, {"lens": _i64(7)}, {"lens": _i64(0, 0)}])
+
+
+@pytest.mark.parametrize("allowzero", [0, 1])
+def test_reshape_expand_and_constant_of_shape_to_shapes_from_the_data(allowzero: int, tmp_path: Path,
+                                                                      rng: np.random.Generator) -> None:
+    """Reshape x[12] to [k, -1] (and [0, k] keeping a dim unless allowzero), Expand a [1, 3] row
+    to [k, 1] -> [k, 3], ConstantOfShape [k, k]."""
+    nodes = [helper.make_node("ReduceMax", ["k"], ["m"], keepdims=1),
+             helper.make_node("Concat", ["m", "neg1"], ["shp"], axis=0),
+             helper.make_node("Reshape", ["x", "shp"], ["y"]),
+             helper.make_node("Concat", ["zero1", "m"], ["shp0"], axis=0),
+             helper.make_node("Reshape", ["x2", "shp0"], ["y0"], allowzero=allowzero),
+             helper.make_node("Concat", ["m", "one1"], ["eshp"], axis=0),
+             helper.make_node("Expand", ["row", "eshp"], ["e"]),
+             helper.make_node("Concat", ["m", "m"], ["cshp"], axis=0),
+             helper.make_node("ConstantOfShape", ["cshp"], ["c"], value=helper.make_tensor("v", T.FLOAT, [1], [2.5]))]
+    inits = {"neg1": _i64(-1), "zero1": _i64(4 if allowzero else 0), "one1": _i64(1)}
+    model = make_model(nodes, [("x", T.FLOAT, [12]), ("x2", T.FLOAT, [4, "W"]), ("row", T.FLOAT, [1, 3]), ("k", I64, [1])],
+                       [("y", T.FLOAT, ["A", "B"]), ("y0", T.FLOAT, ["C", "D"]), ("e", T.FLOAT, ["E", 3]), ("c", T.FLOAT, ["F", "G"])],
+                       inits)
+    feeds = [{"x": rng.standard_normal(12).astype(np.float32), "x2": rng.standard_normal((4, k)).astype(np.float32),
+              "row": rng.standard_normal((1, 3)).astype(np.float32), "k": _i64(k)} for k in (3, 4, 2)]
+    _check(tmp_path, model, feeds)
+
+
+def test_slices_with_starts_and_ends_from_the_data(tmp_path: Path, rng: np.random.Generator) -> None:
+    """x[:, :max(lens)], x[:, neg:] (neg past the start too), x[:, max(lens)::-1]."""
+    nodes = [helper.make_node("ReduceMax", ["lens"], ["m"], keepdims=1),
+             helper.make_node("Slice", ["x", "zero1", "m", "one1"], ["y"]),
+             helper.make_node("Slice", ["x", "neg", "big", "one1"], ["z"]),
+             helper.make_node("Slice", ["x", "m", "negbig", "one1", "negone"], ["w"])]
+    inits = {"zero1": _i64(0), "one1": _i64(1), "big": _i64(2**62), "negbig": _i64(-2**62), "negone": _i64(-1)}
+    model = make_model(nodes, [("x", T.FLOAT, [2, "L"]), ("lens", I64, [3]), ("neg", I64, [1])],
+                       [("y", T.FLOAT, [2, "A"]), ("z", T.FLOAT, [2, "B"]), ("w", T.FLOAT, [2, "C"])], inits)
+    feeds = [{"x": rng.standard_normal((2, 9)).astype(np.float32), "lens": _i64(3, 5, 2), "neg": _i64(-4)},
+             {"x": rng.standard_normal((2, 4)).astype(np.float32), "lens": _i64(7, 1, 1), "neg": _i64(-9)},
+             {"x": rng.standard_normal((2, 6)).astype(np.float32), "lens": _i64(0, 0, 0), "neg": _i64(2)}]
+    _check(tmp_path, model, feeds)
