@@ -34,7 +34,7 @@ from ember.compiler.importer import import_model
 from ember.compiler.ir import Graph, Value
 from ember.runtime.artifact import DIGEST_KEY, FORMAT_VERSION, MANIFEST, manifest_digest, sha256
 from ember.runtime.check import TOLERANCE, Comparison, OutputMismatchError, compare
-from ember.runtime.model import quiet_tvm_scope_logs
+from ember.runtime.model import DeepStack, has_run_time_loops, quiet_tvm_scope_logs, set_threads, usable_cpus
 
 if TYPE_CHECKING:
     from ember.targets.tune import TuneOptions
@@ -71,6 +71,17 @@ def run_passes(graph: Graph, passes: str | None, options: Mapping[str, Any]) -> 
     return result.graph, list(result.records), pipeline_text(pipeline)
 
 
+_DEEP: DeepStack | None = None
+
+
+def _deep_stack() -> DeepStack:
+    """The compile's one deep-stack thread (for checking builds with run-time loops)."""
+    global _DEEP
+    if _DEEP is None:
+        _DEEP = DeepStack(lambda: set_threads(usable_cpus()))
+    return _DEEP
+
+
 def run_built(built: Any, graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run a freshly built module (before export) on feeds; outputs by name."""
     import tvm
@@ -78,7 +89,10 @@ def run_built(built: Any, graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict
 
     vm = tvm_vm.VirtualMachine(built.executable, tvm.cpu())
     try:
-        result = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[v.name], order="C")) for v in graph.inputs])
+        args = [tvm.runtime.tensor(np.asarray(feeds[v.name], order="C")) for v in graph.inputs]
+        # (a model with run-time loops: the VM recurses per iteration, on a thread with a deep stack)
+        run = _deep_stack().call if has_run_time_loops(built.stats) else (lambda fn, *xs: fn(*xs))
+        result = run(vm["main"], *args)
     except Exception as err:
         raise EmberError(f"the built module failed on the sample inputs: {type(err).__name__}: {str(err).strip().splitlines()[0]}") from None
     outs = [result] if hasattr(result, "numpy") else list(result)

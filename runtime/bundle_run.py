@@ -265,6 +265,9 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
     class FfiModel(Model):
         """ember.runtime's Model over tvm_ffi tensors (DLPack both ways) instead of `tvm`."""
 
+        def _pool_setup(self) -> None:
+            set_threads(tvm_ffi, self._threads)
+
         def _tensors(self, args: tuple[Any, ...], named: Any) -> list[Any]:
             return [to_tensor(tvm_ffi, a) for a in self._bind(args, named)]
 
@@ -280,7 +283,7 @@ def load(artifact: str | Path, threads: int | None = None) -> Any:
             vm = self.variant([t.shape for t in tensors])[0]
             return lambda: self._invoke(tensors, vm)
 
-    return FfiModel(manifest, vms[0], None, list(zip(manifest.specializations, vms[1:])))
+    return FfiModel(manifest, vms[0], None, list(zip(manifest.specializations, vms[1:])), threads)
 
 
 def run_library(library: Path, inputs: Path, output: Path, order: list[str], names: list[str]) -> int:

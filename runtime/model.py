@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import logging
 import os
+import queue
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -123,17 +126,69 @@ def quiet_tvm_scope_logs() -> Iterator[None]:
                 sys.stderr.flush()
 
 
+# A model with a run-time Loop recurses in the VM once per iteration, about 3 KB of C stack
+# each (measured): the main thread's 8 MB ends near 2,500 iterations in a segfault. Such a
+# model runs on one thread of its own with this stack (virtual memory: only what the
+# recursion touches is used), enough for ~170,000 iterations.
+LOOP_STACK_BYTES = 512 << 20
+
+
+class DeepStack:
+    """One long-lived thread with a LOOP_STACK_BYTES stack that runs calls handed to it;
+    `setup` runs on it first (TVM's thread pool belongs to the thread that launches kernels:
+    size this thread's like the caller's)."""
+
+    def __init__(self, setup: Callable[[], None]) -> None:
+        self._jobs: queue.Queue[tuple[Callable[..., Any], tuple[Any, ...], concurrent.futures.Future]] = queue.Queue()
+        old = threading.stack_size(LOOP_STACK_BYTES)
+        try:
+            self._thread = threading.Thread(target=self._serve, args=(setup,), name="ember-vm", daemon=True)
+            self._thread.start()
+        finally:
+            threading.stack_size(old)
+
+    def _serve(self, setup: Callable[[], None]) -> None:
+        try:
+            setup()
+        except Exception as err:  # (a pool left at TVM's default still runs)
+            log.warning("could not size the loop thread's pool: %s", err)
+        while True:
+            fn, args, future = self._jobs.get()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as err:  # handed back to the caller
+                future.set_exception(err)
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """fn(*args) on the deep-stack thread; its result, or its exception raised here."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((fn, args, future))
+        return future.result()
+
+
+def has_run_time_loops(build_stats: Mapping[str, Any]) -> bool:
+    """Whether a build (its manifest's build_stats) holds a loop the VM runs by recursion."""
+    return bool(build_stats.get("run_time_loops"))
+
+
 class Model:
     """A loaded artifact. Call with arrays by position or by input name; get {name: array}."""
 
     def __init__(self, manifest: Manifest, vm: Any, device: Any,
-                 specialized: Sequence[tuple[Specialization, Any]] = ()) -> None:
+                 specialized: Sequence[tuple[Specialization, Any]] = (), threads: int | None = None) -> None:
         self.manifest = manifest
         self._vm = vm
         self._device = device
         self._specialized = list(specialized)  # (specialization, its VM), tried in order
         self.inputs: list[TensorSpec] = manifest.inputs
         self.outputs: list[TensorSpec] = manifest.outputs
+        self._threads = threads or usable_cpus()
+        self._loops = has_run_time_loops(manifest.data.get("build_stats", {}))
+        self._deep: DeepStack | None = None  # made on the first call of a model with loops
+
+    def _pool_setup(self) -> None:
+        """Size the calling thread's TVM pool (run on the deep-stack thread)."""
+        set_threads(self._threads)
 
     def dims(self, shapes: Sequence[Sequence[int]]) -> dict[str, int]:
         """The symbolic dims' values for inputs of these shapes (in input order)."""
@@ -190,6 +245,10 @@ class Model:
         if vm is None:
             vm = self.variant([t.shape for t in tensors])[0]
         try:
+            if self._loops:
+                if self._deep is None:
+                    self._deep = DeepStack(self._pool_setup)
+                return self._deep.call(vm["main"], *tensors)
             return vm["main"](*tensors)
         except Exception as err:  # TVM's VM raises its own error types; keep the message, not the trace
             lines = [line for line in str(err).strip().splitlines() if line.strip()]
@@ -284,4 +343,4 @@ def load(path: str | Path, device: str | None = None, threads: int | None = None
     lib, specialized = loaded[0], list(zip(manifest.specializations, loaded[1:]))
     dev = tvm.cpu(0)
     return Model(manifest, tvm_vm.VirtualMachine(lib, dev), dev,
-                 [(spec, tvm_vm.VirtualMachine(library, dev)) for spec, library in specialized])
+                 [(spec, tvm_vm.VirtualMachine(library, dev)) for spec, library in specialized], threads)

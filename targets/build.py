@@ -302,6 +302,8 @@ def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = No
             with tvm_target:
                 mod = relax.transform.DeadCodeElimination()(mod)
         stats["inplace_kernels"] = len(made)
+        stats["run_time_loops"] = sum(1 for _, f in mod.functions_items()
+                                      if isinstance(f, relax.Function) and f.attrs is not None and "ember.loop" in f.attrs)
         kernels = kernel_names(mod)
         launches = kernel_launches(mod)
         executable = tvm.compile(mod, target=tvm_target)

@@ -1,4 +1,6 @@
-"""Ops whose output size depends on the data: NonZero, Compress, NonMaxSuppression.
+"""Ops whose output size depends on the data: NonZero, Compress, NonMaxSuppression; and the
+run-time shapes, lengths and counts of Reshape, Expand, ConstantOfShape, Range, TopK and Slice
+(their emitters in emit_shape call the `*_from_data` functions here).
 
 Each is two steps in `main`, both compiled code (no Python at run time, so the thin runtime
 runs them): a kernel (or a fused reduction) counts the elements the output will hold, the VM
@@ -10,15 +12,13 @@ indices or the boxes NMS kept compile as usual.
 
 from __future__ import annotations
 
-import contextlib
-import re
 from typing import Any
 
 import numpy as np
 import tvm
 from tvm import relax, tirx
 
-from ember.compiler.ir import Node, free_names
+from ember.compiler.ir import Node
 from ember.targets.emit_common import (
     TVM_DTYPE,
     Emitter,
@@ -295,7 +295,7 @@ def _nms(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 EMITTERS: dict[str, Emitter] = {"NonZero": _nonzero, "Compress": _compress, "NonMaxSuppression": _nms}
 
 
-# --- If with a condition computed at run time -------------------------------------------------------
+# --- Results cast to ember's types ------------------------------------------------------------------
 def bind_type(lw: Lowering, expr: relax.Expr, t: Any) -> relax.Expr:
     """`expr` cast to ember's type `t`: dims known so far are checked at run time, run-time
     dims (`y_0`, where the branches' sizes differ) are bound to fresh tir.Vars."""
@@ -307,60 +307,6 @@ def bind_type(lw: Lowering, expr: relax.Expr, t: Any) -> relax.Expr:
             lw.dims[d] = tirx.Var(d, "int64")
             shape.append(lw.dims[d])
     return lw.bb.match_cast(lw.emit(expr), relax.TensorType(shape, TVM_DTYPE[t.dtype]))
-
-
-def _branch(lw: Lowering, graph: Any, name: str) -> relax.Expr:
-    """A call of the branch lowered as a function of its own, with the enclosing values it
-    reads as parameters. (Not as bindings inside the If: TVM's static memory planner shares
-    one storage between the two branches and allocates it in the first only.)"""
-    from ember.targets.lower import live_nodes, lower_node
-
-    sub = relax.BlockBuilder(lw.bb.get())  # (sees the kernels made so far: new names stay unique)
-    consts = dict(lw.consts)
-    consts.update((c.name, c.data) for c in graph.consts)
-    inner = Lowering(sub, dict(lw.dims), graph, consts, lw.contents)
-    inner.types.update(lw.types)
-    inner.types.update((v.name, v.type) for n in graph.nodes for v in n.outputs)
-    reads = [n for n in free_names(graph) if n not in consts]
-    args = [lw.arg(n) for n in reads]
-    params = [relax.Var(n, arg.ty) for n, arg in zip(reads, args)]
-    flow = any(n.op == "If" for n in graph.nodes)
-    # (the attribute keeps identical branches two functions: the builder merges equal ones)
-    with sub.function(name, params, attrs={"ember.branch": name}, private=True):
-        with contextlib.nullcontext() if flow else sub.dataflow():
-            inner.values.update(zip(reads, params))
-            for node in live_nodes(inner, graph):
-                lower_node(inner, node)
-            outs = [inner.arg(n) for n in graph.outputs]
-            out = relax.Tuple(outs) if len(outs) > 1 else outs[0]
-            result = sub.emit(out) if flow else sub.emit_output(out)
-        sub.emit_func_output(result)
-    known = {gv.name_hint for gv, _ in lw.bb.get().functions_items()}
-    built = dict(sub.get().functions_items())
-    for gv, func in built.items():
-        if gv.name_hint not in known:
-            lw.bb.update_func(gv, func)
-    made = [gv for gv in built if gv.name_hint == name]
-    if len(made) != 1:
-        raise LoweringError(f"node {name!r}: the branch function was not found after lowering it")
-    return relax.Call(made[0], args)
-
-
-def _if(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    """Relax If over calls of the two branches (main is lowered without a dataflow block then:
-    an If cannot sit in one). Each output is cast to ember's type of it."""
-    cond = a[0] if in_type(lw, node, 0).rank == 0 else R.reshape(a[0], [])
-    cond = lw.emit(cond)
-    base = re.sub(r"[^A-Za-z0-9_]", "_", node.name)
-    then = _branch(lw, node.attrs["then_branch"], f"{base}_then")
-    other = _branch(lw, node.attrs["else_branch"], f"{base}_else")
-    result = lw.emit(relax.If(cond, then, other))
-    if len(node.outputs) == 1:
-        return [bind_type(lw, result, node.outputs[0].type)]
-    return [bind_type(lw, relax.TupleGetItem(result, i), v.type) for i, v in enumerate(node.outputs)]
-
-
-EMITTERS["If"] = _if
 
 
 # --- Shapes, lengths and counts read from the data ----------------------------------------------------

@@ -29,6 +29,7 @@ from ember.compiler.infer import tracked_values
 from ember.compiler.ir import Graph, Node, free_names
 from ember.compiler.ops.registry import _symbol
 from ember.targets import (
+    emit_control,
     emit_dynamic,
     emit_elementwise,
     emit_nn,
@@ -52,7 +53,7 @@ def _merge(*tables: dict[str, Emitter]) -> dict[str, Emitter]:
 
 
 EMITTERS: dict[str, Emitter] = _merge(emit_elementwise.EMITTERS, emit_shape.EMITTERS, emit_reduce.EMITTERS, emit_nn.EMITTERS,
-                                      emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS, emit_vision.EMITTERS)
+                                      emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS, emit_control.EMITTERS, emit_vision.EMITTERS)
 
 # Operands the emitters never read: the output shape comes from ember's inferred type.
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
@@ -67,7 +68,7 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 # function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
-    "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If",
+    "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If", "Loop",
     "RoiAlign", "GridSample",
 })
 
@@ -80,7 +81,7 @@ def missing_emitters(graph: Graph) -> list[str]:
         for node in g.nodes:
             if node.op not in EMITTERS and node.op != "Fused":
                 found.setdefault(node.op, []).append(node.name)
-            elif node.op in ("Fused", "If"):  # what the bodies and branches hold is lowered too
+            elif node.op in ("Fused", "If", "Loop"):  # what the bodies and branches hold is lowered too
                 for sub in node.subgraphs():
                     visit(sub)
 
@@ -165,7 +166,7 @@ def to_relax(graph: Graph, block_lanes: int = 0) -> tvm.IRModule:
     lw = Lowering(bb, dims, graph, {c.name: c.data for c in graph.consts}, tracked_values(graph))
     lw.plan = blocked.plan(graph, block_lanes)
     # A Relax If cannot sit in a dataflow block: a graph with one is lowered into a plain block.
-    flow = any(n.op == "If" for n in graph.nodes)
+    flow = any(n.op in ("If", "Loop") for n in graph.nodes)
     with bb.function("main", params):
         with contextlib.nullcontext() if flow else bb.dataflow():
             for value, param in zip(graph.inputs, params):
