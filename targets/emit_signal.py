@@ -8,6 +8,9 @@ time; the windows and MelWeightMatrix as constants.
           frames @ basis [n*c, bins*2] (a constant window is folded into the basis rows)
           -> [B, F, bins, 2]; F = (L - n) // step + 1 may be symbolic.
 
+The products' columns (and STFT's frames) are padded to whole blocks (MATMUL_BLOCK) and the
+result sliced back.
+
 The basis holds the transform's complex exponentials as real 2x2 blocks, so one real matmul
 gives interleaved (re, im) outputs: a sample's real part contributes (re E, im E) to a bin,
 its imaginary part (-im E, re E). dft_length > n (zero padding) needs no extra rows,
@@ -27,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from tvm import relax, te
+from tvm import relax, te, tirx
 
 from ember.compiler.ir import Node
 from ember.compiler.ops.signal import dft_axis, dft_lengths
@@ -43,6 +46,16 @@ from ember.targets.emit_common import (
     refuse,
     static_scalar,
 )
+
+# The matmul's rows (frames) and columns (bins * 2) are padded to whole multiples of this and
+# the result sliced: the Matmul rule's tiles have no ragged edges then. A log-mel STFT
+# (998 frames x 400 samples x 402 columns, 1 thread) took 12.0 ms as is, 7.7 ms with the
+# rows padded, 7.2 ms with the columns padded and 3.2 ms with both.
+MATMUL_BLOCK = 16
+
+
+def _padded(size: int) -> int:
+    return -(-size // MATMUL_BLOCK) * MATMUL_BLOCK
 
 
 def dft_basis(n: int, channels: int, length: int, inverse: bool, onesided: bool, window: np.ndarray | None = None) -> np.ndarray:
@@ -94,13 +107,17 @@ def _dft(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     inverse, onesided = bool(node.attrs["inverse"]), bool(node.attrs["onesided"])
     length = int(dft_lengths(n, given, inverse, onesided)[0])
     dt = _compute_dtype(xt.dtype)
-    basis = const(dft_basis(n, c, length, inverse, onesided).astype(np.dtype(TVM_DTYPE[dt])))
+    basis = dft_basis(n, c, length, inverse, onesided)
+    cols = basis.shape[1]
+    basis = np.pad(basis, [(0, 0), (0, _padded(cols) - cols)])
     order = [i for i in range(rank - 1) if i != axis] + [axis, rank - 1]
     x = _cast(a[0], xt.dtype, dt)
     if order != list(range(rank)):
         x = R.permute_dims(x, order)
     lead = [lw.dim(xt.shape[i]) for i in order[:-2]]
-    y = R.matmul(R.reshape(x, [*lead, n * c] if lead else [1, n * c]), basis)
+    y = R.matmul(R.reshape(x, [*lead, n * c] if lead else [1, n * c]), const(basis.astype(np.dtype(TVM_DTYPE[dt]))))
+    if basis.shape[1] != cols:
+        y = R.strided_slice(y, axes=[len(lead) or 1], begin=[0], end=[cols])
     y = R.reshape(y, [*lead, lw.dim(yt.shape[axis]), yt.shape[-1]])
     if order != list(range(rank)):
         y = R.permute_dims(y, [int(i) for i in np.argsort(order)])
@@ -120,7 +137,12 @@ def _stft(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         raise refuse(node, f"an STFT whose frame length is symbolic ({xt})")
     dt = _compute_dtype(xt.dtype)
     basis = dft_basis(n, c, n, False, bool(node.attrs["onesided"]), window)
-    frames_shape = [lw.dim(xt.shape[0]), lw.dim(yt.shape[1]), n * c]
+    cols = basis.shape[1]
+    basis = np.pad(basis, [(0, 0), (0, _padded(cols) - cols)])
+    count = lw.dim(yt.shape[1])  # frames; the frame kernel writes zero rows up to a whole block
+    rows = _padded(count) if isinstance(count, int) else (count + MATMUL_BLOCK - 1) // MATMUL_BLOCK * MATMUL_BLOCK
+    pad_rows = not isinstance(count, int) or rows != count
+    frames_shape = [lw.dim(xt.shape[0]), rows, n * c]
     operands = [_cast(a[0], xt.dtype, dt)]
     if has_input(node, 2) and window is None:  # a run-time window: applied to the frames
         operands.append(_cast(a[2], xt.dtype, dt))
@@ -128,12 +150,15 @@ def _stft(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     def frames(x: te.Tensor, *w: te.Tensor) -> te.Tensor:
         def sample(b: Any, f: Any, m: Any) -> Any:
             v = x[b, f * step + m // c, m % c]
-            return v * w[0][m // c] if w else v
+            v = v * w[0][m // c] if w else v
+            return tirx.if_then_else(f < count, v, tirx.const(0, x.dtype)) if pad_rows else v
 
         return te.compute(frames_shape, sample, name="stft_frames")
 
     framed = lw.emit(lw.bb.call_te(frames, *operands, primfunc_name_hint="stft_frames"))
     y = R.matmul(framed, const(basis.astype(np.dtype(TVM_DTYPE[dt]))))
+    if pad_rows or basis.shape[1] != cols:
+        y = R.strided_slice(y, axes=[1, 2], begin=[0, 0], end=[count, cols])
     y = R.reshape(y, lw.shape(yt))
     return [_cast(y, dt, yt.dtype)]
 
