@@ -18,12 +18,13 @@ from ember.compiler.ops import (
     resize,
     shape,
     shape_build,
+    signal,
     tensor,
 )
 from ember.compiler.ops.registry import REQUIRED, AttrSpec, EvalCtx, InferCtx, OpDef
 
 OPS: dict[str, OpDef] = {}
-for _module in (elementwise, activation, reduce, shape, shape_build, tensor, resize, nn, nn_pool, nn_norm, nn_vision, attention, recurrent, quant, control, fused):
+for _module in (elementwise, activation, reduce, shape, shape_build, tensor, resize, nn, nn_pool, nn_norm, nn_vision, attention, recurrent, quant, control, signal, fused):
     for _op in _module.OPS:
         if _op.name in OPS:
             raise RuntimeError(f"operator {_op.name} defined twice")
