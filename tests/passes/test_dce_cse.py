@@ -68,3 +68,30 @@ def test_cse_keeps_graph_outputs_and_different_attributes(rng: np.random.Generat
 }
 """
     check_pass("cse", text, text, rng)
+
+
+def test_cse_merges_nodes_whose_run_time_dims_differ_only_in_name(rng: np.random.Generator) -> None:
+    """Two NonZero of one mask (`a[mask]`, `b[mask]` as exporters write them): their counts are
+    named after each node; merging the second renames its count in what follows, so the
+    Transposes merge too, and the Add of the two gathers types as one count."""
+    before = """graph main(%x: f32[6], %y: f32[6]) -> (%s: f32[nz_1]) {
+  %nz: i64[1,nz_1] = NonZero(%x)
+  %nz2: i64[1,nz2_1] = NonZero(%x)
+  %ta: i64[nz_1,1] = Transpose(%nz) {perm=[1,0]}
+  %tb: i64[nz2_1,1] = Transpose(%nz2) {perm=[1,0]}
+  %ga: f32[nz_1] = GatherND(%x, %ta)
+  %gb: f32[nz2_1] = GatherND(%y, %tb)
+  %s: f32[nz_1] = Add(%ga, %gb)
+  return %s
+}
+"""
+    expected = """graph main(%x: f32[6], %y: f32[6]) -> (%s: f32[nz_1]) {
+  %nz: i64[1,nz_1] = NonZero(%x)
+  %ta: i64[nz_1,1] = Transpose(%nz) {perm=[1,0]}
+  %ga: f32[nz_1] = GatherND(%x, %ta)
+  %gb: f32[nz_1] = GatherND(%y, %ta)
+  %s: f32[nz_1] = Add(%ga, %gb)
+  return %s
+}
+"""
+    assert check_pass("cse", before, expected, rng).stats == {"nodes_merged": 2}
