@@ -17,6 +17,9 @@ fuse and schedule like any other nodes.
 Preconditions: the count is a constant or contents inference knows, at most MAX_TRIPS, and the
 copies hold at most MAX_NODES nodes; the body's condition output is its condition input or a
 constant true (`control._never_stops`). The copies are retyped by the op table.
+
+A Scan it cannot unroll (a run-time length, or too long) becomes the Loop over its sequence
+(`_scan_as_loop`), which the code generator compiles as a run-time loop (emit_control.py).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import numpy as np
 from ember.compiler.infer import retype, tracked_values
 from ember.compiler.ir import Const, Graph, Namer, Node, TensorType, Value
 from ember.compiler.ops.control import _never_stops, _scan_list
-from ember.compiler.rewrite import PassResult, Rejection, count, rename_uses
+from ember.compiler.rewrite import PassResult, Rejection, count, new_node_typed, rename_uses
 from ember.passes.inline_branches import inline_branches
 
 MAX_TRIPS = 256
@@ -55,6 +58,7 @@ class _Unroller:
         self.namer = namer
         self.nodes: list[Node] = []
         self.consts: list[Const] = []
+        self.scans_as_loops = 0
 
     def const(self, hint: str, data: np.ndarray) -> str:
         name = self.namer(hint)
@@ -63,7 +67,7 @@ class _Unroller:
 
     def node(self, op: str, inputs: Sequence[str], hint: str | Value, **attrs: object) -> str:
         out = hint if isinstance(hint, Value) else Value(self.namer(hint), _PLACEHOLDER)
-        self.nodes.append(Node(op, tuple(inputs), (out,), attrs))
+        self.nodes.append(new_node_typed(op, tuple(inputs), out, attrs, [None] * len(inputs)))  # (defaults explicit)
         return out.name
 
     def copy(self, body: Graph, feeds: dict[str, str], tag: str) -> list[str]:
@@ -143,10 +147,10 @@ def _unroll_scan(graph: Graph, node: Node, known: dict, u: _Unroller) -> str | N
     out_dirs = _scan_list(node.attrs, "scan_output_directions", k, "scan outputs")
     out_axes = _scan_list(node.attrs, "scan_output_axes", k, "scan outputs")
     length = types[n].shape[in_axes[0]]
-    if not isinstance(length, int):
-        return "the sequence length is only known at run time"
-    if length == 0 or length > MAX_TRIPS or length * len(body.nodes) > MAX_NODES:
-        return f"{length} steps of {len(body.nodes)} nodes are more than unrolling allows (or none)"
+    if not isinstance(length, int) or length > MAX_TRIPS or length * len(body.nodes) > MAX_NODES:
+        return _scan_as_loop(node, in_axes, in_dirs, out_axes, out_dirs, u)
+    if length == 0:
+        return "an empty sequence"
     states = list(node.inputs[:n])
     collected: list[list[str]] = [[] for _ in range(k)]
     for t in range(length):
@@ -165,6 +169,51 @@ def _unroll_scan(graph: Graph, node: Node, known: dict, u: _Unroller) -> str | N
     for j, (value, parts) in enumerate(zip(node.outputs[n:], collected)):
         rank = value.type.rank
         _stack(u, parts[::-1] if out_dirs[j] else parts, out_axes[j] % rank, value)
+    return None
+
+
+def _scan_as_loop(node: Node, in_axes: list[int], in_dirs: list[int], out_axes: list[int], out_dirs: list[int],
+                  u: _Unroller) -> None:
+    """A Scan too long to unroll (or of a run-time length) as the Loop over its sequence that
+    the code generator compiles: the body reads each scanned input's slice (Gather at the
+    iteration, or at length - 1 - iteration backwards); the per-step outputs, stacked on axis
+    0 by the Loop, are moved to their output axis and reversed where the Scan says."""
+    body: Graph = node.attrs["body"]
+    m = node.attrs["num_scan_inputs"]
+    n = len(node.inputs) - m
+    first = node.inputs[n]
+    shape = u.node("Shape", [first], f"{node.name}_shape")
+    axis = u.const(f"{node.name}_axis", np.array(in_axes[0], np.int64))
+    length = u.node("Gather", [shape, axis], f"{node.name}_length", axis=0)
+    one = u.const(f"{node.name}_one", np.array(1, np.int64))
+    last = u.node("Sub", [length, one], f"{node.name}_last") if any(in_dirs) else ""
+    step = Value(u.namer(f"{node.name}_step"), TensorType("i64", ()))
+    cond = Value(u.namer(f"{node.name}_cond"), TensorType("bool", ()))
+    inner = _Unroller(u.namer)
+    for j in range(m):
+        back = Value(u.namer(f"{node.name}_back{j}"), TensorType("i64", ()))
+        at = inner.node("Sub", [last, step.name], back) if in_dirs[j] else step.name
+        inner.node("Gather", [node.inputs[n + j], at], body.inputs[n + j], axis=in_axes[j])
+    cond_out = inner.node("Identity", [cond.name], Value(u.namer(f"{node.name}_cond_out"), TensorType("bool", ())))
+    loop_body = Graph((step, cond, *body.inputs[:n]), tuple(inner.nodes) + body.nodes,
+                      (cond_out, *body.outputs), consts=body.consts, name=f"{body.name}_loop")
+    k = len(node.outputs) - n
+    stacked = [Value(u.namer(f"{v.name}_steps"), _PLACEHOLDER) for v in node.outputs[n:]]
+    u.nodes.append(Node("Loop", (length, "", *node.inputs[:n]), (*node.outputs[:n], *stacked), {"body": loop_body}))
+    for j in range(k):
+        value, rank = node.outputs[n + j], node.outputs[n + j].type.rank
+        a = out_axes[j] % rank
+        current = stacked[j].name
+        if a:
+            perm = [*range(1, a + 1), 0, *range(a + 1, rank)]
+            current = u.node("Transpose", [current], value if not out_dirs[j] else f"{value.name}_moved", perm=perm)
+        if out_dirs[j]:
+            consts = [u.const(f"{value.name}_{what}", np.array([v], np.int64))
+                      for what, v in (("start", -1), ("end", -2**31), ("axes", a), ("steps", -1))]
+            u.node("Slice", [current, *consts], value)
+        elif not a:
+            u.node("Identity", [current], value)
+    u.scans_as_loops += 1
     return None
 
 
@@ -209,7 +258,11 @@ def _unroll_round(graph: Graph) -> PassResult:
             nodes.append(node)
             continue
         nodes += u.nodes
-        count(stats, f"{node.op.lower()}s_unrolled")
+        if u.scans_as_loops:
+            count(stats, "scans_as_loops")
+            u.scans_as_loops = 0
+        else:
+            count(stats, f"{node.op.lower()}s_unrolled")
     if not stats:
         return PassResult(graph, {}, rejections)
     unrolled = graph.replace(nodes=tuple(nodes), consts=graph.consts + tuple(u.consts))

@@ -162,3 +162,23 @@ def test_onnx_scan_node_tests_unrolled_and_compiled() -> None:
             got = run_vm(built, graph, feeds)
             for value, expected in zip(case.model.graph.output, outputs):
                 np.testing.assert_allclose(got[value.name], expected, rtol=1e-5, atol=1e-6, err_msg=case.name)
+
+
+@pytest.mark.parametrize(("in_dirs", "out_dirs", "in_axes", "out_axes"), [
+    ([0, 0], [0, 0], [0, 0], [0, 0]), ([1, 0], [0, 1], [0, 1], [1, 0]), ([1, 1], [1, 1], [1, -1], [-1, 1]),
+])
+def test_a_scan_of_run_time_length_becomes_a_loop_that_compiles(in_dirs: list[int], out_dirs: list[int], in_axes: list[int],
+                                                               out_axes: list[int], rng: np.random.Generator) -> None:
+    """The sequence length symbolic: the Scan becomes a Loop over it (slices gathered per step,
+    outputs moved to their axis and reversed), compiled, and equal to the interpreter's Scan."""
+    model = _scan_model(in_dirs, out_dirs, in_axes, out_axes)
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_value == 5:
+                dim.dim_param = "L"
+    graph = import_proto(model)
+    result = PASSES["unroll_loops"](graph)
+    assert result.stats == {"scans_as_loops": 1}
+    assert [n.op for n in result.graph.nodes].count("Loop") == 1
+    assert_same_numbers(graph, result.graph, rng, dims={"L": 4})
+    check_graph(result.graph, rng, [{"L": 5}, {"L": 1}, {"L": 7}])
