@@ -38,6 +38,30 @@ def _name(node: Node, suffix: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", node.name) + suffix
 
 
+# Passes run on a branch or loop body before it is lowered (the pipeline's own passes see the
+# enclosing graph only): folding, the composites, and fusion, so a body's MatMul + Add + Tanh
+# is one kernel with its weight packed at compile time, as outside.
+BODY_PASSES = ("fold_constants", "dce", "fuse_composites", "fuse")
+
+
+def _optimized(lw: Lowering, graph: Graph) -> tuple[Graph, list[str]]:
+    """The subgraph as a graph of its own (the enclosing values it reads appended to its
+    inputs, the enclosing constants it reads among its constants), through BODY_PASSES; and
+    the names of those enclosing values."""
+    from ember.compiler.ir import Const, Value
+    from ember.passes import PASSES
+
+    free = free_names(graph)
+    own = {v.name for v in graph.inputs}
+    reads = [n for n in free if n not in lw.consts and n not in own]
+    consts = list(graph.consts) + [Const(n, lw.consts[n]) for n in free if n in lw.consts]
+    whole = Graph(tuple(graph.inputs) + tuple(Value(n, lw.types[n]) for n in reads), graph.nodes, graph.outputs,
+                  tuple(sorted(consts, key=lambda c: c.name)), name=graph.name)
+    for name in BODY_PASSES:
+        whole = PASSES[name](whole).graph
+    return whole, reads
+
+
 def _sub_lowering(lw: Lowering, graph: Graph) -> tuple[relax.BlockBuilder, Lowering]:
     """A block builder that sees the kernels made so far (so new names stay unique), and a
     lowering of `graph` on it that shares the enclosing dims, constants and types."""
@@ -48,12 +72,6 @@ def _sub_lowering(lw: Lowering, graph: Graph) -> tuple[relax.BlockBuilder, Lower
     inner.types.update(lw.types)
     inner.types.update((v.name, v.type) for n in graph.nodes for v in n.outputs)
     return sub, inner
-
-
-def _reads(lw: Lowering, graph: Graph, consts: dict) -> tuple[list[str], list[relax.Expr]]:
-    """The enclosing values a subgraph reads (constants excepted) and their Relax values."""
-    names = [n for n in free_names(graph) if n not in consts]
-    return names, [lw.arg(n) for n in names]
 
 
 def _adopt(lw: Lowering, sub: relax.BlockBuilder, skip: str = "") -> dict[str, Any]:
@@ -78,8 +96,9 @@ def _lower_body(inner: Lowering, graph: Graph) -> list[relax.Expr]:
 # --- If ---------------------------------------------------------------------------------------------
 def _branch(lw: Lowering, graph: Graph, name: str) -> relax.Expr:
     """A call of the branch lowered as a function of its own."""
+    graph, reads = _optimized(lw, graph)
     sub, inner = _sub_lowering(lw, graph)
-    reads, args = _reads(lw, graph, inner.consts)
+    args = [lw.arg(n) for n in reads]
     params = [relax.Var(n, arg.ty) for n, arg in zip(reads, args)]
     flow = any(n.op in ("If", "Loop") for n in graph.nodes)
     # (the attribute keeps identical branches two functions: the builder merges equal ones)
@@ -124,8 +143,9 @@ def _loop(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
             except LoweringError:
                 raise LoweringError(f"node {node.name!r} (Loop): a scan output's per-iteration dim {d!r} changes from one "
                                     "iteration to the next; ember compiles scan outputs of a fixed slice shape") from None
+    body, reads = _optimized(lw, body)
     sub, inner = _sub_lowering(lw, body)
-    reads, outer = _reads(lw, body, inner.consts)
+    outer = [lw.arg(n) for n in reads]
     S, B = relax.TensorType([], "int64"), relax.TensorType([], "bool")
     carried_ty = [relax.TensorType(ndim=lw.types[x].rank, dtype=TVM_DTYPE[lw.types[x].dtype]) for x in node.inputs[2:]]
     acc_ty = [relax.TensorType(ndim=t.rank + 1, dtype=TVM_DTYPE[t.dtype]) for t in scan_types]
