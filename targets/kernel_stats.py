@@ -65,14 +65,18 @@ def primfuncs(mod: tvm.IRModule) -> dict[str, Any]:
 
 
 def call_counts(mod: tvm.IRModule) -> Counter[str]:
-    """How many call_tir (and call_tir_inplace) sites in `main` call each kernel."""
+    """How many call_tir (and call_tir_inplace) sites call each kernel: in `main`, and in the
+    functions of If branches and run-time loops (a loop's kernels count once a call site,
+    however many iterations run)."""
     counts: Counter[str] = Counter()
 
     def visit(expr: Any) -> None:
         if is_kernel_call(expr):
             counts[expr.args[0].name_hint] += 1
 
-    relax.analysis.post_order_visit(mod["main"], visit)
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
     return counts
 
 
