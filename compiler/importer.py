@@ -8,6 +8,7 @@ types every value with ember's own inference rules.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import numpy_helper
 
 from ember.compiler import dtypes
@@ -23,6 +25,8 @@ from ember.compiler.errors import EmberError, InferError, InvalidModelError, Uns
 from ember.compiler.infer import Scope, infer_node
 from ember.compiler.ir import Const, Graph, Namer, Node, TensorType, Value
 from ember.compiler.ops.registry import REQUIRED
+
+log = logging.getLogger(__name__)
 
 MIN_OPSET = 11
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -117,10 +121,30 @@ def import_model(path: str | Path, dims: Mapping[str, int] | None = None) -> Gra
     return import_proto(model, where=str(path), dims=dims)
 
 
+def _upgraded(model: onnx.ModelProto, opset: int, where: str) -> onnx.ModelProto:
+    """The model converted to opset MIN_OPSET by onnx's version converter (Upsample becomes
+    Resize, BatchNormalization loses its spatial attribute...); a clear error if it cannot."""
+    if opset < 9 and any(n.op_type == "Scan" for n in model.graph.node):
+        raise UnsupportedModelError(f"{where}: Scan of opset {opset} (with a batch axis) has no opset-9 form onnx's converter "
+                                    "produces; re-export the model at opset 11 or later")
+    try:
+        upgraded = onnx.version_converter.convert_version(model, MIN_OPSET)
+    except Exception as err:
+        raise UnsupportedModelError(
+            f"{where}: ai.onnx opset {opset} is older than ember takes ({MIN_OPSET} to {MAX_OPSET}) and onnx's version "
+            f"converter could not upgrade it: {str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+        ) from None
+    log.info("%s: upgraded from ai.onnx opset %d to %d", where, opset, MIN_OPSET)
+    return upgraded
+
+
 def import_proto(model: onnx.ModelProto, where: str = "model", dims: Mapping[str, int] | None = None) -> Graph:
     """Import an in-memory ONNX model (symbolic input dims named in `dims` bound to those values)."""
     check_onnx(model, where)
     opset = model_opset(model)
+    if opset < MIN_OPSET:  # older exports (the ONNX model zoo's opset 7-10 models): upgraded first
+        model = _upgraded(model, opset, where)
+        opset = model_opset(model)
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UnsupportedModelError(
             f"{where}: ai.onnx opset {opset} is not supported (ember takes {MIN_OPSET} to {MAX_OPSET}); "

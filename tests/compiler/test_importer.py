@@ -15,7 +15,7 @@ from onnx import helper
 from ember.compiler import interp
 from ember.compiler.cli import main
 from ember.compiler.errors import InvalidModelError, UnsupportedModelError
-from ember.compiler.importer import import_model, import_proto
+from ember.compiler.importer import MAX_OPSET, import_model, import_proto
 
 
 def _mlp(opset: int = 17) -> onnx.ModelProto:
@@ -92,11 +92,21 @@ def test_malformed_files_give_one_clear_error(tmp_path: Path, damage: str) -> No
     assert result.output.startswith("error: ") and "Traceback" not in result.output
 
 
-def test_old_and_too_new_opsets_are_explained() -> None:
-    model = _mlp()
-    model.opset_import[0].version = 9
-    with pytest.raises(UnsupportedModelError, match="opset 9 is not supported .*convert_version"):
-        import_proto(model)
+def test_old_opsets_are_upgraded_and_too_new_ones_explained(rng: np.random.Generator) -> None:
+    """An opset-8 model with an Upsample (the ONNX model zoo's era) is upgraded to opset 11 by
+    onnx's converter and imports (Upsample became Resize); a newer opset than ember knows is a
+    clear error."""
+    model = make_model([helper.make_node("Upsample", ["x"], ["up"], mode="nearest", scales=[1.0, 1.0, 2.0, 2.0]),
+                        helper.make_node("Relu", ["up"], ["y"])],
+                       [("x", T.FLOAT, [1, 2, 3, 3])], [("y", T.FLOAT, [1, 2, 6, 6])], opset=8)
+    graph = import_proto(model)
+    assert [n.op for n in graph.nodes] == ["Resize", "Relu"]
+    x = rng.standard_normal((1, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(interp.run(graph, {"x": x})["y"], run_onnxruntime(model, {"x": x})["y"])
+    too_new = _mlp()
+    too_new.opset_import[0].version = MAX_OPSET + 1
+    with pytest.raises(UnsupportedModelError, match=f"opset {MAX_OPSET + 1} is not supported .*convert_version"):
+        import_proto(too_new)
 
 
 def test_external_data_is_loaded(tmp_path: Path, rng: np.random.Generator) -> None:
