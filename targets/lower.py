@@ -29,6 +29,7 @@ from ember.compiler.ir import Graph, Node, free_names
 from ember.targets import (
     emit_dynamic,
     emit_elementwise,
+    emit_misc,
     emit_nn,
     emit_quant,
     emit_recurrent,
@@ -50,7 +51,8 @@ def _merge(*tables: dict[str, Emitter]) -> dict[str, Emitter]:
 
 
 EMITTERS: dict[str, Emitter] = _merge(emit_elementwise.EMITTERS, emit_shape.EMITTERS, emit_reduce.EMITTERS, emit_nn.EMITTERS,
-                                      emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS, emit_vision.EMITTERS)
+                                      emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS, emit_vision.EMITTERS,
+                                      emit_misc.EMITTERS)
 
 # Operands the emitters never read: the output shape comes from ember's inferred type.
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
@@ -61,12 +63,12 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 # Ops emitted straight into main: pure metadata (a reshape may become no kernel at all), run-time
 # shape reads (VM builtins, not TIR), constants, scans/sorts that TVM dispatches to its own
 # kernels after legalization, recurrences (a matmul and a hand-written kernel) and the
-# hand-written resampling kernels (RoiAlign, GridSample): none of them can sit in a primitive
+# hand-written resampling kernels (RoiAlign, GridSample) and Unique (a run-time length): none of them can sit in a primitive
 # function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
     "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If",
-    "RoiAlign", "GridSample",
+    "RoiAlign", "GridSample", "Unique",
 })
 
 
