@@ -1,21 +1,18 @@
 """Emitters of ops without a family of their own: ReverseSequence, Unique, RotaryEmbedding,
-MaxUnpool, AffineGrid, CenterCropPad, Col2Im, BitCast.
+MaxUnpool.
 
 Where Relax ops express the op they are used (they get fused and scheduled):
 
     ReverseSequence  the time step each output reads, where(t < len, len - 1 - t, t) with
                      len clipped to [0, T], gathered along the time axis;
     RotaryEmbedding  slices of the head, the cos/sin rows picked by position_ids, two products
-                     and a concat (an interleaved head as pairs [.., rot/2, 2]);
-    AffineGrid       theta times a constant (or run-time) base grid of homogeneous coordinates;
-    CenterCropPad    a strided slice (crop) and a zero pad per axis;
-    BitCast          the bytes of x reinterpreted (`R.reinterpret` ... see `_bitcast`).
+                     and a concat (interleaved pairs through a constant swap gather and sign).
 
 Unique's output length depends on the data (the emit_dynamic scheme): one serial kernel sorts
 the elements (or the slices along the axis) by a stable bottom-up merge sort, groups equal
 neighbours and writes first index / count per group and each element's group; the VM binds
-the group count to ember's run-time dim, and y is x taken at the first indices. MaxUnpool and
-Col2Im are scatters: hand-written kernels (MaxUnpool checks its indices, as the reference).
+the group count to ember's run-time dim, and y is x taken at the first indices. MaxUnpool is
+a scatter: a hand-written kernel that checks its indices, as the reference does.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ import tvm
 from tvm import relax
 
 from ember.compiler.ir import Node
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, const, in_type, out_type
+from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, const, in_type, out_type, refuse
 from ember.targets.emit_dynamic import KERNEL_ATTRS, bind_length
 
 
@@ -241,5 +238,99 @@ def _unique(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [y, indices, inverse, counts][: len(node.outputs)]
 
 
-EMITTERS: dict[str, Emitter] = {"ReverseSequence": _reverse_sequence, "Unique": _unique}
+# --- RotaryEmbedding -------------------------------------------------------------------------------
+def _upcast(x: relax.Expr, dt: str, want: str) -> relax.Expr:
+    """x (ember dtype dt) in the compute dtype `want`."""
+    return x if TVM_DTYPE[dt] == want else R.astype(x, want)
+
+
+def _rotary(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t, ct = in_type(lw, node, 0), in_type(lw, node, 1)
+    shape = lw.shape(t)
+    heads = int(node.attrs["num_heads"])
+    head = t.shape[3] if t.rank == 4 else (t.shape[2] // heads if isinstance(t.shape[2], int) else None)
+    if not isinstance(head, int):
+        raise refuse(node, f"a head size known only at run time ({t})")
+    rot = int(node.attrs["rotary_embedding_dim"]) or head
+    half = rot // 2
+    dt = "float64" if "f64" in (t.dtype, ct.dtype) else "float32"  # f16/bf16 in f32, rounded once
+    x = _upcast(a[0], t.dtype, dt)
+    # As [batch, seq, heads, head]: from [batch, heads, seq, head] or [batch, seq, hidden].
+    if t.rank == 4:
+        x = R.permute_dims(x, [0, 2, 1, 3])
+        b, s = shape[0], shape[2]
+    else:
+        b, s = shape[0], shape[1]
+        x = R.reshape(lw.emit(x), [b, s, heads, head])
+    x = lw.emit(x)
+    cos, sin = _upcast(a[1], ct.dtype, dt), _upcast(a[2], ct.dtype, dt)
+    if len(a) > 3 and a[3] is not None:  # rows of the caches picked by position_ids [batch, seq]
+        cos, sin = R.take(cos, a[3], axis=0), R.take(sin, a[3], axis=0)
+    cos, sin = lw.emit(R.reshape(cos, [b, s, 1, half])), lw.emit(R.reshape(sin, [b, s, 1, half]))
+    part = lw.emit(R.strided_slice(x, [3], [0], [rot])) if rot < head else x
+    if node.attrs["interleaved"]:
+        # Neighbours (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos) as part * cos2 + swapped * sin2:
+        # cos/sin repeated per pair, swapped = (-x2, x1) per pair (a constant gather and sign).
+        # (Not as [.., rot/2, 2] reshapes: LLVM did not finish compiling that kernel with
+        # symbolic batch and sequence.) a + (-b) is a - b exactly, so the rounding is the reference's.
+        swap = const(np.arange(rot, dtype=np.int64) ^ 1)
+        sign = const(np.tile(np.array([-1, 1], dtype=np.dtype(dt)), half))
+        cos2, sin2 = lw.emit(R.repeat(cos, 2, axis=3)), lw.emit(R.repeat(sin, 2, axis=3))
+        swapped = lw.emit(R.multiply(R.take(part, swap, axis=3), sign))
+        rotated = R.add(R.multiply(cos2, part), R.multiply(sin2, swapped))
+    else:
+        x1, x2 = lw.emit(R.strided_slice(part, [3], [0], [half])), lw.emit(R.strided_slice(part, [3], [half], [rot]))
+        real = lw.emit(R.subtract(R.multiply(cos, x1), R.multiply(sin, x2)))
+        imag = lw.emit(R.add(R.multiply(sin, x1), R.multiply(cos, x2)))
+        rotated = R.concat([real, imag], axis=3)
+    y = lw.emit(rotated)
+    if rot < head:  # the features past rotary_embedding_dim pass through
+        y = lw.emit(R.concat([y, lw.emit(R.strided_slice(x, [3], [rot], [head]))], axis=3))
+    y = R.permute_dims(y, [0, 2, 1, 3]) if t.rank == 4 else R.reshape(y, shape)
+    return [y if TVM_DTYPE[t.dtype] == dt else R.astype(y, TVM_DTYPE[t.dtype])]
+
+
+# --- MaxUnpool -------------------------------------------------------------------------------------
+def max_unpool_source(dt: str) -> str:
+    """(x [L], indices [L], y [M]): y zero, then y[indices[i]] = x[i] in order (a later
+    duplicate index wins, as the reference's assignment); an index outside [0, M) is a
+    run-time error, as in the reference."""
+    w = _Text()
+    w(0, "@T.prim_func(private=True)")
+    w(0, "def max_unpool(x_h: T.handle, idx_h: T.handle, y_h: T.handle):")
+    w(1, KERNEL_ATTRS)
+    w(1, "L = T.int64()")
+    w(1, "M = T.int64()")
+    w(1, f'x = T.match_buffer(x_h, (L,), "{dt}")')
+    w(1, 'idx = T.match_buffer(idx_h, (L,), "int64")')
+    w(1, f'y = T.match_buffer(y_h, (M,), "{dt}")')
+    w(1, "for i in range(L):")
+    w(2, 'assert T.int64(0) <= idx[i] and idx[i] < M, "MaxUnpool: an index lies outside the output"')
+    w(1, "for j in T.parallel(M):")
+    w(2, f'y[j] = T.Cast("{dt}", T.float32(0))')
+    w(1, "for i in range(L):")
+    w(2, "y[idx[i]] = x[i]")
+    return w.source()
+
+
+def _numel(shape: list[Any]) -> Any:
+    total: Any = 1
+    for d in shape:
+        total = total * d
+    return total
+
+
+def _max_unpool(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    t, y = in_type(lw, node, 0), out_type(node)
+    shape = lw.shape(y)  # (an output_shape known only at run time is refused here, by name)
+    dt = TVM_DTYPE[t.dtype]
+    gvar = lw.bb.add_func(tvm.script.from_source(max_unpool_source(dt)), "max_unpool")
+    n = _numel(lw.shape(t))
+    flat = relax.call_tir(gvar, relax.Tuple([lw.emit(R.reshape(a[0], [n])), lw.emit(R.reshape(a[1], [n]))]),
+                          relax.TensorType([_numel(shape)], dt))
+    return [R.reshape(lw.emit(flat), shape)]
+
+
+EMITTERS: dict[str, Emitter] = {"ReverseSequence": _reverse_sequence, "Unique": _unique, "RotaryEmbedding": _rotary,
+                                "MaxUnpool": _max_unpool}
 

@@ -62,13 +62,13 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 
 # Ops emitted straight into main: pure metadata (a reshape may become no kernel at all), run-time
 # shape reads (VM builtins, not TIR), constants, scans/sorts that TVM dispatches to its own
-# kernels after legalization, recurrences (a matmul and a hand-written kernel) and the
-# hand-written resampling kernels (RoiAlign, GridSample) and Unique (a run-time length): none of them can sit in a primitive
-# function.
+# kernels after legalization, recurrences (a matmul and a hand-written kernel), the
+# hand-written resampling kernels (RoiAlign, GridSample), Unique (a run-time length) and
+# MaxUnpool (a scatter): none of them can sit in a primitive function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
     "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If",
-    "RoiAlign", "GridSample", "Unique",
+    "RoiAlign", "GridSample", "Unique", "MaxUnpool",
 })
 
 
