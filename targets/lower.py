@@ -32,6 +32,7 @@ from ember.targets import (
     emit_control,
     emit_dynamic,
     emit_elementwise,
+    emit_misc,
     emit_nn,
     emit_quant,
     emit_recurrent,
@@ -55,7 +56,7 @@ def _merge(*tables: dict[str, Emitter]) -> dict[str, Emitter]:
 
 EMITTERS: dict[str, Emitter] = _merge(emit_elementwise.EMITTERS, emit_shape.EMITTERS, emit_reduce.EMITTERS, emit_nn.EMITTERS,
                                       emit_quant.EMITTERS, emit_recurrent.EMITTERS, emit_dynamic.EMITTERS, emit_control.EMITTERS,
-                                      emit_vision.EMITTERS, emit_signal.EMITTERS)
+                                      emit_vision.EMITTERS, emit_signal.EMITTERS, emit_misc.EMITTERS)
 
 # Operands the emitters never read: the output shape comes from ember's inferred type.
 SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
@@ -65,14 +66,16 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 
 # Ops emitted straight into main: pure metadata (a reshape may become no kernel at all), run-time
 # shape reads (VM builtins, not TIR), constants, scans/sorts that TVM dispatches to its own
-# kernels after legalization, recurrences (a matmul and a hand-written kernel) and the
-# hand-written resampling kernels (RoiAlign, GridSample), and DFT / STFT (a framing kernel and
-# a matmul that must stay two kernels, so the Matmul rule schedules the product) and the
-# signal ops folded to constants: none of them can sit in a primitive function.
+# kernels after legalization, recurrences (a matmul and a hand-written kernel), the
+# hand-written resampling kernels (RoiAlign, GridSample), DFT / STFT (a framing kernel and a
+# matmul that must stay two kernels, so the Matmul rule schedules the product), the signal ops
+# folded to constants, ops with a run-time length (NonZero, Compress, NMS, Unique), MaxUnpool
+# (a scatter) and control flow: none of them can sit in a primitive function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
     "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If", "Loop",
     "RoiAlign", "GridSample", "DFT", "STFT", "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",
+    "Unique", "MaxUnpool",
 })
 
 

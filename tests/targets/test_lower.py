@@ -98,8 +98,9 @@ def test_integer_elementwise_ops(rng: np.random.Generator) -> None:
 
 
 def test_op_without_emitter_is_named() -> None:
-    model = onnx_model([helper.make_node("Unique", ["x"], ["u"])], [("x", F, [4])])
-    with pytest.raises(LoweringError, match=r"operators without a code generator:\n  Unique: 1 node\(s\): u"):
+    model = onnx_model([helper.make_node("DeformConv", ["x", "w", "off"], ["u"])],
+                       [("x", F, [1, 1, 3, 3]), ("w", F, [1, 1, 2, 2]), ("off", F, [1, 8, 2, 2])])
+    with pytest.raises(LoweringError, match=r"operators without a code generator:\n  DeformConv: 1 node\(s\): u"):
         build(import_proto(model), resolve_target("cpu"))
 
 
