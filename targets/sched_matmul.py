@@ -198,18 +198,24 @@ class Matmul:
             return None
         sch, anchor = kernel.sch, kernel.anchor
         con = match(sch, anchor)
-        if con is None or not isinstance(con.j.dom, int):
+        if con is None:
             return None
         dtype = str(sch.get(anchor.block_rv).writes[0].source.ty.dtype)
         if not dtype.startswith("float"):
             return None  # integer matmuls belong to the int8 rules
         lanes = sc.vector_lanes(target, dtype)
-        n = con.j.dom
+        # Symbolic columns (attention scores Q K^T over a dynamic sequence): computed as a
+        # padded einsum like columns no vector divides, B padded per call to whole tiles and
+        # the columns copied out (before, the row-reduction rule took them at 2% of peak).
+        symbolic_n = not isinstance(con.j.dom, int)
+        n = con.j.dom if not symbolic_n else 1 << 12
         rows = 1 if con.i is None else con.i.dom
-        vec = sc.largest_divisor(n, [lanes, lanes // 2, lanes // 4, 2])
+        vec = sc.largest_divisor(n, [lanes, lanes // 2, lanes // 4, 2]) if not symbolic_n else 1
         b_buf = sc.reads(sch, anchor.block_rv)[con.b_index][0]
         b_param = sc.param_index(func, b_buf)
         weight = b_param is not None and b_param in sc.layout_free(func)
+        if symbolic_n and weight:
+            return None  # (a weight has static columns)
         padded = False
         if vec < lanes and n >= 4 * lanes:
             # Columns that no vector width divides (GPT-2's 50257-word head): compute a padded
@@ -221,7 +227,7 @@ class Matmul:
             if con is None:
                 return None
             vec, padded = lanes, True
-            n = con.j.dom
+            n = con.j.dom if not symbolic_n else nv * lanes
         if vec < 2:
             return None
         mr, nv = _tile(vec, sc.vector_registers(target), n // vec, rows, sc.dtype_bytes(dtype), ragged_ok=int32,

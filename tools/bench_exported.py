@@ -56,7 +56,7 @@ def whisper(path: Path) -> dict[str, np.ndarray]:
     from transformers import WhisperConfig, WhisperModel
 
     encoder = WhisperModel(WhisperConfig(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024,
-                                         num_mel_bins=80)).encoder.eval()
+                                         decoder_attention_heads=4, num_mel_bins=80)).encoder.eval()
     _export(_keep(encoder, lambda m, x: m(x).last_hidden_state), (torch.randn(1, 80, 3000),), path, ["mel"], {})
     return {"mel": np.random.default_rng(0).standard_normal((1, 80, 3000)).astype(np.float32)}
 

@@ -116,3 +116,15 @@ def test_panel_groups_share_a_pass_over_large_a(rng: np.random.Generator) -> Non
     inits = {"w": (rng.standard_normal((768, 192)) / 28).astype(np.float32), "b": rng.standard_normal(192).astype(np.float32)}
     built = compiled(onnx_model(nodes, [("x", F, [96, 768])], inits), rng, [{}])
     assert matmul_rules(built), built.rules
+
+
+def test_symbolic_columns_attention_scores_with_a_mask(rng: np.random.Generator) -> None:
+    """Q K^T + mask over a dynamic batch and sequence (an exported text model's attention
+    scores): both the rows and the columns are symbolic; the Matmul rule computes a padded
+    einsum (B padded per call to whole tiles, the columns copied out) instead of leaving the
+    kernel to the row-reduction rule, at sequence lengths below, at and above a tile."""
+    model = onnx_model(
+        [node("Transpose", ["k"], "kt", perm=[0, 1, 3, 2]), node("MatMul", ["q", "kt"], "s"), node("Add", ["s", "mask"], "y")],
+        [("q", T.FLOAT, ["B", 3, "S", 64]), ("k", T.FLOAT, ["B", 3, "S", 64]), ("mask", T.FLOAT, ["B", 1, 1, "S"])])
+    built = compiled(model, rng, [{"B": 1, "S": 128}, {"B": 2, "S": 37}, {"B": 1, "S": 1}, {"B": 1, "S": 300}])
+    assert matmul_rules(built) == {"fused_matmul_add"}
