@@ -355,6 +355,10 @@ def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1,
         _, lane = sch.split(loops[-1], [None, vec])
         sch.vectorize(lane)
         loops = sch.get_loops(block)[:-1]
+    elif inner is None and len(loops) > 1:
+        # a symbolic innermost loop stays a loop of its own (LLVM vectorizes it): fused with the
+        # outer ones, each element would pay 64-bit divisions by the symbolic extents
+        loops = loops[:-1]
     if threads and loops:
         fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
         parallel(sch, fused)

@@ -149,6 +149,9 @@ class Elementwise:
             if not loops:
                 continue
             contiguous = _contiguous_inner(sch, info.block_rv)
+            if len(loops) > 1 and any(sc.static_extent(sch, lp) is None for lp in loops):
+                _symbolic_nest(sch, loops, contiguous, lanes)
+                continue
             fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
             extent = sc.static_extent(sch, fused)
             outer = fused
@@ -160,6 +163,25 @@ class Elementwise:
             if contiguous and (extent is None or extent >= PARALLEL_MIN):
                 sc.parallel(sch, outer)
         return sch
+
+
+def _symbolic_nest(sch: s_tir.Schedule, loops: list[Any], contiguous: bool, lanes: int) -> None:
+    """A loop nest with symbolic extents (a dynamic batch or sequence): the static inner loops
+    (or the innermost loop alone) fused and vectorized, the outer ones fused and parallel. (Fused
+    into one symbolic loop, every element paid 64-bit divisions by the symbolic extents to
+    recover its indices: an exported BERT's head transposes ran at 0.9 GB/s.)"""
+    static = len(loops)
+    while static > 0 and sc.static_extent(sch, loops[static - 1]) is not None:
+        static -= 1
+    static = min(static, len(loops) - 1)  # (a symbolic innermost loop: a loop of its own, LLVM vectorizes it)
+    inner = sch.fuse(*loops[static:]) if len(loops) - static > 1 else loops[static]
+    extent = sc.static_extent(sch, inner) or 0
+    if contiguous and extent % lanes == 0:
+        _, lane = sch.split(inner, [None, lanes])
+        sch.vectorize(lane)
+    outer = sch.fuse(*loops[:static]) if static > 1 else loops[0]
+    if contiguous or sc.static_extent(sch, inner) is None:
+        sc.parallel(sch, outer)
 
 
 RULES = [RowReduce(), Elementwise()]

@@ -47,3 +47,16 @@ def test_elementwise_chain_with_broadcast_and_transpose(rng: np.random.Generator
     inputs = [("x", F, ["N", 33, 64]), ("y", F, [1, 64])]
     built = compiled(onnx_model(nodes, inputs, {"c": rng.standard_normal(64).astype(np.float32)}), rng)
     assert "Elementwise" in built.rules.values(), built.rules
+
+
+@pytest.mark.parametrize("perm", [[0, 2, 1, 3], [0, 2, 3, 1]])
+def test_head_transposes_over_a_symbolic_batch_and_sequence(rng: np.random.Generator, perm: list[int]) -> None:
+    """[B, S, heads, 64] -> [B, heads, S, 64] (static inner loop: vectorized, the symbolic outer
+    loops fused and parallel) and -> [B, heads, 64, S] (symbolic innermost loop kept a loop of
+    its own), with a scaled add, at sequence lengths below, at and past a vector."""
+    nodes = [helper.make_node("Transpose", ["x"], ["t"], name="t", perm=perm),
+             helper.make_node("Mul", ["t", "c"], ["out"], name="out")]
+    model = onnx_model(nodes, [("x", F, ["B", "S", 6, 64])], {"c": np.array(0.5, np.float32)})
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = check_graph(graph, rng, [{"B": 1, "S": 128}, {"B": 2, "S": 7}, {"B": 1, "S": 17}], atol=ATOL)
+    assert set(built.rules.values()) == {"Elementwise"}, built.rules
