@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from passcheck import check_pass, reasons
+from passcheck import assert_same_numbers, check_pass, reasons
 
 from ember.compiler.parser import parse_graph
+from ember.compiler.printer import print_graph
 from ember.passes import PASSES
 
 GELU_ERF = """graph main(%x: f32[2,8]) -> (%y: f32[2,8]) {
@@ -168,3 +169,41 @@ def test_composite_left_alone(case: str, rng: np.random.Generator) -> None:
     text, reason = NO_CHANGE[case]
     check_pass("fuse_composites", text, text, rng, dims={"N": 2})
     assert reason in reasons(PASSES["fuse_composites"](parse_graph(text)))
+
+
+SDPA = """graph main(%q: f32[1,2,8,4], %kt: f32[1,2,4,8], %v: f32[1,2,8,4], %keep: bool[1,1,1,8]) -> (%y: f32[1,2,8,4]) {
+  const %c: f32[] = 0.7071067690849304
+  const %ninf: f32[] = -inf
+  const %zero: f32[] = 0.0
+  %qs: f32[1,2,8,4] = Mul(%q, %c)
+  %ks: f32[1,2,4,8] = Mul(%kt, %c)
+  %s: f32[1,2,8,8] = MatMul(%qs, %ks)
+  %bias: f32[1,1,1,8] = Where(%keep, %zero, %ninf)
+  %a: f32[1,2,8,8] = Add(%s, %bias)
+  %p: f32[1,2,8,8] = Softmax(%a) {axis=-1}
+  %nan: bool[1,2,8,8] = IsNaN(%p)
+  %g: f32[1,2,8,8] = Where(%nan, %zero, %p)
+  %y: f32[1,2,8,4] = MatMul(%g, %v)
+  return %y
+}
+"""
+
+
+def test_sdpa_export_with_split_scale_and_nan_guard_becomes_attention(rng: np.random.Generator) -> None:
+    """torch's scaled_dot_product_attention as exported: sqrt(scale) on Q and on K^T, a -inf
+    mask from a bool one, softmax's NaN zeroed (ONNX Attention's own convention for a row masked
+    everywhere, so the numbers agree on random masks); the chain it reads past is left for dce."""
+    result = PASSES["fuse_composites"](parse_graph(SDPA))
+    assert result.stats == {"attention_guarded": 1}
+    text = print_graph(PASSES["dce"](result.graph).graph)
+    assert "%y: f32[1,2,8,4] = Attention(%q, %kt_bhsd, %v, %bias) {scale=0.4999999828857291}" in text
+    assert "Softmax" not in text and "IsNaN" not in text
+    assert_same_numbers(parse_graph(SDPA), result.graph, rng)
+
+
+def test_sdpa_attention_over_a_symbolic_sequence_is_left_unfused(rng: np.random.Generator) -> None:
+    """(the Attention kernel over a symbolic sequence measured slower than the unfused ones)"""
+    text = SDPA.replace(",8,4]", ",S,4]").replace(",4,8]", ",4,S]").replace(",1,8]", ",1,S]").replace(",8,8]", ",S,S]")
+    result = PASSES["fuse_composites"](parse_graph(text))
+    assert result.stats == {}
+    assert "a symbolic sequence length: the unfused kernels are faster" in [r.reason for r in result.rejections]
