@@ -241,6 +241,7 @@ class ConvBlocked:
         # A symbolic output width (a dynamic sequence length or image width) is tiled as if it
         # were long, the last column block predicated (TVM's default code for such a conv ran
         # at 0.3% of peak: wav2vec2's feature encoder took 6.4 s instead of tens of ms).
+        symbolic = width is None
         width = width if width is not None else SYMBOLIC_EXTENT
         dtype = _float_anchor(sch, anchor)
         lanes = sc.vector_lanes(target, dtype)
@@ -269,6 +270,8 @@ class ConvBlocked:
         sc.pack_weight(sch, anchor.block_rv, conv.weight_index, _pack_map(vec))
         fo, fv, fi = sch.split(conv.f.loop_rv, [None, nv, vec])
         xo, xi = sch.split(conv.x.loop_rv, [None, xr])
+        if symbolic:  # full column blocks without a bound check, then one ragged block
+            sch.annotate(xo, "pragma_loop_partition_hint", 1)
         rows = [r.loop_rv for r in conv.rows if r is not None]
         batch = [it.loop_rv for it in (conv.n, ) if it is not None]
         reds = [it.loop_rv for it in conv.reductions]
