@@ -127,20 +127,10 @@ WARMUP = 10  # runs before timing: a run-time loop's first calls fill the VM's m
 
 
 def _block(kind: str, where: Path, feeds: Path, threads: int, runs: int) -> list[float]:
-    """`runs` timed runs of one engine in a fresh process (bench.py's block child)."""
-    import multiprocessing
+    """`runs` timed runs of one engine in a fresh process, after WARMUP runs."""
+    from bench_rnn import _block as block
 
-    import bench
-
-    context = multiprocessing.get_context("spawn")
-    receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=bench._block_child, args=((kind, str(where), str(feeds), threads), WARMUP, runs, None, send))
-    child.start()
-    result = receive.recv()
-    child.join()
-    if isinstance(result, str):
-        raise RuntimeError(f"{kind} failed: {result}")
-    return result[0]
+    return block(kind, where, feeds, threads, runs, warmup=WARMUP)
 
 
 def _diff(artifact: Path, model_path: Path, feeds: dict[str, np.ndarray], threads: int) -> str:

@@ -54,16 +54,16 @@ def model(op: str, seq: int, batch: int, inp: int, hidden: int) -> onnx.ModelPro
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
 
 
-def _block(kind: str, where: Path, feeds: Path, threads: int, runs: int) -> list[float]:
-    """`runs` timed runs of one engine in a fresh process (bench.py's block child: the two
-    runtimes' spinning thread pools slow each other 2-4x inside one process)."""
+def _block(kind: str, where: Path, feeds: Path, threads: int, runs: int, warmup: int = 3) -> list[float]:
+    """`runs` timed runs of one engine in a fresh process, after `warmup` (bench.py's block
+    child: the two runtimes' spinning thread pools slow each other 2-4x inside one process)."""
     import multiprocessing
 
     import bench
 
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=bench._block_child, args=((kind, str(where), str(feeds), threads), 3, runs, None, send))
+    child = context.Process(target=bench._block_child, args=((kind, str(where), str(feeds), threads), warmup, runs, None, send))
     child.start()
     result = receive.recv()
     child.join()
