@@ -16,8 +16,6 @@ BENCHMARKS.md. Random weights: the speed and agreement are what is measured, not
 from __future__ import annotations
 
 import argparse
-import datetime
-import statistics
 import sys
 import tempfile
 import time
@@ -155,49 +153,26 @@ def main(argv: list[str] | None = None) -> int:
     from ember.compiler.driver import compile_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_ops import _block, _diff
+    from bench_ops import COLUMNS, _diff, side_by_side, write_table
 
     torch.manual_seed(0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            path = Path(tmp) / f"{name}.onnx"
+            path, artifact, inputs = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}.ember", Path(tmp) / f"{name}.npz"
             feeds = MODELS[name](path)
             start = time.perf_counter()
-            compile_model(path, Path(tmp) / f"{name}.ember", sample=feeds)
+            compile_model(path, artifact, sample=feeds)
             compile_s = time.perf_counter() - start
-            np.savez(Path(tmp) / f"{name}.npz", **feeds)
+            np.savez(inputs, **feeds)
             for threads in [int(t) for t in args.threads.split(",")]:
-                diff = _diff(Path(tmp) / f"{name}.ember", path, feeds, threads)
-                times: dict[str, list[float]] = {"ember": [], "ort": []}
-                for _ in range(args.blocks):
-                    for kind, where in (("ember", Path(tmp) / f"{name}.ember"), ("ort", path)):
-                        times[kind] += _block(kind, where, Path(tmp) / f"{name}.npz", threads, args.runs)
-                e, o = statistics.median(times["ember"]) * 1e3, statistics.median(times["ort"]) * 1e3
-                row = f"| {name} | {threads} | {o:.2f} | {e:.2f} | {e / o:.2f} | {diff} | {compile_s:.1f} |"
-                print(row, flush=True)
-                rows.append(row)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    command = "python tools/bench_exported.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = "\n".join([
-        BEGIN,
-        f"Command: `{command.strip()}` (measured {stamp}; medians of {args.blocks * args.runs} runs a column, "
-        "alternating blocks, each in a fresh process)",
-        "",
-        "| model | threads | onnxruntime ms | ember ms | ember/ORT | max abs diff | compile s |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        END,
-    ])
-    print(table)
-    if args.write:
-        bench = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-        text = bench.read_text()
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n## 9. Architectures as torch.onnx exports them (speech, text, OCR, detection)\n\n" + table + "\n"
-        bench.write_text(text)
+                diff = _diff(artifact, path, feeds, threads)
+                e, o = side_by_side(artifact, path, inputs, threads, args.blocks, args.runs)
+                rows.append(f"| {name} | {threads} | {o:.2f} | {e:.2f} | {e / o:.2f} | {diff} | {compile_s:.1f} |")
+                print(rows[-1], flush=True)
+    write_table("bench_exported.py", argv, (BEGIN, END),
+                "9. Architectures as torch.onnx exports them (speech, text, OCR, detection)",
+                ["model", "threads", *COLUMNS], rows, args.blocks * args.runs, args.write)
     return 0
 
 

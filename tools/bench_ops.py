@@ -152,6 +152,46 @@ def _diff(artifact: Path, model_path: Path, feeds: dict[str, np.ndarray], thread
     return f"{worst:.1e}" if any(a.dtype.kind == "f" for a in got) else "-"
 
 
+def side_by_side(artifact: Path, model: Path, feeds: Path, threads: int, blocks: int, runs: int) -> tuple[float, float]:
+    """Medians in ms (ember, onnxruntime) of `blocks` alternating blocks of `runs` runs each."""
+    times: dict[str, list[float]] = {"ember": [], "ort": []}
+    for _ in range(blocks):
+        for kind, where in (("ember", artifact), ("ort", model)):
+            times[kind] += _block(kind, where, feeds, threads, runs)
+    return statistics.median(times["ember"]) * 1e3, statistics.median(times["ort"]) * 1e3
+
+
+def write_table(script: str, argv: list[str] | None, markers: tuple[str, str], heading: str, columns: list[str],
+                rows: list[str], runs: int, write: bool) -> None:
+    """Print the table (command, date, the rows) between `markers`; with `write`, replace it in
+    BENCHMARKS.md (or append it under `heading`)."""
+    begin, end = markers
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    command = f"python tools/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    table = "\n".join([
+        begin,
+        f"Command: `{command.strip()}` (measured {stamp}; medians of {runs} runs a column, "
+        "alternating blocks, each in a fresh process)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *rows,
+        end,
+    ])
+    print(table)
+    if write:
+        bench = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
+        text = bench.read_text()
+        if begin in text and end in text:
+            text = text[: text.index(begin)] + table + text[text.index(end) + len(end):]
+        else:
+            text = text.rstrip("\n") + f"\n\n## {heading}\n\n" + table + "\n"
+        bench.write_text(text)
+
+
+COLUMNS = ["onnxruntime ms", "ember ms", "ember/ORT", "max abs diff", "compile s"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", default="1,2")
@@ -163,48 +203,23 @@ def main(argv: list[str] | None = None) -> int:
     from ember.compiler.driver import compile_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.cases.split(","):
             proto, feeds = CASES[name]()
-            path = Path(tmp) / f"{name}.onnx"
+            path, artifact, inputs = Path(tmp) / f"{name}.onnx", Path(tmp) / f"{name}.ember", Path(tmp) / f"{name}.npz"
             onnx.save(proto, path)
             start = time.perf_counter()
-            compile_model(path, Path(tmp) / f"{name}.ember", sample=feeds)
+            compile_model(path, artifact, sample=feeds)
             compile_s = time.perf_counter() - start
-            np.savez(Path(tmp) / f"{name}.npz", **feeds)
+            np.savez(inputs, **feeds)
             for threads in [int(t) for t in args.threads.split(",")]:
-                diff = _diff(Path(tmp) / f"{name}.ember", path, feeds, threads)
-                times: dict[str, list[float]] = {"ember": [], "ort": []}
-                for _ in range(args.blocks):
-                    for kind, where in (("ember", Path(tmp) / f"{name}.ember"), ("ort", path)):
-                        times[kind] += _block(kind, where, Path(tmp) / f"{name}.npz", threads, args.runs)
-                e, o = statistics.median(times["ember"]) * 1e3, statistics.median(times["ort"]) * 1e3
-                row = f"| {name} | {threads} | {o:.3f} | {e:.3f} | {e / o:.2f} | {diff} | {compile_s:.1f} |"
-                print(row, flush=True)
-                rows.append(row)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    command = "python tools/bench_ops.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = "\n".join([
-        BEGIN,
-        f"Command: `{command.strip()}` (measured {stamp}; medians of {args.blocks * args.runs} runs a column, "
-        "alternating blocks, each in a fresh process)",
-        "",
-        "| case | threads | onnxruntime ms | ember ms | ember/ORT | max abs diff | compile s |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
-        END,
-    ])
-    print(table)
-    if args.write:
-        bench = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-        text = bench.read_text()
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n## 8. Beyond the zoo: data-dependent sizes, vision, signal, loops\n\n" + table + "\n"
-        bench.write_text(text)
+                diff = _diff(artifact, path, feeds, threads)
+                e, o = side_by_side(artifact, path, inputs, threads, args.blocks, args.runs)
+                rows.append(f"| {name} | {threads} | {o:.3f} | {e:.3f} | {e / o:.2f} | {diff} | {compile_s:.1f} |")
+                print(rows[-1], flush=True)
+    write_table("bench_ops.py", argv, (BEGIN, END), "8. Beyond the zoo: data-dependent sizes, vision, signal, loops",
+                ["case", "threads", *COLUMNS], rows, args.blocks * args.runs, args.write)
     return 0
 
 

@@ -15,8 +15,6 @@ all runs and their ratio. The outputs are compared first (max abs difference). `
 from __future__ import annotations
 
 import argparse
-import datetime
-import statistics
 import sys
 import tempfile
 import time
@@ -92,49 +90,28 @@ def main(argv: list[str] | None = None) -> int:
     from ember.compiler.driver import compile_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_ops import COLUMNS, side_by_side, write_table
+
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for op, seq, batch, inp, hidden in CASES:
             proto = model(op, seq, batch, inp, hidden)
             path = Path(tmp) / f"{op}_{seq}_{batch}_{inp}_{hidden}.onnx"
+            artifact, inputs = Path(tmp) / f"{path.stem}.ember", Path(tmp) / "feeds.npz"
             onnx.save(proto, path)
             start = time.perf_counter()
-            compile_model(path, Path(tmp) / f"{path.stem}.ember")
+            compile_model(path, artifact)
             compile_s = time.perf_counter() - start
             feeds = {"x": np.random.default_rng(1).standard_normal((seq, batch, inp)).astype(np.float32)}
-            np.savez(Path(tmp) / "feeds.npz", **feeds)
+            np.savez(inputs, **feeds)
             for threads in [int(t) for t in args.threads.split(",")]:
-                diff = _max_diff(Path(tmp) / f"{path.stem}.ember", path, feeds, threads)
-                times: dict[str, list[float]] = {"ember": [], "ort": []}
-                for _ in range(args.blocks):
-                    for name, where in (("ember", Path(tmp) / f"{path.stem}.ember"), ("ort", path)):
-                        times[name] += _block(name, where, Path(tmp) / "feeds.npz", threads, args.runs)
-                e, o = statistics.median(times["ember"]) * 1e3, statistics.median(times["ort"]) * 1e3
-                row = (f"| {op} | {seq} | {batch} | {inp} | {hidden} | {threads} | {o:.3f} | {e:.3f} | {e / o:.2f} | "
-                       f"{diff:.1e} | {compile_s:.1f} |")
-                print(row, flush=True)
-                rows.append(row)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
-    command = "python tools/bench_rnn.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    table = "\n".join([
-        BEGIN,
-        f"Command: `{command.strip()}` (measured {stamp}; medians of {args.blocks * args.runs} runs a column, "
-        "alternating blocks)",
-        "",
-        "| op | seq | batch | input | hidden | threads | onnxruntime ms | ember ms | ember/ORT | max abs diff | compile s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
-        END,
-    ])
-    print(table)
-    if args.write:
-        bench = Path(__file__).resolve().parents[1] / "BENCHMARKS.md"
-        text = bench.read_text()
-        if BEGIN in text and END in text:
-            text = text[: text.index(BEGIN)] + table + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n## 7. Recurrent layers (LSTM, GRU): ember vs onnxruntime\n\n" + table + "\n"
-        bench.write_text(text)
+                diff = _max_diff(artifact, path, feeds, threads)
+                e, o = side_by_side(artifact, path, inputs, threads, args.blocks, args.runs)
+                rows.append(f"| {op} | {seq} | {batch} | {inp} | {hidden} | {threads} | {o:.3f} | {e:.3f} | {e / o:.2f} | "
+                            f"{diff:.1e} | {compile_s:.1f} |")
+                print(rows[-1], flush=True)
+    write_table("bench_rnn.py", argv, (BEGIN, END), "7. Recurrent layers (LSTM, GRU): ember vs onnxruntime",
+                ["op", "seq", "batch", "input", "hidden", "threads", *COLUMNS], rows, args.blocks * args.runs, args.write)
     return 0
 
 
