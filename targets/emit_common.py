@@ -104,6 +104,19 @@ class Lowering:
 Emitter = Callable[[Lowering, Node, list[Any]], Sequence[relax.Expr]]
 
 
+class ScriptText:
+    """Indented TVMScript lines of a hand-written kernel: `w(depth, line)`, then `w.source()`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, depth: int, line: str) -> None:
+        self.lines.append("    " * depth + line)
+
+    def source(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
 def const(array: np.ndarray) -> relax.Expr:
     """A Relax constant holding `array`."""
     data = np.asarray(array, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)

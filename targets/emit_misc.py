@@ -24,21 +24,8 @@ import tvm
 from tvm import relax
 
 from ember.compiler.ir import Node
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, const, in_type, out_type, refuse
+from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, ScriptText, const, in_type, out_type, refuse
 from ember.targets.emit_dynamic import KERNEL_ATTRS, bind_length
-
-
-class _Text:
-    """Indented TVMScript lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
-    def source(self) -> str:
-        return "\n".join(self.lines) + "\n"
 
 
 def _arange(lo: int, hi: Any) -> relax.Expr:
@@ -82,7 +69,7 @@ def unique_source(dt: str, rows: bool, sort: bool) -> str:
         load = 'T.Cast("int32", x[{r}, {c}])'
     else:
         load = "x[{r}, {c}]"
-    w = _Text()
+    w = ScriptText()
 
     def compare(depth: int, ra: str, rb: str) -> None:
         """st[3] = 1 when row rb sorts before row ra, -1 when after, 0 when tied."""
@@ -295,7 +282,7 @@ def max_unpool_source(dt: str) -> str:
     """(x [L], indices [L], y [M]): y zero, then y[indices[i]] = x[i] in order (a later
     duplicate index wins, as the reference's assignment); an index outside [0, M) is a
     run-time error, as in the reference."""
-    w = _Text()
+    w = ScriptText()
     w(0, "@T.prim_func(private=True)")
     w(0, "def max_unpool(x_h: T.handle, idx_h: T.handle, y_h: T.handle):")
     w(1, KERNEL_ATTRS)

@@ -30,7 +30,18 @@ from tvm import relax
 
 from ember.compiler.ir import Node
 from ember.compiler.ops import recurrent as ref
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, const, has_input, in_type, out_type, refuse
+from ember.targets.emit_common import (
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    R,
+    ScriptText,
+    const,
+    has_input,
+    in_type,
+    out_type,
+    refuse,
+)
 
 # Reached through `T.` in the generated TVMScript; alpha/beta are substituted as literals.
 _ACT = {
@@ -56,16 +67,6 @@ SPECS = {"LSTM": ref.LSTM, "GRU": ref.GRU, "RNN": ref.RNN}
 ROWS = 4
 TILE = 32  # columns of the register tile: ROWS x TILE accumulators (8 AVX-512 registers)
 QUAD = 4  # panels a single row's tile covers (batch 1): QUAD x TILE accumulators
-
-
-class _Text:
-    """Indented TVMScript lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
 
 
 def _literal(value: float, dt: str) -> str:
@@ -135,7 +136,7 @@ def kernel_source(op: str, attrs: dict[str, Any], dirs: int, hidden: int, dt: st
         params.append(f'p: T.Buffer(({D}, {3 * H}), "{dt}")')
     params += ["lens_h: T.handle"] * has_lens + ["h0_h: T.handle"] * has_h0 + ["c0_h: T.handle"] * (lstm and has_c0)
     params += ["y_h: T.handle", "yh_h: T.handle"] + ["yc_h: T.handle"] * lstm
-    w = _Text()
+    w = ScriptText()
     w(0, "@T.prim_func(private=True)")
     w(0, f"def {op.lower()}_recurrence({', '.join(params)}):")
     w(1, 'T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})')
@@ -220,13 +221,13 @@ def kernel_source(op: str, attrs: dict[str, Any], dirs: int, hidden: int, dt: st
     w(4, f"yh[d, b0 + bi, j] = {zero}")
     if lstm:
         w(4, f"yc[d, b0 + bi, j] = {zero}")
-    return "\n".join(w.lines) + "\n"
+    return w.source()
 
 
 VEC = 16  # the cell's elementwise loops run in vectors of this many lanes (the rest one by one)
 
 
-def _for_j(w: _Text, depth: int, extent: int, body: list[str]) -> None:
+def _for_j(w: ScriptText, depth: int, extent: int, body: list[str]) -> None:
     """`for j in range(extent): body`, vectorized by VEC with a scalar remainder (the gates'
     sigmoid and tanh are most of a small recurrence's step when computed one at a time)."""
     full = extent // VEC * VEC
@@ -242,7 +243,7 @@ def _for_j(w: _Text, depth: int, extent: int, body: list[str]) -> None:
             w(depth + 1, index.sub(f"({full} + jr)", line))
 
 
-def _cell(w: _Text, depth: int, op: str, attrs: dict[str, Any], fns: list[Any], H: int, clip: float | None,
+def _cell(w: ScriptText, depth: int, op: str, attrs: dict[str, Any], fns: list[Any], H: int, clip: float | None,
           dt: str, zero: str, one: str, rows_loop: Any) -> None:
     """One step's elementwise update of every active row, the gates in `acc` (h R^T added
     where it applies); GRU's candidate gate makes its own pass over R first."""
@@ -309,7 +310,7 @@ def pack_panels(rt: relax.Expr, col0: int, width: int, dirs: int, hidden: int, d
     return R.permute_dims(R.reshape(part, [dirs, hidden, panels, TILE]), [0, 2, 1, 3])
 
 
-def _gemm(w: _Text, depth: int, src: str, rp: str, width: int, dst: str, col0: int, add: bool, H: int,
+def _gemm(w: ScriptText, depth: int, src: str, rp: str, width: int, dst: str, col0: int, add: bool, H: int,
           zero: str) -> None:
     """dst[bi, col0 + g] (+)= sum_k src[bi, k] * R^T[k, g] for g < width, R^T's range packed in
     panels `rp`, over the group's rows: ROWS x TILE register tiles over k (all ROWS rows

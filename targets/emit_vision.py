@@ -26,25 +26,12 @@ import tvm
 from tvm import relax
 
 from ember.compiler.ir import Node
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, in_type, out_type, refuse
+from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, ScriptText, in_type, out_type, refuse
 
 KERNEL_ATTRS = 'T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})'
 CHANNELS = 64  # RoiAlign: channels that share one computation of a bin's taps
 CHUNK = 64  # GridSample: output positions whose taps are computed before the channel loop
 FLOATS = ("f64", "f32", "f16", "bf16")
-
-
-class _Text:
-    """Indented TVMScript lines."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
-    def source(self) -> str:
-        return "\n".join(self.lines) + "\n"
 
 
 def _lit(value: float, dt: str) -> str:
@@ -79,7 +66,7 @@ def roi_align_source(attrs: dict[str, Any], dt: str, rois_dt: str) -> str:
     avg = attrs["mode"] == "avg"
     scale = _lit(attrs["spatial_scale"], "float64")
     f64 = lambda v: _lit(v, "float64")  # noqa: E731
-    w = _Text()
+    w = ScriptText()
     w(0, "@T.prim_func(private=True)")
     w(0, "def roi_align(x_h: T.handle, rois_h: T.handle, idx_h: T.handle, y_h: T.handle):")
     w(1, KERNEL_ATTRS)
@@ -171,7 +158,7 @@ def _roi_align(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 TAPS = {"nearest": 1, "linear": 2, "cubic": 4}
 
 
-def _reflect_lines(w: _Text, depth: int, p: str, v: str, lo: str, hi: str, span: str, dt: str) -> str:
+def _reflect_lines(w: ScriptText, depth: int, p: str, v: str, lo: str, hi: str, span: str, dt: str) -> str:
     """Lines reflecting `v` at lo / hi until it lies in [lo, hi] (the reference's _reflect);
     returns the name of the result."""
     two, half, zero = _lit(2.0, dt), _lit(0.5, dt), _lit(0.0, dt)
@@ -196,7 +183,7 @@ def grid_sample_source(nd: int, attrs: dict[str, Any], dt: str) -> str:
     L = lambda v: _lit(v, dt)  # noqa: E731
     d = [f"d{i}" for i in range(nd)]
     o = [f"o{i}" for i in range(nd)]
-    w = _Text()
+    w = ScriptText()
     w(0, "@T.prim_func(private=True)")
     w(0, "def grid_sample(x_h: T.handle, g_h: T.handle, y_h: T.handle):")
     w(1, KERNEL_ATTRS)
@@ -242,7 +229,7 @@ def grid_sample_source(nd: int, attrs: dict[str, Any], dt: str) -> str:
     return w.source()
 
 
-def _grid_axis(w: _Text, depth: int, ax: int, coord: str, size: str, mode: str, padding: str, align: bool, dt: str,
+def _grid_axis(w: ScriptText, depth: int, ax: int, coord: str, size: str, mode: str, padding: str, align: bool, dt: str,
                taps: int, per: int, L: Any) -> None:
     """Lines filling ti / tw for axis `ax` of position j from its normalized coordinate."""
     a = f"a{ax}"
