@@ -3,7 +3,7 @@ the TVM VM and compared with ember's interpreter."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -72,6 +72,19 @@ def run_vm(built: Built, graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[
     out = vm["main"](*[tvm.runtime.tensor(np.asarray(feeds[v.name], order="C")) for v in graph.inputs])  # (0-d stays 0-d)
     outs = [out] if hasattr(out, "numpy") else list(out)
     return {name: o.numpy() for name, o in zip(graph.outputs, outs)}
+
+
+def run_node_cases(cases: Sequence[Any]) -> Iterator[tuple[Any, Graph, dict[str, np.ndarray], dict[str, np.ndarray],
+                                                          dict[str, np.ndarray]]]:
+    """onnx backend node-test cases, each compiled for the CPU and run on each of its data sets:
+    (case, graph, feeds, compiled outputs, onnx's expected outputs), outputs by name."""
+    for case in cases:
+        graph = import_proto(case.model)
+        built = build(graph, resolve_target("cpu"))
+        for inputs, outputs in case.data_sets:
+            feeds = {v.name: x for v, x in zip(case.model.graph.input, inputs)}
+            expected = {v.name: x for v, x in zip(case.model.graph.output, outputs)}
+            yield case, graph, feeds, run_vm(built, graph, feeds), expected
 
 
 def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], where: str, atol: float = ATOL) -> None:

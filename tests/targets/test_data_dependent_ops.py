@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from codegen_helpers import check_graph, check_model, compare, onnx_model, run_vm
+from codegen_helpers import check_graph, check_model, compare, onnx_model, run_node_cases, run_vm
 from conftest import make_model, run_onnxruntime
 from onnx import TensorProto as T
 from onnx import helper
@@ -127,14 +127,9 @@ def test_onnx_node_tests_of_these_ops_match_their_data() -> None:
 
     cases = [c for c in collect_testcases() if c.name.startswith(("test_nonzero", "test_compress", "test_nonmaxsuppression"))]
     assert len(cases) >= 14
-    for case in cases:
-        graph = import_proto(case.model)
-        built = build(graph, resolve_target("cpu"))
-        for inputs, outputs in case.data_sets:
-            feeds = {v.name: x for v, x in zip(case.model.graph.input, inputs)}
-            got = run_vm(built, graph, feeds)
-            for value, expected in zip(case.model.graph.output, outputs):
-                np.testing.assert_array_equal(got[value.name], expected, err_msg=case.name)
+    for case, _, _, got, expected in run_node_cases(cases):
+        for name, value in expected.items():
+            np.testing.assert_array_equal(got[name], value, err_msg=case.name)
 
 
 def detection_tail() -> onnx.ModelProto:

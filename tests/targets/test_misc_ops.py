@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from codegen_helpers import ATOL, RTOL, check_graph, check_model, onnx_model, run_vm
+from codegen_helpers import ATOL, RTOL, check_graph, check_model, onnx_model, run_node_cases, run_vm
 from onnx import TensorProto as T
 from onnx import helper
 
@@ -181,16 +181,11 @@ def test_onnx_node_tests_of_these_ops_match_their_data() -> None:
     cases = [c for c in collect_testcases() if c.name.startswith(COMPILED) and not c.name.endswith("_expanded")
              and c.name not in SKIPPED]
     assert len(cases) >= 19
-    for case in cases:
-        graph = import_proto(case.model)
-        built = build(graph, resolve_target("cpu"))
-        for inputs, outputs in case.data_sets:
-            feeds = {v.name: x for v, x in zip(case.model.graph.input, inputs)}
-            got = run_vm(built, graph, feeds)
-            want = interp.run(graph, feeds)
-            for value, expected in zip(case.model.graph.output, outputs):
-                np.testing.assert_allclose(got[value.name], want[value.name], rtol=RTOL, atol=ATOL, err_msg=case.name)
-                np.testing.assert_allclose(got[value.name], expected, rtol=RTOL, atol=ATOL, err_msg=case.name)
+    for case, graph, feeds, got, expected in run_node_cases(cases):
+        want = interp.run(graph, feeds)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=case.name)
+            np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=case.name)
 
 
 @pytest.mark.parametrize("op", REFUSED)

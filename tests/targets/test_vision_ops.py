@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from codegen_helpers import ATOL, RTOL, check_model, onnx_model, run_vm
+from codegen_helpers import ATOL, RTOL, check_model, onnx_model, run_node_cases, run_vm
 from conftest import make_model, run_onnxruntime
 from onnx import TensorProto as T
 from onnx import helper
@@ -134,17 +134,12 @@ def test_onnx_node_tests_of_these_ops_match_their_data() -> None:
 
     cases = [c for c in collect_testcases() if c.name.startswith(("test_roialign", "test_gridsample"))]
     assert len(cases) >= 21
-    for case in cases:
-        graph = import_proto(case.model)
-        built = build(graph, resolve_target("cpu"))
-        for inputs, outputs in case.data_sets:
-            feeds = {v.name: x for v, x in zip(case.model.graph.input, inputs)}
-            got = run_vm(built, graph, feeds)
-            want = interp.run(graph, feeds)
-            for value, expected in zip(case.model.graph.output, outputs):
-                np.testing.assert_allclose(got[value.name], want[value.name], rtol=RTOL, atol=ATOL, err_msg=case.name)
-                atol = 5e-5 + ATOL if case.name in FOUR_DECIMALS else ATOL
-                np.testing.assert_allclose(got[value.name], expected, rtol=RTOL, atol=atol, err_msg=case.name)
+    for case, graph, feeds, got, expected in run_node_cases(cases):
+        want = interp.run(graph, feeds)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=case.name)
+            atol = 5e-5 + ATOL if case.name in FOUR_DECIMALS else ATOL
+            np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=atol, err_msg=case.name)
 
 
 def conv_heads() -> onnx.ModelProto:
