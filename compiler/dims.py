@@ -68,6 +68,8 @@ def _product(dim: Dim) -> tuple[int, tuple[str, ...]] | None:
 def _join(coef: int, syms: tuple[str, ...]) -> Dim:
     if not syms or coef == 0:
         return coef
+    if coef == 1 and len(syms) == 1 and _enclosed(syms[0]):
+        return syms[0][1:-1]  # (256*((T-5)//5))//256 is (T-5)//5, the dim it came from
     parts = ([str(coef)] if coef != 1 else []) + list(syms)
     return "*".join(parts)
 

@@ -7,7 +7,8 @@ Blocked conv (`ConvBlocked`), the schedule that matched onnxruntime on a 3x3 con
 
     parallel  n, yo                     (bands of output rows: SPATIAL_CHUNKS; or n, fo, y,
       fo, yi                             channel panels x rows, when the weight outweighs the
-                                         activations)
+                                         activations; a conv1d: bands of output columns, each
+                                         over every channel panel, `_column_span`)
       xo                                 (W / xr column blocks)
         rc, ry, rx (rx unrolled)
           xi (unrolled xr) x fv (unrolled nv) x fi (vector lanes):
@@ -220,6 +221,23 @@ def _nbytes(buffer: Any) -> int:
     return total
 
 
+COLUMN_BAND_BYTES = 192 << 10  # a conv1d band's input columns (all channels) stay in L2 beside the weight
+
+
+def _column_span(data_shape: list[Any], width: int, xr: int) -> int | None:
+    """Column blocks per band of a conv without output rows (conv1d) whose activations outweigh
+    its weight, or None: each thread takes bands of output columns over every channel panel, so
+    a band's input (channels x its columns) is read from L2 once per panel. With channel panels
+    outermost, a 256-channel 12800-long input (13 MB) streamed from memory once per panel:
+    wav2vec2's 256 -> 256 stride-2 conv ran at 8% of peak."""
+    channels = data_shape[1] if len(data_shape) == 3 and isinstance(data_shape[1], int) else None
+    length = data_shape[-1] if isinstance(data_shape[-1], int) else SYMBOLIC_EXTENT
+    if channels is None or width < 4 * xr:
+        return None
+    per_column = channels * 4 * max(1, length // max(width, 1))  # input bytes behind one output column
+    return max(1, min(width // xr // 2, COLUMN_BAND_BYTES // (per_column * xr)))
+
+
 class ConvBlocked:
     """Conv2d/conv1d NCHW with channel-blocked, register-blocked micro-kernel (see module doc)."""
 
@@ -228,6 +246,7 @@ class ConvBlocked:
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
         if target.kind.name != "llvm":
             return None
+        func = sc.narrow_indices(func)  # int32: a ragged last column block is split off
         kernel = sc.analyze(func)
         if kernel is None or kernel.anchor is None:
             return None
@@ -251,6 +270,13 @@ class ConvBlocked:
             if group_width is None:
                 return None
         vec, nv, xr = _tile(target, group_width, width, lanes)
+        # The accumulator tile of a symbolic-width conv on the stack (a "global" tile under
+        # MAX_STACK_BYTES): as "local" workspace, LLVM stored every accumulator after each FMA
+        # there (wav2vec2's 256 -> 256 conv: 123 -> 32 ms). Static kernels keep the 8-column
+        # local tile LLVM does hold in registers (measured the same either way).
+        stack_tile = symbolic
+        if stack_tile:
+            xr = max(1, min(xr, (sc.MAX_STACK_BYTES - 1) // (nv * vec * 4)))
         if conv.grouped and nv * vec > group_width:
             nv = 1
         if co % (nv * vec):
@@ -268,27 +294,36 @@ class ConvBlocked:
         epilogue = sc.inline_epilogue(sch, kernel.after)
 
         sc.pack_weight(sch, anchor.block_rv, conv.weight_index, _pack_map(vec))
-        fo, fv, fi = sch.split(conv.f.loop_rv, [None, nv, vec])
-        xo, xi = sch.split(conv.x.loop_rv, [None, xr])
-        if symbolic:  # full column blocks without a bound check, then one ragged block
-            sch.annotate(xo, "pragma_loop_partition_hint", 1)
         rows = [r.loop_rv for r in conv.rows if r is not None]
         batch = [it.loop_rv for it in (conv.n, ) if it is not None]
         reds = [it.loop_rv for it in conv.reductions]
         data_buf = sc.reads(sch, anchor.block_rv)[conv.data_index][0]
         out_buf = sch.get(anchor.block_rv).writes[0].source
+        activations_heavier = _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)
+        fo, fv, fi = sch.split(conv.f.loop_rv, [None, nv, vec])
+        span = _column_span(sc.buffer_shape(data_buf), width, xr) if not rows and activations_heavier else None
         parts = _row_chunks(conv.rows[0] if conv.rows else None)
-        if parts and _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf):
-            # Activations outweigh the weight: each thread takes a band of rows, all channels
-            # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows.
-            yo, yi = sch.split(rows[0], [parts, None])
-            sch.reorder(*batch, yo, fo, yi, *rows[1:], xo, *reds, xi, fv, fi)
-            outer_loops, banded = [*batch, yo], True
-        else:  # the weight outweighs the activations: each thread takes channel panels
-            banded = False
-            outer_loops = batch + [fo] + rows
-            sch.reorder(*outer_loops, xo, *reds, xi, fv, fi)
-        acc = sch.cache_write(anchor.block_rv, 0, "local")
+        if span is not None:  # conv1d over a long sequence: bands of columns (see _column_span)
+            xb, xo, xi = sch.split(conv.x.loop_rv, [None, span, xr])
+            if symbolic or width % (span * xr):  # whole bands without a bound check, then the ragged one
+                sch.annotate(xb, "pragma_loop_partition_hint", 1)
+            sch.reorder(*batch, xb, fo, xo, *reds, xi, fv, fi)
+            outer_loops, banded = [*batch, xb], True
+        else:
+            xo, xi = sch.split(conv.x.loop_rv, [None, xr])
+            if symbolic or width % xr:  # whole column blocks without a bound check, then the ragged one
+                sch.annotate(xo, "pragma_loop_partition_hint", 1)
+            if parts and activations_heavier:
+                # Activations outweigh the weight: each thread takes a band of rows, all channels
+                # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows.
+                yo, yi = sch.split(rows[0], [parts, None])
+                sch.reorder(*batch, yo, fo, yi, *rows[1:], xo, *reds, xi, fv, fi)
+                outer_loops, banded = [*batch, yo], True
+            else:  # the weight outweighs the activations: each thread takes channel panels
+                banded = False
+                outer_loops = batch + [fo] + rows
+                sch.reorder(*outer_loops, xo, *reds, xi, fv, fi)
+        acc = sch.cache_write(anchor.block_rv, 0, "global" if stack_tile else "local")
         sch.reverse_compute_at(acc, xo)
         sch.transform_layout(anchor.block_rv, ("write", 0), _acc_map())
         if epilogue is not None:
@@ -308,9 +343,49 @@ class ConvBlocked:
             if banded and len(loops) == 4:  # (n, c, y, x) -> (n, y, c, x): the threads' bands
                 sch.reorder(loops[0], loops[2], loops[1], loops[3])
             _vectorize_row(sch, info.block_rv, lanes, parallel=True)
-        _unroll_below(sch, acc, xo)
+        if not _vectorize_writeback(sch, acc, xo, vec):
+            _unroll_below(sch, acc, xo)
         sch.decompose_reduction(anchor.block_rv, reds[0])
         return sch
+
+
+# Arithmetic operations per element above which a conv's epilogue is computed on vectors (GELU's
+# erf polynomial: ~40); below, the write-back stays scalar stores along the output rows, which
+# measured faster for bias + relu (a 12799-long conv1d: 31.6 ms scalar, 41 ms scattered).
+HEAVY_EPILOGUE = 16
+
+
+def _arith_ops(node: Any) -> int:
+    """How many arithmetic nodes an expression (or a buffer store's value) holds."""
+    if isinstance(node, tirx.BufferStore):
+        return _arith_ops(node.value)
+    args = getattr(node, "args", None)
+    if args is not None:  # a call (tvm.ir.Call)
+        return 1 + sum(_arith_ops(arg) for arg in args)
+    children = [getattr(node, name, None) for name in ("a", "b", "value", "condition", "true_value", "false_value")]
+    children = [c for c in children if c is not None and hasattr(c, "ty") and not isinstance(c, (int, float))]
+    return (not isinstance(node, tirx.Cast) and bool(children)) + sum(_arith_ops(c) for c in children)
+
+
+def _vectorize_writeback(sch: s_tir.Schedule, acc: Any, loop: Any, vec: int) -> bool:
+    """The tile's write-back (registers to the NCW/NCHW output, its epilogue inlined) as vectors
+    of `vec` channels per column: the epilogue's math runs on vectors, the stores scatter along
+    the channel stride. Scalar, a GELU epilogue took a third of wav2vec2's conv time. Whether
+    the loops had that form ((.., channels, columns) inside `loop`, channels a multiple of vec)."""
+    loops = sch.get_loops(acc)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(loop)))
+    inner = loops[at + 1:]
+    if len(inner) != 2 or _arith_ops(sch.get(acc).body) < HEAVY_EPILOGUE:
+        return False
+    channels = sc.static_extent(sch, inner[0])
+    if channels is None or channels % vec or sc.static_extent(sch, inner[1]) is None:
+        return False
+    sch.reorder(inner[1], inner[0])
+    fo, fi = sch.split(inner[0], [None, vec])
+    sch.unroll(inner[1])
+    sch.unroll(fo)
+    sch.vectorize(fi)
+    return True
 
 
 def _unroll_below(sch: s_tir.Schedule, block: Any, loop: Any) -> None:

@@ -195,3 +195,28 @@ def test_simplify_leaves_alone(case: str, rng: np.random.Generator) -> None:
         return
     result = check_pass("simplify", text, text, rng)
     assert result.rejections
+
+
+def test_group_norm_reshapes_over_a_computed_length_are_removed() -> None:
+    """torch exports GroupNorm(C groups) as Reshape [1, C, -1] -> InstanceNormalization ->
+    Reshape to the input's shape. Over a length computed from a symbolic one ((T-5)//5 here),
+    -1 once resolved to `((T-5)//5)`, a dim spelled differently from the input's: both Reshapes
+    stayed, as copies that cost wav2vec2 26 ms. Now -1 resolves to the same dim and both go."""
+    import onnx
+    from conftest import make_model
+    from onnx import TensorProto, helper
+
+    from ember.compiler.importer import import_proto
+    from ember.compiler.passmanager import run_pipeline
+    from ember.compiler.pipeline import DEFAULT_PIPELINE
+
+    nodes = [helper.make_node("AveragePool", ["x"], ["p"], kernel_shape=[10], strides=[5]),
+             helper.make_node("Reshape", ["p", "flat"], ["r"]),
+             helper.make_node("InstanceNormalization", ["r", "g", "b"], ["n"]),
+             helper.make_node("Shape", ["p"], ["s"]),
+             helper.make_node("Reshape", ["n", "s"], ["y"])]
+    inits = {"flat": np.array([1, 4, -1], np.int64), "g": np.ones(4, np.float32), "b": np.zeros(4, np.float32)}
+    model: onnx.ModelProto = make_model(nodes, [("x", TensorProto.FLOAT, [1, 4, "T"])], [("y", TensorProto.FLOAT, [1, 4, "L"])],
+                                         inits)
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    assert [n.op for n in graph.nodes] == ["AveragePool", "InstanceNormalization"], [n.op for n in graph.nodes]

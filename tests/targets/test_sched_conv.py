@@ -38,7 +38,7 @@ class Case:
     pads: tuple[int, int, int, int] = (1, 1, 1, 1)
     dilation: tuple[int, int] = (1, 1)
     group: int = 1
-    epilogue: str = ""  # "", relu, clip, residual (add an input, then relu), silu
+    epilogue: str = ""  # "", relu, clip, residual (add an input, then relu), silu, gelu
     n: int = 1
     conv1d: bool = False
     symbolic: bool = False  # spatial dims H, W symbolic (a dynamic image size or sequence length)
@@ -81,6 +81,12 @@ class Case:
             out = "y"
         elif self.epilogue == "silu":
             nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
+            out = "y"
+        elif self.epilogue == "gelu":  # as torch exports it: c * 0.5 * (1 + erf(c / sqrt(2)))
+            inits += [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("r2", 1.4142135), ("one", 1.0), ("half", 0.5))]
+            nodes += [helper.make_node("Div", ["c", "r2"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+                      helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["c", "p"], ["m"]),
+                      helper.make_node("Mul", ["m", "half"], ["y"])]
             out = "y"
         elif self.epilogue == "residual":
             inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, None))
@@ -136,6 +142,11 @@ CASES = [
     # (before, TVM's default code ran these at 0.3% of peak).
     (Case("Conv", 16, 9, 13, 32, epilogue="relu", symbolic=True), "ConvBlocked"),
     (Case("Conv", 24, 1, 40, 32, k=(1, 3), stride=(1, 2), pads=(0, 1, 0, 1), conv1d=True, epilogue="silu", symbolic=True),
+     "ConvBlocked"),
+    # A long conv1d (a speech encoder's): bands of columns over every channel panel, the ragged
+    # last band split off, GELU computed on vectors of channels in the write-back.
+    (Case("Conv", 32, 1, 301, 32, k=(1, 3), stride=(1, 2), pads=(0, 0, 0, 0), conv1d=True, epilogue="gelu"), "ConvBlocked"),
+    (Case("Conv", 32, 1, 301, 32, k=(1, 3), stride=(1, 2), pads=(0, 0, 0, 0), conv1d=True, epilogue="gelu", symbolic=True),
      "ConvBlocked"),
     (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip", symbolic=True), "Depthwise"),
     (Case("MaxPool", 6, 13, 14, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), symbolic=True), "Pool"),

@@ -60,3 +60,33 @@ def test_head_transposes_over_a_symbolic_batch_and_sequence(rng: np.random.Gener
     graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
     built = check_graph(graph, rng, [{"B": 1, "S": 128}, {"B": 2, "S": 7}, {"B": 1, "S": 17}], atol=ATOL)
     assert set(built.rules.values()) == {"Elementwise"}, built.rules
+
+
+def _kernel_text(built, name_part: str) -> str:  # type: ignore[no-untyped-def]
+    return "\n".join(f.script() for gv, f in built.module.functions_items() if name_part in gv.name_hint)
+
+
+@pytest.mark.parametrize("length", [300, 37, 5])
+def test_instance_norm_over_a_long_ragged_or_symbolic_row_is_vectorized(rng: np.random.Generator, length: int) -> None:
+    """GroupNorm in a speech encoder normalizes rows of thousands of frames, no multiple of a
+    vector and often symbolic. The row's sums are lane-wise partial sums over whole vectors with
+    the ragged tail split off (before, a scalar loop: 10 ms against onnxruntime's 1.9 on
+    256 x 12799); at lengths past, not a multiple of, and below the vector width."""
+    nodes = [helper.make_node("InstanceNormalization", ["x", "g", "b"], ["out"], name="out", epsilon=1e-5)]
+    inits = {"g": rng.standard_normal(6).astype(np.float32), "b": rng.standard_normal(6).astype(np.float32)}
+    for shape, dims in (([1, 6, length], {}), ([1, 6, "T"], {"T": length})):
+        graph = run_pipeline(import_proto(onnx_model(nodes, [("x", F, shape)], inits)), DEFAULT_PIPELINE).graph
+        built = check_graph(graph, rng, [dims], atol=ATOL)
+        assert "RowReduce" in built.rules.values(), built.rules
+        text = _kernel_text(built, "instance")
+        assert ("_rf" in text and "T.vectorized" in text) == (length > 32 or shape[-1] == "T"), text
+
+
+def test_gelu_over_a_symbolic_innermost_axis_is_vectorized(rng: np.random.Generator) -> None:
+    """[1, C, T] activations of a speech encoder: the symbolic innermost loop is split into
+    whole vectors and a tail (before, scalar: GELU's erf polynomial at 3.4 ns an element)."""
+    nodes = [helper.make_node("Gelu", ["x"], ["out"], name="out")]
+    graph = run_pipeline(import_proto(onnx_model(nodes, [("x", F, [1, 6, "T"])], {}, opset=20)), DEFAULT_PIPELINE).graph
+    built = check_graph(graph, rng, [{"T": 300}, {"T": 7}], atol=ATOL)
+    assert "Elementwise" in built.rules.values(), built.rules
+    assert "T.vectorized" in _kernel_text(built, "gelu")
