@@ -306,6 +306,36 @@ class Model:
         return times
 
 
+_LOADED: dict[Path, str] = {}  # library path -> sha256 of what was loaded from it in this process
+_COPIES: Path | None = None  # where a library that replaced one loaded before is linked or copied
+
+
+def _fresh(path: Path, digest: str) -> Path:
+    """A path dlopen will load this library's current content from. dlopen hands back the
+    library already loaded from the same file name (symlinks resolved), so an artifact
+    recompiled in place and loaded again in one process ran the old code, silently: the second
+    load of a path whose content changed goes through a hard link (a copy across file systems)
+    named by the content."""
+    global _COPIES
+    path = path.resolve()
+    if _LOADED.setdefault(path, digest) == digest:
+        return path
+    import atexit
+    import shutil
+    import tempfile
+
+    if _COPIES is None:
+        _COPIES = Path(tempfile.mkdtemp(prefix="ember-libs-"))
+        atexit.register(shutil.rmtree, _COPIES, True)
+    fresh = _COPIES / f"{digest[:32]}-{path.name}"
+    if not fresh.exists():
+        try:
+            fresh.hardlink_to(path)
+        except OSError:
+            shutil.copyfile(path, fresh)
+    return fresh
+
+
 def load(path: str | Path, device: str | None = None, threads: int | None = None) -> Model:
     """Load an artifact: checks the manifest, checksums and CPU architecture, then the library.
 
@@ -337,7 +367,7 @@ def load(path: str | Path, device: str | None = None, threads: int | None = None
     for path in libraries:
         try:
             with quiet_tvm_scope_logs():
-                loaded.append(tvm.runtime.load_module(str(path)))
+                loaded.append(tvm.runtime.load_module(str(_fresh(path, manifest.data["files"][path.name]))))
         except Exception as err:  # dlopen failures: wrong glibc, truncated file that passed checksums...
             raise ArtifactError(f"{path}: cannot load the library: {str(err).splitlines()[0]}") from None
     lib, specialized = loaded[0], list(zip(manifest.specializations, loaded[1:]))

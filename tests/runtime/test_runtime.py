@@ -487,3 +487,16 @@ def test_bundle_loader_runs_the_specialization_that_matches(dyn_model: Path, dyn
         x = np.random.default_rng(batch).standard_normal((batch, 3, 8, 8)).astype(np.float32)
         np.testing.assert_allclose(np.load(tmp_path / f"out{batch}.npz")["y"], interp.run(graph, {"x": x})["y"],
                                    rtol=RTOL, atol=ATOL)
+
+
+def test_an_artifact_recompiled_in_place_loads_its_new_library(tmp_path: Path) -> None:
+    """dlopen returns the library already loaded from a file name: before, loading an artifact
+    recompiled at the same path in the same process ran the old library (here: the old k)."""
+    x = np.arange(8, dtype=np.float32)[None]
+    for k in (2, 3, 5):
+        nodes = [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1)]
+        model = make_model(nodes, [("x", T.FLOAT, [1, 8])], [("v", T.FLOAT, [1, k]), ("i", T.INT64, [1, k])],
+                           {"k": np.array([k], np.int64)})
+        onnx.save(model, tmp_path / "m.onnx")
+        compile_model(tmp_path / "m.onnx", tmp_path / "m.ember")
+        np.testing.assert_array_equal(load(tmp_path / "m.ember")(x=x)["i"], [list(range(7, 7 - k, -1))])
