@@ -387,15 +387,109 @@ def range_from_data(lw: Lowering, node: Node, a: list[Any]) -> relax.Expr:
     return bind_type(lw, R.add(R.multiply(steps, delta), start), y)
 
 
+def topk_source(largest: bool, dt: str) -> str:
+    """TopK along the middle axis of x [outer, n, inner], k = the outputs' middle dim, each
+    (outer, inner) line in parallel, as onnxruntime selects: a heap of the k best so far (its
+    root the worst kept: the smaller value, or of equal values the later index), each later
+    element compared with the root and put in its place when better, then the heap sorted
+    best first (ties: the lower index first, as ONNX asks). n + k log k steps, not a sort of
+    all n: a detector's k = min(n, 300) of 672,000 scores took 2.0 ms sorted, onnxruntime
+    0.3 ms. (k's [1] tensor is read too: TVM's reshape rewrite fails on one-input kernels.)"""
+    op = ">" if largest else "<"
+    worse = ("(vals[o, {x}, i] {rev} vals[o, {y}, i] or (vals[o, {x}, i] == vals[o, {y}, i] "
+             "and idx[o, {x}, i] > idx[o, {y}, i]))").replace("{rev}", "<" if largest else ">")
+
+    def sift_down(indent: str, start: str, size: str) -> list[str]:
+        """Restore the heap below slot `start` among the first `size` slots; st[1] the slot,
+        st[2] whether to go on, st[3] the worse child."""
+        body = [
+            f"st[1] = {start}",
+            "st[2] = T.int64(1)",
+            "while st[2] == T.int64(1):",
+            "    left: T.int64 = st[1] * T.int64(2) + T.int64(1)",
+            "    st[3] = st[1]",
+            f"    if left < {size}:",
+            "        if " + worse.format(x="left", y="st[3]") + ":",
+            "            st[3] = left",
+            f"    if left + T.int64(1) < {size}:",
+            "        if " + worse.format(x="left + T.int64(1)", y="st[3]") + ":",
+            "            st[3] = left + T.int64(1)",
+            "    if st[3] != st[1]:",
+            "        tv: T.DT = vals[o, st[1], i]",
+            "        ti: T.int64 = idx[o, st[1], i]",
+            "        vals[o, st[1], i] = vals[o, st[3], i]",
+            "        idx[o, st[1], i] = idx[o, st[3], i]",
+            "        vals[o, st[3], i] = tv",
+            "        idx[o, st[3], i] = ti",
+            "        st[1] = st[3]",
+            "    else:",
+            "        st[2] = T.int64(0)",
+        ]
+        return [indent + line for line in body]
+
+    lines = [
+        "@T.prim_func(private=True)",
+        "def topk_select(x_h: T.handle, k_h: T.handle, vals_h: T.handle, idx_h: T.handle):",
+        f"    {KERNEL_ATTRS}",
+        "    outer = T.int64()",
+        "    n = T.int64()",
+        "    inner = T.int64()",
+        "    m = T.int64()",
+        '    x = T.match_buffer(x_h, (outer, n, inner), "DT")',
+        '    kk = T.match_buffer(k_h, (1,), "int64")',
+        '    vals = T.match_buffer(vals_h, (outer, m, inner), "DT")',
+        '    idx = T.match_buffer(idx_h, (outer, m, inner), "int64")',
+        "    for oi in T.parallel(outer * inner):",
+        "        o: T.int64 = oi // inner",
+        "        i: T.int64 = oi % inner",
+        '        st = T.decl_buffer((4,), "int64")',
+        "        st[0] = T.min(T.min(m, n), T.max(kk[0], T.int64(0)))",  # the heap's size
+        "        for j in range(st[0]):",
+        "            vals[o, j, i] = x[o, j, i]",
+        "            idx[o, j, i] = j",
+        "        for s in range(st[0] // T.int64(2)):",
+        *sift_down("            ", "st[0] // T.int64(2) - T.int64(1) - s", "st[0]"),
+        "        if st[0] > T.int64(0):",
+        "            for j in range(n - st[0]):",
+        f"                if x[o, st[0] + j, i] {op} vals[o, 0, i]:",
+        "                    vals[o, 0, i] = x[o, st[0] + j, i]",
+        "                    idx[o, 0, i] = st[0] + j",
+        *sift_down("                    ", "T.int64(0)", "st[0]"),
+        "        for s in range(st[0] - T.int64(1)):",  # heap sort: the worst to the back
+        "            last: T.int64 = st[0] - T.int64(1) - s",
+        "            tv: T.DT = vals[o, 0, i]",
+        "            ti: T.int64 = idx[o, 0, i]",
+        "            vals[o, 0, i] = vals[o, last, i]",
+        "            idx[o, 0, i] = idx[o, last, i]",
+        "            vals[o, last, i] = tv",
+        "            idx[o, last, i] = ti",
+        *sift_down("            ", "T.int64(0)", "last"),
+    ]
+    return "\n".join(lines).replace('"DT"', f'"{dt}"').replace("T.DT", f"T.{dt}") + "\n"
+
+
+def topk_select(lw: Lowering, node: Node, x: relax.Expr, k: relax.Expr, k_dim: Any, axis: int) -> list[relax.Expr]:
+    """TopK by the heap selection of `topk_source` (k_dim: the outputs' length along axis, a
+    tir.Var or int; k: the same as a tensor)."""
+    t = in_type(lw, node, 0)
+    dims = lw.shape(t)
+    outer, inner = _product(dims[:axis]), _product(dims[axis + 1:])
+    lines = R.reshape(x, [outer, dims[axis], inner])
+    kernel = lw.bb.add_func(tvm.script.from_source(topk_source(bool(node.attrs["largest"]), TVM_DTYPE[t.dtype])),
+                            "topk_select")
+    k_vec = lw.emit(R.astype(R.reshape(k, [1]), "int64"))
+    out_dims = [*dims[:axis], k_dim, *dims[axis + 1:]]
+    both = lw.emit(relax.call_tir(kernel, relax.Tuple([lines, k_vec]), [
+        relax.TensorType([outer, k_dim, inner], TVM_DTYPE[t.dtype]), relax.TensorType([outer, k_dim, inner], "int64")]))
+    return [lw.emit(R.reshape(lw.emit(relax.TupleGetItem(both, i)), out_dims)) for i in range(2)]
+
+
 def topk_from_data(lw: Lowering, node: Node, x: relax.Expr, k: relax.Expr, axis: int) -> list[relax.Expr]:
-    """TopK with k computed at run time: every element sorted, then the first k."""
+    """TopK with k computed at run time (min(n, 300) in a detector's graph): selected, not
+    every element sorted (`topk_source`)."""
     k_var = runtime_ints(lw, k, 1)[0]
-    both = lw.emit(R.topk(x, -1, axis, "both", bool(node.attrs["largest"]), "int64"))
-    outs = []
-    for i, value in enumerate(node.outputs):
-        part = R.strided_slice(lw.emit(relax.TupleGetItem(both, i)), [axis], [0], [k_var])
-        outs.append(bind_type(lw, part, value.type))
-    return outs
+    outs = topk_select(lw, node, x, k, k_var, axis)
+    return [bind_type(lw, out, value.type) for out, value in zip(outs, node.outputs)]
 
 
 def slice_from_data(lw: Lowering, node: Node, a: list[Any], axes: list[int], steps: list[int]) -> relax.Expr:

@@ -307,8 +307,7 @@ def _topk(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if lw.const_of(node.inputs[1]) is None:
         return dyn.topk_from_data(lw, node, a[0], a[1], axis_of(node, t.rank))
     k = int(static_scalar(lw, node, 1, "K"))
-    tup = lw.emit(R.topk(a[0], k, axis_of(node, t.rank), "both", bool(node.attrs["largest"]), "int64"))
-    return [lw.emit(relax.TupleGetItem(tup, 0)), lw.emit(relax.TupleGetItem(tup, 1))]
+    return dyn.topk_select(lw, node, a[0], a[1], k, axis_of(node, t.rank))
 
 
 EMITTERS: dict[str, Emitter] = {

@@ -1,6 +1,7 @@
 """Shapes, lengths and counts computed from the data at run time, compiled: Reshape, Expand and
 ConstantOfShape to a shape tensor the model computes, Range to a limit it computes (a length
-mask from `lengths.max()`), TopK with k = min(n, 5) as detection heads export it, and Slice with
+mask from `lengths.max()`), TopK with k = min(n, 5) as detection heads export it (and TopK's
+heap selection with ties), and Slice with
 starts/ends it computes (both signs of step, out-of-range bounds). Each compiled by `ember
 compile` and run at several inputs against onnxruntime."""
 
@@ -43,6 +44,19 @@ def test_topk_of_min_n_and_k(tmp_path: Path, rng: np.random.Generator) -> None:
     model = make_model(nodes, [("x", T.FLOAT, [2, "N"])], [("v", T.FLOAT, [2, "K"]), ("i", I64, [2, "K"])],
                        {"one": np.array(1, np.int64), "ax0": _i64(0), "five": _i64(5)})
     _check(tmp_path, model, [{"x": rng.standard_normal((2, n)).astype(np.float32)} for n in (9, 3, 5)])
+
+
+@pytest.mark.parametrize("largest", [1, 0])
+def test_topk_selects_along_a_middle_axis_with_ties(tmp_path: Path, rng: np.random.Generator, largest: int) -> None:
+    """TopK is a heap selection per line (targets/emit_dynamic.topk_source): along axis 1 of
+    [2, N, 3], with many ties (values from 5 integers: equal values keep the lower index first),
+    k = 4 of N = 40, k = N = 7 (a full sort), and k = 0; indices must equal onnxruntime's."""
+    for n, k in ((40, 4), (7, 7), (6, 0)):
+        nodes = [helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=1, largest=largest)]
+        model = make_model(nodes, [("x", T.FLOAT, [2, "N", 3])], [("v", T.FLOAT, [2, k, 3]), ("i", I64, [2, k, 3])],
+                           {"k": _i64(k)})
+        (tmp_path / str(k)).mkdir()
+        _check(tmp_path / str(k), model, [{"x": rng.integers(-2, 3, (2, n, 3)).astype(np.float32)}])
 
 
 def test_a_length_mask_from_range_of_the_longest(tmp_path: Path, rng: np.random.Generator) -> None:
