@@ -24,6 +24,7 @@ from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ember.targets import sched_common as sc
+from ember.targets.fast_math import LANE_PARTIAL, ROW_BUFFER
 
 
 def _inner_reduction(info: Any) -> bool:
@@ -54,21 +55,22 @@ class RowReduce:
         out = blocks[-1]
         if out.is_reduction() or len(out.iters) < 1:
             return None
-        rows = len(reds[0].iters) - 1
-        if any(len(b.iters) - 1 != rows for b in reds) or len(out.iters) not in (rows, rows + 1):
+        partials = {b.name for b in reds if b.name.startswith(LANE_PARTIAL)}  # (fast_math.softmax_rows)
+        rows = len(reds[0].iters) - 1 - (reds[0].name in partials)
+        if any(len(b.iters) - 1 - (b.name in partials) != rows for b in reds) or len(out.iters) not in (rows, rows + 1):
             return None
         lanes = sc.vector_lanes(target, str(sch.get(out.block_rv).writes[0].source.ty.dtype))
 
         # Inline the elementwise blocks (mean = sum / n, exp, deltas) into their readers; keep
         # those that cannot be inlined (they are computed per row below).
         for b in blocks[:-1]:
-            if not b.is_reduction():
+            if not b.is_reduction() and not b.name.startswith(ROW_BUFFER):
                 with contextlib.suppress(Exception):  # (one that cannot is computed per row)
                     sch.compute_inline(b.block_rv)
         # Each reduction over the row as `lanes` partial sums (rfactor), then one final sum.
         rfs: list[str] = []
         for b in sc.normalize(sch):
-            if not b.is_reduction():
+            if not b.is_reduction() or b.name in partials:
                 continue
             inner = sch.get_loops(b.block_rv)[-1]
             extent = sc.static_extent(sch, inner)
@@ -92,17 +94,20 @@ class RowReduce:
         for name in order[:-1]:
             block = sch.get_sblock(name)
             loops = sch.get_loops(block)
-            if name in rfs:  # (.., ci, co) -> (.., co, ci), ci vectorized
+            if name in rfs or name in partials:  # (.., ci, co) -> (.., co, ci), ci vectorized
                 sch.reorder(loops[-1], loops[-2])
                 sch.vectorize(sch.get_loops(block)[-1])
+                if name in partials:  # whole vectors, then the ragged tail
+                    sch.annotate(sch.get_loops(block)[-2], "pragma_loop_partition_hint", 1)
             elif all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars):
                 _vectorize_row(sch, loops[-1], lanes)
-        for name in rfs:
+        for name in [*rfs, *partials]:
             block = sch.get_sblock(name)
             sch.decompose_reduction(block, sch.get_loops(block)[-2])
         # A ragged or symbolic row's first reduction too (TVM's rfactor needs the block first
         # under the row loop: a softmax's second reduction, the sum after the max, stays scalar).
-        first = next((name for name in order[:-1] if name not in rfs and _reduces(sch, sch.get_sblock(name))), None)
+        first = next((name for name in order[:-1]
+                      if name not in rfs and name not in partials and _reduces(sch, sch.get_sblock(name))), None)
         if first is not None:
             _ragged_rfactor(sch, sch.get_sblock(first), lanes)
         return sch
