@@ -1,5 +1,5 @@
 """Ops beyond the CNN/transformer zoo, compiled by ember vs onnxruntime, side by side: output
-sizes that depend on the data (NMS, NonZero), detection/warping kernels (RoiAlign,
+sizes that depend on the data (NMS, NonZero, TopK of min(n, 300)), detection/warping kernels (RoiAlign,
 GridSample), a log-mel front end (STFT), and a loop decided at run time.
 
     python tools/bench_ops.py [--threads 1,2] [--blocks 6] [--runs 5] [--cases nms,...] [--write]
@@ -103,6 +103,17 @@ def logmel() -> Case:
         {"audio": rng.standard_normal((1, 160000, 1)).astype(np.float32)}
 
 
+def topk() -> Case:
+    """A detector's pre-NMS selection: the top min(n, 300) of 8400 x 80 flattened class scores,
+    k computed from the input's shape as torch exports `topk(min(n, 300))`."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Reshape", ["s", "flat"], ["f"]), helper.make_node("Shape", ["f"], ["n"]),
+             helper.make_node("Min", ["n", "cap"], ["k"]), helper.make_node("TopK", ["f", "k"], ["v", "i"])]
+    inits = {"flat": np.array([-1], np.int64), "cap": np.array([300], np.int64)}
+    return _model(nodes, [("s", T.FLOAT, ["A", 80])], [("v", T.FLOAT, ["k"]), ("i", T.INT64, ["k"])], inits), \
+        {"s": (rng.random((8400, 80)) ** 4).astype(np.float32)}
+
+
 def loop() -> Case:
     """A loop decided at run time: 100 steps of h = tanh(h W + b) on [1, 256], with the trip
     count an input (the VM recurses once per step)."""
@@ -119,8 +130,8 @@ def loop() -> Case:
         {"x": rng.standard_normal((1, 256)).astype(np.float32), "trips": np.array(100, np.int64)}
 
 
-CASES: dict[str, Callable[[], Case]] = {"nms": nms, "nonzero": nonzero, "roialign": roialign, "gridsample": gridsample,
-                                        "logmel": logmel, "loop": loop}
+CASES: dict[str, Callable[[], Case]] = {"nms": nms, "nonzero": nonzero, "topk": topk, "roialign": roialign,
+                                        "gridsample": gridsample, "logmel": logmel, "loop": loop}
 
 
 WARMUP = 10  # runs before timing: a run-time loop's first calls fill the VM's memory pool (4 ms instead of 0.7)
