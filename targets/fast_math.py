@@ -40,28 +40,30 @@ SUM_LANES = 16
 ROW_BUFFER = "softmax_exp_row"
 
 
-def softmax_rows(x: Any) -> Any:
+def softmax_rows(x: Any, log: bool = False) -> Any:
     """Softmax over the last axis of rows of 32 or more elements, static or symbolic. The row's
     max and its exp sum are each SUM_LANES explicit partial results (lane l takes the elements
     l, l + 16, ...), then one of those; exp is computed once into a row buffer; every step
     runs per row, in one parallel loop over rows. topi's softmax left the sum of a ragged or
     symbolic row a scalar loop (TVM's rfactor splits a row's first reduction only) and gave
     each rfactored reduction a pass of its own over every row: 256 rows of 12799 took 20 ms,
-    of 12800 18.8 ms, onnxruntime 1.6; now 3.0-3.9 ms."""
+    of 12800 18.8 ms, onnxruntime 1.6; now 3.0-3.9 ms. With `log`, LogSoftmax: x - max -
+    log(sum), the log once per row (a CTC head's log-probabilities over its vocabulary)."""
     from tvm import te
 
-    n, lanes = x.shape[-1], SUM_LANES
+    i64 = lambda v: tvm.tirx.IntImm("int64", v)  # noqa: E731  (one index type: int64, as the shape's)
+    n, lanes = x.shape[-1], i64(SUM_LANES)
     rows = x.shape[:-1]
 
     def lane_partial(name: str, value: Any, combine: Any, identity: Any) -> Any:
-        j = te.reduce_axis((0, (n + lanes - 1) // lanes), "j")
+        j = te.reduce_axis((i64(0), (n + lanes - 1) // lanes), "j")
 
         def body(*rl: Any) -> Any:
             at = j * lanes + rl[-1]
             return combine(tvm.tirx.if_then_else(at < n, value((*rl[:-1], at)), identity), axis=j)
 
         partial = te.compute((*rows, lanes), body, name=f"{LANE_PARTIAL}_{name}")
-        li = te.reduce_axis((0, lanes), "l")
+        li = te.reduce_axis((i64(0), lanes), "l")
         return te.compute(rows, lambda *r: combine(partial[(*r, li)], axis=li), name=f"softmax_{name}")
 
     lowest = tvm.tirx.const(-3.4028234663852886e38, "float32")
@@ -69,10 +71,13 @@ def softmax_rows(x: Any) -> Any:
     exp = topi.fast_exp(te.compute(x.shape, lambda *i: x[i] - mx[i[:-1]], name="softmax_delta"))
     e = te.compute(x.shape, lambda *i: exp[i], name=ROW_BUFFER)  # once per element, read twice
     total = lane_partial("sum", lambda i: e[i], te.sum, tvm.tirx.const(0.0, "float32"))
+    if log:
+        offset = te.compute(rows, lambda *r: mx[r] + tvm.tirx.log(total[r]), name="softmax_log_sum")
+        return te.compute(x.shape, lambda *i: x[i] - offset[i[:-1]], name="softmax_norm")
     return te.compute(x.shape, lambda *i: e[i] / total[i[:-1]], name="softmax_norm")
 
 
-def _softmax(call: Any) -> tuple[Any, list[Any]]:
+def _softmax(call: Any, log: bool = False) -> tuple[Any, list[Any]]:
     axis = int(call.attrs.axis)
     shape = call.args[0].ty.shape
     rank = len(shape)
@@ -81,7 +86,9 @@ def _softmax(call: Any) -> tuple[Any, list[Any]]:
     # 256x12800 18.8 -> 3.0 ms; onnxruntime 0.08 and 1.6)
     long_rows = not isinstance(last, tvm.tirx.IntImm) or int(last) >= 2 * SUM_LANES
     if axis in (-1, rank - 1) and long_rows:
-        return softmax_rows, [call.args[0]]
+        return (lambda x: softmax_rows(x, log)), [call.args[0]]
+    if log:
+        return topi.nn.log_softmax, [call.args[0], axis]
     return topi.nn.fast_softmax, [call.args[0], axis]
 
 
@@ -93,6 +100,7 @@ _FAST = {
     "relax.erf": lambda call: (topi.fast_erf, [call.args[0]]),
     "relax.tanh": lambda call: (topi.fast_tanh, [call.args[0]]),
     "relax.nn.softmax": _softmax,
+    "relax.nn.log_softmax": lambda call: _softmax(call, log=True),
 }
 
 

@@ -306,13 +306,13 @@ class ConvBlocked:
         parts = _row_chunks(conv.rows[0] if conv.rows else None)
         if span is not None:  # conv1d over a long sequence: bands of columns (see _column_span)
             xb, xo, xi = sch.split(conv.x.loop_rv, [None, span, xr])
-            if symbolic or width % (span * xr):  # whole bands without a bound check, then the ragged one
-                sch.annotate(xb, "pragma_loop_partition_hint", 1)
+            if symbolic or (width % (span * xr) and sc.is_int32(sch, xb)):  # whole bands, then the ragged one
+                sch.annotate(xb, "pragma_loop_partition_hint", 1)  # (TVM 0.27 fails on static int64 loops)
             sch.reorder(*batch, xb, fo, xo, *reds, xi, fv, fi)
             outer_loops, banded = [*batch, xb], True
         else:
             xo, xi = sch.split(conv.x.loop_rv, [None, xr])
-            if symbolic or width % xr:  # whole column blocks without a bound check, then the ragged one
+            if symbolic or (width % xr and sc.is_int32(sch, xo)):  # whole column blocks, then the ragged one
                 sch.annotate(xo, "pragma_loop_partition_hint", 1)
             if parts and activations_heavier:
                 # Activations outweigh the weight: each thread takes a band of rows, all channels

@@ -99,8 +99,11 @@ class RowReduce:
             if name in rfs or name in partials:  # (.., ci, co) -> (.., co, ci), ci vectorized
                 sch.reorder(loops[-1], loops[-2])
                 sch.vectorize(sch.get_loops(block)[-1])
-                if name in partials:  # whole vectors, then the ragged tail
-                    sch.annotate(sch.get_loops(block)[-2], "pragma_loop_partition_hint", 1)
+                vectors = sch.get_loops(block)[-2]
+                if name in partials and (sc.static_extent(sch, vectors) is None or sc.is_int32(sch, vectors)):
+                    # whole vectors, then the ragged tail (TVM 0.27's LoopPartition fails on a
+                    # static int64 loop: a static row over symbolic rows keeps its bound check)
+                    sch.annotate(vectors, "pragma_loop_partition_hint", 1)
             elif all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars):
                 _vectorize_row(sch, loops[-1], lanes)
         for name in [*rfs, *partials]:

@@ -98,7 +98,7 @@ def test_softmax_over_long_or_symbolic_rows_keeps_both_reductions_vectorized(rng
     max and the exp sum each as 16 lane partials, vectorized in one loop over rows (topi's form
     left a ragged row's sum a scalar loop: 20 ms against onnxruntime's 2 on 256 x 12799)."""
     nodes = [helper.make_node("Softmax", ["x"], ["out"], name="out", axis=-1)]
-    for shape, dims in (([3, length], {}), ([3, "T"], {"T": length})):
+    for shape, dims in (([3, length], {}), ([3, "T"], {"T": length}), (["T", length], {"T": 4})):
         if isinstance(shape[-1], int) and length < 32:
             continue  # (short static rows keep topi's softmax)
         graph = run_pipeline(import_proto(onnx_model(nodes, [("x", F, shape)], {})), DEFAULT_PIPELINE).graph
@@ -106,3 +106,13 @@ def test_softmax_over_long_or_symbolic_rows_keeps_both_reductions_vectorized(rng
         assert "RowReduce" in built.rules.values(), built.rules
         text = _kernel_text(built, "softmax")
         assert text.count("softmax_lane_partial") >= 2 and "T.vectorized" in text, text
+
+
+def test_log_softmax_over_long_rows_is_written_with_lane_partials_too(rng: np.random.Generator) -> None:
+    """A CTC head's log-probabilities, [T, vocab] with a symbolic T and a vocabulary of 37:
+    x - max - log(sum exp), the max and sum as lane partials (fast_math.softmax_rows)."""
+    nodes = [helper.make_node("LogSoftmax", ["x"], ["out"], name="out", axis=-1)]
+    graph = run_pipeline(import_proto(onnx_model(nodes, [("x", F, ["T", 37])], {})), DEFAULT_PIPELINE).graph
+    built = check_graph(graph, rng, [{"T": 50}, {"T": 1}], atol=ATOL)  # (symbolic rows, a static ragged row: int64)
+    assert "RowReduce" in built.rules.values(), built.rules
+    assert _kernel_text(built, "softmax").count("softmax_lane_partial") >= 2
