@@ -521,6 +521,8 @@ def schedule_window(sch: s_tir.Schedule, kernel: sc.Kernel, win: Window, lanes: 
     width = _static(win.x)
     vec, xb = _row_tile(width, lanes) if width else (lanes, 1)
     xo, xv, xl = sch.split(win.x.loop_rv, [None, xb, vec])
+    if width is None:  # a symbolic width: whole vectors without a bound check, then the ragged one
+        sch.annotate(xo, "pragma_loop_partition_hint", 1)
     rows = [r.loop_rv for r in win.rows if r is not None]
     taps = [t.loop_rv for t in win.taps]
     parts = _window_bands(win.rows[0] if rows else None)
