@@ -306,10 +306,12 @@ class ConvBlocked:
         parts = _row_chunks(conv.rows[0] if conv.rows else None)
         if span is not None:  # conv1d over a long sequence: bands of columns (see _column_span)
             xb, xo, xi = sch.split(conv.x.loop_rv, [None, span, xr])
-            if symbolic or (width % (span * xr) and sc.is_int32(sch, xb)):  # whole bands, then the ragged one
-                sch.annotate(xb, "pragma_loop_partition_hint", 1)  # (TVM 0.27 fails on static int64 loops)
+            if symbolic or (width % (span * xr) and sc.is_int32(sch, xo)):  # whole blocks, then the ragged one
+                sch.annotate(xo, "pragma_loop_partition_hint", 1)  # (TVM 0.27 fails on static int64 loops)
             sch.reorder(*batch, xb, fo, xo, *reds, xi, fv, fi)
-            outer_loops, banded = [*batch, xb], True
+            # (bands x panels in parallel: a symbolic width's bands are sized for a long one,
+            # and wav2vec2's 200-frame positional conv was one band, on one thread)
+            outer_loops, banded = [*batch, xb, fo], True
         else:
             xo, xi = sch.split(conv.x.loop_rv, [None, xr])
             if symbolic or (width % xr and sc.is_int32(sch, xo)):  # whole column blocks, then the ragged one
