@@ -306,11 +306,17 @@ def is_int32(sch: s_tir.Schedule, loop: Any) -> bool:
     return str(sch.get(loop).loop_var.ty.dtype) == "int32"
 
 
-def vectorize_row(sch: s_tir.Schedule, loop: Any, lanes: int) -> bool:
+def vectorize_row(sch: s_tir.Schedule, loop: Any, lanes: int, symbolic: bool = False) -> bool:
     """Vectorize a static innermost loop by `lanes`. A ragged extent (ViT's 197 positions) gets
     full vectors and one predicated tail split off by LoopPartition, which TVM 0.27 does only
-    on int32 loops; elsewhere only extents `lanes` divides are vectorized. Whether it was."""
+    on int32 loops; elsewhere only extents `lanes` divides are vectorized. With `symbolic`, a
+    loop of symbolic extent too (whole vectors, the tail split off). Whether it was."""
     extent = static_extent(sch, loop)
+    if extent is None and symbolic:
+        outer, lane = sch.split(loop, [None, lanes])
+        sch.annotate(outer, "pragma_loop_partition_hint", 1)
+        sch.vectorize(lane)
+        return True
     if not extent or extent < lanes or (extent % lanes and not is_int32(sch, loop)):
         return False
     outer, lane = sch.split(loop, [None, lanes])

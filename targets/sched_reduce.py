@@ -89,7 +89,7 @@ class RowReduce:
         r = sch.fuse(*row_loops) if len(row_loops) > 1 else row_loops[0]
         if len(out_loops) > rows:
             c = sch.get_loops(out_block)[-1]
-            _vectorize_row(sch, c, lanes)
+            sc.vectorize_row(sch, c, lanes, symbolic=True)
         for name in reversed(order[:-1]):
             sch.compute_at(sch.get_sblock(name), r, preserve_unit_loops=True)
         sc.parallel(sch, r)
@@ -105,7 +105,7 @@ class RowReduce:
                     # static int64 loop: a static row over symbolic rows keeps its bound check)
                     sch.annotate(vectors, "pragma_loop_partition_hint", 1)
             elif all(int(iv.iter_type) == 0 for iv in sch.get(block).iter_vars):
-                _vectorize_row(sch, loops[-1], lanes)
+                sc.vectorize_row(sch, loops[-1], lanes, symbolic=True)
         for name in [*rfs, *partials]:
             block = sch.get_sblock(name)
             sch.decompose_reduction(block, sch.get_loops(block)[-2])
@@ -120,18 +120,6 @@ class RowReduce:
 
 def _reduces(sch: s_tir.Schedule, block: Any) -> bool:
     return any(int(iv.iter_type) == 2 for iv in sch.get(block).iter_vars)  # (kCommReduce)
-
-
-def _vectorize_row(sch: s_tir.Schedule, loop: Any, lanes: int) -> None:
-    """A row's elementwise loop in vectors: whole vectors, and a ragged or symbolic row's tail
-    split off by LoopPartition (int32 or symbolic loops: TVM 0.27 fails on static int64 ones)."""
-    extent = sc.static_extent(sch, loop)
-    if extent is not None and (extent < lanes or (extent % lanes and not sc.is_int32(sch, loop))):
-        return
-    rest, lane = sch.split(loop, [None, lanes])
-    if extent is None or extent % lanes:
-        sch.annotate(rest, "pragma_loop_partition_hint", 1)
-    sch.vectorize(lane)
 
 
 def _ragged_rfactor(sch: s_tir.Schedule, block: Any, lanes: int) -> None:
@@ -219,12 +207,8 @@ def _symbolic_nest(sch: s_tir.Schedule, loops: list[Any], contiguous: bool, lane
         static -= 1
     static = min(static, len(loops) - 1)  # (a symbolic innermost loop: a loop of its own, LLVM vectorizes it)
     inner = sch.fuse(*loops[static:]) if len(loops) - static > 1 else loops[static]
-    extent = sc.static_extent(sch, inner)
-    if contiguous and (extent is None or extent % lanes == 0):
-        rest, lane = sch.split(inner, [None, lanes])
-        if extent is None:  # whole vectors, then one predicated tail split off
-            sch.annotate(rest, "pragma_loop_partition_hint", 1)
-        sch.vectorize(lane)
+    if contiguous:
+        sc.vectorize_row(sch, inner, lanes, symbolic=True)  # (a symbolic one: whole vectors, then the tail)
     outer = sch.fuse(*loops[:static]) if static > 1 else loops[0]
     if contiguous or sc.static_extent(sch, inner) is None:
         sc.parallel(sch, outer)
