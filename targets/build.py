@@ -20,6 +20,7 @@ from tvm.ir.expr import GenericConst
 
 from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph
+from ember.targets import lowering
 from ember.targets import tune as tuning
 from ember.targets.fast_math import fast_math
 from ember.targets.inplace import is_kernel_call, use_inplace
@@ -306,7 +307,7 @@ def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = No
                                       if isinstance(f, relax.Function) and f.attrs is not None and "ember.loop" in f.attrs)
         kernels = kernel_names(mod)
         launches = kernel_launches(mod)
-        executable = tvm.compile(mod, target=tvm_target)
+        executable = tvm.compile(mod, target=tvm_target, tir_pipeline=lowering.PIPELINE)
     except EmberError:
         raise
     except Exception as err:

@@ -127,12 +127,12 @@ class Attention:
         # P @ V: rows split by ti, the whole D in registers, parallel over (batch.., io).
         batch_loops = [b.loop_rv for b in con.batch]
         io, ii = sch.split(con.i.loop_rv, [None, ti])
-        nd = 2 if (d // vec) % 2 == 0 and ti * 2 * vec * sc.dtype_bytes(dtype) < sc.MAX_STACK_BYTES else 1
+        nd = 2 if (d // vec) % 2 == 0 and ti * 2 * vec * sc.dtype_bytes(dtype) <= sc.MAX_STACK_BYTES else 1
         jo, jv, jl = sch.split(con.j.loop_rv, [None, nd, vec])
         sch.reorder(*batch_loops, io, jo, con.k.loop_rv, ii, jv, jl)
         acc = sch.cache_write(pv.block_rv, 0, "global")
         sch.reverse_compute_at(acc, jo)
-        if ti * nd * vec * sc.dtype_bytes(dtype) < sc.MAX_STACK_BYTES:
+        if ti * nd * vec * sc.dtype_bytes(dtype) <= sc.MAX_STACK_BYTES:
             sch.transform_layout(pv.block_rv, ("write", 0), _fold(ti, nd * vec, con.c_axes), assume_injective_transform=True)
         if epilogue is not None:
             try:

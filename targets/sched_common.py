@@ -26,15 +26,18 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight.analysis import SBlockInfo, normalize_prim_func
 from tvm.target import Target
 
+from ember.targets import lowering
+
 log = logging.getLogger(__name__)
 
 PREPROC = "meta_schedule.layout_rewrite_preproc"
 
-# TVM lowers a "global"-scope allocation of constant size below this many bytes to a stack
-# alloca; anything else (and every "local" allocation) becomes TVMBackendAllocWorkspace, a heap
-# pointer LLVM cannot prove distinct from the kernel's arguments. Register tiles (accumulators)
-# must therefore be "global" and smaller than this, or LLVM spills them on every iteration.
-MAX_STACK_BYTES = 1024
+# The largest register tile (accumulators) a rule may allocate. ember's lowering pipeline
+# (targets/lowering.py) keeps a constant-size allocation up to this size on the stack, where LLVM
+# promotes an unrolled tile to registers; TVM's own lowering made every allocation of 1024 bytes
+# or more (and every "local" one) TVMBackendAllocWorkspace, a heap pointer LLVM cannot prove
+# distinct from the kernel's operands, so it stored the accumulators on every iteration.
+MAX_STACK_BYTES = lowering.STACK_TILE_BYTES
 
 # Set by build.apply_schedules on kernels too small for a parallel launch; rules parallelize
 # through `parallel`, which honours it.

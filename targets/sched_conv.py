@@ -277,7 +277,7 @@ class ConvBlocked:
         # way; a CRNN's symbolic-width 3x3 convs: 2.3 ms local, 2.6 ms on the stack).
         stack_tile = symbolic and not conv.rows
         if stack_tile:
-            xr = max(1, min(xr, (sc.MAX_STACK_BYTES - 1) // (nv * vec * 4)))
+            xr = max(1, min(xr, sc.MAX_STACK_BYTES // (nv * vec * 4)))
         if conv.grouped and nv * vec > group_width:
             nv = 1
         if co % (nv * vec):

@@ -114,25 +114,29 @@ TILES = {32: ((4, 3), (3, 4), (4, 2), (2, 4), (4, 1), (2, 2), (1, 4), (1, 2), (1
          16: ((4, 2), (3, 2), (2, 3), (2, 2), (4, 1), (1, 2), (1, 1))}
 
 
-# With B packed (a weight), each k step's B vectors are contiguous and a taller tile pays:
-# 7 x 2 beat 4 x 3 by 4-10% on MiniLM's and ViT's matmuls at 2 threads here (5 x 3: +4%). With
-# B an activation read in place (a pointwise conv's image rows), 7 x 2 was 5-45% slower.
-TALL_TILE = (7, 2)
+# With B packed (a weight), each k step's B vectors are contiguous and a taller tile pays. Since
+# ember's lowering keeps tiles over 1024 bytes on the stack (targets/lowering.py), 24
+# accumulators: 6 x 4 (or 8 x 3 where 4 vectors do not divide the columns) beat the 14-register
+# 7 x 2 on whole models at 2 threads here: ViT-S 44.8 -> 39.0 ms, MiniLM 14.3 -> 13.1 ms, GPT-2
+# 98.3 -> 93.3 ms (tools/ab.py, medians of 30 runs; 14 x 2: no gain, 4 x 6: half of it). Before,
+# 7 x 2 had beaten 4 x 3 by 4-10%. With B an activation read in place (a pointwise conv's image
+# rows), 7 x 2 was 5-45% slower than 4 x 3.
+TALL_TILES = ((6, 4), (8, 3), (7, 2))
 
 
 def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int, ragged_ok: bool = False,
           packed_b: bool = False) -> tuple[int, int]:
     """The register tile (mr, nv) for a column count of `vectors` vectors.
 
-    The accumulator tile must stay under TVM's stack-allocation limit (1024 bytes, and only for
-    "global" scope): larger, or "local", tiles are heap workspace that LLVM cannot prove free of
-    aliasing with the operands, so it spills the accumulators every k step (2.5x slower).
+    The accumulators, the tile's B vectors and one broadcast of A fit the vector registers, and
+    the tile stays on the stack (sched_common.MAX_STACK_BYTES): a heap workspace tile LLVM cannot
+    prove free of aliasing with the operands, so it spills the accumulators every k step (2.5x).
     """
     tiles = TILES[32 if registers >= 32 else 16]
     if packed_b and registers >= 32:
-        tiles = (TALL_TILE, *tiles)
+        tiles = (*TALL_TILES, *tiles)
     fits = [(mr, nv) for mr, nv in tiles
-            if vectors % nv == 0 and mr * nv * vec * nbytes < sc.MAX_STACK_BYTES]
+            if vectors % nv == 0 and mr * nv * vec * nbytes <= sc.MAX_STACK_BYTES and mr * nv + nv + 1 <= registers]
     if isinstance(rows, int):
         # Rows no tile divides get one ragged tile, split off by loop partitioning, where the
         # kernel was narrowed to int32 (`ragged_ok`); else a tile that divides the rows.
@@ -145,7 +149,7 @@ def _tile(vec: int, registers: int, vectors: int, rows: Any, nbytes: int, ragged
 def _tile_ok(mr: int, nv: int, vec: int, vectors: int, rows: Any, nbytes: int, registers: int, ragged_ok: bool) -> bool:
     """Whether a register tile (a tuner's choice) fits: nv divides the column vectors, the
     accumulators stay under the stack limit and leave registers for B and A, the rows take it."""
-    if mr < 1 or nv < 1 or vectors % nv or mr * nv * vec * nbytes >= sc.MAX_STACK_BYTES or mr * nv + nv + 1 > registers:
+    if mr < 1 or nv < 1 or vectors % nv or mr * nv * vec * nbytes > sc.MAX_STACK_BYTES or mr * nv + nv + 1 > registers:
         return False
     return not isinstance(rows, int) or (mr <= rows if ragged_ok else rows % mr == 0)
 

@@ -54,6 +54,7 @@ import tvm_ffi
 from tvm import relax
 
 from ember.compiler.errors import EmberError
+from ember.targets import lowering
 from ember.targets.tune_db import DEFAULT_DB, Record, TuneDB, TuneOptions, check_writable, parse_duration, warn
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ class _Measurer:
         mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
         start = time.perf_counter()
         handle = f"ember-mem:{next(self.counter)}"
-        self.modules[handle] = tvm_build(mod, target=target)
+        self.modules[handle] = tvm_build(mod, target=target, pipeline=lowering.PIPELINE)
         self.build_s = 0.7 * self.build_s + 0.3 * (time.perf_counter() - start)
         return handle
 

@@ -1,0 +1,72 @@
+"""ember's TIR lowering pipeline keeps register tiles of up to STACK_TILE_BYTES on the stack.
+
+TVM's own lowering turns a tile of 1024 bytes or more into TVMBackendAllocWorkspace (a heap
+pointer LLVM spills every accumulator through); ember's pipeline leaves it an alloca. Checked on
+the LLVM IR of a scheduled kernel, and on the answers of a matmul whose 24-accumulator tile
+(1536 bytes) relies on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import te
+
+from ember.targets import lowering
+from ember.targets.sched_matmul import _tile
+
+WORKSPACE = "TVMBackendAllocWorkspace"
+
+
+def tiled_kernel(tile_rows: int) -> tvm.IRModule:
+    """C = A @ B (64 x 32 x 64) with a `tile_rows` x 64 float accumulator tile per row block."""
+    a = te.placeholder((64, 32), "float32", name="A")
+    b = te.placeholder((32, 64), "float32", name="B")
+    k = te.reduce_axis((0, 32), name="k")
+    c = te.compute((64, 64), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]).with_attr("global_symbol", "main"))
+    block = sch.get_sblock("C")
+    i, j, kk = sch.get_loops(block)
+    io, ii = sch.split(i, [None, tile_rows])
+    sch.reorder(io, kk, ii, j)
+    acc = sch.cache_write(block, 0, "global")
+    sch.reverse_compute_at(acc, io)
+    sch.unroll(ii)
+    sch.vectorize(j)
+    return sch.mod
+
+
+def llvm_ir(mod: tvm.IRModule, pipeline: str) -> str:
+    lib = tvm.tirx.build(mod, target="llvm", pipeline=pipeline)
+    return lib.inspect_source("ll")
+
+
+@pytest.mark.parametrize(("rows", "on_stack"), [(4, True), (16, True), (17, False)])
+def test_tiles_up_to_the_limit_stay_on_the_stack(rows: int, on_stack: bool) -> None:
+    """A tile of rows x 64 floats: 1 KB and 4 KB (the limit) on the stack, 4352 bytes (17 rows,
+    a guarded last tile) on the heap."""
+    assert lowering.STACK_TILE_BYTES == 4096
+    mod = tiled_kernel(rows)
+    ir = llvm_ir(mod, lowering.PIPELINE)
+    assert (WORKSPACE not in ir) == on_stack, ir[:2000]
+    assert (WORKSPACE in llvm_ir(mod, "default")) == (rows * 64 * 4 >= 1024)  # TVM's own limit: under 1024 bytes
+
+
+def test_answers_unchanged(rng: np.random.Generator) -> None:
+    """The kernel computes A @ B with the tile on the stack."""
+    lib = tvm.tirx.build(tiled_kernel(16), target="llvm", pipeline=lowering.PIPELINE)
+    a = rng.standard_normal((64, 32)).astype(np.float32)
+    b = rng.standard_normal((32, 64)).astype(np.float32)
+    out = tvm.runtime.tensor(np.zeros((64, 64), np.float32))
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
+    np.testing.assert_allclose(out.numpy(), a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_matmul_takes_24_accumulators_with_a_packed_weight() -> None:
+    """AVX-512 (32 registers): 6 x 4 vectors where 4 divide the columns, else 8 x 3, else 7 x 2;
+    AVX2 (16 registers) keeps a tile its registers hold; an activation B keeps the short tiles."""
+    assert _tile(16, 32, 48, 197, 4, ragged_ok=True, packed_b=True) == (6, 4)
+    assert _tile(16, 32, 3, 128, 4, packed_b=True) == (8, 3)
+    assert _tile(16, 32, 2, 197, 4, ragged_ok=True, packed_b=True) == (7, 2)
+    assert _tile(8, 16, 48, 128, 4, packed_b=True) == (4, 2)
+    assert _tile(16, 32, 48, 128, 4, packed_b=False) == (4, 3)
