@@ -332,8 +332,14 @@ class Matmul:
         wb = sch.get_loops(acc)
         inner = sc.static_extent(sch, wb[-1])
         if inner and inner % vec == 0:
-            _, lane = sch.split(wb[-1], [None, vec])
+            # The write-back is unrolled over the tile like the k loop: LLVM keeps the stack
+            # tile in registers only when every access has a constant index, and leaves a loop
+            # with a heavy epilogue rolled (BERT's erf GELU on a 6 x 4 tile: 8.1 -> 13.1 ms).
+            vectors, lane = sch.split(wb[-1], [None, vec])
             sch.vectorize(lane)
+            sch.unroll(vectors)
+            if io is not None and sc.static_extent(sch, wb[-2]) == mr:
+                sch.unroll(wb[-2])
         for info in left_before:
             sc.vectorize_inner(sch, info.block_rv, lanes)
         if pad_copy is not None:
