@@ -148,6 +148,11 @@ CASES = [
     (Case("Conv", 32, 1, 301, 32, k=(1, 3), stride=(1, 2), pads=(0, 0, 0, 0), conv1d=True, epilogue="gelu"), "ConvBlocked"),
     (Case("Conv", 32, 1, 301, 32, k=(1, 3), stride=(1, 2), pads=(0, 0, 0, 0), conv1d=True, epilogue="gelu", symbolic=True),
      "ConvBlocked"),
+    # Conv1d tap orders (see sched_conv._tap_order): a dilated window too wide for the free
+    # registers, taps outside the channels; a window of 45 values over 280 channels (more than
+    # L1), taps inside and rolled.
+    (Case("Conv", 20, 1, 53, 32, k=(1, 5), dilation=(1, 2), pads=(0, 3, 0, 1), conv1d=True, epilogue="relu"), "ConvBlocked"),
+    (Case("Conv", 280, 1, 300, 32, k=(1, 10), stride=(1, 5), pads=(0, 0, 0, 0), conv1d=True), "ConvBlocked"),
     (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip", symbolic=True), "Depthwise"),
     (Case("MaxPool", 6, 13, 14, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), symbolic=True), "Pool"),
     (Case("AveragePool", 5, 9, 20, k=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0), symbolic=True), "Pool"),
@@ -157,6 +162,17 @@ CASES = [
 @pytest.mark.parametrize("case,rule", CASES, ids=[f"{c.op}-{i}" for i, (c, _) in enumerate(CASES)])
 def test_rule_matches_interpreter(case: Case, rule: str, rng: np.random.Generator) -> None:
     check(case, rule, rng)
+
+
+def test_conv1d_tap_order() -> None:
+    """Taps outside the channels only when the window would spill and the block's windows fit
+    L1; taps unrolled only when the window fits the free registers (AVX-512, 2 x 8 tile: 14)."""
+    from ember.targets.sched_conv import _tap_order
+
+    assert _tap_order(17, 512, 14) == (True, False)  # wav2vec2's 3/2 conv over 512 channels
+    assert _tap_order(45, 512, 14) == (False, False)  # 10/5: 92 KB of windows
+    assert _tap_order(12, 256, 14) == (False, True)  # 5/1 fits the registers
+    assert _tap_order(None, 64, 14) == (False, True)  # a 2-D conv keeps its order
 
 
 def test_rules_build_for_arm() -> None:
