@@ -203,9 +203,16 @@ SYMBOLIC_EXTENT = 1 << 12  # what a symbolic output width is tiled as (its colum
 
 
 def _row_chunks(row: Any) -> int | None:
-    """How many bands the outermost output row loop is split into (None: no static rows)."""
-    height = _static(row) if row is not None else None
-    if height is None or height < 2:
+    """How many bands the outermost output row loop is split into (None: no rows). A symbolic
+    height (a dynamic image size) takes SPATIAL_CHUNKS bands, the last rows predicated: with
+    channel panels instead, each thread read the padded input the other core had written (a
+    64 -> 64 3x3 conv over a dynamic 80 x 80 image: 2.50 ms at 2 threads, 3.03 at 1)."""
+    if row is None:
+        return None
+    height = _static(row)
+    if height is None:
+        return SPATIAL_CHUNKS
+    if height < 2:
         return None
     return next((c for c in range(min(SPATIAL_CHUNKS, height), 1, -1) if height % c == 0), min(SPATIAL_CHUNKS, height))
 
@@ -402,8 +409,8 @@ class ConvBlocked:
         sc.parallel(sch, outer)
         for info in pads:  # once per call: a pad at the tile would redo it per channel panel
             loops = sch.get_loops(info.block_rv)
-            if banded and len(loops) == 4:  # (n, c, y, x) -> (n, y, c, x): the threads' bands
-                sch.reorder(loops[0], loops[2], loops[1], loops[3])
+            if banded and len(loops) in (3, 4) and rows:  # (n, c, y, x) -> (n, y, c, x): the threads' bands
+                sch.reorder(*loops[:-3], loops[-2], loops[-3], loops[-1])
             _vectorize_row(sch, info.block_rv, lanes, parallel=True)
         if not _vectorize_writeback(sch, acc, xo, vec):
             _unroll_below(sch, acc, xo)
