@@ -124,7 +124,11 @@ def floordiv(a: Dim, b: Dim) -> Dim:
         return a // b
     if b == 1:
         return a
+    # An expression that is no product is one opaque factor: 256*((W//2)//2) // ((W//2)//2)
+    # is 256 (a CRNN's LSTM weight had kept that dim, and was transposed on every call).
     pa, pb = _product(a), _product(b)
+    pa = pa if pa is not None else _product(_wrap(a))
+    pb = pb if pb is not None else _product(_wrap(b))
     if pa is not None and pb is not None and pb[0] != 0 and pa[0] % pb[0] == 0:
         syms = list(pa[1])
         if all(s in syms for s in pb[1]):
