@@ -98,3 +98,31 @@ def test_zoo_artifact_matches_onnxruntime(name: str, tmp_path: Path) -> None:
     want = run_onnxruntime(onnx.load(str(path)), feeds)
     for out, value in want.items():
         np.testing.assert_allclose(got[out], value, rtol=RTOL, atol=ATOL, err_msg=f"{name}:{out}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["resnet18", "mobilenetv2"])
+def test_zoo_cnn_with_dynamic_image_size_matches_onnxruntime(name: str, tmp_path: Path, rng: np.random.Generator) -> None:
+    """The CNN with its input's height and width made symbolic (how detection and OCR backbones
+    are exported): compiled from the 224 x 224 sample, right at that size and at another one.
+    (ResNet-18's residual kernels over ((H+1)//2+1)//2 once failed the build.)"""
+    import zoo
+
+    from ember.compiler.driver import compile_model
+    from ember.runtime import load
+
+    model = onnx.load(str(zoo.ensure(name)))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, symbol in ((2, "H"), (3, "W")):
+        dims[axis].Clear()
+        dims[axis].dim_param = symbol
+    path = tmp_path / f"{name}_dyn.onnx"
+    onnx.save(model, str(path))
+    name_in = model.graph.input[0].name
+    sample = {name_in: rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+    art = load(compile_model(path, tmp_path / f"{name}_dyn.ember", sample=sample).path)
+    for shape in ((1, 3, 224, 224), (1, 3, 160, 200)):
+        feeds = {name_in: rng.standard_normal(shape).astype(np.float32)}
+        got, want = art(**feeds), run_onnxruntime(model, feeds)
+        for out, value in want.items():
+            np.testing.assert_allclose(got[out], value, rtol=RTOL, atol=ATOL, err_msg=f"{name} {shape}:{out}")
