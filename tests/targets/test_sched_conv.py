@@ -134,6 +134,9 @@ CASES = [
     (Case("Conv", 16, 16, 12, 32, k=(1, 1), pads=(0, 0, 0, 0)), "ConvBlocked"),  # too few channels
     (Case("Conv", 5, 12, 12, 6, k=(3, 2), pads=(2, 1, 0, 2), dilation=(2, 3), stride=(1, 2), n=2), "ConvBlocked"),
     (Case("Conv", 32, 8, 9, 32, group=2, epilogue="silu"), "ConvBlocked"),  # grouped, 16 lanes per group
+    # one output column: the register tile runs along the output rows (its tile fold once
+    # used the unit width's axis and wrote one tile into every row)
+    (Case("Conv", 8, 17, 5, 64, stride=(1, 2), pads=(1, 1, 1, 0), dilation=(1, 2), group=2, epilogue="clip"), "ConvBlocked"),
     (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip"), "Depthwise"),
     (Case("Conv", 8, 15, 15, 16, group=8, stride=(2, 2), k=(5, 5), pads=(2, 2, 2, 2)), "Depthwise"),  # multiplier 2
     (Case("Conv", 32, 9, 11, 32, group=32, stride=(2, 2), epilogue="clip"), "Depthwise"),  # channel-packed
@@ -156,6 +159,9 @@ CASES = [
     (Case("Conv", 20, 1, 53, 32, k=(1, 5), dilation=(1, 2), pads=(0, 3, 0, 1), conv1d=True, epilogue="relu"), "ConvBlocked"),
     (Case("Conv", 280, 1, 300, 32, k=(1, 10), stride=(1, 5), pads=(0, 0, 0, 0), conv1d=True), "ConvBlocked"),
     (Case("Conv", 12, 10, 17, 12, group=12, epilogue="clip", symbolic=True), "Depthwise"),
+    # (vectors of 16 channels over a dynamic image: the channel-packed depthwise schedule)
+    (Case("Conv", 32, 9, 11, 32, group=32, stride=(2, 2), epilogue="clip", symbolic=True), "Depthwise"),
+    (Case("Conv", 48, 7, 20, 48, group=48, epilogue="relu", symbolic=True), "Depthwise"),
     (Case("MaxPool", 6, 13, 14, k=(3, 3), stride=(2, 2), pads=(1, 1, 1, 1), symbolic=True), "Pool"),
     (Case("AveragePool", 5, 9, 20, k=(2, 2), stride=(2, 2), pads=(0, 0, 0, 0), symbolic=True), "Pool"),
 ]
