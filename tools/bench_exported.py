@@ -5,7 +5,8 @@ the kinds of models ember is judged on beyond its zoo (speech, text, OCR, detect
 
 Each model is built here from its architecture with seeded random weights (transformers'
 Wav2Vec2, Whisper's encoder, T5's encoder, BERT; a CRNN with a 2-layer bidirectional LSTM;
-a detector whose graph holds TopK, boolean indexing and NonMaxSuppression), exported by
+a detector whose graph holds TopK, boolean indexing and NonMaxSuppression; the zoo's ResNet-18
+and MobileNetV2 with dynamic image height and width, as backbones are exported), exported by
 torch.onnx at opset 17 with dynamic axes, compiled by `ember compile` with the inputs below
 as its sample, checked against onnxruntime (max abs difference), then timed like
 tools/bench_ops.py: alternating blocks of `--runs` runs, each block in a fresh process,
@@ -120,6 +121,33 @@ def detector(path: Path) -> dict[str, np.ndarray]:
     return {"x": (np.random.default_rng(0).standard_normal((1, 3, 320, 320)) * 2).astype(np.float32)}
 
 
+def _dynamic_image(name: str, path: Path) -> dict[str, np.ndarray]:
+    """A zoo CNN with its input's height and width made symbolic, as detection and OCR
+    backbones are exported, on a 256 x 320 image (not the 224 x 224 it was traced at)."""
+    import onnx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import zoo
+
+    model = onnx.load(str(zoo.ensure(name)))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, symbol in ((2, "H"), (3, "W")):
+        dims[axis].Clear()
+        dims[axis].dim_param = symbol
+    onnx.save(model, str(path))
+    return {model.graph.input[0].name: np.random.default_rng(0).standard_normal((1, 3, 256, 320)).astype(np.float32)}
+
+
+def resnet18_dynamic(path: Path) -> dict[str, np.ndarray]:
+    """Detection/OCR backbone: the zoo's ResNet-18 with dynamic H, W (section 3 has it static)."""
+    return _dynamic_image("resnet18", path)
+
+
+def mobilenetv2_dynamic(path: Path) -> dict[str, np.ndarray]:
+    """Detection/OCR backbone: the zoo's MobileNetV2 with dynamic H, W."""
+    return _dynamic_image("mobilenetv2", path)
+
+
 def _keep(model: Any, call: Callable[..., Any]) -> Any:
     """A module whose forward calls `call(model, *inputs)` (the export's tensor outputs only)."""
     import torch
@@ -137,6 +165,7 @@ def _keep(model: Any, call: Callable[..., Any]) -> Any:
 
 MODELS: dict[str, Callable[[Path], dict[str, np.ndarray]]] = {
     "wav2vec2": wav2vec2, "whisper_encoder": whisper, "t5_encoder": t5, "bert": bert, "crnn": crnn, "detector": detector,
+    "resnet18_dynamic": resnet18_dynamic, "mobilenetv2_dynamic": mobilenetv2_dynamic,
 }
 
 
