@@ -108,8 +108,7 @@ def _pack_map(rank: int, k_pos: int, j_pos: int, lanes: int) -> Any:
 
 
 # Register tiles (rows, vectors) in order of preference: as many accumulators as the register
-# file holds with room for the B vectors and the broadcast A element, under the 1024-byte
-# stack limit (see _tile).
+# file holds with room for the B vectors and the broadcast A element (see _tile).
 TILES = {32: ((4, 3), (3, 4), (4, 2), (2, 4), (4, 1), (2, 2), (1, 4), (1, 2), (1, 1)),
          16: ((4, 2), (3, 2), (2, 3), (2, 2), (4, 1), (1, 2), (1, 1))}
 
