@@ -11,7 +11,7 @@ holds: a CRNN's convs ran 2.3 or 5.7 ms depending on its LSTM kernels).
 `stack_tiles` marks every constant-size CPU allocation of at most STACK_TILE_BYTES with TVM's
 `disable_lower_builtin` annotation, which LowerTVMBuiltin honours by leaving it an alloca. The
 schedule rules may then keep accumulator tiles of up to STACK_TILE_BYTES (`sched_common.
-MAX_STACK_BYTES`): a matmul tile of 28 accumulators (1792 bytes) instead of 14.
+MAX_STACK_BYTES`): the matmul's tile of 24 accumulators (1536 bytes) instead of 14.
 """
 
 from __future__ import annotations

@@ -326,11 +326,9 @@ class ConvBlocked:
             if group_width is None:
                 return None
         vec, nv, xr = _tile(target, group_width, width, lanes)
-        # The accumulator tile of a symbolic-width conv1d on the stack (a "global" tile under
-        # MAX_STACK_BYTES): as "local" workspace, LLVM stored every accumulator after each FMA
-        # there (wav2vec2's 256 -> 256 conv: 123 -> 32 ms). Other kernels keep the 8-column
-        # local tile, which LLVM does hold in registers there (static conv1d: the same either
-        # way; a CRNN's symbolic-width 3x3 convs: 2.3 ms local, 2.6 ms on the stack).
+        # The accumulator tile stays under MAX_STACK_BYTES, which ember's lowering keeps on the
+        # stack whatever its scope (as TVM's workspace, LLVM had stored every accumulator after
+        # each FMA: wav2vec2's 256 -> 256 conv 123 -> 32 ms on the stack).
         stack_tile = symbolic and not conv.rows
         if stack_tile:
             xr = max(1, min(xr, sc.MAX_STACK_BYTES // (nv * vec * 4)))
@@ -406,7 +404,7 @@ class ConvBlocked:
         sch.vectorize(fi)
         sch.unroll(xi)
         sch.unroll(fv)
-        if conv.taps and conv.taps[-1] is not None and not taps_outside and unroll_taps:
+        if conv.taps and conv.taps[-1] is not None and unroll_taps:  # (never with the taps outside)
             sch.unroll(conv.taps[-1].loop_rv)
         outer = sch.fuse(*outer_loops) if len(outer_loops) > 1 else outer_loops[0]
         sc.parallel(sch, outer)
