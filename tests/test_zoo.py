@@ -111,11 +111,7 @@ def test_zoo_cnn_with_dynamic_image_size_matches_onnxruntime(name: str, tmp_path
     from ember.compiler.driver import compile_model
     from ember.runtime import load
 
-    model = onnx.load(str(zoo.ensure(name)))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for axis, symbol in ((2, "H"), (3, "W")):
-        dims[axis].Clear()
-        dims[axis].dim_param = symbol
+    model = zoo.with_dynamic_image(name)
     path = tmp_path / f"{name}_dyn.onnx"
     onnx.save(model, str(path))
     name_in = model.graph.input[0].name

@@ -129,11 +129,7 @@ def _dynamic_image(name: str, path: Path) -> dict[str, np.ndarray]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import zoo
 
-    model = onnx.load(str(zoo.ensure(name)))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    for axis, symbol in ((2, "H"), (3, "W")):
-        dims[axis].Clear()
-        dims[axis].dim_param = symbol
+    model = zoo.with_dynamic_image(name)
     onnx.save(model, str(path))
     return {model.graph.input[0].name: np.random.default_rng(0).standard_normal((1, 3, 256, 320)).astype(np.float32)}
 

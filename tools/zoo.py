@@ -374,6 +374,19 @@ def ensure(name: str, out_dir: Path | str | None = None, force: bool = False) ->
     return path
 
 
+def with_dynamic_image(name: str) -> Any:
+    """The zoo CNN NAME (an onnx.ModelProto) with its input's height and width made symbolic
+    ("H", "W"), as detection and OCR backbones are exported."""
+    import onnx
+
+    model = onnx.load(str(ensure(name)))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for axis, symbol in ((2, "H"), (3, "W")):
+        dims[axis].Clear()
+        dims[axis].dim_param = symbol
+    return model
+
+
 def write_examples() -> None:
     """examples/: the digits CNN, one sample with its reference outputs, a held-out test set."""
     EXAMPLES.mkdir(exist_ok=True)

@@ -2,8 +2,8 @@
 
 TVM's own lowering turns a tile of 1024 bytes or more into TVMBackendAllocWorkspace (a heap
 pointer LLVM spills every accumulator through); ember's pipeline leaves it an alloca. Checked on
-the LLVM IR of a scheduled kernel, and on the answers of a matmul whose 24-accumulator tile
-(1536 bytes) relies on it."""
+the LLVM IR of a scheduled kernel and on its answers with a 4 KB tile; and the matmul rule's
+choice of a 24-accumulator tile (1536 bytes), which relies on it."""
 
 from __future__ import annotations
 
