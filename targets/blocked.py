@@ -71,9 +71,11 @@ class Plan:
 
 
 def _static(t: TensorType) -> bool:
-    """Static dims but the leading (batch) one: a symbolic batch is an outer loop the kernels
-    and their rules take as it comes, so dynamic-batch models keep the layout too."""
-    return all(isinstance(d, int) for d in t.shape[1:])
+    """A static channel count (dim 1 of the value read as 4-d): the block is a compile-time
+    split of it. The batch and the image's height and width may be symbolic (a dynamic batch,
+    a dynamic image size): they are loops the kernels and their rules take as they come."""
+    shape = (1,) * (4 - t.rank) + tuple(t.shape) if t.rank <= 4 else t.shape
+    return isinstance(shape[1], int)
 
 
 def _members(node: Node) -> tuple[list[Node], dict[str, str]]:
@@ -134,6 +136,20 @@ def _member_ok(node: Node, types: dict[str, TensorType], consts: set[str], block
     return True
 
 
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _fresh_symbols(node: Node, types: dict[str, TensorType]) -> bool:
+    """Whether an output of a lone node has a symbolic dim that none of its inputs' dims
+    carries (a ceil-mode pool over a dynamic width: `win_3`)."""
+
+    def symbols(shape: tuple[Any, ...]) -> set[str]:
+        return {s for d in shape if isinstance(d, str) for s in _SYMBOL.findall(d)}
+
+    bound = set().union(*(symbols(types[n].shape) for n in node.inputs if n))
+    return any(not symbols(v.type.shape) <= bound for v in node.outputs)
+
+
 def _has_layout_op(members: list[Node]) -> bool:
     return any(m.op in ("Conv", *POOLS) for m in members)
 
@@ -150,6 +166,8 @@ def plan(graph: Graph, lanes: int) -> Plan:
         members, outer = _members(node)
         if not _has_layout_op(members) and not any(n in result.values for n in node.inputs):
             continue
+        if node.op != "Fused" and _fresh_symbols(node, types):
+            continue  # (its kernel could not define the new dim: lowered as it is, plain)
         inner_types = dict(types)
         inner_consts = set(consts)
         if node.op == "Fused":
@@ -203,15 +221,22 @@ def to_plain(x: relax.Expr, shape: list[Any], b: int) -> relax.Expr:
 
 def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Expr:
     """One kernel converting a blocked value to NCHW (a Primitive function called from main)."""
+    from ember.targets.fused import unbound_vars
+
     shape = lw.shape(t)
     param = relax.Var("x", relax.TensorType([shape[0], shape[1] // b, *shape[2:], b], TVM_DTYPE[t.dtype]))
+    params, args = [param], [x]
+    unbound = unbound_vars([param.ty])  # a dynamic image size after strides: `(H + 1) // 2`
+    if unbound:
+        params.append(relax.Var("dims", relax.ShapeType(unbound)))
+        args.append(relax.ShapeExpr(unbound))
     sub = relax.BlockBuilder()
-    with sub.function("to_nchw", [param], attrs={"Primitive": True}, private=True):
+    with sub.function("to_nchw", params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
             y = sub.emit_output(to_plain(param, shape, b))
         sub.emit_func_output(y)
     gvar = lw.bb.add_func(sub.get()["to_nchw"], "to_nchw")
-    return lw.emit(relax.Call(gvar, [x]))
+    return lw.emit(relax.Call(gvar, args))
 
 
 # --- blocked computes (TE) -------------------------------------------------------------------
@@ -220,7 +245,7 @@ def _padded(data: te.Tensor, pads: list[int], value: float = 0.0) -> te.Tensor:
     top, left, bottom, right = pads
     if not any(pads):
         return data
-    n, (c, h, w, b) = data.shape[0], (int(d) for d in data.shape[1:])
+    n, c, h, w, b = data.shape
 
     def body(i: Any, j: Any, y: Any, x: Any, k: Any) -> Any:
         inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
@@ -237,17 +262,18 @@ def _out_size(size: tuple[int, int], kernel: tuple[int, int], strides: list[int]
 
 
 def _reduce(extent: int, name: str) -> Any:
-    return te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", extent)), name)
+    return te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", int(extent))), name)
 
 
-def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int]) -> te.Tensor:
+def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int],
+               out_hw: tuple[Any, Any] | None = None) -> te.Tensor:
     """out[n, fo, y, x, fi] = sum_{co, ry, rx, ci} pad[n, co, y*s + ry*d, x*s + rx*d, ci]
     * W[fo, co, ry, rx, ci, fi]: data [N, CI/bi, H, W, bi], weight [CO/bo, CI/bi, KH, KW, bi, bo]."""
-    n, (cib, h, w, bi) = data.shape[0], (int(d) for d in data.shape[1:])
-    cob, _, kh, kw, _, bo = (int(d) for d in weight.shape)
+    n, cib, h, w, _ = data.shape
+    cob, _, kh, kw, bi, bo = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     padded = _padded(data, pads)
-    oh, ow = _out_size((h, w), (kh, kw), strides, pads, dilation)
+    oh, ow = out_hw if out_hw is not None else _out_size((h, w), (kh, kw), strides, pads, dilation)
     rco, ry, rx, rci = _reduce(cib, "rco"), _reduce(kh, "ry"), _reduce(kw, "rx"), _reduce(bi, "rci")
     return te.compute(
         _i64([n, cob, oh, ow, bo]),
@@ -256,13 +282,14 @@ def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: lis
         name="conv_nchwc", attrs={LAYOUT_ATTR: 1})
 
 
-def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int]) -> te.Tensor:
+def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int],
+                    out_hw: tuple[Any, Any] | None = None) -> te.Tensor:
     """out[n, c, y, x, i] = sum_{ry, rx} pad[n, c, y*s + ry*d, x*s + rx*d, i] * W[c, 0, ry, rx, 0, i]."""
-    n, (cb, h, w, b) = data.shape[0], (int(d) for d in data.shape[1:])
+    n, cb, h, w, b = data.shape
     _, _, kh, kw, _, _ = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
     padded = _padded(data, pads)
-    oh, ow = _out_size((h, w), (kh, kw), strides, pads, dilation)
+    oh, ow = out_hw if out_hw is not None else _out_size((h, w), (kh, kw), strides, pads, dilation)
     ry, rx = _reduce(kh, "ry"), _reduce(kw, "rx")
     return te.compute(
         _i64([n, cb, oh, ow, b]),
@@ -284,8 +311,12 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     at = call.attrs
     if not _BLOCKED.match(str(at.data_layout)):
         return _nn_conv2d(bb, call)
+    # The output rows and columns as Relax inferred them: over a symbolic image size, the same
+    # value written another way (`(H + 1) // 2` and `(H - 1) // 2 + 1`) makes FuseTIR refuse to
+    # map the kernel's buffer to its Relax var.
+    out_hw = tuple(call.ty.shape.values[2:4])
     kwargs = dict(strides=[int(v) for v in at.strides], pads=[int(v) for v in at.padding],
-                  dilation=[int(v) for v in at.dilation])
+                  dilation=[int(v) for v in at.dilation], out_hw=out_hw)
     if int(at.groups) > 1:
         return bb.call_te(depthwise_nchwc, call.args[0], call.args[1], **kwargs, primfunc_name_hint="depthwise_nchwc")
     return bb.call_te(conv_nchwc, call.args[0], call.args[1], **kwargs, primfunc_name_hint="conv2d_nchwc")

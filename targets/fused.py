@@ -115,7 +115,7 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
     # A symbolic dim that reaches the kernel only inside an expression (`W//2` after a strided
     # op on a dynamic width) is defined by an extra shape argument: a function cannot bind W
     # from a tensor of width W//2, and without it the kernel's result loses its shape.
-    unbound = _unbound_vars([p.ty for p in params])
+    unbound = unbound_vars([p.ty for p in params])
     if unbound:
         params.append(relax.Var("dims", relax.ShapeType(unbound)))
         args.append(relax.ShapeExpr(unbound))
@@ -138,7 +138,7 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
 _SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _unbound_vars(types: list[Any]) -> list[tirx.Var]:
+def unbound_vars(types: list[Any]) -> list[tirx.Var]:
     """Symbolic vars that occur in the tensor types' dims only inside expressions (no dim is
     the bare var), in order of appearance."""
     bare: list[tirx.Var] = []

@@ -380,10 +380,10 @@ class ConvBlocked:
                 sch.annotate(xo, "pragma_loop_partition_hint", 1)
             if parts and activations_heavier:
                 # Activations outweigh the weight: each thread takes a band of rows, all channels
-                # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows.
-                yo, yi = sch.split(rows[0], [parts, None])
-                sch.reorder(*batch, yo, fo, yi, *rows[1:], xo, *reds, xi, fv, fi)
-                outer_loops, banded = [*batch, yo], True
+                # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows. (The
+                # rows are split into bands below, after the write-back is placed.)
+                sch.reorder(*batch, rows[0], fo, *rows[1:], xo, *reds, xi, fv, fi)
+                outer_loops, banded = [], True
             else:  # the weight outweighs the activations: each thread takes channel panels
                 banded = False
                 outer_loops = batch + [fo] + rows
@@ -401,6 +401,14 @@ class ConvBlocked:
                 sch.reverse_compute_inline(epilogue)
             except Exception:  # an epilogue that reshapes: its own vectorized loop nest
                 sc.vectorize_inner(sch, epilogue, lanes, sc.num_cores(target))
+        if banded and not outer_loops:
+            # Split into bands only now, so the write-back gets the split's row predicate too:
+            # inlining the epilogue replaces the write-back's predicate with one that clips its
+            # columns only, and the last band of a symbolic height (a conv whose output has
+            # H - 2 rows) wrote rows past the output.
+            yo, yi = sch.split(rows[0], [parts, None])
+            sch.reorder(yo, fo, yi)
+            outer_loops = [*batch, yo]
         sch.vectorize(fi)
         sch.unroll(xi)
         sch.unroll(fv)

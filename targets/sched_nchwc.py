@@ -32,7 +32,8 @@ from tvm.target import Target
 
 from ember.targets import sched_common as sc
 from ember.targets.blocked import LAYOUT_ATTR
-from ember.targets.sched_conv import SPATIAL_CHUNKS, _column_block, _nbytes, _window_bands
+from ember.targets.sched_conv import (BAND_WEIGHT_BYTES, SPATIAL_CHUNKS, SYMBOLIC_EXTENT, _column_block, _nbytes,
+                                      _window_bands)
 
 PAD_PREFIXES = ("pad_nchwc", "pad_temp")  # the padding stages: ours and TOPI pooling's
 
@@ -42,7 +43,10 @@ def _bands(row: Any, cores: int) -> int | None:
     the row count up to SPATIAL_CHUNKS that leaves the fewest threads idle in the last round
     (the largest such), None for a single row. (ResNet-50's 28-row maps in 7 bands kept one of
     2 threads idle a quarter of the time: 3x3 128->128 ran 1.60x faster at 2 threads than at
-    1; 14 or 4 bands balance.)"""
+    1; 14 or 4 bands balance.) A symbolic height takes SPATIAL_CHUNKS bands, the last rows
+    predicated."""
+    if row is not None and not isinstance(row.dom, int):
+        return SPATIAL_CHUNKS
     height = _extent(row)
     if height < 2:
         return None
@@ -84,13 +88,35 @@ def _roles(sch: s_tir.Schedule, anchor: Any, read: int | None, positions: list[i
     except ValueError:
         return None
     present = [it for it in spatial + reds if it is not None]
-    if len(present) != len(anchor.iters) or any(not isinstance(it.dom, int) for it in present if it is not spatial[0]):
+    symbolic_ok = [spatial[0], spatial[2], spatial[3]]  # the batch, the image's height and width
+    if len(present) != len(anchor.iters) or any(not isinstance(it.dom, int) for it in present
+                                                 if not any(it is s for s in symbolic_ok)):
         return None
     return spatial, reds
 
 
 def _extent(it: Any) -> int:
     return 1 if it is None else int(it.dom)
+
+
+def _width(x: Any) -> tuple[int, bool]:
+    """(the width the column block is chosen for, whether it is symbolic): a symbolic width (a
+    dynamic image size) is tiled as if it were long, its last column block predicated."""
+    return (x.dom, False) if isinstance(x.dom, int) else (SYMBOLIC_EXTENT, True)
+
+
+def _fold_tile(sch: s_tir.Schedule, anchor: Any, positions: tuple[int, int], xr: int, nv: int) -> None:
+    """Fold the accumulator (the anchor's write after cache_write) to one static tile
+    [x % xr, f % nv, lanes]. Compacted from the output, a symbolic width leaves it a symbolic
+    size (min(xr, W - x)), which TVM makes heap workspace, and LLVM then stores every
+    accumulator after each FMA (see sched_conv._tile_fold)."""
+    f_pos, x_pos = positions
+
+    def index_map(*axes: Any) -> list[Any]:
+        f, x, lane = axes[f_pos], axes[x_pos], axes[-1]
+        return [x % tirx.const(xr, str(x.ty.dtype)), f % tirx.const(nv, str(f.ty.dtype)), lane]
+
+    sch.transform_layout(anchor.block_rv, ("write", 0), index_map, assume_injective_transform=True)
 
 
 def _loop(it: Any) -> Any:
@@ -168,7 +194,7 @@ class ConvNCHWc:
         (n, f, y, x, o), (rco, ry, rx, rci) = roles
         if x is None or o is None:
             return None
-        cob, width, kw = _extent(f), x.dom, _extent(rx)
+        (cob, kw), (width, symbolic) = (_extent(f), _extent(rx)), _width(x)
         lanes = sc.vector_lanes(target, "float32")
         regs = sc.vector_registers(target)
         pads = _prologue(sch, kernel.before)
@@ -191,29 +217,42 @@ class ConvNCHWc:
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         fo, fv = sch.split(f.loop_rv, [None, nv]) if f is not None else (None, None)
         xo, xi = sch.split(x.loop_rv, [None, xr])
+        if symbolic:  # whole column blocks, then the ragged one
+            sch.annotate(xo, "pragma_loop_partition_hint", 1)
         reads = sc.reads(sch, anchor.block_rv)
         data_buf, w_buf = reads[0][0], reads[1][0]
         out_buf = sch.get(anchor.block_rv).writes[0].source
         parts = _bands(y, sc.num_cores(target))
         if parts and sc.knob(func, "bands") is not None:
             parts = sc.knob(func, "bands")
-            if not 2 <= parts <= _extent(y):
+            if parts < 2 or (isinstance(y.dom, int) and parts > y.dom):
                 return None
         reds = [_loop(it) for it in (rco, ry, rx, rci)]
-        banded = bool(parts) and bool(sc.knob(func, "banded", _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)))
-        if banded:
-            yo, yi = sch.split(y.loop_rv, [parts, None])
-            _order(sch, _loop(n), yo, fo, yi, xo, *reds, xi, fv, o.loop_rv)
-            outer = [_loop(n), yo]
+        activations_heavier = _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)
+        if y is not None and not isinstance(y.dom, int):
+            # A dynamic image size: each band re-reads the whole weight, so bands only where
+            # it stays in L2 (as sched_conv.ConvBlocked).
+            activations_heavier = _nbytes(w_buf) <= BAND_WEIGHT_BYTES
+        banded = bool(parts) and bool(sc.knob(func, "banded", activations_heavier))
+        if banded:  # (the rows are split into bands below, after the write-back is placed)
+            _order(sch, _loop(n), y.loop_rv, fo, xo, *reds, xi, fv, o.loop_rv)
         else:
             # each panel's weights serve every image of the batch before the next panel
             # (batch 8: ResNet-18 112.5 -> 107.2 ms, ResNet-50 271.5 -> 267.3 ms at 2 threads)
             _order(sch, fo, _loop(n), _loop(y), xo, *reds, xi, fv, o.loop_rv)
             outer = [fo, _loop(n), _loop(y)]
-        outer = [lp for lp in outer if lp is not None]
         acc = sch.cache_write(anchor.block_rv, 0, "local")
         sch.reverse_compute_at(acc, xo)
+        if symbolic:
+            _fold_tile(sch, anchor, (1, 3), xr, nv)
         _write_back(sch, acc, xo, epilogue, lanes, sc.num_cores(target))
+        if banded:
+            # Split into bands only now, so the write-back (with the epilogue inlined) gets the
+            # split's row predicate too (see sched_conv.ConvBlocked).
+            yo, yi = sch.split(y.loop_rv, [parts, None])
+            _order(sch, yo, fo, yi)
+            outer = [_loop(n), yo]
+        outer = [lp for lp in outer if lp is not None]
         sch.vectorize(o.loop_rv)
         sch.unroll(xi)
         if fv is not None:
@@ -262,7 +301,7 @@ class WindowNCHWc:
         (n, c, y, x, i), taps_info = roles
         if x is None or i is None:
             return None
-        width, taps = x.dom, 1
+        (width, symbolic), taps = _width(x), 1
         for it in taps_info:
             taps *= _extent(it)
         lanes = sc.vector_lanes(target, "float32")
@@ -275,10 +314,12 @@ class WindowNCHWc:
             return None
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         xo, xi = sch.split(x.loop_rv, [None, xr])
+        if symbolic:  # whole column blocks, then the ragged one
+            sch.annotate(xo, "pragma_loop_partition_hint", 1)
         parts = _window_bands(y)
         bands = sc.knob(func, "bands")
         if bands is not None:
-            if bands > _extent(y):
+            if isinstance(y.dom, int) and bands > y.dom:
                 return None
             parts = bands if bands >= 2 else None
         reds = [_loop(it) for it in taps_info]
@@ -292,6 +333,8 @@ class WindowNCHWc:
         outer = [lp for lp in outer if lp is not None]
         acc = sch.cache_write(anchor.block_rv, 0, "local")
         sch.reverse_compute_at(acc, xo)
+        if symbolic:
+            _fold_tile(sch, anchor, (1, 3), xr, 1)
         _write_back(sch, acc, xo, epilogue, lanes, sc.num_cores(target))
         sch.vectorize(i.loop_rv)
         sch.unroll(xi)

@@ -50,13 +50,16 @@ def _build(model: object, target: str, blocked_layout: bool = True) -> tuple[obj
     return graph, build(graph, resolve_target(target), blocked=blocked_layout)
 
 
-def check(model: object, target: str, rng: np.random.Generator, batches: tuple[int, ...] = (1,)) -> dict[str, str]:
+def check(model: object, target: str, rng: np.random.Generator, batches: tuple[int, ...] = (1,),
+          sizes: tuple[tuple[int, int], ...] = ()) -> dict[str, str]:
     """Build the model; its outputs match the interpreter on fresh random inputs (at each batch
-    size, for a symbolic batch "B"); the rules used."""
+    size, for a symbolic batch "B"; at each (height, width), for a symbolic image size "H",
+    "W"); the rules used."""
     graph, built = _build(model, target)
     for batch in batches:
-        feeds = interp.random_feeds(graph, rng, {"B": batch})
-        compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target}, batch {batch}", atol=ATOL)
+        for h, w in sizes or [(0, 0)]:
+            feeds = interp.random_feeds(graph, rng, {"B": batch, "H": h, "W": w})
+            compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target}, batch {batch}, {h} x {w}", atol=ATOL)
     return built.rules
 
 
@@ -142,6 +145,21 @@ def test_conv_forms(case: int, target: str, rng: np.random.Generator) -> None:
         assert "ConvNCHWc" in rules.values(), rules
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(CONVS)))
+def test_conv_forms_over_a_dynamic_image_size(case: int, target: str, rng: np.random.Generator) -> None:
+    """The same convs over a symbolic H, W, run at the case's size and at sizes whose widths
+    leave every remainder of a column block (the blocked layout then holds across the model:
+    before, only static images took it)."""
+    ci, h, w, co, k, attrs = CONVS[case]
+    inits: dict = {}
+    nodes = [conv("c", "x", ci, co, rng, inits, k=k, **attrs), helper.make_node("Relu", ["c"], ["y"])]
+    sizes = ((h, w), (h + 3, w + 8), (h + 1, 2 * w + 9))
+    rules = check(onnx_model(nodes, [("x", F, ["B", ci, "H", "W"])], inits), target, rng, batches=(2, ), sizes=sizes)
+    if co % _lanes(target) == 0 or co % (_lanes(target) // 2) == 0:
+        assert "ConvNCHWc" in rules.values(), rules
+
+
 WINDOWS = [  # (op, c, h, w, attrs)
     ("Depthwise", 32, 14, 14, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
     ("Depthwise", 48, 9, 11, dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2], dilations=[1, 2])),
@@ -166,6 +184,9 @@ def test_windows_after_a_blocked_conv(case: int, target: str, rng: np.random.Gen
         nodes.append(helper.make_node(op, ["c0"], ["y"], **attrs))
     rules = check(onnx_model(nodes, [("x", F, [2, 8, h, w])], inits), target, rng)
     assert "WindowNCHWc" in rules.values(), rules
+    sizes = ((h, w), (h + 4, w + 7), (2 * h + 1, 2 * w + 3))
+    rules = check(onnx_model(nodes, [("x", F, [1, 8, "H", "W"])], inits), target, rng, sizes=sizes)
+    assert "WindowNCHWc" in rules.values(), rules  # over a dynamic image size
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -212,9 +233,11 @@ def test_residual_network_block(target: str, rng: np.random.Generator) -> None:
     check(onnx_model(nodes, [("x", F, ["B", 32, 10, 10])], inits), target, rng, batches=(2, 1))
 
 
-def _random_chain(rng: np.random.Generator) -> object:
+def _random_chain(rng: np.random.Generator, symbolic: bool = False) -> tuple[object, tuple[int, int]]:
     """conv (random channels, kernel, stride, padding, dilation) -> random epilogue -> a random
-    window op (depthwise conv, max or average pool, or none) -> conv 1x1 -> output."""
+    window op (depthwise conv, max or average pool, or none) -> conv 1x1 -> output; and its
+    (height, width). `symbolic`: the image's height and width are "H", "W" (and pools take no
+    ceil mode, whose output size over a symbolic width ember cannot express)."""
     inits: dict = {"lo": np.array(0, np.float32), "hi": np.array(6, np.float32)}
     ci = int(rng.integers(1, 40))
     co = int(rng.choice([8, 16, 24, 32, 48, 64]))
@@ -244,19 +267,23 @@ def _random_chain(rng: np.random.Generator) -> object:
     elif window != "none":
         extra = {"count_include_pad": int(rng.integers(0, 2))} if window == "AveragePool" else {}
         nodes.append(helper.make_node(window, [last], ["win"], kernel_shape=list(kw), pads=wpads, strides=wstride,
-                                      ceil_mode=int(rng.integers(0, 2)), **extra))
+                                      ceil_mode=int(rng.integers(0, 2)) * (not symbolic), **extra))
         last = "win"
     nodes.append(conv("y", last, co, int(rng.choice([8, 16, 40])), rng, inits, k=(1, 1)))
-    return onnx_model(nodes, [("x", F, ["B", ci, h, w])], inits)
+    return onnx_model(nodes, [("x", F, ["B", ci, *(("H", "W") if symbolic else (h, w))])], inits), (h, w)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(30))
 def test_random_chains(seed: int) -> None:
+    """Random chains; every third over a symbolic H, W, run at three sizes."""
     rng = np.random.default_rng(2000 + seed)
-    model = _random_chain(rng)
+    model, (h, w) = _random_chain(rng, symbolic=seed % 3 == 0)
     target = TARGETS[seed % 2]
-    rules = check(model, target, rng, batches=(1, 2))
+    sizes: tuple[tuple[int, int], ...] = ()
+    if seed % 3 == 0:  # (never smaller than the chain's own size: valid)
+        sizes = ((h, w), *((h + int(a), w + int(b)) for a, b in rng.integers(0, 25, (2, 2))))
+    rules = check(model, target, rng, batches=(1, 2), sizes=sizes)
     assert "ConvNCHWc" in rules.values(), rules
 
 

@@ -146,6 +146,10 @@ CASES = [
     # Symbolic image size / sequence length: the rules tile as if long, the last block predicated
     # (before, TVM's default code ran these at 0.3% of peak).
     (Case("Conv", 16, 9, 13, 32, epilogue="relu", symbolic=True), "ConvBlocked"),
+    # Bands of a symbolic height whose output has H - 2 rows: the last band's write-back once
+    # had no row predicate (the epilogue's inlining replaced it) and wrote past the output.
+    (Case("Conv", 16, 12, 12, 32, k=(3, 2), pads=(2, 1, 0, 2), dilation=(2, 3), stride=(1, 2), epilogue="relu",
+          symbolic=True), "ConvBlocked"),
     (Case("Conv", 24, 1, 40, 32, k=(1, 3), stride=(1, 2), pads=(0, 1, 0, 1), conv1d=True, epilogue="silu", symbolic=True),
      "ConvBlocked"),
     # A long conv1d (a speech encoder's): bands of columns over every channel panel, the ragged
