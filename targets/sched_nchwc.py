@@ -32,8 +32,14 @@ from tvm.target import Target
 
 from ember.targets import sched_common as sc
 from ember.targets.blocked import LAYOUT_ATTR
-from ember.targets.sched_conv import (BAND_WEIGHT_BYTES, SPATIAL_CHUNKS, SYMBOLIC_EXTENT, _column_block, _nbytes,
-                                      _window_bands)
+from ember.targets.sched_conv import (
+    BAND_WEIGHT_BYTES,
+    SPATIAL_CHUNKS,
+    SYMBOLIC_EXTENT,
+    _column_block,
+    _nbytes,
+    _window_bands,
+)
 
 PAD_PREFIXES = ("pad_nchwc", "pad_temp")  # the padding stages: ours and TOPI pooling's
 
