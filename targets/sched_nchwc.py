@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tvm import s_tir, tirx
+from tvm import s_tir, sym, tirx
 from tvm.target import Target
 
 from ember.targets import sched_common as sc
@@ -105,10 +105,16 @@ def _extent(it: Any) -> int:
     return 1 if it is None else int(it.dom)
 
 
-def _width(x: Any) -> tuple[int, bool]:
-    """(the width the column block is chosen for, whether it is symbolic): a symbolic width (a
-    dynamic image size) is tiled as if it were long, its last column block predicated."""
-    return (x.dom, False) if isinstance(x.dom, int) else (SYMBOLIC_EXTENT, True)
+def _width(x: Any, cap: int) -> tuple[int, bool]:
+    """(the width the column block is chosen for, whether it is symbolic). A symbolic width (a
+    dynamic image size) computed in whole blocks of columns (blocked._whole_blocks) is tiled by
+    the largest block up to `cap` its extent provably divides by; any other is tiled as if it
+    were long, its last column block predicated."""
+    if isinstance(x.dom, int):
+        return x.dom, False
+    analyzer = sym.Analyzer()
+    whole = next((c for c in range(cap, 3, -1) if analyzer.can_prove(tirx.floormod(x.dom, c) == 0)), None)
+    return (whole if whole is not None else SYMBOLIC_EXTENT), True
 
 
 def _fold_tile(sch: s_tir.Schedule, anchor: Any, positions: tuple[int, int], xr: int, nv: int) -> None:
@@ -200,7 +206,7 @@ class ConvNCHWc:
         (n, f, y, x, o), (rco, ry, rx, rci) = roles
         if x is None or o is None:
             return None
-        (cob, kw), (width, symbolic) = (_extent(f), _extent(rx)), _width(x)
+        cob, kw = _extent(f), _extent(rx)
         lanes = sc.vector_lanes(target, "float32")
         regs = sc.vector_registers(target)
         pads = _prologue(sch, kernel.before)
@@ -216,6 +222,7 @@ class ConvNCHWc:
         # keeps half: its wide tile measured 0.83 -> 1.40 ms.
         cap = (regs - nv - 2) // nv if rci is not None else regs // 2 // nv
         cap = max(4, cap)
+        width, symbolic = _width(x, cap)
         if sc.knob(func, "xr") is not None:
             cap = sc.knob(func, "xr")
             if cap < 1 or cap * nv > regs - nv - 1:
@@ -307,7 +314,7 @@ class WindowNCHWc:
         (n, c, y, x, i), taps_info = roles
         if x is None or i is None:
             return None
-        (width, symbolic), taps = _width(x), 1
+        taps = 1
         for it in taps_info:
             taps *= _extent(it)
         lanes = sc.vector_lanes(target, "float32")
@@ -318,6 +325,7 @@ class WindowNCHWc:
         cap = sc.knob(func, "xr", 8)
         if not 1 <= cap <= sc.vector_registers(target) - 4:
             return None
+        width, symbolic = _width(x, cap)
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         xo, xi = sch.split(x.loop_rv, [None, xr])
         if symbolic:  # whole column blocks, then the ragged one
