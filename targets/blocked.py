@@ -241,9 +241,11 @@ def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Ex
 
 # --- blocked computes (TE) -------------------------------------------------------------------
 
-def _padded(data: te.Tensor, pads: list[int], value: float = 0.0) -> te.Tensor:
+def _padded(data: te.Tensor, pads: list[int], value: float = 0.0, min_width: Any | None = None) -> te.Tensor:
+    """The input with zero (`value`) padding; `min_width`: at least this many columns, the
+    extra ones padding too."""
     top, left, bottom, right = pads
-    if not any(pads):
+    if not any(pads) and min_width is None:
         return data
     n, c, h, w, b = data.shape
 
@@ -251,7 +253,8 @@ def _padded(data: te.Tensor, pads: list[int], value: float = 0.0) -> te.Tensor:
         inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
         return tirx.if_then_else(inside, data[i, j, y - top, x - left, k], tirx.const(value, data.dtype))
 
-    return te.compute(_i64([n, c, h + top + bottom, w + left + right, b]), body, name="pad_nchwc")
+    width = w + left + right if min_width is None else tirx.max(w + left + right, min_width)
+    return te.compute(_i64([n, c, h + top + bottom, width, b]), body, name="pad_nchwc")
 
 
 def _out_size(size: tuple[int, int], kernel: tuple[int, int], strides: list[int], pads: list[int],
@@ -266,20 +269,26 @@ def _reduce(extent: int, name: str) -> Any:
 
 
 # A symbolic output width (a dynamic image size) is computed in whole blocks of this many
-# columns (or the tile's column cap, if smaller): the register tile then never runs predicated,
-# and only the write-back skips the columns past the width. Predicated, the last block of each
-# row ran every FMA under a branch (a 256 -> 256 3x3 conv over a 7-wide map: 1.47x onnxruntime
-# against 0.93x at 8 wide).
+# columns (or the tile's column cap, if smaller), the register tile's width: the tile then never
+# runs predicated, and only the write-back skips the columns past the width. Predicated, the
+# last block of each row ran every FMA under a branch (a 256 -> 256 3x3 conv over a 7-wide map:
+# 1.47x onnxruntime against 0.93x at 8 wide). Blocks chosen for the compile sample's widths (14
+# columns for ResNet-18's maps at 224 x 224, 7 for the 7-wide ones) ran it at 1.08x onnxruntime
+# at that size against 1.20x with 8, but at 1.48x against 1.13x at 320 x 256 (a 16-wide map in
+# blocks of 14 computes 28 columns): 8 holds up at every size.
 SYMBOLIC_COLUMN_BLOCK = 8
+WINDOW_COLUMN_CAP = 8  # sched_nchwc.WindowNCHWc's default register row
 
 
-def column_block_for(cob: int, plain_input: bool) -> int:
-    """The whole-block width of a conv over a symbolic width, for the current target: at most
-    SYMBOLIC_COLUMN_BLOCK and the NCHWc rule's column cap (sched_nchwc.ConvNCHWc)."""
+def column_block_for(cob: int, plain_input: bool, depthwise: bool) -> int:
+    """The whole-block width of a conv over a symbolic width, for the current target:
+    SYMBOLIC_COLUMN_BLOCK within sched_nchwc's column cap."""
     from tvm.target import Target
 
     from ember.targets import sched_common as sc
 
+    if depthwise:
+        return min(WINDOW_COLUMN_CAP, SYMBOLIC_COLUMN_BLOCK)
     target = Target.current(allow_none=True)
     regs = sc.vector_registers(target) if target is not None else 16
     nv = 2 if cob % 2 == 0 else 1
@@ -287,17 +296,40 @@ def column_block_for(cob: int, plain_input: bool) -> int:
     return min(cap, SYMBOLIC_COLUMN_BLOCK)
 
 
-def _whole_blocks(compute: Any, shape: list[Any], width: Any, block: int | None, name: str) -> te.Tensor:
-    """`compute(i, f, y, x, o, column)` over `shape` (width last but one), reading input column
-    `column`; with a symbolic width and a `block`, over whole blocks of columns, the columns
-    past the width recomputing the last one (valid reads, never stored), then the width's
-    columns copied out (a stage the schedule inlines into the tile's write-back)."""
+def _wide(width: Any, block: int | None) -> Any | None:
+    """A symbolic width rounded up to whole blocks (None: a static width, or no block)."""
     if block is None or isinstance(width, (int, tirx.IntImm)):
+        return None
+    return (width + block - 1) // block * block
+
+
+def _whole_blocks(compute: Any, shape: list[Any], wide: Any | None, clamp: bool, name: str) -> te.Tensor:
+    """`compute(i, f, y, x, o, column)` over `shape` (width last but one), reading input column
+    `column`. With `wide` (whole blocks of columns past a symbolic width), over that many
+    columns, then the width's columns copied out (a stage the schedule inlines into the tile's
+    write-back); the columns past the width read the padding beyond the input's right edge, or
+    with `clamp` recompute the last column (valid reads; never stored either way)."""
+    if wide is None:
         return te.compute(_i64(shape), lambda i, f, y, x, o: compute(i, f, y, x, o, x), name=name, attrs={LAYOUT_ATTR: 1})
-    wide = (width + block - 1) // block * block
-    full = te.compute(_i64([*shape[:3], wide, shape[4]]), lambda i, f, y, x, o: compute(i, f, y, x, o, tirx.min(x, width - 1)),
+    width = shape[3]
+
+    def column(x: Any) -> Any:
+        return tirx.min(x, width - 1) if clamp else x
+
+    full = te.compute(_i64([*shape[:3], wide, shape[4]]), lambda i, f, y, x, o: compute(i, f, y, x, o, column(x)),
                       name=name, attrs={LAYOUT_ATTR: 1})
     return te.compute(_i64(shape), lambda i, f, y, x, o: full[i, f, y, x, o], name=f"{name}_columns")
+
+
+def _padded_for(data: te.Tensor, pads: list[int], wide: Any | None, stride: int, reach: int) -> tuple[te.Tensor, bool]:
+    """The padded input of a window (`reach` = (taps - 1) * dilation + 1 columns) whose output
+    columns are computed as `wide` (see _whole_blocks), and whether its extra columns must be
+    clamped: a padded input gets them as more zero columns on its right (a clamped column index
+    cost a pointer register per column of the tile: 14 on a 56-wide map, which spilled); an
+    unpadded one is read as it is."""
+    if wide is None or not any(pads):
+        return _padded(data, pads), wide is not None
+    return _padded(data, pads, min_width=(wide - 1) * stride + reach), False
 
 
 def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int],
@@ -308,15 +340,16 @@ def conv_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: lis
     n, cib, h, w, _ = data.shape
     cob, _, kh, kw, bi, bo = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
-    padded = _padded(data, pads)
     oh, ow = out_hw if out_hw is not None else _out_size((h, w), (kh, kw), strides, pads, dilation)
+    wide = _wide(ow, column_block)
+    padded, clamp = _padded_for(data, pads, wide, sx, (kw - 1) * dx + 1)
     rco, ry, rx, rci = _reduce(cib, "rco"), _reduce(kh, "ry"), _reduce(kw, "rx"), _reduce(bi, "rci")
 
     def compute(i: Any, f: Any, y: Any, x: Any, o: Any, col: Any) -> Any:
         return te.sum(padded[i, rco, y * sy + ry * dy, col * sx + rx * dx, rci] * weight[f, rco, ry, rx, rci, o],
                       axis=[rco, ry, rx, rci])
 
-    return _whole_blocks(compute, [n, cob, oh, ow, bo], ow, column_block, "conv_nchwc")
+    return _whole_blocks(compute, [n, cob, oh, ow, bo], wide, clamp, "conv_nchwc")
 
 
 def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads: list[int], dilation: list[int],
@@ -325,14 +358,15 @@ def depthwise_nchwc(data: te.Tensor, weight: te.Tensor, strides: list[int], pads
     n, cb, h, w, b = data.shape
     _, _, kh, kw, _, _ = (int(d) for d in weight.shape)
     (sy, sx), (dy, dx) = strides, dilation
-    padded = _padded(data, pads)
     oh, ow = out_hw if out_hw is not None else _out_size((h, w), (kh, kw), strides, pads, dilation)
+    wide = _wide(ow, column_block)
+    padded, clamp = _padded_for(data, pads, wide, sx, (kw - 1) * dx + 1)
     ry, rx = _reduce(kh, "ry"), _reduce(kw, "rx")
 
     def compute(i: Any, c: Any, y: Any, x: Any, k: Any, col: Any) -> Any:
         return te.sum(padded[i, c, y * sy + ry * dy, col * sx + rx * dx, k] * weight[c, 0, ry, rx, 0, k], axis=[ry, rx])
 
-    return _whole_blocks(compute, [n, cb, oh, ow, b], ow, column_block, "depthwise_nchwc")
+    return _whole_blocks(compute, [n, cb, oh, ow, b], wide, clamp, "depthwise_nchwc")
 
 
 # --- legalization of conv2d in the blocked layouts ------------------------------------------
@@ -356,11 +390,12 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     kwargs = dict(strides=[int(v) for v in at.strides], pads=[int(v) for v in at.padding],
                   dilation=[int(v) for v in at.dilation], out_hw=out_hw)
     cob, bi = int(call.args[1].ty.shape.values[0]), int(call.args[1].ty.shape.values[4])
-    if int(at.groups) > 1:
-        return bb.call_te(depthwise_nchwc, call.args[0], call.args[1], **kwargs, column_block=SYMBOLIC_COLUMN_BLOCK,
+    depthwise = int(at.groups) > 1
+    block = column_block_for(cob, bi == 1, depthwise)
+    if depthwise:
+        return bb.call_te(depthwise_nchwc, call.args[0], call.args[1], **kwargs, column_block=block,
                           primfunc_name_hint="depthwise_nchwc")
-    return bb.call_te(conv_nchwc, call.args[0], call.args[1], **kwargs, column_block=column_block_for(cob, bi == 1),
-                      primfunc_name_hint="conv2d_nchwc")
+    return bb.call_te(conv_nchwc, call.args[0], call.args[1], **kwargs, column_block=block, primfunc_name_hint="conv2d_nchwc")
 
 
 LEGALIZE = {"relax.nn.conv2d": legalize_conv2d}

@@ -160,6 +160,27 @@ def test_conv_forms_over_a_dynamic_image_size(case: int, target: str, rng: np.ra
         assert "ConvNCHWc" in rules.values(), rules
 
 
+def test_dynamic_image_columns_run_in_whole_blocks(rng: np.random.Generator) -> None:
+    """Over a dynamic image, convs compute whole blocks of 8 columns (a 3x3 conv of the plain
+    image, one of a blocked input, a depthwise conv), the columns past the width never stored:
+    widths that leave every remainder of a block, narrower than a block too."""
+    inits: dict = {}
+    nodes = [conv("c0", "x", 16, 32, rng, inits, pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c0"], ["r0"]),
+             conv("c1", "r0", 32, 32, rng, inits, pads=[1, 1, 1, 1], strides=[1, 2]),
+             conv("y", "c1", 32, 32, rng, inits, group=32, pads=[1, 1, 1, 1])]
+    model = onnx_model(nodes, [("x", F, [1, 16, "H", "W"])], inits)
+    check(model, "cpu", rng, sizes=((14, 14), (9, 23), (30, 5), (3, 29), (5, 1)))
+    _, built = _build(model, "cpu")
+    text = built.module.script()
+    tiles = sorted(line.split("=", 1)[1].strip() for line in text.splitlines() if "_local = T.sblock_alloc_buffer" in line)
+    assert tiles == ['T.sblock_alloc_buffer((T.int64(8), T.int64(1), T.int64(16)), scope="local")',  # the depthwise row
+                     'T.sblock_alloc_buffer((T.int64(8), T.int64(2), T.int64(16)), scope="local")',  # c0
+                     'T.sblock_alloc_buffer((T.int64(8), T.int64(2), T.int64(16)), scope="local")'], tiles  # c1
+    updates = [part.split("T.reads")[0] for part in text.split('_nchwc_update")')[1:]]
+    wheres = [line.strip() for u in updates for line in u.splitlines() if line.strip().startswith("T.where")]
+    assert len(updates) == 3 and not any("W" in w for w in wheres), wheres  # no column predicate on the tiles (rows only)
+
+
 WINDOWS = [  # (op, c, h, w, attrs)
     ("Depthwise", 32, 14, 14, dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2])),
     ("Depthwise", 48, 9, 11, dict(kernel_shape=[5, 5], pads=[2, 2, 2, 2], dilations=[1, 2])),
