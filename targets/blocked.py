@@ -233,7 +233,9 @@ def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Ex
     sub = relax.BlockBuilder()
     with sub.function("to_nchw", params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            y = sub.emit_output(to_plain(param, shape, b))
+            # (a direct index: Relax's reshape of the permuted value divided a flat index by the
+            # symbolic H * W for every element over a dynamic image, 0.9 GB/s)
+            y = sub.emit_output(R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, h, w)))
         sub.emit_func_output(y)
     gvar = lw.bb.add_func(sub.get()["to_nchw"], "to_nchw")
     return lw.emit(relax.Call(gvar, args))
