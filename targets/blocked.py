@@ -479,8 +479,10 @@ def _operand(lw: Lowering, name: str, like: TensorType, b: int) -> relax.Expr | 
         shape = [1] * (4 - t.rank) + [int(d) for d in t.shape]
         data = np.asarray(data).reshape(shape)
         return const(pack_activation(data, b) if per_channel else data.reshape([*shape, 1]))
-    x = R.reshape(lw.arg(name), shape) if t.rank != 4 else lw.arg(name)
-    return to_blocked(x, shape, b) if per_channel else R.reshape(x, [*shape, 1])
+    # (expand_dims, not reshape: over a dynamic image a reshape divides a flat index by the
+    # symbolic sizes for every element)
+    x = R.expand_dims(lw.arg(name), list(range(4 - t.rank))) if t.rank != 4 else lw.arg(name)
+    return to_blocked(x, shape, b) if per_channel else R.expand_dims(x, [-1])
 
 
 def lower_member(lw: Lowering, node: Node) -> None:

@@ -235,6 +235,30 @@ def test_squeeze_excitation_and_broadcasts(target: str, rng: np.random.Generator
 
 
 @pytest.mark.parametrize("target", TARGETS)
+def test_attention_blocks_over_a_dynamic_image_size(target: str, rng: np.random.Generator) -> None:
+    """Over a symbolic H, W (as detection backbones are exported): squeeze-excitation (a
+    run-time [N,C,1,1] operand), spatial attention (a run-time [N,1,H,W] map from a channel
+    mean), a residual add, a strided max pool, and a plain reader (the channel mean) of a
+    blocked value."""
+    c = 32
+    nodes = [
+        conv("c0", "x", 16, c, rng, inits := {"axis1": np.array([1], np.int64)}, pads=[1, 1, 1, 1]),
+        helper.make_node("GlobalAveragePool", ["c0"], ["g"]),
+        conv("s0", "g", c, 8, rng, inits, k=(1, 1)), helper.make_node("Relu", ["s0"], ["s1"]),
+        conv("s2", "s1", 8, c, rng, inits, k=(1, 1)), helper.make_node("Sigmoid", ["s2"], ["s"]),
+        helper.make_node("Mul", ["c0", "s"], ["m"]),
+        helper.make_node("ReduceMean", ["m", "axis1"], ["avg"], keepdims=1),
+        helper.make_node("Sigmoid", ["avg"], ["att"]),
+        helper.make_node("Mul", ["m", "att"], ["a"]),
+        conv("c1", "a", c, c, rng, inits, pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c1", "c0"], ["r"]),
+        helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+    ]
+    rules = check(onnx_model(nodes, [("x", F, [1, 16, "H", "W"])], inits), target, rng, sizes=((12, 12), (7, 19), (16, 5)))
+    assert {"ConvNCHWc", "WindowNCHWc"} <= set(rules.values()), rules
+
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_residual_network_block(target: str, rng: np.random.Generator) -> None:
     """Two bottleneck blocks (1x1 -> 3x3 -> 1x1 + residual, relu), the second strided with a
     projection shortcut, then a plain reader (Flatten) of a blocked value."""
