@@ -24,6 +24,7 @@ from ember.compiler.passmanager import run_pipeline
 from ember.compiler.pipeline import DEFAULT_PIPELINE
 from ember.targets import blocked, build, resolve_target
 from ember.targets.build import block_lanes
+from ember.targets.emit_common import LoweringError
 
 F = T.FLOAT
 ATOL = 1e-4  # fp32 sums of up to ~600 terms of O(1) values, reordered by the schedules
@@ -179,6 +180,18 @@ def test_dynamic_image_columns_run_in_whole_blocks(rng: np.random.Generator) -> 
     updates = [part.split("T.reads")[0] for part in text.split('_nchwc_update")')[1:]]
     wheres = [line.strip() for u in updates for line in u.splitlines() if line.strip().startswith("T.where")]
     assert len(updates) == 3 and not any("W" in w for w in wheres), wheres  # no column predicate on the tiles (rows only)
+
+
+def test_a_pool_whose_output_dim_is_only_known_at_run_time_gets_the_clear_error(rng: np.random.Generator) -> None:
+    """A ceil-mode pool over a symbolic width whose last window may start in the end pad has an
+    output dim (a fresh symbol) no kernel can define: the plan leaves it plain, and the build
+    says which dim and why, not a crash in the blocked emitters."""
+    inits: dict = {}
+    nodes = [conv("c0", "x", 8, 16, rng, inits), helper.make_node("Relu", ["c0"], ["r0"]),
+             helper.make_node("MaxPool", ["r0"], ["p0"], kernel_shape=[3, 2], strides=[1, 2], pads=[1, 1, 1, 1], ceil_mode=1),
+             conv("y", "p0", 16, 16, rng, inits, k=(1, 1))]
+    with pytest.raises(LoweringError, match=r"depends on run-time data"):
+        _build(onnx_model(nodes, [("x", F, [1, 8, "H", "W"])], inits), "cpu")
 
 
 WINDOWS = [  # (op, c, h, w, attrs)
