@@ -136,26 +136,14 @@ def _member_ok(node: Node, types: dict[str, TensorType], consts: set[str], block
     return True
 
 
-_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _fresh_symbols(node: Node, types: dict[str, TensorType]) -> bool:
-    """Whether an output of a lone node has a symbolic dim that none of its inputs' dims
-    carries (a ceil-mode pool over a dynamic width: `win_3`)."""
-
-    def symbols(shape: tuple[Any, ...]) -> set[str]:
-        return {s for d in shape if isinstance(d, str) for s in _SYMBOL.findall(d)}
-
-    bound = set().union(*(symbols(types[n].shape) for n in node.inputs if n))
-    return any(not symbols(v.type.shape) <= bound for v in node.outputs)
-
-
 def _has_layout_op(members: list[Node]) -> bool:
     return any(m.op in ("Conv", *POOLS) for m in members)
 
 
 def plan(graph: Graph, lanes: int) -> Plan:
     """The nodes of the top-level graph that lower blocked, and the blocked values."""
+    from ember.targets.fused import defines_its_dims
+
     result = Plan(lanes)
     consts = {c.name for c in graph.consts}
     types = {v.name: v.type for v in graph.inputs}
@@ -166,8 +154,8 @@ def plan(graph: Graph, lanes: int) -> Plan:
         members, outer = _members(node)
         if not _has_layout_op(members) and not any(n in result.values for n in node.inputs):
             continue
-        if node.op != "Fused" and _fresh_symbols(node, types):
-            continue  # (its kernel could not define the new dim: lowered as it is, plain)
+        if node.op != "Fused" and not defines_its_dims(node, types):
+            continue  # (a dim no operand carries, such as a ceil-mode pool's `win_3`: its own kernel could not define it)
         inner_types = dict(types)
         inner_consts = set(consts)
         if node.op == "Fused":

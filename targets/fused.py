@@ -156,17 +156,29 @@ def unbound_vars(types: list[Any]) -> list[tirx.Var]:
     return out
 
 
-def single_node_group(lw: Lowering, node: Node) -> Node | None:
-    """`node` as a Fused node of one member (operands only its emitter reads, shape operands
-    left out); None when its output has a symbolic dim that no operand's shape carries (a
-    function cannot define it)."""
+def _operands(node: Node) -> list[str]:
+    """The inputs a node's emitter reads as tensors (shape operands left out), each once."""
     skip = SHAPE_OPERANDS.get(node.op, ())
     operands: list[str] = []
     for i, name in enumerate(node.inputs):
         if name and i not in skip and name not in operands:
             operands.append(name)
-    bound = {s for n in operands for d in lw.types[n].shape if isinstance(d, str) for s in _SYMBOL.findall(d)}
-    if any(s not in bound for v in node.outputs for d in v.type.shape if isinstance(d, str) for s in _SYMBOL.findall(d)):
+    return operands
+
+
+def defines_its_dims(node: Node, types: dict[str, Any]) -> bool:
+    """Whether every symbolic dim of the node's outputs occurs in its operands' shapes (`types`:
+    value name -> TensorType): a kernel of the node alone can only define those."""
+    bound = {s for n in _operands(node) for d in types[n].shape if isinstance(d, str) for s in _SYMBOL.findall(d)}
+    return all(s in bound for v in node.outputs for d in v.type.shape if isinstance(d, str) for s in _SYMBOL.findall(d))
+
+
+def single_node_group(lw: Lowering, node: Node) -> Node | None:
+    """`node` as a Fused node of one member (operands only its emitter reads, shape operands
+    left out); None when its output has a symbolic dim that no operand's shape carries (a
+    function cannot define it)."""
+    if not defines_its_dims(node, lw.types):
         return None
+    operands = _operands(node)
     body = Graph(tuple(Value(n, lw.types[n]) for n in operands), (node,), tuple(v.name for v in node.outputs), name=node.op.lower())
     return Node("Fused", tuple(operands), node.outputs, {"body": body, "kernel": node.op.lower()})
