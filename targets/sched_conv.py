@@ -241,6 +241,15 @@ BAND_WEIGHT_BYTES = 1 << 20
 COLUMN_BAND_BYTES = 192 << 10  # a conv1d band's input columns (all channels) stay in L2 beside the weight
 
 
+def activations_heavier(weight: Any, data: Any, out: Any, symbolic_height: bool) -> bool:
+    """Whether a conv's activations outweigh its weight, so threads take bands of rows rather
+    than channel panels. Over a dynamic image size the activations are unknown and each band
+    re-reads the whole weight: bands only where the weight stays in L2 (BAND_WEIGHT_BYTES)."""
+    if symbolic_height:
+        return _nbytes(weight) <= BAND_WEIGHT_BYTES
+    return _nbytes(weight) <= _nbytes(data) + _nbytes(out)
+
+
 def _column_span(data_shape: list[Any], width: int, xr: int) -> int | None:
     """Column blocks per band of a conv without output rows (conv1d) whose activations outweigh
     its weight, or None: each thread takes bands of output columns over every channel panel, so
@@ -358,13 +367,9 @@ class ConvBlocked:
             reds = [*reds[1:], reds[0]]
         data_buf = sc.reads(sch, anchor.block_rv)[conv.data_index][0]
         out_buf = sch.get(anchor.block_rv).writes[0].source
-        activations_heavier = _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)
-        if conv.rows and _static(conv.rows[0]) is None:
-            # A dynamic image size: its activations are unknown here, and each band re-reads
-            # the whole weight, so bands only where the weight stays in L2.
-            activations_heavier = _nbytes(w_buf) <= BAND_WEIGHT_BYTES
+        heavier = activations_heavier(w_buf, data_buf, out_buf, bool(conv.rows) and _static(conv.rows[0]) is None)
         fo, fv, fi = sch.split(conv.f.loop_rv, [None, nv, vec])
-        span = _column_span(sc.buffer_shape(data_buf), width, xr) if not rows and activations_heavier else None
+        span = _column_span(sc.buffer_shape(data_buf), width, xr) if not rows and heavier else None
         parts = _row_chunks(conv.rows[0] if conv.rows else None)
         if span is not None:  # conv1d over a long sequence: bands of columns (see _column_span)
             xb, xo, xi = sch.split(conv.x.loop_rv, [None, span, xr])
@@ -378,7 +383,7 @@ class ConvBlocked:
             xo, xi = sch.split(conv.x.loop_rv, [None, xr])
             if symbolic or (width % xr and sc.is_int32(sch, xo)):  # whole column blocks, then the ragged one
                 sch.annotate(xo, "pragma_loop_partition_hint", 1)
-            if parts and activations_heavier:
+            if parts and heavier:
                 # Activations outweigh the weight: each thread takes a band of rows, all channels
                 # (see SPATIAL_CHUNKS); a panel's weights stay hot over the band's rows. (The
                 # rows are split into bands below, after the write-back is placed.)

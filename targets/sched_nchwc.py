@@ -32,14 +32,7 @@ from tvm.target import Target
 
 from ember.targets import sched_common as sc
 from ember.targets.blocked import LAYOUT_ATTR
-from ember.targets.sched_conv import (
-    BAND_WEIGHT_BYTES,
-    SPATIAL_CHUNKS,
-    SYMBOLIC_EXTENT,
-    _column_block,
-    _nbytes,
-    _window_bands,
-)
+from ember.targets.sched_conv import SPATIAL_CHUNKS, SYMBOLIC_EXTENT, _column_block, _window_bands, activations_heavier
 
 PAD_PREFIXES = ("pad_nchwc", "pad_temp")  # the padding stages: ours and TOPI pooling's
 
@@ -230,7 +223,7 @@ class ConvNCHWc:
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         fo, fv = sch.split(f.loop_rv, [None, nv]) if f is not None else (None, None)
         xo, xi = sch.split(x.loop_rv, [None, xr])
-        if symbolic:  # whole column blocks, then the ragged one
+        if symbolic:  # (a width not in whole blocks, as a pool's: full column blocks, then the ragged one)
             sch.annotate(xo, "pragma_loop_partition_hint", 1)
         reads = sc.reads(sch, anchor.block_rv)
         data_buf, w_buf = reads[0][0], reads[1][0]
@@ -241,12 +234,8 @@ class ConvNCHWc:
             if parts < 2 or (isinstance(y.dom, int) and parts > y.dom):
                 return None
         reds = [_loop(it) for it in (rco, ry, rx, rci)]
-        activations_heavier = _nbytes(w_buf) <= _nbytes(data_buf) + _nbytes(out_buf)
-        if y is not None and not isinstance(y.dom, int):
-            # A dynamic image size: each band re-reads the whole weight, so bands only where
-            # it stays in L2 (as sched_conv.ConvBlocked).
-            activations_heavier = _nbytes(w_buf) <= BAND_WEIGHT_BYTES
-        banded = bool(parts) and bool(sc.knob(func, "banded", activations_heavier))
+        heavier = activations_heavier(w_buf, data_buf, out_buf, y is not None and not isinstance(y.dom, int))
+        banded = bool(parts) and bool(sc.knob(func, "banded", heavier))
         if banded:  # (the rows are split into bands below, after the write-back is placed)
             _order(sch, _loop(n), y.loop_rv, fo, xo, *reds, xi, fv, o.loop_rv)
         else:
@@ -328,7 +317,7 @@ class WindowNCHWc:
         width, symbolic = _width(x, cap)
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         xo, xi = sch.split(x.loop_rv, [None, xr])
-        if symbolic:  # whole column blocks, then the ragged one
+        if symbolic:  # (a width not in whole blocks, as a pool's: full column blocks, then the ragged one)
             sch.annotate(xo, "pragma_loop_partition_hint", 1)
         parts = _window_bands(y)
         bands = sc.knob(func, "bands")
