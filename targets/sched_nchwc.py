@@ -223,7 +223,7 @@ class ConvNCHWc:
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
         fo, fv = sch.split(f.loop_rv, [None, nv]) if f is not None else (None, None)
         xo, xi = sch.split(x.loop_rv, [None, xr])
-        if symbolic:  # (a width not in whole blocks, as a pool's: full column blocks, then the ragged one)
+        if symbolic:  # (a width not in whole blocks: full column blocks, then the ragged one)
             sch.annotate(xo, "pragma_loop_partition_hint", 1)
         reads = sc.reads(sch, anchor.block_rv)
         data_buf, w_buf = reads[0][0], reads[1][0]
