@@ -161,6 +161,34 @@ def test_conv_forms_over_a_dynamic_image_size(case: int, target: str, rng: np.ra
         assert "ConvNCHWc" in rules.values(), rules
 
 
+DEEP_CONVS = [  # (ci, h, w, co, kernel, attrs, batch): channel panels whose weight outgrows the L1
+    (64, 6, 6, 64, (3, 3), dict(pads=[1, 1, 1, 1]), 1),
+    (1024, 4, 5, 128, (1, 1), {}, 2),  # a batch of 2: the partial sums hold both images
+    (128, 17, 17, 64, (3, 3), dict(pads=[1, 1, 1, 1]), 1),  # width 17: a ragged column block
+    (96, 9, 9, 64, (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2]), 1),  # 6 input blocks on AVX-512
+    (64, 8, 8, 64, (3, 3), dict(pads=[2, 2, 2, 2], dilations=[2, 2]), 1),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(DEEP_CONVS)))
+def test_deep_convs_take_their_weight_in_chunks(case: int, target: str, rng: np.random.Generator) -> None:
+    """Convs whose channel panels' weight outgrows the L1 sum their input channels in chunks
+    (sched_nchwc._reduction_blocked: partial sums per chunk, then a pass that adds them and
+    applies the epilogue, here a residual add and a Relu); they match the interpreter."""
+    ci, h, w, co, k, attrs, batch = DEEP_CONVS[case]
+    inits: dict = {}
+    nodes = [conv("c", "x", ci, co, rng, inits, k=k, **attrs), helper.make_node("Add", ["c", "r"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    out_h = (h + sum(attrs.get("pads", [0] * 4)[::2]) - attrs.get("dilations", [1])[0] * (k[0] - 1) - 1) // attrs.get("strides", [1])[0] + 1
+    out_w = (w + sum(attrs.get("pads", [0] * 4)[1::2]) - attrs.get("dilations", [1])[0] * (k[1] - 1) - 1) // attrs.get("strides", [1])[0] + 1
+    model = onnx_model(nodes, [("x", F, [batch, ci, h, w]), ("r", F, [batch, co, out_h, out_w])], inits)
+    rules = check(model, target, rng)
+    assert "ConvNCHWc" in rules.values(), rules
+    _, built = _build(model, target)
+    assert 'sblock("conv_nchwc_rf_update")' in built.module.script()
+
+
 def test_dynamic_image_columns_run_in_whole_blocks(rng: np.random.Generator) -> None:
     """Over a dynamic image, convs compute whole blocks of 8 columns (a 3x3 conv of the plain
     image, one of a blocked input, a depthwise conv), the columns past the width never stored:
