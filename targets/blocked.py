@@ -2,7 +2,8 @@
 
 A 4-d activation `[N, C, H, W]` is kept between kernels as `[N, C/b, H, W, b]`, with `b` the
 target's float vector lanes (16 on AVX-512, 8 on AVX2) or half of them when C only divides by
-that. Why: an NCHW conv kernel writes its output tile as short runs in `nv * b` channel planes at
+that; a 1-d signal `[N, C, W]` (a speech model's conv1d stack) as an image of one row, `[N, C/b,
+1, W, b]`. Why: an NCHW conv kernel writes its output tile as short runs in `nv * b` channel planes at
 once, and a cold output buffer then costs write-allocate misses the prefetcher cannot hide
 (ResNet-50's 3x3 conv: 0.76 ms with every operand in cache, 1.28 ms with only its output
 flushed, 1.38 ms inside the model). In NCHWc the tile is one contiguous run, the channel vector
@@ -12,7 +13,7 @@ channels instead of gathering along rows.
 The ember IR stays NCHW (dumps, the interpreter and every pass are unchanged); the layout is a
 lowering decision (`plan`):
 
-- a node lowers **blocked** when it holds a layout op (a float 2-d Conv with constant weights
+- a node lowers **blocked** when it holds a layout op (a float 1-d or 2-d Conv with constant weights
   and a blockable output channel count; a pool or depthwise conv whose input is already
   blocked) or reads a blocked value, and every member of its fusion group is one the blocked
   emitters handle (the layout ops, global pooling of a blocked input, and elementwise ops whose
@@ -70,11 +71,29 @@ class Plan:
     values: dict[str, int] = field(default_factory=dict)
 
 
-def _static(t: TensorType) -> bool:
-    """A static channel count (dim 1 of the value read as 4-d): the block is a compile-time
-    split of it. The batch and the image's height and width may be symbolic (a dynamic batch,
-    a dynamic image size): they are loops the kernels and their rules take as they come."""
-    shape = (1,) * (4 - t.rank) + tuple(t.shape) if t.rank <= 4 else t.shape
+def view4(shape: Any, rank: int) -> list[Any]:
+    """A value's dims as the [N, C, H, W] activation of an op whose output has rank `rank` (3
+    or 4) sees them: aligned to that rank as broadcasting does, then a 1-d signal's one row
+    inserted."""
+    dims = [1] * (rank - len(shape)) + list(shape)
+    return dims if rank == 4 else [dims[0], dims[1], 1, dims[2]]
+
+
+def blocked_shape(shape: Any, b: int) -> list[Any]:
+    """The blocked form of an activation's shape: [N, C, H, W] -> [N, C/b, H, W, b], a 1-d
+    signal [N, C, W] -> [N, C/b, 1, W, b]."""
+    n, c, h, w = view4(shape, len(shape))
+    return [n, c // b, h, w, b]
+
+
+def _static(t: TensorType, rank: int | None = None) -> bool:
+    """A static channel count (dim 1 of the value as an op of output rank `rank`, default its
+    own, reads it): the block is a compile-time split of it. The batch and the image's height
+    and width may be symbolic (a dynamic batch, a dynamic image size or signal length): they are
+    loops the kernels and their rules take as they come."""
+    if t.rank > 4:
+        return isinstance(t.shape[1], int)
+    shape = view4(t.shape, rank if rank is not None else (t.rank if t.rank == 3 else 4))
     return isinstance(shape[1], int)
 
 
@@ -89,14 +108,18 @@ def _members(node: Node) -> tuple[list[Node], dict[str, str]]:
 
 
 def _conv_ok(node: Node, types: dict[str, TensorType], consts: set[str], blocked: dict[str, int], lanes: int) -> bool:
-    """A 2-d float conv, static, constant weight (and bias), blockable output channels; group 1
-    (any input: a plain one is read as blocks of one channel) or depthwise on a blocked input."""
+    """A 1-d or 2-d float conv, static, constant weight (and bias), blockable output channels;
+    group 1 (any input: a plain one is read as blocks of one channel) or depthwise on a blocked
+    input."""
     at = node.attrs
-    if len(at.get("kernel_shape") or ()) != 2 or node.inputs[1] not in consts:
+    spatial = len(at.get("kernel_shape") or ())
+    if spatial not in (1, 2) or node.inputs[1] not in consts:
         return False
     if len(node.inputs) > 2 and node.inputs[2] and node.inputs[2] not in consts:
         return False
     x, y = types[node.inputs[0]], node.outputs[0].type
+    if x.rank != spatial + 2 or y.rank != spatial + 2:
+        return False
     if x.dtype not in FLOATS or not (_static(x) and _static(y)) or block_of(y.shape[1], lanes) is None:
         return False
     if at["group"] == 1:
@@ -115,12 +138,12 @@ def _member_ok(node: Node, types: dict[str, TensorType], consts: set[str], block
         return (len(node.attrs["kernel_shape"]) == 2 and len(node.outputs) == 1 and node.inputs[0] in blocked
                 and x.dtype in FLOATS and _static(x) and not any(d != 1 for d in node.attrs.get("dilations") or []))
     if node.op in GLOBAL_POOLS:
-        return node.inputs[0] in blocked and types[node.inputs[0]].rank == 4
+        return node.inputs[0] in blocked and types[node.inputs[0]].rank in (3, 4)
     if node.op not in ELEMENTWISE or len(node.outputs) != 1:
         return False
     y = node.outputs[0].type
     ins = [n for n in node.inputs if n]
-    if y.dtype not in FLOATS or y.rank != 4 or not any(n in blocked for n in ins):
+    if y.dtype not in FLOATS or y.rank not in (3, 4) or not any(n in blocked for n in ins):
         return False
     for name in ins:
         t = types[name]
@@ -128,9 +151,9 @@ def _member_ok(node: Node, types: dict[str, TensorType], consts: set[str], block
             if t.shape != y.shape:
                 return False
             continue
-        if t.rank > 4 or t.dtype not in FLOATS or not _static(t):
+        if t.rank > y.rank or t.dtype not in FLOATS or not _static(t, y.rank):
             return False
-        shape = (1,) * (4 - t.rank) + tuple(t.shape)
+        shape = view4(t.shape, y.rank)
         if shape[1] not in (1, y.shape[1]):
             return False
     return True
@@ -212,7 +235,7 @@ def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Ex
     from ember.targets.fused import unbound_vars
 
     shape = lw.shape(t)
-    param = relax.Var("x", relax.TensorType([shape[0], shape[1] // b, *shape[2:], b], TVM_DTYPE[t.dtype]))
+    param = relax.Var("x", relax.TensorType(blocked_shape(shape, b), TVM_DTYPE[t.dtype]))
     params, args = [param], [x]
     unbound = unbound_vars([param.ty])  # a dynamic image size after strides: `(H + 1) // 2`
     if unbound:
@@ -223,10 +246,62 @@ def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Ex
         with sub.dataflow():
             # (a direct index: Relax's reshape of the permuted value divided a flat index by the
             # symbolic H * W for every element over a dynamic image, 0.9 GB/s)
-            y = sub.emit_output(R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, h, w)))
+            if t.rank == 3:  # (a 1-d signal's one row dropped)
+                y = sub.emit_output(R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, w)))
+            else:
+                y = sub.emit_output(R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, h, w)))
         sub.emit_func_output(y)
     gvar = lw.bb.add_func(sub.get()["to_nchw"], "to_nchw")
     return lw.emit(relax.Call(gvar, args))
+
+
+# A conv whose plain input has at least this many channels (a block's worth, as after a norm
+# no blocked kernel computes) reads a blocked copy made by one conversion kernel: read as blocks
+# of one channel, each tile's broadcasts walk C rows of the whole map (wav2vec2's 256-channel
+# stride-2 conv1d over 12799 samples: 42.4 ms that way; 17.3 ms from a copy made in 5.0 ms; in
+# NCW by sched_conv.ConvBlocked 26.4 ms, onnxruntime 25.2 ms, at 1 thread).
+COPY_CHANNELS = 16
+
+
+def copied_input(lw: Lowering, members: list[Node], name: str, types: dict[str, TensorType]) -> int | None:
+    """The block of a blocked copy a node's plain input `name` (a body input) is read as: where
+    it is the data of a member conv with COPY_CHANNELS or more channels that a block divides;
+    None to read it as it is."""
+    t = types[name]
+    if t.rank not in (3, 4) or t.dtype not in FLOATS or not _static(t):
+        return None
+    readers = [m for m in members if name in m.inputs]
+    if not readers or any(m.op != "Conv" or m.inputs[0] != name or m.attrs["group"] != 1 for m in readers):
+        return None
+    channels = t.shape[1]
+    b = block_of(channels, lw.plan.lanes)
+    return b if b is not None and channels >= COPY_CHANNELS else None
+
+
+def blocked_kernel(lw: Lowering, name: str, b: int) -> relax.Expr:
+    """A plain value's blocked copy, made once by one conversion kernel (a Primitive function
+    called from main)."""
+    from ember.targets.fused import unbound_vars
+
+    if name in lw.blocked_copies:
+        return lw.blocked_copies[name]
+    t = lw.types[name]
+    shape = lw.shape(t)
+    param = relax.Var("x", relax.TensorType(shape, TVM_DTYPE[t.dtype]))
+    params, args = [param], [lw.arg(name)]
+    unbound = unbound_vars([param.ty])
+    if unbound:
+        params.append(relax.Var("dims", relax.ShapeType(unbound)))
+        args.append(relax.ShapeExpr(unbound))
+    sub = relax.BlockBuilder()
+    with sub.function("to_nchwc", params, attrs={"Primitive": True}, private=True):
+        with sub.dataflow():
+            x = param if t.rank == 4 else sub.emit(R.expand_dims(param, [2]))
+            y = sub.emit_output(R.layout_transform(x, index_map=lambda n, c, h, w: (n, c // b, h, w, c % b)))
+        sub.emit_func_output(y)
+    gvar = lw.bb.add_func(sub.get()["to_nchwc"], "to_nchwc")
+    lw.blocked_copies[name] = lw.emit(relax.Call(gvar, args))
+    return lw.blocked_copies[name]
 
 
 # --- blocked computes (TE) -------------------------------------------------------------------
@@ -272,7 +347,9 @@ WINDOW_COLUMN_CAP = 8  # sched_nchwc.WindowNCHWc's default register row
 
 def column_block_for(cob: int, plain_input: bool, depthwise: bool) -> int:
     """The whole-block width of a conv over a symbolic width, for the current target:
-    SYMBOLIC_COLUMN_BLOCK within sched_nchwc's column cap."""
+    SYMBOLIC_COLUMN_BLOCK within sched_nchwc's column cap. (Also over a 1-d signal thousands of
+    samples long: wav2vec2's 256 -> 256 stride-2 conv over 6399 samples ran 17.3 ms in blocks
+    of 8, 19.0 ms in blocks of 14.)"""
     from tvm.target import Target
 
     from ember.targets import sched_common as sc
@@ -403,25 +480,31 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
     at = node.attrs
     x_t, y_t = in_type(lw, node, 0), out_type(node)
     weight = np.asarray(lw.const_of(node.inputs[1]))
+    one_d = weight.ndim == 3  # a conv1d: an image of one row
+    if one_d:
+        weight = weight[:, :, None, :]
     co, ci = y_t.shape[1], x_t.shape[1]
     bo = block_of(co, lw.plan.lanes)
     from ember.targets.emit_nn import conv_pads
 
     begin_end = conv_pads(node, x_t, y_t)
-    pads = [begin_end[0], begin_end[1], begin_end[2], begin_end[3]]
+    pads = [0, begin_end[0], 0, begin_end[1]] if one_d else [begin_end[0], begin_end[1], begin_end[2], begin_end[3]]
+    strides, dilations = list(at["strides"]), list(at["dilations"])
+    if one_d:
+        strides, dilations = [1, *strides], [1, *dilations]
     kh, kw = weight.shape[2:]
     if at["group"] == 1:
         bi = lw.blocked.get(node.inputs[0], 1)
         # (a plain input as blocks of one channel: expand_dims indexes it directly, where a
         # reshape over a dynamic image size divided a flat index by H * W for every element)
-        data = lw.values[node.inputs[0]] if bi > 1 else R.expand_dims(lw.arg(node.inputs[0]), [-1])
+        data = lw.values[node.inputs[0]] if bi > 1 else R.expand_dims(lw.arg(node.inputs[0]), [2, 4] if one_d else [-1])
         packed = weight.reshape(co // bo, bo, ci // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1)
     else:  # depthwise: [C/b, 1, KH, KW, 1, b]
         bi = lw.blocked[node.inputs[0]]
         data = lw.values[node.inputs[0]]
         packed = weight.reshape(co // bo, bo, 1, kh, kw, 1).transpose(0, 2, 3, 4, 5, 1)
-    y = R.nn.conv2d(data, const(np.ascontiguousarray(packed)), strides=list(at["strides"]), padding=pads,
-                    dilation=list(at["dilations"]), groups=at["group"], data_layout=f"NCHW{bi}c",
+    y = R.nn.conv2d(data, const(np.ascontiguousarray(packed)), strides=strides, padding=pads,
+                    dilation=dilations, groups=at["group"], data_layout=f"NCHW{bi}c",
                     kernel_layout=f"OIHW{1 if at['group'] > 1 else bi}i{bo}o", out_layout=f"NCHW{bo}c")
     if len(node.inputs) > 2 and node.inputs[2]:
         bias = np.asarray(lw.const_of(node.inputs[2])).reshape(1, co, 1, 1)
@@ -460,16 +543,18 @@ def _operand(lw: Lowering, name: str, like: TensorType, b: int) -> relax.Expr | 
     t = lw.types[name]
     if t.rank == 0:
         return lw.arg(name)
-    shape = [1] * (4 - t.rank) + lw.shape(t)
+    shape = view4(lw.shape(t), like.rank)
     per_channel = shape[1] == like.shape[1] and like.shape[1] != 1
     data = lw.const_of(name)
     if data is not None:
-        shape = [1] * (4 - t.rank) + [int(d) for d in t.shape]
+        shape = view4([int(d) for d in t.shape], like.rank)
         data = np.asarray(data).reshape(shape)
         return const(pack_activation(data, b) if per_channel else data.reshape([*shape, 1]))
     # (expand_dims, not reshape: over a dynamic image a reshape divides a flat index by the
     # symbolic sizes for every element)
-    x = R.expand_dims(lw.arg(name), list(range(4 - t.rank))) if t.rank != 4 else lw.arg(name)
+    x = R.expand_dims(lw.arg(name), list(range(like.rank - t.rank))) if t.rank != like.rank else lw.arg(name)
+    if like.rank == 3:
+        x = R.expand_dims(x, [2])
     return to_blocked(x, shape, b) if per_channel else R.expand_dims(x, [-1])
 
 

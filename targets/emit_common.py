@@ -45,10 +45,11 @@ class Lowering:
         self.primitive = primitive  # lowering the body of a primitive (fused) function
         self.values: dict[str, relax.Expr] = {}
         # The blocked layout (targets/blocked.py): the plan, the values held as [N, C/b, H, W, b]
-        # (their block) and plain copies made of them.
+        # (their block), plain copies made of them and blocked copies made of plain values.
         self.plan: Any = None
         self.blocked: dict[str, int] = {}
         self.plain: dict[str, relax.Expr] = {}
+        self.blocked_copies: dict[str, relax.Expr] = {}
         self.types: dict[str, TensorType] = {v.name: v.type for v in graph.inputs}
         self.types.update((c.name, c.type) for c in graph.consts)
         for node in graph.nodes:

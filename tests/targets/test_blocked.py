@@ -32,7 +32,7 @@ TARGETS = ["cpu", "x86-64-v3"]
 
 
 def _w(rng: np.random.Generator, co: int, ci: int, k: tuple[int, int]) -> np.ndarray:
-    return (rng.standard_normal((co, ci, *k)) / np.sqrt(ci * k[0] * k[1])).astype(np.float32)
+    return (rng.standard_normal((co, ci, *k)) / np.sqrt(ci * np.prod(k))).astype(np.float32)
 
 
 def conv(name: str, x: str, ci: int, co: int, rng: np.random.Generator, inits: dict, k: tuple[int, int] = (3, 3),
@@ -187,6 +187,38 @@ def test_deep_convs_take_their_weight_in_chunks(case: int, target: str, rng: np.
     assert "ConvNCHWc" in rules.values(), rules
     _, built = _build(model, target)
     assert 'sblock("conv_nchwc_rf_update")' in built.module.script()
+
+
+CONV1DS = [  # (ci, co, kernel, attrs): 1-d convs, held as images of one row
+    (1, 32, 10, dict(strides=[5])),  # a raw waveform: one channel, read as it is
+    (32, 32, 3, dict(strides=[2])),  # a plain 32-channel input: a blocked copy
+    (48, 64, 3, dict(pads=[1, 1])),
+    (64, 32, 2, dict(strides=[2], dilations=[2], pads=[1, 0])),
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(CONV1DS)))
+def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Generator) -> None:
+    """A conv1d, a second one on its blocked output, a per-channel scale, a GELU and a
+    residual, a depthwise conv1d and a global pool, over a symbolic length at sizes that leave different remainders of a column
+    block: they match the interpreter and run in the blocked layout, the input copied into it
+    where it has a block's worth of channels (a speech model's feature extractor)."""
+    ci, co, k, attrs = CONV1DS[case]
+    inits: dict = {"scale": rng.standard_normal((co, 1)).astype(np.float32)}
+    nodes = [conv("c0", "x", ci, co, rng, inits, k=(k,), **attrs),
+             conv("c1", "c0", co, co, rng, inits, k=(3,), pads=[1, 1]),
+             helper.make_node("Mul", ["c1", "scale"], ["s"]), helper.make_node("Gelu", ["s"], ["e"]), helper.make_node("Add", ["e", "c0"], ["r"]),
+             conv("d", "r", co, co, rng, inits, k=(5,), group=co, pads=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["d"], ["pooled"])]
+    model = onnx_model(nodes, [("x", F, [1, ci, "T"])], inits)
+    graph, built = _build(model, target)
+    for t in (23, 64, 101):
+        feeds = {"x": rng.standard_normal((1, ci, t)).astype(np.float32)}
+        compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target}, length {t}", atol=ATOL)
+    if co % _lanes(target) == 0 or co % (_lanes(target) // 2) == 0:
+        assert "ConvNCHWc" in built.rules.values() and "WindowNCHWc" in built.rules.values(), built.rules
+        assert ("to_nchwc" in built.rules) == (ci >= 16), built.rules
 
 
 def test_dynamic_image_columns_run_in_whole_blocks(rng: np.random.Generator) -> None:
