@@ -219,6 +219,8 @@ def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Genera
     if co % _lanes(target) == 0 or co % (_lanes(target) // 2) == 0:
         assert "ConvNCHWc" in built.rules.values() and "WindowNCHWc" in built.rules.values(), built.rules
         assert ("to_nchwc" in built.rules) == (ci >= 16), built.rules
+        conversions = {name: rule for name, rule in built.rules.items() if name.startswith(("to_nchw", "to_nchwc"))}
+        assert set(conversions.values()) <= {"Relayout"}, conversions
 
 
 def test_dynamic_image_columns_run_in_whole_blocks(rng: np.random.Generator) -> None:
