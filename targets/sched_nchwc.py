@@ -123,7 +123,7 @@ def _width(x: Any, cap: int) -> tuple[int, bool]:
     return (whole if whole is not None else SYMBOLIC_EXTENT), True
 
 
-def _fold_tile(sch: s_tir.Schedule, anchor: Any, positions: tuple[int, int], xr: int, nv: int) -> None:
+def _fold_tile(sch: s_tir.Schedule, block: Any, positions: tuple[int, int], xr: int, nv: int) -> None:
     """Fold the accumulator (the anchor's write after cache_write) to one static tile
     [x % xr, f % nv, lanes]. Compacted from the output, a symbolic width leaves it a symbolic
     size (min(xr, W - x)), which TVM makes heap workspace, and LLVM then stores every
@@ -134,7 +134,7 @@ def _fold_tile(sch: s_tir.Schedule, anchor: Any, positions: tuple[int, int], xr:
         f, x, lane = axes[f_pos], axes[x_pos], axes[-1]
         return [x % tirx.const(xr, str(x.ty.dtype)), f % tirx.const(nv, str(f.ty.dtype)), lane]
 
-    sch.transform_layout(anchor.block_rv, ("write", 0), index_map, assume_injective_transform=True)
+    sch.transform_layout(block, ("write", 0), index_map, assume_injective_transform=True)
 
 
 def _loop(it: Any) -> Any:
@@ -226,9 +226,18 @@ def _reduction_blocks(func: tirx.PrimFunc, panel_bytes: int, block_bytes: int, c
 
 
 L1_CHUNK_LIMIT = 32 << 10  # a panel weight up to this stays in the L1 as it is
+# A symbolic batch, height or width (a dynamic batch or image size) counts as this for the
+# chunks' choice: a deep stage's maps at the input sizes CNNs are run at (7 to 20 pixels a side
+# at 224 to 640; the partial sums then spill from L2 to L3 at worst, and stay correct).
+TYPICAL_SIDE = 14
 
 
-def _reduction_blocked(func: tirx.PrimFunc, target: Target, nv: int, xr: int, kb: int) -> s_tir.Schedule | None:
+def _typical(it: Any, symbolic: int) -> int:
+    """A loop's extent; `symbolic` where it is not a constant."""
+    return symbolic if it is not None and not isinstance(it.dom, int) else _extent(it)
+
+
+def _reduction_blocked(func: tirx.PrimFunc, target: Target, nv: int, xr: int, kb: int, symbolic: bool) -> s_tir.Schedule | None:
     """The conv scheduled with its input channels in chunks of kb blocks (module doc); None
     where the kernel has a form this schedule does not take (the caller keeps one pass)."""
     kernel = sc.analyze(func)
@@ -262,6 +271,8 @@ def _reduction_blocked(func: tirx.PrimFunc, target: Target, nv: int, xr: int, kb
     _order(sch, pl["co_o"], pl.get("n"), pl.get("y"), xo, *[pl[r] for r in reds], xi, pl["f"], pl["o"])
     acc = sch.cache_write(partial, 0, "local")
     sch.reverse_compute_at(acc, xo)
+    if symbolic:  # (partial[co_o, n, f, y, x, :]: one static tile, as _fold_tile says why)
+        _fold_tile(sch, partial, (2, 4), xr, nv)
     _write_back(sch, acc, xo, None, lanes, sc.num_cores(target))
     sch.vectorize(pl["o"])
     sch.unroll(xi)
@@ -333,16 +344,18 @@ class ConvNCHWc:
         heavier = activations_heavier(w_buf, data_buf, out_buf, y is not None and not isinstance(y.dom, int))
         banded = bool(parts) and bool(sc.knob(func, "banded", heavier))
         kb = None
-        # (its threads take whole panels: only where there are enough of them)
-        if (not banded and f is not None and cob // nv >= sc.num_cores(target)
-                and all(isinstance(it.dom, int) for it in (n, y, x) if it is not None)):
+        # (its threads take whole panels: only where there are enough of them; over a symbolic
+        # width, only in whole column blocks)
+        if not banded and f is not None and cob // nv >= sc.num_cores(target) and width != SYMBOLIC_EXTENT:
             block_bytes = nv * _extent(ry) * kw * _extent(rci) * _extent(o) * 4  # one input block's weight
-            tiles = _extent(n) * _extent(y) * -(-int(x.dom) // xr)
+            pixels = _typical(n, 1) * _typical(y, TYPICAL_SIDE) * _typical(x, TYPICAL_SIDE)
+            tiles = _typical(n, 1) * _typical(y, TYPICAL_SIDE) * -(-_typical(x, TYPICAL_SIDE) // xr)
             kb = _reduction_blocks(func, block_bytes * _extent(rco), block_bytes, _extent(rco), tiles,
-                                   _extent(n) * _extent(y) * int(x.dom) * nv * _extent(o) * 4)
+                                   pixels * nv * _extent(o) * 4)
         if kb is not None:
             try:
-                blocked = _reduction_blocked(func, target, nv, xr, kb)
+                blocked = _reduction_blocked(func, target, nv, xr, kb, symbolic or not all(
+                    isinstance(it.dom, int) for it in (n, y) if it is not None))
             except Exception:  # (a form the chunked schedule does not take: one pass below)
                 blocked = None
             if blocked is not None:
@@ -357,7 +370,7 @@ class ConvNCHWc:
         acc = sch.cache_write(anchor.block_rv, 0, "local")
         sch.reverse_compute_at(acc, xo)
         if symbolic:
-            _fold_tile(sch, anchor, (1, 3), xr, nv)
+            _fold_tile(sch, anchor.block_rv, (1, 3), xr, nv)
         _write_back(sch, acc, xo, epilogue, lanes, sc.num_cores(target))
         if banded:
             # Split into bands only now, so the write-back (with the epilogue inlined) gets the
@@ -448,7 +461,7 @@ class WindowNCHWc:
         acc = sch.cache_write(anchor.block_rv, 0, "local")
         sch.reverse_compute_at(acc, xo)
         if symbolic:
-            _fold_tile(sch, anchor, (1, 3), xr, 1)
+            _fold_tile(sch, anchor.block_rv, (1, 3), xr, 1)
         _write_back(sch, acc, xo, epilogue, lanes, sc.num_cores(target))
         sch.vectorize(i.loop_rv)
         sch.unroll(xi)

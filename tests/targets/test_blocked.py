@@ -189,6 +189,24 @@ def test_deep_convs_take_their_weight_in_chunks(case: int, target: str, rng: np.
     assert 'sblock("conv_nchwc_rf_update")' in built.module.script()
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", [(256, 128, (3, 3), dict(pads=[1, 1, 1, 1])),
+                                  (256, 128, (3, 3), dict(pads=[1, 1, 1, 1], strides=[2, 2])),
+                                  (1280, 256, (1, 1), {})])
+def test_deep_convs_over_a_dynamic_image_size_take_chunks(case: tuple, target: str, rng: np.random.Generator) -> None:
+    """Over a symbolic H, W the weight-heavy convs (over 1 MB: channel panels) also take their
+    weight in chunks, the partial sums over the run-time size; they match the interpreter at
+    sizes whose widths leave different remainders of a column block."""
+    ci, co, k, attrs = case
+    inits: dict = {}
+    nodes = [conv("c", "x", ci, co, rng, inits, k=k, **attrs), helper.make_node("Relu", ["c"], ["y"])]
+    model = onnx_model(nodes, [("x", F, [1, ci, "H", "W"])], inits)
+    rules = check(model, target, rng, sizes=((5, 7), (9, 12), (14, 3)))
+    assert "ConvNCHWc" in rules.values(), rules
+    _, built = _build(model, target)
+    assert 'sblock("conv_nchwc_rf_update")' in built.module.script()
+
+
 CONV1DS = [  # (ci, co, kernel, attrs): 1-d convs, held as images of one row
     (1, 32, 10, dict(strides=[5])),  # a raw waveform: one channel, read as it is
     (32, 32, 3, dict(strides=[2])),  # a plain 32-channel input: a blocked copy
