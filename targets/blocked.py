@@ -230,29 +230,39 @@ def to_plain(x: relax.Expr, shape: list[Any], b: int) -> relax.Expr:
     return R.reshape(R.permute_dims(x, [0, 1, 4, 2, 3]), shape)
 
 
-def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Expr:
-    """One kernel converting a blocked value to NCHW (a Primitive function called from main)."""
+def _conversion_kernel(lw: Lowering, name: str, arg: relax.Expr, param_type: relax.TensorType,
+                       body: Any) -> relax.Expr:
+    """One conversion kernel: a Primitive function `name` of one tensor (`body(builder, param)`
+    gives its result), called from main on `arg`."""
     from ember.targets.fused import unbound_vars
 
-    shape = lw.shape(t)
-    param = relax.Var("x", relax.TensorType(blocked_shape(shape, b), TVM_DTYPE[t.dtype]))
-    params, args = [param], [x]
+    param = relax.Var("x", param_type)
+    params, args = [param], [arg]
     unbound = unbound_vars([param.ty])  # a dynamic image size after strides: `(H + 1) // 2`
     if unbound:
         params.append(relax.Var("dims", relax.ShapeType(unbound)))
         args.append(relax.ShapeExpr(unbound))
     sub = relax.BlockBuilder()
-    with sub.function("to_nchw", params, attrs={"Primitive": True}, private=True):
+    with sub.function(name, params, attrs={"Primitive": True}, private=True):
         with sub.dataflow():
-            # (a direct index: Relax's reshape of the permuted value divided a flat index by the
-            # symbolic H * W for every element over a dynamic image, 0.9 GB/s)
-            if t.rank == 3:  # (a 1-d signal's one row dropped)
-                y = sub.emit_output(R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, w)))
-            else:
-                y = sub.emit_output(R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, h, w)))
+            y = sub.emit_output(body(sub, param))
         sub.emit_func_output(y)
-    gvar = lw.bb.add_func(sub.get()["to_nchw"], "to_nchw")
+    gvar = lw.bb.add_func(sub.get()[name], name)
     return lw.emit(relax.Call(gvar, args))
+
+
+def plain_kernel(lw: Lowering, x: relax.Expr, t: TensorType, b: int) -> relax.Expr:
+    """One kernel converting a blocked value to NCHW (a Primitive function called from main)."""
+
+    def body(sub: relax.BlockBuilder, param: relax.Var) -> relax.Expr:
+        # (a direct index: Relax's reshape of the permuted value divided a flat index by the
+        # symbolic H * W for every element over a dynamic image, 0.9 GB/s)
+        if t.rank == 3:  # (a 1-d signal's one row dropped)
+            return R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, w))
+        return R.layout_transform(param, index_map=lambda n, cb, h, w, i: (n, cb * b + i, h, w))
+
+    param_type = relax.TensorType(blocked_shape(lw.shape(t), b), TVM_DTYPE[t.dtype])
+    return _conversion_kernel(lw, "to_nchw", x, param_type, body)
 
 
 # A conv whose plain input has at least this many channels (a block's worth, as after a norm
@@ -281,26 +291,15 @@ def copied_input(lw: Lowering, members: list[Node], name: str, types: dict[str, 
 def blocked_kernel(lw: Lowering, name: str, b: int) -> relax.Expr:
     """A plain value's blocked copy, made once by one conversion kernel (a Primitive function
     called from main)."""
-    from ember.targets.fused import unbound_vars
+    if name not in lw.blocked_copies:
+        t = lw.types[name]
 
-    if name in lw.blocked_copies:
-        return lw.blocked_copies[name]
-    t = lw.types[name]
-    shape = lw.shape(t)
-    param = relax.Var("x", relax.TensorType(shape, TVM_DTYPE[t.dtype]))
-    params, args = [param], [lw.arg(name)]
-    unbound = unbound_vars([param.ty])
-    if unbound:
-        params.append(relax.Var("dims", relax.ShapeType(unbound)))
-        args.append(relax.ShapeExpr(unbound))
-    sub = relax.BlockBuilder()
-    with sub.function("to_nchwc", params, attrs={"Primitive": True}, private=True):
-        with sub.dataflow():
+        def body(sub: relax.BlockBuilder, param: relax.Var) -> relax.Expr:
             x = param if t.rank == 4 else sub.emit(R.expand_dims(param, [2]))
-            y = sub.emit_output(R.layout_transform(x, index_map=lambda n, c, h, w: (n, c // b, h, w, c % b)))
-        sub.emit_func_output(y)
-    gvar = lw.bb.add_func(sub.get()["to_nchwc"], "to_nchwc")
-    lw.blocked_copies[name] = lw.emit(relax.Call(gvar, args))
+            return R.layout_transform(x, index_map=lambda n, c, h, w: (n, c // b, h, w, c % b))
+
+        param_type = relax.TensorType(lw.shape(t), TVM_DTYPE[t.dtype])
+        lw.blocked_copies[name] = _conversion_kernel(lw, "to_nchwc", lw.arg(name), param_type, body)
     return lw.blocked_copies[name]
 
 
