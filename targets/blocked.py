@@ -135,7 +135,8 @@ def _member_ok(node: Node, types: dict[str, TensorType], consts: set[str], block
         return _conv_ok(node, types, consts, blocked, lanes)
     if node.op in POOLS:
         x = types[node.inputs[0]]
-        return (len(node.attrs["kernel_shape"]) == 2 and len(node.outputs) == 1 and node.inputs[0] in blocked
+        return (len(node.attrs["kernel_shape"]) + 2 == x.rank and x.rank in (3, 4) and len(node.outputs) == 1
+                and node.inputs[0] in blocked
                 and x.dtype in FLOATS and _static(x) and not any(d != 1 for d in node.attrs.get("dilations") or []))
     if node.op in GLOBAL_POOLS:
         return node.inputs[0] in blocked and types[node.inputs[0]].rank in (3, 4)
@@ -518,8 +519,10 @@ def _pool(lw: Lowering, node: Node) -> relax.Expr:
     x_t, y_t = in_type(lw, node, 0), out_type(node)
     b = lw.blocked[node.inputs[0]]
     layout = f"NCHW{b}c"
-    kwargs: dict[str, Any] = dict(pool_size=list(at["kernel_shape"]), strides=list(at["strides"]),
-                                  padding=conv_pads(node, x_t, y_t), ceil_mode=bool(at["ceil_mode"]),
+    size, strides, pads = list(at["kernel_shape"]), list(at["strides"]), conv_pads(node, x_t, y_t)
+    if len(size) == 1:  # a 1-d signal: an image of one row
+        size, strides, pads = [1, *size], [1, *strides], [0, pads[0], 0, pads[1]]
+    kwargs: dict[str, Any] = dict(pool_size=size, strides=strides, padding=pads, ceil_mode=bool(at["ceil_mode"]),
                                   layout=layout, out_layout=layout)
     if node.op == "AveragePool":
         return R.nn.avg_pool2d(lw.values[node.inputs[0]], count_include_pad=bool(at["count_include_pad"]), **kwargs)

@@ -220,7 +220,7 @@ CONV1DS = [  # (ci, co, kernel, attrs): 1-d convs, held as images of one row
 @pytest.mark.parametrize("case", range(len(CONV1DS)))
 def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Generator) -> None:
     """A conv1d, a second one on its blocked output, a per-channel scale, a GELU and a
-    residual, a depthwise conv1d and a global pool, over a symbolic length at sizes that leave different remainders of a column
+    residual, a depthwise conv1d, max and average pools and a global pool, over a symbolic length at sizes that leave different remainders of a column
     block: they match the interpreter and run in the blocked layout, the input copied into it
     where it has a block's worth of channels (a speech model's feature extractor)."""
     ci, co, k, attrs = CONV1DS[case]
@@ -229,7 +229,9 @@ def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Genera
              conv("c1", "c0", co, co, rng, inits, k=(3,), pads=[1, 1]),
              helper.make_node("Mul", ["c1", "scale"], ["s"]), helper.make_node("Gelu", ["s"], ["e"]), helper.make_node("Add", ["e", "c0"], ["r"]),
              conv("d", "r", co, co, rng, inits, k=(5,), group=co, pads=[2, 2]),
-             helper.make_node("GlobalAveragePool", ["d"], ["pooled"])]
+             helper.make_node("MaxPool", ["d"], ["mp"], kernel_shape=[3], strides=[2], pads=[1, 1]),
+             helper.make_node("AveragePool", ["mp"], ["ap"], kernel_shape=[2], strides=[2]),
+             helper.make_node("GlobalAveragePool", ["ap"], ["pooled"])]
     model = onnx_model(nodes, [("x", F, [1, ci, "T"])], inits)
     graph, built = _build(model, target)
     for t in (23, 64, 101):
@@ -237,6 +239,8 @@ def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Genera
         compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target}, length {t}", atol=ATOL)
     if co % _lanes(target) == 0 or co % (_lanes(target) // 2) == 0:
         assert "ConvNCHWc" in built.rules.values() and "WindowNCHWc" in built.rules.values(), built.rules
+        assert not any(name.startswith("fused_maxpool") or name.startswith("fused_averagepool") for name, rule in built.rules.items()
+                       if rule != "WindowNCHWc"), built.rules  # the pools blocked too
         assert ("to_nchwc" in built.rules) == (ci >= 16), built.rules
         conversions = {name: rule for name, rule in built.rules.items() if name.startswith(("to_nchw", "to_nchwc"))}
         assert set(conversions.values()) <= {"Relayout"}, conversions
