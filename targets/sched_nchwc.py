@@ -124,7 +124,7 @@ def _width(x: Any, cap: int) -> tuple[int, bool]:
 
 
 def _fold_tile(sch: s_tir.Schedule, block: Any, positions: tuple[int, int], xr: int, nv: int) -> None:
-    """Fold the accumulator (the anchor's write after cache_write) to one static tile
+    """Fold the accumulator (`block`'s write after cache_write) to one static tile
     [x % xr, f % nv, lanes]. Compacted from the output, a symbolic width leaves it a symbolic
     size (min(xr, W - x)), which TVM makes heap workspace, and LLVM then stores every
     accumulator after each FMA (see sched_conv._tile_fold)."""
@@ -203,6 +203,7 @@ def _write_back(sch: s_tir.Schedule, acc: Any, at: Any, epilogue: Any, lanes: in
 # 8 blocks 0.94 ms at 1 thread); 1x1 1024 -> 256 at 14x14 0.72 -> 0.72 / 0.47 -> 0.39 ms.
 CHUNK_BYTES = 10 << 10
 PARTIAL_BYTES = 512 << 10
+L1_CHUNK_LIMIT = 32 << 10  # a panel weight up to this stays in the L1 as it is
 
 
 def _reduction_blocks(func: tirx.PrimFunc, panel_bytes: int, block_bytes: int, cib: int, tiles: int,
@@ -225,7 +226,6 @@ def _reduction_blocks(func: tirx.PrimFunc, panel_bytes: int, block_bytes: int, c
     return small[-1] if small else (fitting[0] if fitting else None)
 
 
-L1_CHUNK_LIMIT = 32 << 10  # a panel weight up to this stays in the L1 as it is
 # A symbolic batch, height or width (a dynamic batch or image size) counts as this for the
 # chunks' choice: a deep stage's maps at the input sizes CNNs are run at (7 to 20 pixels a side
 # at 224 to 640; the partial sums then spill from L2 to L3 at worst, and stay correct).
@@ -403,7 +403,8 @@ class ConvNCHWc:
 
     def knob_space(self, func: tirx.PrimFunc, target: Target) -> dict[str, list[int]]:
         """What the tuner may try (values a kernel cannot take make `apply` decline): vectors
-        per tile, pixels per tile, bands of rows or channel panels, how many bands."""
+        per tile, pixels per tile, bands of rows or channel panels, how many bands, input
+        channel blocks per chunk of a panel's weight (0: one pass)."""
         cores = sc.num_cores(target)
         return {"nv": [1, 2, 4], "xr": [4, 6, 7, 8, 12, 14, 16], "banded": [0, 1],
                 "bands": sorted({cores, 2 * cores, 4 * cores, 7, 8, 14}), "kb": [0, 1, 2, 4, 8, 16]}
