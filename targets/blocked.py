@@ -476,6 +476,14 @@ def _i64(shape: list[Any]) -> list[Any]:
     return [tirx.IntImm("int64", int(d)) if isinstance(d, (int, tirx.IntImm)) else d for d in shape]
 
 
+def _one_row(kernel: list[int], strides: list[int], dilations: list[int], pads: list[int]) -> tuple[list[int], ...]:
+    """A window's kernel, strides, dilations and [begin..., end...] pads over [H, W]: a 1-d
+    window's as a window over an image of one row, a 2-d window's as they are."""
+    if len(kernel) == 2:
+        return kernel, strides, dilations, pads
+    return [1, *kernel], [1, *strides], [1, *dilations], [0, pads[0], 0, pads[1]]
+
+
 def _conv(lw: Lowering, node: Node) -> relax.Expr:
     at = node.attrs
     x_t, y_t = in_type(lw, node, 0), out_type(node)
@@ -487,11 +495,8 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
     bo = block_of(co, lw.plan.lanes)
     from ember.targets.emit_nn import conv_pads
 
-    begin_end = conv_pads(node, x_t, y_t)
-    pads = [0, begin_end[0], 0, begin_end[1]] if one_d else [begin_end[0], begin_end[1], begin_end[2], begin_end[3]]
-    strides, dilations = list(at["strides"]), list(at["dilations"])
-    if one_d:
-        strides, dilations = [1, *strides], [1, *dilations]
+    _, strides, dilations, pads = _one_row(list(at["kernel_shape"]), list(at["strides"]), list(at["dilations"]),
+                                           conv_pads(node, x_t, y_t))
     kh, kw = weight.shape[2:]
     if at["group"] == 1:
         bi = lw.blocked.get(node.inputs[0], 1)
@@ -519,9 +524,8 @@ def _pool(lw: Lowering, node: Node) -> relax.Expr:
     x_t, y_t = in_type(lw, node, 0), out_type(node)
     b = lw.blocked[node.inputs[0]]
     layout = f"NCHW{b}c"
-    size, strides, pads = list(at["kernel_shape"]), list(at["strides"]), conv_pads(node, x_t, y_t)
-    if len(size) == 1:  # a 1-d signal: an image of one row
-        size, strides, pads = [1, *size], [1, *strides], [0, pads[0], 0, pads[1]]
+    size, strides, _, pads = _one_row(list(at["kernel_shape"]), list(at["strides"]), [1] * len(at["kernel_shape"]),
+                                      conv_pads(node, x_t, y_t))
     kwargs: dict[str, Any] = dict(pool_size=size, strides=strides, padding=pads, ceil_mode=bool(at["ceil_mode"]),
                                   layout=layout, out_layout=layout)
     if node.op == "AveragePool":

@@ -104,15 +104,15 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
     for value, outer in zip(body.inputs, node.inputs):
         shape = lw.shape(value.type)
         b = lw.blocked.get(outer) if blocked else None
-        arg = lw.values[outer] if b is not None else None
-        if blocked and b is None and lw.const_of(outer) is None:
+        arg = lw.values[outer] if b is not None else lw.arg(outer)
+        if blocked and b is None and lw.const_of(outer) is None:  # (a plain input a conv reads: its blocked copy)
             b = blocked_layout.copied_input(lw, list(body.nodes), value.name, inner.types)
-            arg = blocked_layout.blocked_kernel(lw, outer, b) if b is not None else None
+            arg = blocked_layout.blocked_kernel(lw, outer, b) if b is not None else arg
         if b is not None:  # [N, C/b, H, W, b], as the blocked node that made it left it
             shape = blocked_layout.blocked_shape(shape, b)
             inner.blocked[value.name] = b
         params.append(relax.Var(value.name, relax.TensorType(shape, TVM_DTYPE[value.type.dtype])))
-        args.append(arg if arg is not None else lw.arg(outer))
+        args.append(arg)
     for c in body.consts:
         params.append(relax.Var(c.name, relax.TensorType(lw.shape(c.value.type), TVM_DTYPE[c.value.type.dtype])))
         args.append(const(c.data))

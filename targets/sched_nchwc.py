@@ -525,8 +525,9 @@ class Relayout:
         shapes = [sc.buffer_shape(src), sc.buffer_shape(dst)]
         if sorted(len(x) for x in shapes) not in ([3, 5], [4, 5]):
             return None
-        plain_idx = dst_idx if len(shapes[0]) == 5 else src_idx
-        lanes = sc.buffer_shape(src if len(shapes[0]) == 5 else dst)[-1]
+        from_blocked = len(shapes[0]) == 5
+        plain_idx = dst_idx if from_blocked else src_idx
+        lanes = shapes[0 if from_blocked else 1][-1]
         if not isinstance(lanes, int) or lanes < 2:
             return None
         loops = sch.get_loops(block)
@@ -541,7 +542,7 @@ class Relayout:
         width = loop_of(plain_idx[-1])
         if width is None:
             return None
-        if len(shapes[0]) == 5:  # blocked -> plain: the source's lanes are one loop
+        if from_blocked:  # blocked -> plain: the source's lanes are one loop
             lane = loop_of(src_idx[-1])
             if lane is None or lane is width:
                 return None
