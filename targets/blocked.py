@@ -518,19 +518,20 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
 
 
 def _pool(lw: Lowering, node: Node) -> relax.Expr:
-    from ember.targets.emit_nn import conv_pads
+    from ember.targets.emit_nn import pool_window
 
     at = node.attrs
     x_t, y_t = in_type(lw, node, 0), out_type(node)
     b = lw.blocked[node.inputs[0]]
     layout = f"NCHW{b}c"
-    size, strides, _, pads = _one_row(list(at["kernel_shape"]), list(at["strides"]), [1] * len(at["kernel_shape"]),
-                                      conv_pads(node, x_t, y_t))
-    kwargs: dict[str, Any] = dict(pool_size=size, strides=strides, padding=pads, ceil_mode=bool(at["ceil_mode"]),
+    n = len(at["kernel_shape"])
+    window = pool_window(node, x_t, y_t, lw.values[node.inputs[0]], lifted=2 - n, trailing=1)
+    size, strides, _, pads = _one_row(list(at["kernel_shape"]), list(at["strides"]), [1] * n, window.pads)
+    kwargs: dict[str, Any] = dict(pool_size=size, strides=strides, padding=pads, ceil_mode=window.ceil,
                                   layout=layout, out_layout=layout)
     if node.op == "AveragePool":
-        return R.nn.avg_pool2d(lw.values[node.inputs[0]], count_include_pad=bool(at["count_include_pad"]), **kwargs)
-    return R.nn.max_pool2d(lw.values[node.inputs[0]], **kwargs)
+        return R.nn.avg_pool2d(window.x, count_include_pad=window.include_pad, **kwargs)
+    return R.nn.max_pool2d(window.x, **kwargs)
 
 
 def _global_pool(lw: Lowering, node: Node) -> relax.Expr:

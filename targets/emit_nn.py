@@ -6,6 +6,7 @@ inferred static shapes. Gemm with a constant transposed weight pre-transposes it
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -108,6 +109,69 @@ def _conv_transpose(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [_bias(y, a[2] if len(a) > 2 else None, n)]
 
 
+def floor_end_pads(node: Node, x: TensorType, y: TensorType, pads: list[int]) -> list[int] | None:
+    """End pads with which a floor-mode window yields this ceil-mode pool's output, window for
+    window, or None where that is not known before run time.
+
+    A ceil-mode count is a floor-mode count over an input padded at its end for one more
+    window: stride - 1 more elements. ONNX drops that last window where it would start in the
+    end pad, which a symbolic size can only tell at run time; it cannot happen where
+    end pad + stride <= the window's span. A static size's end pad is exact: what the last
+    output window reaches, never negative. (TVM keeps ceil mode as an `if_then_else` in the
+    output's shape, which a kernel over a symbolic size cannot be built with.)"""
+    at = node.attrs
+    n = len(at["kernel_shape"])
+    dilations = at.get("dilations") or [1] * n
+    end = []
+    for i in range(n):
+        size, out, s = x.shape[2 + i], y.shape[2 + i], at["strides"][i]
+        span = (at["kernel_shape"][i] - 1) * dilations[i] + 1
+        if isinstance(size, int) and isinstance(out, int):
+            end.append(max((out - 1) * s + span - size - pads[i], 0))
+        elif pads[n + i] + s <= span:
+            end.append(pads[n + i] + s - 1)
+        else:
+            return None
+    return end
+
+
+@dataclass
+class PoolWindow:
+    """How a pool runs: its input (padded here where its pads must count but its ceil-mode
+    overhang must not), pads [begin..., end...], ceil mode, and whether pads count in an average."""
+    x: relax.Expr
+    pads: list[int]
+    ceil: bool
+    include_pad: bool
+
+
+def pool_window(node: Node, x_t: TensorType, y_t: TensorType, x: relax.Expr, sum_of_powers: bool = False,
+                lifted: int = 0, trailing: int = 0) -> PoolWindow:
+    """A pool's window, in floor mode where ceil mode would not build (a symbolic size) or would
+    miscount (LpPool: TVM's ceil-mode average leaves its overhang out of the count, which the
+    sum behind an Lp norm must not). `lifted` spatial axes of one element come before the
+    pool's own in `x` (a 1-d pool over an image of one row), `trailing` axes after them (the
+    blocked layout's channel lanes)."""
+    at = node.attrs
+    n = len(at["kernel_shape"])
+    pads = conv_pads(node, x_t, y_t)
+    include = bool(at.get("count_include_pad", 0))
+    ceil = bool(at["ceil_mode"])
+    if not ceil or not (sum_of_powers or any(not isinstance(d, int) for d in x_t.shape[2:])):
+        return PoolWindow(x, pads, ceil, include)
+    end = floor_end_pads(node, x_t, y_t, pads)
+    if end is None:
+        if sum_of_powers:
+            raise refuse(node, "a ceil-mode LpPool over a symbolic size whose last window may start in the end pad")
+        return PoolWindow(x, pads, ceil, include)  # TVM's ceil mode: builds where TVM can simplify the shape
+    if sum_of_powers:  # every pad counts (as zero), and a floor-mode window is always whole
+        return PoolWindow(x, pads[:n] + end, False, True)
+    if include and any(pads):  # the explicit pads count, the overhang does not: pad explicitly
+        width = [0, 0] * (2 + lifted) + [w for i in range(n) for w in (pads[i], pads[n + i])] + [0, 0] * trailing
+        return PoolWindow(R.nn.pad(x, width), [0] * n + [max(end[i] - pads[n + i], 0) for i in range(n)], False, False)
+    return PoolWindow(x, pads[:n] + end, False, False)
+
+
 def _pool(kind: str) -> Emitter:
     def emit(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         at = node.attrs
@@ -116,21 +180,19 @@ def _pool(kind: str) -> Emitter:
             raise refuse(node, "the Indices output")
         fns = {("max", 1): R.nn.max_pool1d, ("max", 2): R.nn.max_pool2d, ("max", 3): R.nn.max_pool3d,
                ("avg", 1): R.nn.avg_pool1d, ("avg", 2): R.nn.avg_pool2d, ("avg", 3): R.nn.avg_pool3d}
+        t = out_type(node)
+        x = R.power(R.abs(a[0]), scalar(float(at["p"]), t)) if kind == "lp" else a[0]
+        window = pool_window(node, in_type(lw, node, 0), t, x, sum_of_powers=kind == "lp")
         kwargs: dict[str, Any] = dict(pool_size=list(at["kernel_shape"]), strides=list(at["strides"]),
-                                      padding=conv_pads(node, in_type(lw, node, 0), out_type(node)),
-                                      dilation=list(at.get("dilations") or [1] * n), ceil_mode=bool(at["ceil_mode"]),
-                                      layout=_LAYOUTS[n][0])
-        x = a[0]
+                                      padding=window.pads, dilation=list(at.get("dilations") or [1] * n),
+                                      ceil_mode=window.ceil, layout=_LAYOUTS[n][0])
+        if kind == "max":
+            return [fns[("max", n)](window.x, **kwargs)]
         if kind == "avg":
-            kwargs["count_include_pad"] = bool(at["count_include_pad"])
-        if kind == "lp":  # (sum |x|^p)^(1/p): a padded average of |x|^p times the window size
-            p = float(at["p"])
-            kwargs["count_include_pad"] = True
-            window = float(np.prod(at["kernel_shape"]))
-            t = out_type(node)
-            s = R.multiply(fns[("avg", n)](R.power(R.abs(x), scalar(p, t)), **kwargs), scalar(window, t))
-            return [R.power(s, scalar(1.0 / p, t))]
-        return [fns[(kind, n)](x, **kwargs)]
+            return [fns[("avg", n)](window.x, count_include_pad=window.include_pad, **kwargs)]
+        # (sum |x|^p)^(1/p): a pads-included average of |x|^p times the window's size
+        s = R.multiply(fns[("avg", n)](window.x, count_include_pad=True, **kwargs), scalar(float(np.prod(at["kernel_shape"])), t))
+        return [R.power(s, scalar(1.0 / float(at["p"]), t))]
 
     return emit
 

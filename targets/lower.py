@@ -189,6 +189,7 @@ def to_relax(graph: Graph, block_lanes: int = 0) -> tvm.IRModule:
 def lower_node(lw: Lowering, node: Node) -> None:
     """Emit one node: a Fused node, and any other computing node outside a fused body, as one
     primitive function call (so each becomes exactly one kernel)."""
+    from ember.targets.emit_dynamic import bind_type, resolves
     from ember.targets.fused import computes, lower_fused, primitive_function, single_node_group
 
     if lw.plan is not None and node.name in lw.plan.nodes:
@@ -210,7 +211,12 @@ def lower_node(lw: Lowering, node: Node) -> None:
         else:
             outs = emit(lw, node)
     for value, expr in zip(node.outputs, outs):
-        lw.values[value.name] = lw.emit(expr) if not isinstance(expr, relax.Var) else expr
+        expr = lw.emit(expr) if not isinstance(expr, relax.Var) else expr
+        if not lw.primitive and not resolves(lw, value.type):
+            # a dim only the kernel's own shape defines (a ceil-mode pool's count over a
+            # symbolic size that may lose its last window): bound from it at run time
+            expr = bind_type(lw, expr, value.type)
+        lw.values[value.name] = expr
 
 
 def emit(lw: Lowering, node: Node) -> list[relax.Expr]:
