@@ -16,8 +16,9 @@ lowering decision (`plan`):
 - a node lowers **blocked** when it holds a layout op (a float 1-d or 2-d Conv with constant weights
   and a blockable output channel count; a pool or depthwise conv whose input is already
   blocked) or reads a blocked value, and every member of its fusion group is one the blocked
-  emitters handle (the layout ops, global pooling of a blocked input, and elementwise ops whose
-  operands broadcast per channel or per pixel);
+  emitters handle (the layout ops, global pooling of a blocked input, an instance norm of a
+  blocked input with constant scale and bias, and elementwise ops whose operands broadcast per
+  channel or per pixel);
 - its 4-d outputs are then blocked; any consumer that is not blocked (a Flatten, a Gemm, a
   graph output) reads a plain copy made once by a conversion kernel (`Lowering.arg`);
 - weights and per-channel constants are re-laid out at compile time (numpy), never per call.
@@ -140,6 +141,10 @@ def _member_ok(node: Node, types: dict[str, TensorType], consts: set[str], block
                 and x.dtype in FLOATS and _static(x) and not any(d != 1 for d in node.attrs.get("dilations") or []))
     if node.op in GLOBAL_POOLS:
         return node.inputs[0] in blocked and types[node.inputs[0]].rank in (3, 4)
+    if node.op == "InstanceNormalization":  # (its scale and bias laid out as blocks at compile time)
+        x = types[node.inputs[0]]
+        return (node.inputs[0] in blocked and x.rank in (3, 4) and x.dtype in FLOATS
+                and all(name in consts for name in node.inputs[1:3]))
     if node.op not in ELEMENTWISE or len(node.outputs) != 1:
         return False
     y = node.outputs[0].type
@@ -540,6 +545,24 @@ def _global_pool(lw: Lowering, node: Node) -> relax.Expr:
     return to_plain(fn(lw.values[node.inputs[0]], [2, 3], True), lw.shape(out_type(node)), b)
 
 
+def _instance_norm(lw: Lowering, node: Node) -> relax.Expr:
+    """(x - mean) / sqrt(variance + epsilon) * scale + bias, mean and variance over each
+    channel's H and W: over axes 2 and 3 of [N, C/b, H, W, b], each lane its own channel
+    (sched_reduce.LaneReduce schedules it)."""
+    x = lw.values[node.inputs[0]]
+    t = out_type(node)
+    b = lw.blocked[node.inputs[0]]
+    scale, bias = (pack_activation(np.asarray(lw.const_of(name)).reshape(1, -1, 1, 1), b) for name in node.inputs[1:3])
+    mean = R.mean(x, [2, 3], True)
+    centered = R.subtract(x, mean)
+    variance = R.mean(R.multiply(centered, centered), [2, 3], True)
+    eps = relax.const(np.array(node.attrs["epsilon"], dtype=t.np_dtype), TVM_DTYPE[t.dtype])
+    # y = x * a + (bias - mean * a), a = scale / sqrt(variance + eps): per channel, then one
+    # multiply-add a pixel
+    a = R.multiply(R.rsqrt(R.add(variance, eps)), const(scale))
+    return R.add(R.multiply(x, a), R.subtract(const(bias), R.multiply(mean, a)))
+
+
 def _operand(lw: Lowering, name: str, like: TensorType, b: int) -> relax.Expr | None:
     """An elementwise operand in the blocked layout of an output of type `like`: blocked values
     as they are, constants re-laid out in numpy, run-time tensors by Relax ops in the kernel."""
@@ -578,6 +601,8 @@ def lower_member(lw: Lowering, node: Node) -> None:
     elif node.op in GLOBAL_POOLS:
         lw.values[out.name] = lw.emit(_global_pool(lw, node))
         return
+    elif node.op == "InstanceNormalization":
+        expr = _instance_norm(lw, node)
     else:
         b = block_of(out.type.shape[1], lw.plan.lanes)
         args = [_operand(lw, name, out.type, b) for name in node.inputs]

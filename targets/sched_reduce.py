@@ -1,5 +1,6 @@
 """CPU schedule rules for row reductions (LayerNorm, RMSNorm, Softmax, ReduceSum/Mean over the
-last axis, with their elementwise neighbours) and for purely elementwise kernels.
+last axis, with their elementwise neighbours), for reductions over a blocked activation's pixels,
+and for purely elementwise kernels.
 
 RowReduce: every reduction of the kernel reduces the innermost axis of the rows the output is
 made of. Per row (rows in parallel), the reductions run one after another over the row, each
@@ -12,6 +13,10 @@ LANE_PARTIAL): rfactor splits only a row's first reduction.
         mean[r] = sum(x[r, :]) / n   (vector partial sums over c)
         var[r]  = ...
         y[r, :] = (x[r, :] - mean[r]) * ...   (vectorized over c)
+
+LaneReduce: reductions over the pixels of a blocked activation ([N, C/b, H, W, b] reduced over H
+and W, each lane its own channel: an instance norm in the blocked layout), per channel block
+in parallel, with one vector of lanes.
 
 Elementwise: a kernel without reductions is inlined into its last block, whose loops are fused,
 vectorized innermost and parallel outside.
@@ -214,4 +219,84 @@ def _symbolic_nest(sch: s_tir.Schedule, loops: list[Any], contiguous: bool, lane
         sc.parallel(sch, outer)
 
 
-RULES = [RowReduce(), Elementwise()]
+def _lane_of(sch: s_tir.Schedule, block: Any) -> tirx.Var | None:
+    """The spatial iter every access of `block` indexes its last axis with (a blocked
+    activation's lanes), None where there is none or a reduction iter indexes the last axis."""
+    ivs = sc.iter_vars(sch, block)
+    lane = None
+    for _, idx in [*sc.reads(sch, block), *sc.writes(sch, block)]:
+        last = idx[-1] if idx else None
+        if not isinstance(last, tirx.Var) or not any(v.same_as(last) and kind == "S" for v, kind in ivs):
+            return None
+        if lane is not None and not lane.same_as(last):
+            return None
+        lane = last
+    return lane
+
+
+class LaneReduce:
+    """Reductions over the pixels of a blocked activation ([N, C/b, H, W, b] reduced over H and
+    W: an instance norm's statistics), with their elementwise neighbours. Per channel block (in
+    parallel), each reduction runs over the pixels with one vector of b lanes, then the output's
+    pixels are written with vectors. (TVM's generic rule put every output pixel in the parallel
+    loop and recomputed the whole reduction under each: quadratic in the pixels.)
+
+        parallel (n, cb):
+            mean[:] = sum over (h, w) of x[h, w, :] / n     (one vector)
+            var[:]  = ...
+            y[h, w, :] = (x[h, w, :] - mean) * ...          (vectors)
+    """
+
+    name = "ember.LaneReduce"
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
+        if target.kind.name != "llvm":
+            return None
+        sch = s_tir.Schedule(func)
+        try:
+            blocks = sc.normalize(sch)
+        except ValueError:
+            return None
+        reds = [b for b in blocks if b.is_reduction()]
+        out = blocks[-1]
+        if not reds or out.is_reduction() or any(_lane_of(sch, b.block_rv) is None for b in reds):
+            return None
+        if any(len(buf.shape) != 5 for buf, _ in sc.reads(sch, reds[0].block_rv)):
+            return None  # (the blocked layout's [N, C/b, H, W, b] only)
+        kinds = [[kind for _, kind in sc.iter_vars(sch, b.block_rv)] for b in reds]
+        rows = kinds[0].count("S") - 1  # (the spatial iters but the lanes: batch and channel blocks)
+        if rows < 1 or any(k.count("S") - 1 != rows for k in kinds):
+            return None
+        out_loops = sch.get_loops(out.block_rv)
+        lanes = sc.static_extent(sch, out_loops[-1])
+        if len(out_loops) != len(kinds[0]) or lanes is None or lanes > 4 * sc.vector_lanes(target, "float32"):
+            return None
+        for b in blocks[:-1]:
+            # per-pixel blocks inline into their readers; per-channel ones (mean = sum / n,
+            # rsqrt(var + eps)) are computed once per channel block, not per pixel
+            if not b.is_reduction() and len(b.iters) == len(out_loops):
+                with contextlib.suppress(Exception):  # (one that cannot is computed per channel block)
+                    sch.compute_inline(b.block_rv)
+        order = [sch.get(blk).name_hint for blk in sch.get_child_blocks(sc.root_block(sch))]
+        out_block = sch.get_sblock(order[-1])
+        out_loops = sch.get_loops(out_block)
+        r = sch.fuse(*out_loops[:rows]) if rows > 1 else out_loops[0]
+        sch.vectorize(sch.get_loops(out_block)[-1])
+        for name in reversed(order[:-1]):
+            sch.compute_at(sch.get_sblock(name), r, preserve_unit_loops=True)
+        sc.parallel(sch, r)
+        for name in order[:-1]:
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)
+            if _reduces(sch, block):  # (.., lanes, pixels) -> (.., pixels, lanes), the lanes one vector
+                inner = loops[-len(kinds[0]) + rows:]
+                lane_loop, pixel_loops = inner[0], inner[1:]
+                sch.reorder(*pixel_loops, lane_loop)
+                sch.vectorize(lane_loop)
+                sch.decompose_reduction(block, pixel_loops[0])
+            elif sc.static_extent(sch, loops[-1]) == lanes:
+                sch.vectorize(loops[-1])
+        return sch
+
+
+RULES = [LaneReduce(), RowReduce(), Elementwise()]  # (RowReduce would take a lane reduction's normalized form)

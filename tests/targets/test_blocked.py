@@ -249,6 +249,39 @@ def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Genera
     assert "conv_nchwc_rf" not in built.module.script()
 
 
+INSTANCE_NORMS = [  # (input dims, batches, sizes): the symbolic dims' values the model runs at
+    (["B", 8, "T"], (1, 2), {"T": (23, 64, 301)}),  # a speech model's first conv layer
+    ([1, 8, 57], (1,), {}),
+    (["B", 8, "H", "W"], (2,), {"H": (9, 14), "W": (11, 5)}),  # a style-transfer or detection head's
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(INSTANCE_NORMS)))
+def test_instance_norm_runs_blocked(case: int, target: str, rng: np.random.Generator) -> None:
+    """conv -> InstanceNormalization (random scale and bias, values far from zero mean) -> GELU
+    -> conv: the norm reads and writes the blocked layout (no conversion but the output's), its
+    statistics per channel block in parallel (LaneReduce), and matches the interpreter."""
+    dims, batches, sizes = INSTANCE_NORMS[case]
+    k = (3,) if len(dims) == 3 else (3, 3)
+    pads = [1, 1] if len(dims) == 3 else [1, 1, 1, 1]
+    inits: dict = {"scale": rng.uniform(0.5, 2, 32).astype(np.float32), "bias": rng.standard_normal(32).astype(np.float32),
+                   "shift": np.array(3.0, np.float32)}
+    nodes = [conv("c0", "x", 8, 32, rng, inits, k=k, pads=pads), helper.make_node("Add", ["c0", "shift"], ["s"]),
+             helper.make_node("InstanceNormalization", ["s", "scale", "bias"], ["n"], epsilon=1e-5),
+             helper.make_node("Gelu", ["n"], ["e"]), conv("y", "e", 32, 16, rng, inits, k=k, pads=pads)]
+    model = onnx_model(nodes, [("x", F, dims)], inits)
+    graph, built = _build(model, target)
+    conversions = [name for name in built.rules if name.startswith("to_nchw")]
+    assert len(conversions) == 1 and not conversions[0].startswith("to_nchwc"), built.rules  # (the output's)
+    assert [rule for name, rule in built.rules.items() if "instancenorm" in name] == ["LaneReduce"], built.rules
+    names = sorted(sizes)
+    for batch in batches:
+        for values in zip(*(sizes[n] for n in names)) if names else [()]:
+            feeds = interp.random_feeds(graph, rng, {"B": batch, **dict(zip(names, values))})
+            compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target}, batch {batch}, {values}", atol=ATOL)
+
+
 def test_dynamic_image_columns_run_in_whole_blocks(rng: np.random.Generator) -> None:
     """Over a dynamic image, convs compute whole blocks of 8 columns (a 3x3 conv of the plain
     image, one of a blocked input, a depthwise conv), the columns past the width never stored:
