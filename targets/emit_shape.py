@@ -310,7 +310,37 @@ def _topk(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return dyn.topk_select(lw, node, a[0], a[1], k, axis_of(node, t.rank))
 
 
+def _center_crop_pad(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """Each chosen axis cropped or zero-padded to its size, centred (an odd excess: the extra
+    element at the end), as one slice and one pad; the sizes must be constants and the axes
+    they change static."""
+    t = in_type(lw, node, 0)
+    sizes = static_ints(lw, node, 1, "CenterCropPad's shape")
+    axes = [ax % t.rank for ax in node.attrs.get("axes") or range(t.rank)]
+    crop: list[tuple[int, int, int]] = []
+    width = [0] * (2 * t.rank)
+    for ax, size in zip(axes, sizes):
+        d = t.shape[ax]
+        if d == size:
+            continue
+        if not isinstance(d, int):
+            raise refuse(node, f"a symbolic size ({d}) on an axis it crops or pads")
+        if size < d:
+            start = (d - size) // 2
+            crop.append((ax, start, start + size))
+        else:
+            width[2 * ax] = (size - d) // 2
+            width[2 * ax + 1] = size - d - (size - d) // 2
+    x = a[0]
+    if crop:
+        x = R.strided_slice(x, [c[0] for c in crop], [c[1] for c in crop], [c[2] for c in crop])
+    if any(width):
+        x = R.nn.pad(x, width, "constant", 0.0)
+    return [x]
+
+
 EMITTERS: dict[str, Emitter] = {
+    "CenterCropPad": _center_crop_pad,
     "Reshape": _like_out, "Flatten": _like_out, "Squeeze": _like_out, "Unsqueeze": _like_out,
     "Transpose": _transpose, "Concat": _concat, "Split": _split, "Slice": _slice,
     "Gather": _gather, "GatherElements": _gather_elements, "GatherND": _gather_nd,

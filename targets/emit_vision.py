@@ -1,4 +1,5 @@
-"""Emitters: resampling at computed positions, RoiAlign and GridSample, as hand-written TIR.
+"""Emitters: resampling at computed positions, RoiAlign and GridSample, as hand-written TIR,
+and AffineGrid (the sampling grid of a spatial transformer) as one batched product.
 
 Each is one kernel generated as TVMScript per attribute combination (emitted into `main`,
 marked scheduled), with the semantics of ember's reference (compiler/ops/nn_vision.py), whose
@@ -22,11 +23,22 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax
 
 from ember.compiler.ir import Node
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, ScriptText, in_type, out_type, refuse
+from ember.targets.emit_common import (
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    R,
+    ScriptText,
+    const,
+    in_type,
+    out_type,
+    refuse,
+)
 
 KERNEL_ATTRS = 'T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})'
 CHANNELS = 64  # RoiAlign: channels that share one computation of a bin's taps
@@ -296,4 +308,24 @@ def _grid_sample(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [_result(lw, y, yt.dtype, dt)]
 
 
-EMITTERS: dict[str, Emitter] = {"RoiAlign": _roi_align, "GridSample": _grid_sample}
+def _affine_grid(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """grid[n, *p, :] = theta[n] @ (x, y[, z], 1) at each output position p: the positions'
+    homogeneous coordinates are a constant [P, n + 1] (x along the last axis; pixel centres,
+    or with align_corners the corner pixels' centres at -1 and 1), one batched product with
+    theta's transpose, reshaped to [N, *size, n]. The size's spatial part must be known when
+    compiling (a constant, or a static image's Shape; its batch may be symbolic)."""
+    t = out_type(node)
+    spatial = list(t.shape[1:-1])
+    if not all(isinstance(d, int) for d in spatial):
+        raise refuse(node, f"a sampling grid of symbolic size {spatial}")
+    axes = []
+    for s in spatial:
+        i = np.arange(s, dtype=np.float64)
+        axes.append(-1 + i * (2.0 / max(s - 1, 1)) if node.attrs["align_corners"] else -1 + 1.0 / s + i * (2.0 / s))
+    mesh = np.meshgrid(*axes, indexing="ij")
+    base = np.stack([*mesh[::-1], np.ones(spatial)], axis=-1).reshape(-1, len(spatial) + 1)
+    grid = R.matmul(const(base.astype(t.np_dtype)), R.permute_dims(a[0], [0, 2, 1]))  # [N, P, n]
+    return [R.reshape(grid, lw.shape(t))]
+
+
+EMITTERS: dict[str, Emitter] = {"RoiAlign": _roi_align, "GridSample": _grid_sample, "AffineGrid": _affine_grid}
