@@ -1,5 +1,6 @@
 """Emitters: resampling at computed positions, RoiAlign and GridSample, as hand-written TIR,
-and AffineGrid (the sampling grid of a spatial transformer) as one batched product.
+AffineGrid (the sampling grid of a spatial transformer) as one batched product, and
+DeformConv as a kernel of bilinearly sampled columns and a matmul.
 
 Each is one kernel generated as TVMScript per attribute combination (emitted into `main`,
 marked scheduled), with the semantics of ember's reference (compiler/ops/nn_vision.py), whose
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te, tirx
 
 from ember.compiler.ir import Node
 from ember.targets.emit_common import (
@@ -35,6 +36,7 @@ from ember.targets.emit_common import (
     R,
     ScriptText,
     const,
+    has_input,
     in_type,
     out_type,
     refuse,
@@ -328,4 +330,119 @@ def _affine_grid(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [R.reshape(grid, lw.shape(t))]
 
 
-EMITTERS: dict[str, Emitter] = {"RoiAlign": _roi_align, "GridSample": _grid_sample, "AffineGrid": _affine_grid}
+def _schedule_columns(lw: Lowering, gvar: Any, channels: int) -> None:
+    """The column kernel [N, g, P, taps, C/g] scheduled here (no rule reads a gather well):
+    pixels in parallel, a pixel's taps in turn, its channels as vectors."""
+    from tvm import s_tir
+
+    from ember.targets import sched_common as sc
+
+    sch = s_tir.Schedule(lw.bb.get()[gvar])
+    block = sch.get_sblock("deform_columns")
+    b, gi, pixel, _, c = sch.get_loops(block)
+    sch.parallel(sch.fuse(b, gi, pixel))
+    target = tvm.target.Target.current(allow_none=True)
+    lanes = sc.vector_lanes(target, "float32") if target is not None else 4
+    vec = sc.largest_divisor(channels, [lanes, lanes // 2, lanes // 4])
+    if vec > 1:
+        sch.vectorize(sch.split(c, [None, vec])[1])
+    lw.bb.update_func(gvar, sch.mod["main"].with_attr("tirx.is_scheduled", True))
+
+
+def _deform_conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
+    """A 2-d deformable conv (DCN v1, and v2 with a mask) as three kernels: the sample points
+    (per offset group, tap and output pixel: the tap's place on the kernel grid plus its
+    offset, as four corners' flat indices and bilinear weights, zero outside the image, times
+    the mask), the columns cols[n, group, pixel, tap, c] (every channel of an offset group
+    reads the same points; channels innermost, so each corner is a vector), then their
+    product with the weight per group, [N, g, OH * OW, taps * C/g] x [g, taps * C/g, O/g],
+    which the matmul rule schedules, transposed to [N, O, OH, OW]; then the bias."""
+    at = node.attrs
+    k = list(at["kernel_shape"])
+    if len(k) != 2:
+        raise refuse(node, f"a {len(k)}-d deformable convolution")
+    x_t, y_t = in_type(lw, node, 0), out_type(node)
+    cin, oc = x_t.shape[1], y_t.shape[1]
+    if not isinstance(cin, int) or not isinstance(oc, int):
+        raise refuse(node, f"a symbolic channel count ({x_t} -> {y_t})")
+    g, og = int(at["group"]), int(at["offset_group"])
+    (kh, kw), (sy, sx), (dy, dx) = k, at["strides"], at["dilations"]
+    top, left = at["pads"][0], at["pads"][1]
+    taps = kh * kw
+    dt = _compute_dtype(x_t.dtype)
+    mask = has_input(node, 4)
+    operands = [_as(a[0], x_t.dtype, dt), _as(a[2], in_type(lw, node, 2).dtype, dt)]
+    if mask:
+        operands.append(_as(a[4], in_type(lw, node, 4).dtype, dt))
+    shape = lw.shape(y_t)
+    per_group = cin // og
+    corners = [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+    def sample_points(x: te.Tensor, offset: te.Tensor, *scale: te.Tensor) -> list[te.Tensor]:
+        """Per offset group, tap, corner and output pixel: the corner's flat index in the image
+        (clamped inside it) and its bilinear weight (zero outside the image, times the mask)."""
+        h, w = x.shape[2], x.shape[3]
+
+        def point(b: Any, q: Any, t: Any, oy: Any, ox: Any) -> tuple[Any, Any, Any, Any]:
+            py = (oy * sy - top + t // kw * dy).astype(dt) + offset[b, (q * taps + t) * 2, oy, ox]
+            px = (ox * sx - left + t % kw * dx).astype(dt) + offset[b, (q * taps + t) * 2 + 1, oy, ox]
+            fy, fx = tirx.floor(py), tirx.floor(px)
+            return fy.astype("int64"), fx.astype("int64"), py - fy, px - fx
+
+        def index(b: Any, q: Any, t: Any, k: Any, oy: Any, ox: Any) -> Any:
+            y0, x0, _, _ = point(b, q, t, oy, ox)
+            yi, xi = y0 + k // 2, x0 + k % 2
+            return tirx.max(tirx.min(yi, h - 1), 0) * w + tirx.max(tirx.min(xi, w - 1), 0)
+
+        def weight(b: Any, q: Any, t: Any, k: Any, oy: Any, ox: Any) -> Any:
+            y0, x0, wy, wx = point(b, q, t, oy, ox)
+            yi, xi = y0 + k // 2, x0 + k % 2
+            one = tirx.const(1, dt)
+            value = tirx.if_then_else(k // 2 == 1, wy, one - wy) * tirx.if_then_else(k % 2 == 1, wx, one - wx)
+            if scale:
+                value = value * scale[0][b, q * taps + t, oy, ox]
+            inside = tirx.all(yi >= 0, yi < h, xi >= 0, xi < w)
+            return tirx.if_then_else(inside, value, tirx.const(0, dt))
+
+        grid = [shape[0], og, taps, len(corners), shape[2], shape[3]]
+        return [te.compute(grid, index, name="deform_index"), te.compute(grid, weight, name="deform_weight")]
+
+    cg = cin // g
+
+    def columns(last: te.Tensor, index: te.Tensor, weight: te.Tensor) -> te.Tensor:
+        """cols[n, group, pixel, tap, c]: the four corners' weighted sum, channels innermost
+        (read from a channels-last copy of x, each corner a run of contiguous channels)."""
+
+        def sample(b: Any, gi: Any, pixel: Any, t: Any, c: Any) -> Any:
+            channel = gi * cg + c
+            q = channel // per_group
+            oy, ox = pixel // shape[3], pixel % shape[3]
+            return sum((weight[b, q, t, k, oy, ox] * last[b, index[b, q, t, k, oy, ox], channel] for k in range(len(corners))),
+                       tirx.const(0, dt))
+
+        return te.compute([shape[0], g, shape[2] * shape[3], taps, cg], sample, name="deform_columns")
+
+    points = lw.emit(lw.bb.call_te(sample_points, *operands, primfunc_name_hint="deform_points"))
+    x_shape = lw.shape(x_t)
+    last = lw.emit(R.reshape(R.permute_dims(operands[0], [0, 2, 3, 1]), [x_shape[0], x_shape[2] * x_shape[3], cin]))
+    call = lw.bb.call_te(columns, last, lw.emit(relax.TupleGetItem(points, 0)), lw.emit(relax.TupleGetItem(points, 1)),
+                         primfunc_name_hint="deform_columns")
+    _schedule_columns(lw, call.args[0], cg)
+    cols = lw.emit(call)
+    cols = R.reshape(cols, [shape[0], g, shape[2] * shape[3], taps * cg])  # [N, g, P, K]
+    weight = lw.const_of(node.inputs[1])
+    if weight is not None:  # [O, C/g, kh, kw] -> [g, K, O/g], K in (tap, channel) order
+        packed = np.asarray(weight).reshape(g, oc // g, cg, taps).transpose(0, 3, 2, 1).reshape(g, taps * cg, oc // g)
+        weight_expr = const(np.ascontiguousarray(packed).astype(np.dtype(dt)))
+    else:
+        w_in = R.reshape(_as(a[1], in_type(lw, node, 1).dtype, dt), [g, oc // g, cg, taps])
+        weight_expr = R.reshape(R.permute_dims(w_in, [0, 3, 2, 1]), [g, taps * cg, oc // g])
+    y = R.matmul(cols, weight_expr)  # [N, g, P, O/g]
+    y = R.reshape(R.permute_dims(y, [0, 1, 3, 2]), shape)
+    if has_input(node, 3):
+        y = R.add(y, R.reshape(_as(a[3], in_type(lw, node, 3).dtype, dt), [1, oc, 1, 1]))
+    return [_result(lw, y, y_t.dtype, dt)]
+
+
+EMITTERS: dict[str, Emitter] = {"RoiAlign": _roi_align, "GridSample": _grid_sample, "AffineGrid": _affine_grid,
+                                "DeformConv": _deform_conv}

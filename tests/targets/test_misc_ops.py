@@ -170,7 +170,7 @@ COMPILED = ("test_reversesequence", "test_unique", "test_rotary_embedding", "tes
 # maxunpool_export_with_output_shape: its output_shape is a graph input (a shape known only at
 # run time, refused), and its expected data addresses the default-size output (onnx/onnx#2398).
 SKIPPED = ("test_maxunpool_export_with_output_shape",)
-REFUSED = ["Col2Im", "BitCast", "DeformConv"]  # (AffineGrid, CenterCropPad: test_grid_and_crop.py)
+REFUSED = ["Col2Im", "BitCast"]  # (AffineGrid, CenterCropPad: test_grid_and_crop.py; DeformConv: test_vision_ops.py)
 
 
 def test_onnx_node_tests_of_these_ops_match_their_data() -> None:

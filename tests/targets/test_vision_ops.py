@@ -4,7 +4,9 @@ the symbolic batch / roi dims (rois partly or wholly outside the image, malforme
 adaptive and fixed sampling), f16 and 3-D spatial grids too; the ONNX backend node tests of
 both ops match onnx's own expected outputs; a batch index outside the batch is a run-time
 error; both behind convolutions (blocked activations), compiled by `ember compile`, match
-onnxruntime."""
+onnxruntime. DeformConv (a column kernel and a matmul): DCN v1 and v2 forms with groups, offset
+groups, strides, dilation and pads, offsets landing outside the image, at a symbolic batch and
+image size, and onnx's node tests."""
 
 from __future__ import annotations
 
@@ -175,3 +177,54 @@ def test_behind_convolutions_compiled_matches_onnxruntime(tmp_path: Path, rng: n
     got, want = load(tmp_path / "heads.ember")(**feeds), run_onnxruntime(model, feeds)
     for name, value in want.items():
         np.testing.assert_allclose(got[name], value, rtol=1e-4, atol=1e-4, err_msg=name)
+
+
+# --- DeformConv ----------------------------------------------------------------------------------
+DEFORM = [  # (C, O, kernel, attrs, mask, bias): DCN v1 and v2 (a mask), groups, offset groups, strides, dilation
+    (4, 6, (3, 3), dict(pads=[1, 1, 1, 1]), False, False),
+    (4, 6, (3, 3), dict(pads=[1, 1, 1, 1], offset_group=2), True, True),
+    (6, 4, (2, 3), dict(strides=[2, 1], dilations=[1, 2], pads=[0, 1, 1, 2], group=2), True, False),
+    (8, 8, (1, 1), dict(group=8, offset_group=4), False, True),
+]
+
+
+@pytest.mark.parametrize("case", range(len(DEFORM)))
+def test_deform_conv_matches_the_reference(case: int, rng: np.random.Generator) -> None:
+    """A deformable conv on x [B, C, H, W] with a symbolic batch and image size, its offsets
+    computed by a conv from x (as DCN layers do) and scaled so that sample points land between
+    pixels and outside the image: at two batch sizes and two image sizes."""
+    c, o, k, attrs, mask, bias = DEFORM[case]
+    og = attrs.get("offset_group", 1)
+    taps = k[0] * k[1]
+    window = dict(kernel_shape=list(k), pads=attrs.get("pads", [0] * 4), strides=attrs.get("strides", [1, 1]),
+                  dilations=attrs.get("dilations", [1, 1]))  # (the offsets' and mask's convs: the output's size)
+    inits = {"w": (rng.standard_normal((o, c // attrs.get("group", 1), *k)) * 0.3).astype(np.float32),
+             "w_off": (rng.standard_normal((og * taps * 2, c, *k)) * 0.8).astype(np.float32)}
+    inputs = ["x", "w", "off"]
+    nodes = [helper.make_node("Conv", ["x", "w_off"], ["off"], **window)]
+    inputs.append("b" if bias else "")
+    if bias:
+        inits["b"] = rng.standard_normal(o).astype(np.float32)
+    if mask:
+        inits["w_mask"] = (rng.standard_normal((og * taps, c, *k)) * 0.5).astype(np.float32)
+        nodes += [helper.make_node("Conv", ["x", "w_mask"], ["m0"], **window), helper.make_node("Sigmoid", ["m0"], ["m"])]
+        inputs.append("m")
+    nodes.append(helper.make_node("DeformConv", inputs, ["y"], kernel_shape=list(k), **attrs))
+    model = onnx_model(nodes, [("x", F, ["B", c, "H", "W"])], inits, opset=19)
+    check_model(model, rng, [{"B": 1, "H": 7, "W": 9}, {"B": 2, "H": 12, "W": 5}])
+
+
+def test_onnx_node_tests_of_deform_conv_match_their_data() -> None:
+    import warnings
+
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():  # (the generators' own overflow warnings)
+        warnings.simplefilter("ignore")
+        every = collect_testcases()
+    cases = [c for c in every if c.name.startswith("test_deform_conv") and not c.name.endswith("_expanded")]
+    assert len(cases) >= 2
+    for case, graph, feeds, got, expected in run_node_cases(cases):
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], interp.run(graph, feeds)[name], rtol=RTOL, atol=ATOL, err_msg=case.name)
+            np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=case.name)
