@@ -66,9 +66,9 @@ def test_fused_groups_are_one_kernel_each_and_batch_is_dynamic(rng: np.random.Ge
 
 
 def test_op_without_code_generator_is_named() -> None:
-    graph = parse_graph("graph main(%x: f32[1,1,3,3], %w: f32[1,1,2,2], %off: f32[1,8,2,2]) -> (%y: f32[1,1,2,2]) {\n"
-                        "  %y: f32[1,1,2,2] = DeformConv(%x, %w, %off)\n  return %y\n}\n")
-    with pytest.raises(LoweringError, match=r"operators without a code generator:\n  DeformConv: 1 node\(s\): y"):
+    graph = parse_graph("graph main(%x: f32[1,4,4]) -> (%y: f32[1,1,3,3]) {\n  const %img: i64[2] = [3, 3]\n"
+                        "  const %blk: i64[2] = [2, 2]\n  %y: f32[1,1,3,3] = Col2Im(%x, %img, %blk)\n  return %y\n}\n")
+    with pytest.raises(LoweringError, match=r"operators without a code generator:\n  Col2Im: 1 node\(s\): y"):
         build(graph, resolve_target("cpu"))
 
 
