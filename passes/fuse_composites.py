@@ -4,6 +4,9 @@
     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))      ->  Gelu(x) {approximate="tanh"} (opset 20)
     d = x - ReduceMean(x, a); d / Sqrt(ReduceMean(d^2, a) + eps) [* g] [+ b]
                                                                  ->  LayerNormalization(x, g, b) {axis, epsilon}
+    Reshape(InstanceNormalization(Reshape(x, [N, G, -1]), s, b), x's shape)
+                                                                 ->  GroupNormalization(x, s', b') {num_groups=G}
+        (torch's GroupNorm below opset 18; s, b per group repeated per channel, as opset 21)
     e = Exp(x - ReduceMax(x, [a])); e / ReduceSum(e, [a])        ->  Softmax(x) {axis=a}
     MatMul(Softmax(MatMul(Q, KT) * c [+ mask]), V)               ->  Attention(Q, Transpose(KT), V[, mask]) {scale=c}
                                                                      (opset 23; 4-D [batch, heads, seq, head])
@@ -122,6 +125,32 @@ def _layernorm(m: Match, b: Builder) -> Outcome:
     return b.replace()
 
 
+# -- GroupNorm (as torch.onnx exports it below opset 18) -------------------------------------
+GROUPNORM = op("Reshape", op("InstanceNormalization", op("Reshape", X, const("shape"), name="grouped"),
+                             const("scale"), const("bias"), name="norm"), var("back"))
+
+
+def _groupnorm(m: Match, b: Builder) -> Outcome:
+    x_type = m.type("x")
+    grouped = m.nodes["grouped"].outputs[0].type
+    c = x_type.shape[1] if x_type.rank >= 3 else None
+    if not isinstance(c, int) or grouped.rank != 3 or grouped.shape[0] != x_type.shape[0]:
+        return reject(f"the reshape {grouped} does not group x {x_type}'s channels per image")
+    g = grouped.shape[1]
+    if not isinstance(g, int) or g < 1 or c % g:
+        return reject(f"{g} groups do not split {c} channels")
+    if m.root.outputs[0].type != x_type:
+        return reject("the second reshape does not restore x's shape")
+    scale, bias = (m.const(key).reshape(-1) for key in ("scale", "bias"))
+    if scale.size != g or bias.size != g:
+        return reject("the instance norm's scale and bias are not one value per group")
+    name = m.root.outputs[0].name
+    params = [b.const(f"{name}_{key}", np.repeat(data, c // g).astype(x_type.np_dtype)) for key, data in (("scale", scale), ("bias", bias))]
+    eps = float(m.nodes["norm"].attrs["epsilon"])
+    b.op("GroupNormalization", (m["x"], *params), {"num_groups": g, "epsilon": eps}, out=m.root.outputs[0])
+    return b.replace()
+
+
 # -- Softmax --------------------------------------------------------------------------------
 E = op("Exp", op("Sub", X, op("ReduceMax", X, const("axes"), keepdims=1)), name="e")
 SOFTMAX = op("Div", E, op("ReduceSum", E, const("axes2"), keepdims=1))
@@ -218,6 +247,7 @@ RULES: tuple[Rule, ...] = (
     Rule("gelu_erf", GELU_ERF, _gelu("none")),
     Rule("gelu_tanh", GELU_TANH, _gelu("tanh")),
     Rule("layernorm", LAYERNORM, _layernorm),
+    Rule("groupnorm", GROUPNORM, _groupnorm),
     Rule("softmax", SOFTMAX, _softmax),
     Rule("attention", ATTENTION, _attention),
     # (not exclusive: the softmax chain they read past stays until dce, dead)
@@ -227,5 +257,5 @@ RULES: tuple[Rule, ...] = (
 
 
 def fuse_composites(graph: Graph) -> PassResult:
-    """Rewrite GELU (erf and tanh forms), LayerNorm, Softmax and attention to single ops."""
+    """Rewrite GELU (erf and tanh forms), LayerNorm, GroupNorm, Softmax and attention to single ops."""
     return rewrite_graph(graph, RULES)

@@ -44,6 +44,18 @@ GELU_TANH = """graph main(%x: f32[2,8]) -> (%y: f32[2,8]) {
 }
 """
 
+GROUPNORM = """graph main(%x: f32[N,4,H,W]) -> (%y: f32[N,4,H,W]) {
+  const %b: f32[2] = [0.0, 0.5]
+  const %grouped_shape: i64[3] = [0, 2, -1]
+  const %s: f32[2] = [1.0, 2.0]
+  %r: f32[N,2,2*H*W] = Reshape(%x, %grouped_shape)
+  %n: f32[N,2,2*H*W] = InstanceNormalization(%r, %s, %b) {epsilon=9.999999747378752e-06}
+  %shape: i64[4] = Shape(%x)
+  %y: f32[N,4,H,W] = Reshape(%n, %shape)
+  return %y
+}
+"""
+
 LAYERNORM = """graph main(%x: f32[N,4,8]) -> (%y: f32[N,4,8]) {
   const %axes: i64[1] = [-1]
   const %b: f32[8] = [0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0]
@@ -124,6 +136,14 @@ CASES = {
   return %y
 }
 """, {"layernorm": 1}),
+    # torch's GroupNorm below opset 18: per-group scale and bias repeated per channel
+    "groupnorm": (GROUPNORM, """graph main(%x: f32[N,4,H,W]) -> (%y: f32[N,4,H,W]) {
+  const %y_bias: f32[4] = [0.0, 0.0, 0.5, 0.5]
+  const %y_scale: f32[4] = [1.0, 1.0, 2.0, 2.0]
+  %y: f32[N,4,H,W] = GroupNormalization(%x, %y_scale, %y_bias) {epsilon=9.999999747378752e-06, num_groups=2}
+  return %y
+}
+""", {"groupnorm": 1}),
     "softmax": (SOFTMAX, """graph main(%x: f32[2,5]) -> (%y: f32[2,5]) {
   %y: f32[2,5] = Softmax(%x) {axis=1}
   return %y
@@ -143,7 +163,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_composite(case: str, rng: np.random.Generator) -> None:
     before, expected, stats = CASES[case]
-    check_pass("fuse_composites", before, expected, rng, stats=stats, dims={"N": 3})
+    check_pass("fuse_composites", before, expected, rng, stats=stats, dims={"N": 3, "H": 3, "W": 5})
 
 
 def _with_extra_output(text: str, value: str, shape: str) -> str:
@@ -157,6 +177,11 @@ NO_CHANGE = {
     "gelu_with_a_wrong_constant": (GELU_ERF.replace("= 0.5", "= 0.25"), "gelu_erf: %y (Mul): constant %half is not all 0.5"),
     "layernorm_over_a_leading_axis": (LAYERNORM.replace("[-1]", "[1]").replace("N,4,1", "N,1,8"),
                                       "layernorm: %y (Add): the mean is over axes [1], not trailing ones"),
+    "groupnorm_reshaped_to_another_shape": (
+        GROUPNORM.replace("%y: f32[N,4,H,W] = Reshape(%n, %shape)", "%y: f32[N,4,H*W] = Reshape(%n, %flat)")
+        .replace("  %shape: i64[4] = Shape(%x)\n", "").replace("-> (%y: f32[N,4,H,W])", "-> (%y: f32[N,4,H*W])")
+        .replace("  const %grouped_shape", "  const %flat: i64[3] = [0, 4, -1]\n  const %grouped_shape"),
+        "groupnorm: %y (Reshape): the second reshape does not restore x's shape"),
     "softmax_over_two_axes": (SOFTMAX.replace("i64[1] = [1]", "i64[2] = [0, 1]").replace("f32[2,1]", "f32[1,1]"),
                               "softmax: %y (Div): the max and the sum are not over the same single axis"),
     "attention_with_a_shared_score": (_with_extra_output(SDPA, "ss", "1,2,5,5"),
@@ -167,7 +192,7 @@ NO_CHANGE = {
 @pytest.mark.parametrize("case", sorted(NO_CHANGE))
 def test_composite_left_alone(case: str, rng: np.random.Generator) -> None:
     text, reason = NO_CHANGE[case]
-    check_pass("fuse_composites", text, text, rng, dims={"N": 2})
+    check_pass("fuse_composites", text, text, rng, dims={"N": 2, "H": 3, "W": 5})
     assert reason in reasons(PASSES["fuse_composites"](parse_graph(text)))
 
 
