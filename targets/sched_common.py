@@ -163,6 +163,18 @@ def normalize(sch: s_tir.Schedule) -> list[SBlockInfo]:
     return blocks
 
 
+def cpu_blocks(func: tirx.PrimFunc, target: Target, narrow: bool = False) -> tuple[s_tir.Schedule, list[SBlockInfo]] | None:
+    """A schedule of `func` (with `narrow`, its indices narrowed first) and its blocks in
+    normal form, for a CPU rule; None for another target or a kernel not in normal form."""
+    if target.kind.name != "llvm":
+        return None
+    sch = s_tir.Schedule(narrow_indices(func) if narrow else func)
+    try:
+        return sch, normalize(sch)
+    except ValueError:
+        return None
+
+
 def narrow_indices(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """A static-shape kernel with int32 loop and index arithmetic (cheaper addressing, and TVM
     0.27's LoopPartition mixes int32 constants into int64 loops); symbolic kernels unchanged."""

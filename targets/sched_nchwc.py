@@ -508,13 +508,10 @@ class Relayout:
     name = "ember.Relayout"
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if target.kind.name != "llvm":
+        found = sc.cpu_blocks(func, target)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = sc.normalize(sch)
-        except ValueError:
-            return None
+        sch, blocks = found
         if not blocks or not blocks[-1].name.startswith("te_layout_transform") or any(b.is_reduction() for b in blocks):
             return None
         if sc.inline_all(sch, blocks[:-1]):

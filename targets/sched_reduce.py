@@ -40,20 +40,24 @@ def _inner_reduction(info: Any) -> bool:
     return kinds.count("R") == 1 and kinds.endswith("R")
 
 
+def _under_rows(sch: s_tir.Schedule, order: list[str], rows: Any) -> None:
+    """Every block before the output (the last of `order`) computed under the output's rows
+    loop, which runs in parallel."""
+    for name in reversed(order[:-1]):
+        sch.compute_at(sch.get_sblock(name), rows, preserve_unit_loops=True)
+    sc.parallel(sch, rows)
+
+
 class RowReduce:
     """Rows in parallel; each reduction vectorized with lane-wise partial sums."""
 
     name = "ember.RowReduce"
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if target.kind.name != "llvm":
+        found = sc.cpu_blocks(func, target, narrow=True)
+        if found is None:
             return None
-        func = sc.narrow_indices(func)
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = sc.normalize(sch)
-        except ValueError:
-            return None
+        sch, blocks = found
         reds = [b for b in blocks if b.is_reduction()]
         if not reds or not all(_inner_reduction(b) for b in reds):
             return None
@@ -95,9 +99,7 @@ class RowReduce:
         if len(out_loops) > rows:
             c = sch.get_loops(out_block)[-1]
             sc.vectorize_row(sch, c, lanes, symbolic=True)
-        for name in reversed(order[:-1]):
-            sch.compute_at(sch.get_sblock(name), r, preserve_unit_loops=True)
-        sc.parallel(sch, r)
+        _under_rows(sch, order, r)
         for name in order[:-1]:
             block = sch.get_sblock(name)
             loops = sch.get_loops(block)
@@ -169,14 +171,10 @@ class Elementwise:
     name = "ember.Elementwise"
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if target.kind.name != "llvm":
+        found = sc.cpu_blocks(func, target, narrow=True)
+        if found is None:
             return None
-        func = sc.narrow_indices(func)
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = sc.normalize(sch)
-        except ValueError:
-            return None
+        sch, blocks = found
         if not blocks or any(b.is_reduction() for b in blocks):
             return None
         left = sc.inline_all(sch, blocks[:-1])
@@ -250,13 +248,10 @@ class LaneReduce:
     name = "ember.LaneReduce"
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule | None:
-        if target.kind.name != "llvm":
+        found = sc.cpu_blocks(func, target)
+        if found is None:
             return None
-        sch = s_tir.Schedule(func)
-        try:
-            blocks = sc.normalize(sch)
-        except ValueError:
-            return None
+        sch, blocks = found
         reds = [b for b in blocks if b.is_reduction()]
         out = blocks[-1]
         if not reds or out.is_reduction() or any(_lane_of(sch, b.block_rv) is None for b in reds):
@@ -282,9 +277,7 @@ class LaneReduce:
         out_loops = sch.get_loops(out_block)
         r = sch.fuse(*out_loops[:rows]) if rows > 1 else out_loops[0]
         sch.vectorize(sch.get_loops(out_block)[-1])
-        for name in reversed(order[:-1]):
-            sch.compute_at(sch.get_sblock(name), r, preserve_unit_loops=True)
-        sc.parallel(sch, r)
+        _under_rows(sch, order, r)
         for name in order[:-1]:
             block = sch.get_sblock(name)
             loops = sch.get_loops(block)

@@ -87,6 +87,28 @@ def run_node_cases(cases: Sequence[Any]) -> Iterator[tuple[Any, Graph, dict[str,
             yield case, graph, feeds, run_vm(built, graph, feeds), expected
 
 
+def onnx_node_cases(*prefixes: str) -> list[Any]:
+    """onnx's backend node tests whose names start with one of `prefixes`, but the `_expanded`
+    ones (function bodies: other ops than the one under test)."""
+    import warnings
+
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():  # (the generators' own overflow warnings)
+        warnings.simplefilter("ignore")
+        every = collect_testcases()
+    return [c for c in every if c.name.startswith(prefixes) and not c.name.endswith("_expanded")]
+
+
+def check_node_cases(cases: Sequence[Any]) -> None:
+    """Each case compiled matches the interpreter and onnx's expected outputs."""
+    for case, graph, feeds, got, expected in run_node_cases(cases):
+        want = interp.run(graph, feeds)
+        for name, value in expected.items():
+            np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=case.name)
+            np.testing.assert_allclose(got[name], value, rtol=RTOL, atol=ATOL, err_msg=case.name)
+
+
 def compare(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray], where: str, atol: float = ATOL) -> None:
     """Every output equal: exact for ints and bools, RTOL/ATOL for floats."""
     for name, value in want.items():
