@@ -167,8 +167,7 @@ def _groupnorm(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         groups = [v.reshape(g, c // g) for v in data]
         if all((v == v[:, :1]).all() for v in groups):
             per_group = [const(np.ascontiguousarray(v[:, 0]).astype(t.np_dtype)) for v in groups]
-    ones, zeros = const(np.ones(g, t.np_dtype)), const(np.zeros(g, t.np_dtype))
-    scale, bias = per_group if per_group is not None else (ones, zeros)
+    scale, bias = per_group if per_group is not None else (const(np.ones(g, t.np_dtype)), const(np.zeros(g, t.np_dtype)))
     y = R.nn.instance_norm(R.reshape(a[0], [shape[0], g, rest]), scale, bias, 1, [2], node.attrs["epsilon"])
     y = R.reshape(y, shape)
     if per_group is None:

@@ -320,12 +320,9 @@ def _affine_grid(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     spatial = list(t.shape[1:-1])
     if not all(isinstance(d, int) for d in spatial):
         raise refuse(node, f"a sampling grid of symbolic size {spatial}")
-    axes = []
-    for s in spatial:
-        i = np.arange(s, dtype=np.float64)
-        axes.append(-1 + i * (2.0 / max(s - 1, 1)) if node.attrs["align_corners"] else -1 + 1.0 / s + i * (2.0 / s))
-    mesh = np.meshgrid(*axes, indexing="ij")
-    base = np.stack([*mesh[::-1], np.ones(spatial)], axis=-1).reshape(-1, len(spatial) + 1)
+    from ember.compiler.ops.nn_vision import affine_base
+
+    base = affine_base(spatial, bool(node.attrs["align_corners"])).reshape(-1, len(spatial) + 1)
     grid = R.matmul(const(base.astype(t.np_dtype)), R.permute_dims(a[0], [0, 2, 1]))  # [N, P, n]
     return [R.reshape(grid, lw.shape(t))]
 
@@ -376,7 +373,7 @@ def _deform_conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         operands.append(_as(a[4], in_type(lw, node, 4).dtype, dt))
     shape = lw.shape(y_t)
     per_group = cin // og
-    corners = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    corners = 4  # (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1): corner k at (y0 + k // 2, x0 + k % 2)
 
     def sample_points(x: te.Tensor, offset: te.Tensor, *scale: te.Tensor) -> list[te.Tensor]:
         """Per offset group, tap, corner and output pixel: the corner's flat index in the image
@@ -404,7 +401,7 @@ def _deform_conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
             inside = tirx.all(yi >= 0, yi < h, xi >= 0, xi < w)
             return tirx.if_then_else(inside, value, tirx.const(0, dt))
 
-        grid = [shape[0], og, taps, len(corners), shape[2], shape[3]]
+        grid = [shape[0], og, taps, corners, shape[2], shape[3]]
         return [te.compute(grid, index, name="deform_index"), te.compute(grid, weight, name="deform_weight")]
 
     cg = cin // g
@@ -417,7 +414,7 @@ def _deform_conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
             channel = gi * cg + c
             q = channel // per_group
             oy, ox = pixel // shape[3], pixel % shape[3]
-            return sum((weight[b, q, t, k, oy, ox] * last[b, index[b, q, t, k, oy, ox], channel] for k in range(len(corners))),
+            return sum((weight[b, q, t, k, oy, ox] * last[b, index[b, q, t, k, oy, ox], channel] for k in range(corners)),
                        tirx.const(0, dt))
 
         return te.compute([shape[0], g, shape[2] * shape[3], taps, cg], sample, name="deform_columns")

@@ -169,20 +169,25 @@ def _affine_infer(ctx: InferCtx) -> list[TensorType]:
     return [TensorType(theta.dtype, (theta.shape[0],) + spatial + (n,))]
 
 
-def _affine_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
-    theta, size = inputs[0], inputs[1]
-    assert theta is not None and size is not None
-    spatial = [int(v) for v in size[2:]]
+def affine_base(spatial: Sequence[int], align_corners: bool) -> np.ndarray:
+    """[*spatial, n + 1] f64: each output position's homogeneous coordinates (x, y[, z], 1),
+    x along the last axis; pixel centres, the corner pixels' outer edges at -1 and 1 (with
+    align_corners, the corner pixels' centres)."""
     axes = []
     for s in spatial:
         i = np.arange(s, dtype=np.float64)
-        if attrs["align_corners"]:  # the corner pixels' centers at -1 and 1
+        if align_corners:  # the corner pixels' centers at -1 and 1
             axes.append(-1 + i * (2.0 / max(s - 1, 1)))
         else:  # the corner pixels' outer edges at -1 and 1
             axes.append(-1 + 1.0 / s + i * (2.0 / s))
     mesh = np.meshgrid(*axes, indexing="ij")
-    # Homogeneous coordinates (x, y[, z], 1): x runs along the last axis.
-    base = np.stack([*mesh[::-1], np.ones(spatial)], axis=-1)
+    return np.stack([*mesh[::-1], np.ones(spatial)], axis=-1)
+
+
+def _affine_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
+    theta, size = inputs[0], inputs[1]
+    assert theta is not None and size is not None
+    base = affine_base([int(v) for v in size[2:]], bool(attrs["align_corners"]))
     grid = np.einsum("...j,nij->n...i", base, theta.astype(np.float64))
     return [as_dtype(grid, ctx)]
 
