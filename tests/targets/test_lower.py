@@ -8,10 +8,11 @@ import re
 
 import numpy as np
 import pytest
-from codegen_helpers import check_model, onnx_model
+from codegen_helpers import check_model, compare, onnx_model, run_vm
 from onnx import TensorProto as T
 from onnx import helper
 
+from ember.compiler import interp
 from ember.compiler.importer import import_proto
 from ember.targets import build, resolve_target
 from ember.targets.lower import LoweringError
@@ -331,7 +332,21 @@ def test_quantized_ops(rng: np.random.Generator) -> None:
         "ms": np.float32(0.5), "mz": np.int8(2),
     }
     model = onnx_model(nodes, [("x", F, ["N", 3, 5, 5]), ("aq", U8, ["N", 6])], inits, opset=21)
-    check_model(model, rng, BATCHES)
+    # The requantized outputs (an f32 product rounded to an integer, the interpreter's in f64)
+    # may differ by one where the product lands within f32 rounding of a tie, as onnxruntime's
+    # own tests allow; every other output is exact.
+    graph = import_proto(model)
+    built = build(graph, resolve_target("cpu"))
+    requantized = ("qconv", "qmm")
+    for dims in BATCHES:
+        feeds = interp.random_feeds(graph, rng, dims)
+        got, want = run_vm(built, graph, feeds), interp.run(graph, feeds)
+        compare({k: v for k, v in got.items() if k not in requantized}, {k: v for k, v in want.items() if k not in requantized},
+                f"dims {dims}")
+        for name in requantized:
+            assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+            diff = np.abs(got[name].astype(np.int64) - want[name].astype(np.int64))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.02, f"dims {dims}: {name}: {int(diff.max())}, {(diff > 0).sum()} off"
 
 
 def test_dynamic_quantization_matches_onnxruntime(rng: np.random.Generator) -> None:
