@@ -347,11 +347,18 @@ def _reduce(extent: int, name: str) -> Any:
 # at that size against 1.20x with 8, but at 1.48x against 1.13x at 320 x 256 (a 16-wide map in
 # blocks of 14 computes 28 columns): 8 holds up at every size.
 SYMBOLIC_COLUMN_BLOCK = 8
+# Where a tile holds 14 columns (AVX-512's 32 registers), a symbolic image width is computed in
+# whole blocks of 7 instead, and sched_nchwc.ConvNCHWc tiles them two at a time: every full
+# tile (a row's whole pairs) runs unpredicated, its copy split off at run time
+# (lowering.split_full_tiles), and a row's odd block, if any, runs predicated. Against blocks of
+# 8 (16 accumulators), ResNet-18's maps at 224 x 224 (7, 14, 28, 56 wide) need no extra columns.
+PAIRED_COLUMN_BLOCK = 7
 WINDOW_COLUMN_CAP = 8  # sched_nchwc.WindowNCHWc's default register row
 
 
-def column_block_for(cob: int, plain_input: bool, depthwise: bool) -> int:
-    """The whole-block width of a conv over a symbolic width, for the current target:
+def column_block_for(cob: int, plain_input: bool, depthwise: bool, image: bool) -> int:
+    """The whole-block width of a conv over a symbolic width, for the current target: over an
+    image (more than one row) with room for two blocks in a tile, PAIRED_COLUMN_BLOCK; else
     SYMBOLIC_COLUMN_BLOCK within sched_nchwc's column cap. (Also over a 1-d signal thousands of
     samples long: wav2vec2's 256 -> 256 stride-2 conv over 6399 samples ran 17.3 ms in blocks
     of 8, 19.0 ms in blocks of 14.)"""
@@ -365,6 +372,8 @@ def column_block_for(cob: int, plain_input: bool, depthwise: bool) -> int:
     regs = sc.vector_registers(target) if target is not None else 16
     nv = 2 if cob % 2 == 0 else 1
     cap = max(4, (regs - nv - 2) // nv if not plain_input else regs // 2 // nv)
+    if image and cap >= 2 * PAIRED_COLUMN_BLOCK:
+        return PAIRED_COLUMN_BLOCK
     return min(cap, SYMBOLIC_COLUMN_BLOCK)
 
 
@@ -463,7 +472,8 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
                   dilation=[int(v) for v in at.dilation], out_hw=out_hw)
     cob, bi = int(call.args[1].ty.shape.values[0]), int(call.args[1].ty.shape.values[4])
     depthwise = int(at.groups) > 1
-    block = column_block_for(cob, bi == 1, depthwise)
+    rows = out_hw[0]
+    block = column_block_for(cob, bi == 1, depthwise, not (isinstance(rows, (int, tirx.IntImm)) and int(rows) == 1))
     if depthwise:
         return bb.call_te(depthwise_nchwc, call.args[0], call.args[1], **kwargs, column_block=block,
                           primfunc_name_hint="depthwise_nchwc")

@@ -45,6 +45,7 @@ from tvm.target import Target
 
 from ember.targets import sched_common as sc
 from ember.targets.blocked import LAYOUT_ATTR
+from ember.targets.lowering import FULL_TILES
 from ember.targets.sched_conv import SPATIAL_CHUNKS, SYMBOLIC_EXTENT, _column_block, _window_bands, activations_heavier
 
 PAD_PREFIXES = ("pad_nchwc", "pad_temp")  # the padding stages: ours and TOPI pooling's
@@ -328,9 +329,15 @@ class ConvNCHWc:
             if cap < 1 or cap * nv > regs - nv - 1:
                 return None
         xr = _column_block(width, cap) if cap >= 4 else min(cap, width)
+        # Over a symbolic width in whole blocks with room for two in the registers (blocked.
+        # PAIRED_COLUMN_BLOCK), a tile takes two blocks; lowering.split_full_tiles runs the full
+        # tiles and a row's odd block without column predicates.
+        paired = symbolic and width != SYMBOLIC_EXTENT and 2 * xr <= cap and sc.knob(func, "xr") is None
+        if paired:
+            xr *= 2
         fo, fv = sch.split(f.loop_rv, [None, nv]) if f is not None else (None, None)
         xo, xi = sch.split(x.loop_rv, [None, xr])
-        if symbolic:  # (a width not in whole blocks: full column blocks, then the ragged one)
+        if symbolic and not paired:  # (a width not in whole blocks: full column blocks, then the ragged one)
             sch.annotate(xo, "pragma_loop_partition_hint", 1)
         reads = sc.reads(sch, anchor.block_rv)
         data_buf, w_buf = reads[0][0], reads[1][0]
@@ -344,13 +351,13 @@ class ConvNCHWc:
         heavier = activations_heavier(w_buf, data_buf, out_buf, y is not None and not isinstance(y.dom, int))
         banded = bool(parts) and bool(sc.knob(func, "banded", heavier))
         kb = None
-        # (its threads take whole panels: only where there are enough of them; over a symbolic
-        # width, only in whole column blocks, and not along a signal of one row, which may be
-        # thousands of samples long: wav2vec2's 256-channel convs over 6399 samples had 13 MB
-        # of partial sums a panel, the model 0.89 -> 1.06x onnxruntime)
+        # (its threads take whole panels: only where there are enough of them, and not over a
+        # symbolic width, whose chunks would be sized for a guess: a dynamic ResNet-18 at 320 x
+        # 256 ran 1.55x onnxruntime with chunks sized for 14 x 14 maps, 1.13x in one pass (1
+        # thread); along a signal of one row, thousands of samples long, wav2vec2's 256-channel
+        # convs had 13 MB of partial sums a panel, the model 0.89 -> 1.06x onnxruntime)
         rows = _typical(y, TYPICAL_SIDE)
-        if (not banded and f is not None and cob // nv >= sc.num_cores(target) and width != SYMBOLIC_EXTENT
-                and (rows > 1 or not symbolic)):
+        if not banded and f is not None and cob // nv >= sc.num_cores(target) and not symbolic:
             block_bytes = nv * _extent(ry) * kw * _extent(rci) * _extent(o) * 4  # one input block's weight
             pixels = _typical(n, 1) * rows * _typical(x, TYPICAL_SIDE)
             tiles = _typical(n, 1) * rows * -(-_typical(x, TYPICAL_SIDE) // xr)
@@ -358,7 +365,7 @@ class ConvNCHWc:
                                    pixels * nv * _extent(o) * 4)
         if kb is not None:
             try:
-                blocked = _reduction_blocked(func, target, nv, xr, kb, symbolic or not all(
+                blocked = _reduction_blocked(func, target, nv, xr, kb, not all(
                     isinstance(it.dom, int) for it in (n, y) if it is not None))
             except Exception:  # (a form the chunked schedule does not take: one pass below)
                 blocked = None
@@ -399,6 +406,8 @@ class ConvNCHWc:
         first = next((lp for lp in reds if lp is not None), None)
         if first is not None:
             sch.decompose_reduction(anchor.block_rv, first)
+        if paired:
+            sch.annotate(xo, FULL_TILES, xr)
         return sch
 
     def knob_space(self, func: tirx.PrimFunc, target: Target) -> dict[str, list[int]]:

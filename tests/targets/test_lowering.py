@@ -70,3 +70,83 @@ def test_matmul_takes_24_accumulators_with_a_packed_weight() -> None:
     assert _tile(16, 32, 2, 197, 4, ragged_ok=True, packed_b=True) == (7, 2)
     assert _tile(8, 16, 48, 128, 4, packed_b=True) == (4, 2)
     assert _tile(16, 32, 48, 128, 4, packed_b=False) == (4, 3)
+
+
+# --- full tiles split off a loop over a symbolic number of columns ----------------------------
+
+def column_tiles(block: int, tile: int = 14) -> tvm.IRModule:
+    """B = A * 2 over `wide` = W rounded up to whole blocks of `block` rows (as the blocked conv
+    computes a symbolic width), in tiles of `tile` rows (the loop annotated FULL_TILES); `N`
+    carries W (a buffer's extent binds it)."""
+    w = tvm.tirx.Var("W", "int64")
+    wide = (w + block - 1) // block * block
+    a = te.placeholder((wide, 16), "float32", name="A")
+    n = te.placeholder((w,), "float32", name="N")
+    b = te.compute((wide, 16), lambda x, i: a[x, i] * 2.0, name="B")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, n, b]).with_attr("global_symbol", "main"))
+    x, i = sch.get_loops(sch.get_sblock("B"))
+    xo, xi = sch.split(x, [None, tile])
+    sch.unroll(xi)
+    sch.vectorize(i)
+    sch.annotate(xo, lowering.FULL_TILES, tile)
+    return sch.mod
+
+
+SPLIT_HALVES = '''
+    for x_0 in range(((W + T.int64(6)) // T.int64(7) * T.int64(7) + T.int64(13)) // T.int64(14)):
+        if (x_0 + T.int64(1)) * T.int64(14) <= (W + T.int64(6)) // T.int64(7) * T.int64(7):
+            for x_1 in T.unroll(T.int64(14)):
+                for i in T.vectorized(16):
+                    with T.sblock("B"):
+                        v_x = T.axis.spatial((W + T.int64(6)) // T.int64(7) * T.int64(7), x_0 * T.int64(14) + x_1)
+                        v_i = T.axis.spatial(16, i)
+                        T.reads(A[v_x, v_i])
+                        T.writes(B[v_x, v_i])
+                        B[v_x, v_i] = A[v_x, v_i] * T.float32(2.0)
+        else:
+            for x_1_last in T.unroll(T.int64(7)):
+                for i_last in T.vectorized(16):
+                    with T.sblock("B"):
+                        v_x = T.axis.spatial((W + T.int64(6)) // T.int64(7) * T.int64(7), x_0 * T.int64(14) + x_1_last)
+                        v_i = T.axis.spatial(16, i_last)
+                        T.reads(A[v_x, v_i])
+                        T.writes(B[v_x, v_i])
+                        B[v_x, v_i] = A[v_x, v_i] * T.float32(2.0)'''
+
+
+def _loops(mod: tvm.IRModule) -> str:
+    text = mod["main"].script()
+    return text[text.index("\n    for"):].rstrip()
+
+
+def test_split_full_tiles_ir() -> None:
+    """Whole blocks of 7 in tiles of 14: the full tiles run without the column predicate, and
+    the last tile, which then holds exactly one block, over 7 columns without it either; its
+    loops get fresh variables. Unannotated, the loop keeps its predicate."""
+    mod = column_tiles(7)
+    assert "T.where(x_0 * T.int64(14) + x_1 < " in _loops(mod)
+    assert _loops(lowering.split_full_tiles(mod)) == SPLIT_HALVES
+
+
+def test_split_full_tiles_keeps_a_ragged_last_tile_predicated() -> None:
+    """Blocks of 5 in tiles of 14: the last tile holds 1 to 13 columns, so only the full tiles
+    lose the predicate."""
+    text = _loops(lowering.split_full_tiles(column_tiles(5)))
+    full, last = text.split("else:")
+    assert "if (x_0 + T.int64(1)) * T.int64(14) <= (W + T.int64(4)) // T.int64(5) * T.int64(5):" in full
+    assert "T.where" not in full and "T.unroll(T.int64(14))" in full
+    assert "T.where(x_0 * T.int64(14) + x_1 < (W + T.int64(4)) // T.int64(5) * T.int64(5))" in last
+    assert "T.unroll(T.int64(14))" in last
+
+
+@pytest.mark.parametrize("block", [7, 5])
+def test_split_full_tiles_answers(block: int, rng: np.random.Generator) -> None:
+    """Built with ember's pipeline, the kernel computes every row at widths with no full tile,
+    with a last tile and without one."""
+    lib = tvm.tirx.build(column_tiles(block), target="llvm", pipeline=lowering.PIPELINE)
+    for width in (1, 6, 7, 8, 13, 14, 15, 20, 21, 28, 29, 50):
+        wide = -(-width // block) * block
+        a = rng.standard_normal((wide, 16)).astype(np.float32)
+        out = tvm.runtime.tensor(np.full((wide, 16), np.nan, np.float32))
+        lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(np.zeros(width, np.float32)), out)
+        np.testing.assert_array_equal(out.numpy(), a * 2, err_msg=f"width {width}")
