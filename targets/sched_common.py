@@ -108,6 +108,18 @@ def vector_registers(target: Target) -> int:
     return 16
 
 
+# CPUs that execute a 512-bit FMA as two 256-bit halves: one 16-lane FMA a cycle, half the rate
+# of Intel's AVX-512 cores (tools/peak.py, one thread: 120.9 GFLOP/s on a Zen 4 EPYC, 226.5 on
+# an Intel one).
+HALF_RATE_AVX512 = ("znver4",)
+
+
+def full_rate_fma(target: Target) -> bool:
+    """Whether the CPU retires two full-width vector FMAs a cycle (not a Zen 4 running AVX-512
+    in halves). Where it does not, a conv's compute hides its weight's traffic from L2."""
+    return not (vector_bits(target) == 512 and str(target.attrs.get("mcpu", "")) in HALF_RATE_AVX512)
+
+
 def num_cores(target: Target) -> int:
     """Cores the target says it has (`num-cores`), else 1 (parallel loops still split work)."""
     return int(target.attrs.get("num-cores", 0) or 1)

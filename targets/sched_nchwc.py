@@ -351,13 +351,16 @@ class ConvNCHWc:
         heavier = activations_heavier(w_buf, data_buf, out_buf, y is not None and not isinstance(y.dom, int))
         banded = bool(parts) and bool(sc.knob(func, "banded", heavier))
         kb = None
-        # (its threads take whole panels: only where there are enough of them, and not over a
+        # (its threads take whole panels: only where there are enough of them; not over a
         # symbolic width, whose chunks would be sized for a guess: a dynamic ResNet-18 at 320 x
         # 256 ran 1.55x onnxruntime with chunks sized for 14 x 14 maps, 1.13x in one pass (1
         # thread); along a signal of one row, thousands of samples long, wav2vec2's 256-channel
-        # convs had 13 MB of partial sums a panel, the model 0.89 -> 1.06x onnxruntime)
+        # convs had 13 MB of partial sums a panel, the model 0.89 -> 1.06x onnxruntime. And only
+        # where the FMAs outrun L2: on a Zen 4, whose AVX-512 FMAs run at half rate, chunks
+        # cost ResNet-18 0.98 -> 1.12x onnxruntime and ResNet-50 0.96 -> 1.00x at 2 threads)
         rows = _typical(y, TYPICAL_SIDE)
-        if not banded and f is not None and cob // nv >= sc.num_cores(target) and not symbolic:
+        chunks_pay = sc.full_rate_fma(target) if sc.knob(func, "kb") is None else sc.knob(func, "kb") != 0
+        if not banded and f is not None and cob // nv >= sc.num_cores(target) and not symbolic and chunks_pay:
             block_bytes = nv * _extent(ry) * kw * _extent(rci) * _extent(o) * 4  # one input block's weight
             pixels = _typical(n, 1) * rows * _typical(x, TYPICAL_SIDE)
             tiles = _typical(n, 1) * rows * -(-_typical(x, TYPICAL_SIDE) // xr)
