@@ -27,6 +27,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+import tvm
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -150,16 +152,44 @@ def _ragged_rfactor(sch: s_tir.Schedule, block: Any, lanes: int) -> None:
 
 def _contiguous_inner(sch: s_tir.Schedule, block: Any) -> bool:
     """Whether every read is contiguous (or constant) along the block's innermost iter, so a
-    vector of outputs reads vectors, not gathers (a transpose is not)."""
+    vector of outputs reads vectors, not gathers (a transpose is not). A read at an offset
+    (`x[i, j + 768]`: a Split's second output, a Slice) is contiguous too, unless the block
+    chooses between reads by that iter (a Concat's if_then_else: a vector would load every
+    branch, past their bounds)."""
     ivs = sc.iter_vars(sch, block)
     if not ivs:
         return False
     last = ivs[-1][0]
+    offset = False
     for _, idx in sc.reads(sch, block):
         for n, e in enumerate(idx):
-            if sc.uses(e, last) and (n != len(idx) - 1 or not (isinstance(e, tirx.Var) and e.same_as(last))):
+            if not sc.uses(e, last):
+                continue
+            if n != len(idx) - 1:
                 return False
-    return True
+            if not (isinstance(e, tirx.Var) and e.same_as(last)):
+                if not (isinstance(e, (tirx.Add, tirx.Sub)) and isinstance(e.a, tirx.Var) and e.a.same_as(last)
+                        and not sc.uses(e.b, last)):
+                    return False
+                offset = True
+    return not offset or not _chooses_by(sch.get(block).body, last)
+
+
+def _chooses_by(stmt: Any, var: tirx.Var) -> bool:
+    """Whether `stmt` holds an if_then_else or select whose condition uses `var`."""
+    found: list[bool] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tirx.Select):
+            condition = node.condition
+        elif str(getattr(node.op, "name", "")).endswith("if_then_else"):
+            condition = node.args[0]
+        else:
+            return
+        found.append(sc.uses(condition, var))
+
+    tvm_ffi.structural_walk(stmt, [((tvm.ir.Call, tirx.Select), visit)])
+    return any(found)
 
 
 PARALLEL_MIN = 16384  # elements below which an elementwise kernel stays on one thread
