@@ -227,8 +227,8 @@ def _reduction_blocks(func: tirx.PrimFunc, panel_bytes: int, block_bytes: int, c
     return small[-1] if small else (fitting[0] if fitting else None)
 
 
-# A symbolic batch, height or width (a dynamic batch or image size) counts as this for the
-# chunks' choice: a deep stage's maps at the input sizes CNNs are run at (7 to 20 pixels a side
+# A symbolic batch or height (a dynamic batch or image size; a symbolic width takes no chunks)
+# counts as this for the chunks' choice: a deep stage's maps at the input sizes CNNs are run at (7 to 20 pixels a side
 # at 224 to 640; the partial sums then spill from L2 to L3 at worst, and stay correct).
 TYPICAL_SIDE = 14
 
@@ -362,8 +362,8 @@ class ConvNCHWc:
         chunks_pay = sc.full_rate_fma(target) if sc.knob(func, "kb") is None else sc.knob(func, "kb") != 0
         if not banded and f is not None and cob // nv >= sc.num_cores(target) and not symbolic and chunks_pay:
             block_bytes = nv * _extent(ry) * kw * _extent(rci) * _extent(o) * 4  # one input block's weight
-            pixels = _typical(n, 1) * rows * _typical(x, TYPICAL_SIDE)
-            tiles = _typical(n, 1) * rows * -(-_typical(x, TYPICAL_SIDE) // xr)
+            pixels = _typical(n, 1) * rows * _extent(x)
+            tiles = _typical(n, 1) * rows * -(-_extent(x) // xr)
             kb = _reduction_blocks(func, block_bytes * _extent(rco), block_bytes, _extent(rco), tiles,
                                    pixels * nv * _extent(o) * 4)
         if kb is not None:

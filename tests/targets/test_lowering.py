@@ -1,9 +1,14 @@
-"""ember's TIR lowering pipeline keeps register tiles of up to STACK_TILE_BYTES on the stack.
+"""ember's TIR lowering pipeline keeps register tiles of up to STACK_TILE_BYTES on the stack,
+and splits full tiles off a loop over a symbolic number of columns.
 
 TVM's own lowering turns a tile of 1024 bytes or more into TVMBackendAllocWorkspace (a heap
 pointer LLVM spills every accumulator through); ember's pipeline leaves it an alloca. Checked on
 the LLVM IR of a scheduled kernel and on its answers with a 4 KB tile; and the matmul rule's
-choice of a 24-accumulator tile (1536 bytes), which relies on it."""
+choice of a 24-accumulator tile (1536 bytes), which relies on it.
+
+`split_full_tiles`: the exact IR it makes of an annotated tile loop (full tiles and a half last
+tile without column predicates; a ragged last tile kept predicated), and the built kernel's
+answers at widths with and without full tiles and a last one."""
 
 from __future__ import annotations
 
