@@ -403,8 +403,13 @@ class ConvBlocked:
         sch.transform_layout(anchor.block_rv, ("write", 0), _tile_fold(sch, anchor, conv, xr, nv * vec), assume_injective_transform=True)
         if epilogue is not None:
             try:
+                if not _same_shape(sch.get(epilogue).writes[0].source, out_buf):
+                    # (an epilogue over part of the output, a channel slice: inlined, TVM 0.27
+                    # kept only the slice's bound in the write-back's predicate and dropped the
+                    # columns', writing past each row)
+                    raise ValueError("the epilogue covers part of the output")
                 sch.reverse_compute_inline(epilogue)
-            except Exception:  # an epilogue that reshapes: its own vectorized loop nest
+            except Exception:  # an epilogue that reshapes or slices: its own vectorized loop nest
                 sc.vectorize_inner(sch, epilogue, lanes, sc.num_cores(target))
         if banded and not outer_loops:
             # Split into bands only now, so the write-back gets the split's row predicate too:
@@ -430,6 +435,10 @@ class ConvBlocked:
             _unroll_below(sch, acc, xo)
         sch.decompose_reduction(anchor.block_rv, reds[0])
         return sch
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    return len(a.shape) == len(b.shape) and all(sym.Analyzer().can_prove(x == y) for x, y in zip(a.shape, b.shape))
 
 
 # Arithmetic operations per element above which a conv's epilogue is computed on vectors (GELU's
