@@ -87,12 +87,12 @@ def split_full_tiles(func: tirx.PrimFunc, _mod: Any, _ctx: Any) -> tirx.PrimFunc
         columns = _columns(loop.body, loop.loop_var)
         if columns is not None:
             var = loop.loop_var
-            full = (var + tirx.const(1, var.ty.dtype)) * tirx.const(tile, var.ty.dtype) <= columns
+            one, size = tirx.const(1, var.ty.dtype), tirx.const(tile, var.ty.dtype)
+            full = (var + one) * size <= columns
             last = body
             analyzer = sym.Analyzer()
-            one = tirx.const(1, var.ty.dtype)
             if (tile % 2 == 0 and analyzer.can_prove(tirx.floormod(columns, tile // 2) == 0)
-                    and analyzer.can_prove(loop.extent == tirx.floordiv(columns + tirx.const(tile, var.ty.dtype) - one, tile))):
+                    and analyzer.can_prove(loop.extent == tirx.floordiv(columns + size - one, size))):
                 last = _in_range(_narrowed(body, var, tile, tile // 2), var, tile, tile // 2, columns)
             body = tirx.IfThenElse(full, _in_range(body, var, tile, tile, columns), last)
         return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, rest,
@@ -103,9 +103,8 @@ def split_full_tiles(func: tirx.PrimFunc, _mod: Any, _ctx: Any) -> tirx.PrimFunc
 
 
 def _uses(expr: Any, var: Any) -> bool:
-    hits: list[bool] = []
-    tvm_ffi.structural_walk(expr, [(tvm.ir.expr.Var, lambda v: hits.append(v.same_as(var)))])
-    return any(hits)
+    """Whether an expression mentions a variable (as sched_common.uses, which imports this module)."""
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
 
 
 def _column_values(body: Any, var: Any) -> list[tuple[Any, Any]]:
