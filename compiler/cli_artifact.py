@@ -110,11 +110,14 @@ def _echo_rows(rows: list[Any]) -> bool:
 @click.option("--layout", type=click.Choice(["auto", "nchw"]), default="auto", show_default=True,
               help="activations between CNN kernels: auto = the target's blocked layout (NCHW16c on AVX-512, "
                    "NCHW8c on AVX2; NCHW on ARM), nchw = ONNX's layout throughout")
+@click.option("--conv", "conv", type=click.Choice(["auto", "direct"]), default="auto", show_default=True,
+              help="convolution algorithm: auto = Winograd F(4x4,3x3) for the blocked 3x3 stride-1 convs it speeds "
+                   "up (answers equal up to fp32 rounding), direct = every conv computed directly")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, pass_options: dict[str, Any],
             emit_onnx: Path | None, verify: bool, rtol: float, atol: float, sample_path: Path | None,
             tune_budget: str | None, tune_db: Path | None, specialize: tuple[str, ...], no_specialize: bool,
-            layout: str) -> None:
+            layout: str, conv: str) -> None:
     """Compile an ONNX model into an artifact directory.
 
     The built module is checked against the reference interpreter on a sample (and against
@@ -136,7 +139,7 @@ def compile(model: Path, output: Path | None, target: str, passes: str | None, p
         pass_options["check_each"] = sample
     result = driver.compile_model(model, output, target=target, passes=passes, pass_options=pass_options,
                                   verify=verify, rtol=rtol, atol=atol, sample=sample, echo=click.echo, tune=tune,
-                                  specialize=fixed, layout=layout)
+                                  specialize=fixed, layout=layout, conv=conv)
     if result.records:
         from ember.compiler.passmanager import summary_table
 

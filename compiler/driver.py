@@ -128,6 +128,7 @@ def checked(rows: list[Comparison], what: str, echo: Callable[[str], None]) -> l
 
 
 LAYOUTS = ("auto", "nchw")  # `compile_model(layout=)`, `ember compile --layout`
+CONV_ALGORITHMS = ("auto", "direct")  # `compile_model(conv=)`, `ember compile --conv`
 
 
 def compile_model(
@@ -146,6 +147,7 @@ def compile_model(
     tune: TuneOptions | None = None,
     specialize: Sequence[Mapping[str, int]] | None = None,
     layout: str = "auto",
+    conv: str = "auto",
 ) -> CompileResult:
     """Compile an ONNX model into an artifact directory (default `<model>.ember`).
 
@@ -158,6 +160,8 @@ def compile_model(
     `tune`: a targets.tune.TuneOptions (search schedules within a budget, records in a database).
     `layout`: "auto" keeps CNN activations in the target's blocked layout (NCHW{b}c, README),
     "nchw" keeps ONNX's layout throughout (for comparisons and debugging).
+    `conv`: "auto" computes the 3x3 stride-1 convs that it speeds up by Winograd's F(4x4, 3x3)
+    (targets/winograd.py; answers equal up to fp32 rounding), "direct" every conv directly.
     `specialize`: symbolic dims to build extra libraries for ([{"N": 1}]; each is the model
     imported with those dims static, compiled and checked like the generic one); None: the
     default (`default_specializations`), [] for none.
@@ -187,7 +191,9 @@ def compile_model(
     start = time.perf_counter()
     if layout not in LAYOUTS:
         raise EmberError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
-    built = build(optimized, spec, tune=tune, blocked=layout == "auto")
+    if conv not in CONV_ALGORITHMS:
+        raise EmberError(f"unknown conv algorithm {conv!r}; use one of {', '.join(CONV_ALGORITHMS)}")
+    built = build(optimized, spec, tune=tune, blocked=layout == "auto", winograd=conv == "auto")
     seconds["build"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -209,7 +215,7 @@ def compile_model(
         fixed_graph = import_model(model, dims=fixed)
         fixed_opt, _, _ = run_passes(fixed_graph, passes, {k: v for k, v in (pass_options or {}).items()
                                                            if k in ("check_each", "reproducer_dir")})
-        fixed_built = build(fixed_opt, spec, tune=tune, blocked=layout == "auto")
+        fixed_built = build(fixed_opt, spec, tune=tune, blocked=layout == "auto", winograd=conv == "auto")
         if all(dims.get(k) == v for k, v in fixed.items()):
             fixed_feeds, fixed_ref = feeds, reference
         else:
@@ -243,6 +249,7 @@ def compile_model(
         "kernel_dims": dims,
         "kernel_launches": built.launches,
         "activation_layout": f"NCHW{built.block_lanes}c" if built.block_lanes else "NCHW",
+        "conv_algorithm": conv,
         "tolerance": {"rtol": rtol, "atol": atol},
         "checks": checks,
         "checked_on": ran_on,

@@ -38,6 +38,7 @@ import numpy as np
 from tvm import relax, te, tirx
 
 from ember.compiler.ir import Graph, Node, TensorType
+from ember.targets import winograd
 from ember.targets.emit_common import TVM_DTYPE, Lowering, R, const, in_type, out_type
 
 LAYOUT_ATTR = "ember_nchwc"  # block annotation of the blocked conv and depthwise computes
@@ -69,6 +70,7 @@ class Plan:
 
     lanes: int
     nodes: set[str] = field(default_factory=set)
+    winograd: bool = True  # 3x3 convs that qualify take the Winograd form (targets/winograd.py)
     values: dict[str, int] = field(default_factory=dict)
 
 
@@ -520,6 +522,14 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
         # reshape over a dynamic image size divided a flat index by H * W for every element)
         data = lw.values[node.inputs[0]] if bi > 1 else R.expand_dims(lw.arg(node.inputs[0]), [2, 4] if one_d else [-1])
         packed = weight.reshape(co // bo, bo, ci // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1)
+        out_hw = tuple(view4(y_t.shape, y_t.rank)[2:])
+        if (lw.plan.winograd and not one_d
+                and winograd.applies(list(at["kernel_shape"]), strides, dilations, at["group"], ci, co, bi, out_hw,
+                                     winograd.tiles(x_t.shape[0], out_hw))):
+            u = const(winograd.transform_weight(weight, bi, bo))
+            y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=out_hw,
+                              primfunc_name_hint="conv2d_winograd")
+            return _bias_nchwc(lw, node, y, co, bo)
     else:  # depthwise: [C/b, 1, KH, KW, 1, b]
         bi = lw.blocked[node.inputs[0]]
         data = lw.values[node.inputs[0]]
@@ -527,6 +537,11 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
     y = R.nn.conv2d(data, const(np.ascontiguousarray(packed)), strides=strides, padding=pads,
                     dilation=dilations, groups=at["group"], data_layout=f"NCHW{bi}c",
                     kernel_layout=f"OIHW{1 if at['group'] > 1 else bi}i{bo}o", out_layout=f"NCHW{bo}c")
+    return _bias_nchwc(lw, node, y, co, bo)
+
+
+def _bias_nchwc(lw: Lowering, node: Node, y: relax.Expr, co: int, bo: int) -> relax.Expr:
+    """A conv's output plus its constant bias (if it has one), laid out as blocks."""
     if len(node.inputs) > 2 and node.inputs[2]:
         bias = np.asarray(lw.const_of(node.inputs[2])).reshape(1, co, 1, 1)
         y = R.add(y, const(pack_activation(bias, bo)))

@@ -73,9 +73,9 @@ def schedule_rules(target: TargetSpec) -> list[Any]:
     """
     from tvm.s_tir import dlight as dl
 
-    from ember.targets import sched_attention, sched_conv, sched_matmul, sched_nchwc, sched_reduce
+    from ember.targets import sched_attention, sched_conv, sched_matmul, sched_nchwc, sched_reduce, sched_winograd
 
-    return [*sched_nchwc.RULES, *sched_attention.RULES, *sched_matmul.RULES, *sched_conv.CONV_RULES, *sched_reduce.RULES,
+    return [*sched_winograd.RULES, *sched_nchwc.RULES, *sched_attention.RULES, *sched_matmul.RULES, *sched_conv.CONV_RULES, *sched_reduce.RULES,
             dl.cpu.GEMV(), dl.cpu.Reduction()]
 
 
@@ -275,16 +275,18 @@ def block_lanes(target: TargetSpec) -> int:
     return lanes if lanes >= 8 else 0
 
 
-def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None, blocked: bool = True) -> Built:
+def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None, blocked: bool = True,
+          winograd: bool = True) -> Built:
     """Lower, optimize and compile a graph for a target.
 
     `tune`: search schedules within a budget (targets/tune.py); with None, records of the
     default tuning database that beat the rules are still applied. `blocked`: keep CNN
-    activations in the blocked layout where the target has one (targets/blocked.py)."""
+    activations in the blocked layout where the target has one (targets/blocked.py).
+    `winograd`: blocked 3x3 convs that qualify take the Winograd form (targets/winograd.py)."""
     stats: dict[str, float] = {}
     start = time.perf_counter()
     lanes = block_lanes(target) if blocked else 0
-    mod = to_relax(graph, lanes)
+    mod = to_relax(graph, lanes, winograd=winograd)
     stats["lower_s"] = time.perf_counter() - start
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()

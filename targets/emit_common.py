@@ -43,6 +43,9 @@ class Lowering:
         self.consts = consts
         self.contents = contents or {}  # known (symbolic) contents of small integer tensors
         self.primitive = primitive  # lowering the body of a primitive (fused) function
+        # The builder whose module receives TE kernels (`kernels.call_te`): the outermost one,
+        # so a primitive function's call_tir names a PrimFunc of the module being built.
+        self.kernels = bb
         self.values: dict[str, relax.Expr] = {}
         # The blocked layout (targets/blocked.py): the plan, the values held as [N, C/b, H, W, b]
         # (their block), plain copies made of them and blocked copies made of plain values.

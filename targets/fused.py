@@ -100,6 +100,7 @@ def primitive_function(lw: Lowering, node: Node, blocked: bool = False) -> tuple
     known.update((c.name, c.data) for c in body.consts)
     inner = Lowering(sub, lw.dims, body, known, primitive=True)
     inner.plan = lw.plan
+    inner.kernels = lw.kernels
     params, args = [], []
     for value, outer in zip(body.inputs, node.inputs):
         shape = lw.shape(value.type)

@@ -152,10 +152,10 @@ def live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
     return list(reversed(live))
 
 
-def to_relax(graph: Graph, block_lanes: int = 0) -> tvm.IRModule:
+def to_relax(graph: Graph, block_lanes: int = 0, winograd: bool = True) -> tvm.IRModule:
     """An IRModule whose `main` computes the graph's outputs from its inputs; with
     `block_lanes` (the target's float vector lanes), CNN activations are kept in the blocked
-    layout (targets/blocked.py)."""
+    layout (targets/blocked.py); `winograd`: its 3x3 convs that qualify in the Winograd form."""
     from ember.targets import blocked
 
     missing = missing_emitters(graph)
@@ -172,6 +172,7 @@ def to_relax(graph: Graph, block_lanes: int = 0) -> tvm.IRModule:
         params.append(relax.Var(value.name, relax.TensorType(shape, TVM_DTYPE[value.type.dtype])))
     lw = Lowering(bb, dims, graph, {c.name: c.data for c in graph.consts}, tracked_values(graph))
     lw.plan = blocked.plan(graph, block_lanes)
+    lw.plan.winograd = winograd
     # A Relax If cannot sit in a dataflow block: a graph with one is lowered into a plain block.
     flow = any(n.op in ("If", "Loop") for n in graph.nodes)
     with bb.function("main", params):

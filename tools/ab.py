@@ -4,7 +4,8 @@
 
 Every artifact is loaded in this one process and run on the first artifact's bundled sample;
 the columns are timed in `--blocks` alternating blocks of `--runs` consecutive runs (so load from
-other processes hits every column alike), after 3 warm-up runs each. Prints the median latency
+other processes hits every column alike), after 3 warm-up runs each, with a pause before each
+block. Prints the median latency
 of each column and its ratio to the last column (onnxruntime when `--onnx` is given). For a
 change to ember, compile the model before and after it and compare the two artifacts here.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+PAUSE_S = 0.1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
             run()
     for _ in range(args.blocks):
         for name, run in columns:
+            # (a pause between blocks: onnxruntime's worker threads spin for a while after a
+            # run, and took the second core from the next column's first runs: a 3.4 ms conv
+            # timed after onnxruntime's block ran at its 1-thread speed, 6.8 ms)
+            time.sleep(PAUSE_S)
             for _ in range(args.runs):
                 start = time.perf_counter()
                 run()

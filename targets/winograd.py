@@ -1,0 +1,167 @@
+"""Winograd convolution F(m x m, 3 x 3) over the blocked layout (NCHWc).
+
+A 3x3 stride-1 conv computes each m x m tile of its output from an (m + 2) x (m + 2) tile of its
+input with (m + 2)^2 multiplies per input/output channel pair instead of 9 m^2 (F(4x4, 3x3):
+36 instead of 144, 4x fewer), at the price of transforms at both ends and a weight 4x larger
+(Lavin & Gray, https://arxiv.org/abs/1509.09308). With A, B, G the Cook-Toom matrices (TOPI's,
+from the interpolation points of Barabasz et al., chosen for fp32 accuracy):
+
+    V[e1, e2, ci, p] = (B^T d_p B)[e1, e2]               input transform, per tile p
+    U[e1, e2, ci, co] = (G g G^T)[e1, e2]                 weight transform: numpy, compile time
+    M[e1, e2, co, p] = sum_ci V[e1, e2, ci, p] U[e1, e2, ci, co]   36 independent matmuls
+    Y[co, tile p] = A^T M[.., co, p] A                   output transform, then the epilogue
+
+Laid out for the CPU (n = N * tiles, b the channel block):
+
+    V [a, a, CI/b, P, b]      (a tile's channel vector contiguous, as a pixel's in NCHWc)
+    U [a, a, CO/bo, CI/b, b, bo]
+    M [a, a, CO/bo, P, bo]    (the matmuls are 1x1 convs over the tiles: the same register
+                                tiles as sched_nchwc.ConvNCHWc)
+
+Each transform is two 1-d passes (rows, then columns: 2 x 6 x 6 short sums a tile instead of
+36 sums of up to 36 terms), each its own stage, computed per tile into registers by the
+schedule (sched_winograd). A pass is written out as explicit sums with the matrices' constants
+(zeros dropped, ones without a multiply), chosen among by `Select` on the transform's index,
+which the schedule unrolls: after unrolling, each output is its own short expression. (Written
+as one 2-d stage, a conv took 15 s to compile.)
+
+Where it is used (`applies`): a float 3x3 conv with stride 1, dilation 1 and one group over a
+blocked input with static sizes, enough channels that the transforms stay small against the
+matmuls, and enough tiles to amortize the larger weight (at batch 1 the 7 x 7 and 14 x 14 maps
+of a ResNet have 4 and 16 tiles: there the weight's traffic outweighs what the multiplies save).
+
+The answers differ from a direct conv's by rounding only: fp32 relative error about 3e-7
+(Barabasz et al.) for F(4, 3), measured by the tests against the interpreter.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from tvm import te, tirx
+
+TILE = 4  # m: outputs per tile side, F(4x4, 3x3)
+KERNEL = 3
+INPUT_ROWS_BLOCK = "wino_input_rows"
+INPUT_BLOCK = "wino_input"
+MATMUL_BLOCK = "wino_gemm"
+OUTPUT_COLUMNS_BLOCK = "wino_output_columns"
+OUTPUT_BLOCK = "wino_output"
+# Where it applies: at least this many tiles a call and channels in and out. Measured on a Zen
+# 4 (medians of 15-20, `tools/ab.py`): 3x3 convs 64 -> 64 at 56 x 56 0.38x the direct conv's
+# time, 128 at 28 x 28 0.35x, 256 at 14 x 14 (16 tiles) 0.43x, 32 -> 32 at 56 x 56 0.51x (0.83x
+# at 2 threads); in ResNet-18, taking the 7 x 7 maps too (4 tiles at batch 1, where the weight
+# is read 4x larger for 4 tiles) still ran 0.55 against 0.59x onnxruntime at 1 thread and
+# broke even at 2. Fewer channels (one channel block of 16) and single tiles are not taken:
+# not measured (the schedule expects every loop of the stages to be a loop).
+MIN_TILES = 4
+MIN_CHANNELS = 32
+
+
+def matrices(m: int = TILE, r: int = KERNEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(A [a, m], B [a, a], G [a, r]) of F(m, r), a = m + r - 1, float64."""
+    from tvm.topi.nn.winograd_util import _cook_toom_convolution, _interpolation_points
+
+    a, b, g = _cook_toom_convolution(_interpolation_points(m + r - 1), m, r)
+    return np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(g, np.float64)
+
+
+def applies(kernel: list[int], strides: list[int], dilations: list[int], group: int, ci: int, co: int,
+            bi: int, out_hw: tuple[Any, Any], tiles: Any) -> bool:
+    """Whether a blocked conv takes the Winograd form (module doc). (Every loop of the three
+    stages then has an extent above 1, as the schedule expects: two input channel blocks or
+    more, a map of two rows and columns or more.)"""
+    return (list(kernel) == [KERNEL, KERNEL] and list(strides) == [1, 1] and list(dilations) == [1, 1]
+            and group == 1 and bi > 1 and ci // bi >= 2 and isinstance(tiles, int) and tiles >= MIN_TILES
+            and ci >= MIN_CHANNELS and co >= MIN_CHANNELS and all(isinstance(d, int) and d >= 2 for d in out_hw))
+
+
+def tiles(batch: Any, out_hw: tuple[Any, Any], m: int = TILE) -> Any:
+    """Output tiles of a call (None where a size is symbolic)."""
+    if not all(isinstance(d, int) for d in (batch, *out_hw)):
+        return None
+    return batch * -(-out_hw[0] // m) * -(-out_hw[1] // m)
+
+
+def transform_weight(weight: np.ndarray, bi: int, bo: int, m: int = TILE) -> np.ndarray:
+    """OIHW [CO, CI, 3, 3] -> U [a, a, CO/bo, CI/bi, bi, bo] = G g G^T per channel pair (float64
+    arithmetic, stored in the weight's dtype)."""
+    _, _, g = matrices(m, weight.shape[-1])
+    u = np.einsum("ik,ockl,jl->ijoc", g, weight.astype(np.float64), g)  # [a, a, CO, CI]
+    a = u.shape[0]
+    co, ci = weight.shape[:2]
+    u = u.reshape(a, a, co // bo, bo, ci // bi, bi).transpose(0, 1, 2, 4, 5, 3)
+    return np.ascontiguousarray(u.astype(weight.dtype))
+
+
+def _linear(coefs: np.ndarray, terms: list[Any], dtype: str) -> Any:
+    """sum coefs[k] * terms[k], zero coefficients dropped, +-1 without a multiply."""
+    out = None
+    for c, t in zip((float(c) for c in coefs), terms):
+        if c == 0.0:
+            continue
+        if out is None:
+            out = t if c == 1.0 else -t if c == -1.0 else tirx.const(c, dtype) * t
+        elif abs(c) == 1.0:
+            out = out + t if c == 1.0 else out - t
+        else:
+            out = out + tirx.const(c, dtype) * t
+    return out if out is not None else tirx.const(0.0, dtype)
+
+
+def _select(index: Any, options: list[Any]) -> Any:
+    """options[index] as a chain of Selects (folded once the schedule unrolls `index`)."""
+    out = options[-1]
+    for k in range(len(options) - 2, -1, -1):
+        out = tirx.Select(index == k, options[k], out)
+    return out
+
+
+def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple[int, int], m: int = TILE) -> te.Tensor:
+    """out[n, fo, y, x, o] of the 3x3 stride-1 conv of data [N, CI/bi, H, W, bi] (pads [top,
+    left, bottom, right]) by the transformed weight U (transform_weight), as the three stages
+    of the module doc."""
+    from ember.targets.blocked import _i64, _padded
+
+    n, cib, h, w, bi = (int(d) for d in data.shape)
+    a, _, cob, _, _, bo = (int(d) for d in u.shape)
+    oh, ow = (int(d) for d in out_hw)
+    th, tw = -(-oh // m), -(-ow // m)
+    p_count = n * th * tw
+    dtype = str(data.dtype)
+    top, left = pads[0], pads[1]
+    # rows and columns the last tiles read: zero padding past the conv's own
+    padded = _padded(data, [top, left, th * m + a - m - h - top, tw * m + a - m - w - left])
+    _, bmat, _ = matrices(m, a - m + 1)
+    amat = matrices(m, a - m + 1)[0]
+    bt, at = bmat.T, amat.T  # [a, a] and [m, a]: row k gives output k's coefficients
+
+    def tile_of(p: Any) -> tuple[Any, Any, Any]:
+        return p // (th * tw), p % (th * tw) // tw, p % tw
+
+    def rows_transform(r: Any, e2: Any, c: Any, p: Any, k: Any) -> Any:  # d_p B, row r
+        i, ty, tx = tile_of(p)
+        return _select(e2, [_linear(bt[q], [padded[i, c, ty * m + r, tx * m + s, k] for s in range(a)], dtype)
+                            for q in range(a)])
+
+    rows = te.compute(_i64([a, a, cib, p_count, bi]), rows_transform, name=INPUT_ROWS_BLOCK)
+    v = te.compute(_i64([a, a, cib, p_count, bi]),
+                   lambda e1, e2, c, p, k: _select(e1, [_linear(bt[q], [rows[r, e2, c, p, k] for r in range(a)], dtype)
+                                                        for q in range(a)]),
+                   name=INPUT_BLOCK)
+    rc = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", cib)), "rc")
+    rk = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", bi)), "rk")
+    mm = te.compute(_i64([a, a, cob, p_count, bo]),
+                    lambda e1, e2, f, p, o: te.sum(v[e1, e2, rc, p, rk] * u[e1, e2, f, rc, rk, o], axis=[rc, rk]),
+                    name=MATMUL_BLOCK)
+    cols = te.compute(_i64([a, m, cob, p_count, bo]),  # M A, per row e1
+                      lambda e1, j, f, p, o: _select(j, [_linear(at[q], [mm[e1, e2, f, p, o] for e2 in range(a)], dtype)
+                                                         for q in range(m)]),
+                      name=OUTPUT_COLUMNS_BLOCK)
+
+    def output_transform(i: Any, f: Any, y: Any, x: Any, o: Any) -> Any:
+        p = i * (th * tw) + y // m * tw + x // m
+        return _select(y % m, [_linear(at[q], [cols[e1, x % m, f, p, o] for e1 in range(a)], dtype) for q in range(m)])
+
+    return te.compute(_i64([n, cob, oh, ow, bo]), output_transform, name=OUTPUT_BLOCK)

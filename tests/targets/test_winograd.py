@@ -1,0 +1,123 @@
+"""Winograd F(4x4, 3x3) convs (targets/winograd.py, sched_winograd.py): the transforms' algebra,
+which convs take the form, and their answers against the interpreter through the compiled
+kernels (ragged tiles, odd channel blocks, half-vector blocks, asymmetric and no padding,
+batches, epilogues)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from codegen_helpers import compare, onnx_model, run_vm
+from onnx import TensorProto as T
+from onnx import helper
+
+from ember.compiler import interp
+from ember.compiler.importer import import_proto
+from ember.compiler.passmanager import run_pipeline
+from ember.compiler.pipeline import DEFAULT_PIPELINE
+from ember.targets import build, resolve_target, winograd
+
+# fp32 sums of up to 9 x 64 products of O(1) values, transformed: F(4, 3)'s extra rounding is
+# about 3e-7 relative (targets/winograd.py), well inside the direct conv's tolerance.
+ATOL = 1e-4
+TARGETS = ["cpu", "x86-64-v3"]
+
+
+def _direct(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """A valid 3x3 correlation of one channel: x [H, W] * w [3, 3]."""
+    h, wd = x.shape[0] - 2, x.shape[1] - 2
+    return np.array([[np.sum(x[i:i + 3, j:j + 3] * w) for j in range(wd)] for i in range(h)])
+
+
+def test_transforms_compute_a_tile_of_the_conv(rng: np.random.Generator) -> None:
+    """Y = A^T [(G g G^T) . (B^T d B)] A is the tile's correlation, for both channels' blocks of
+    the packed weight (transform_weight's layout [a, a, CO/bo, CI/bi, bi, bo])."""
+    a_mat, b_mat, _ = winograd.matrices()
+    d = rng.standard_normal((6, 6))
+    weight = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    u = winograd.transform_weight(weight, bi=8, bo=16)
+    assert u.shape == (6, 6, 2, 2, 8, 16) and u.dtype == np.float32
+    for co, ci in ((0, 0), (17, 9), (31, 15)):
+        ug = u[:, :, co // 16, ci // 8, ci % 8, co % 16].astype(np.float64)
+        y = a_mat.T @ (ug * (b_mat.T @ d @ b_mat)) @ a_mat
+        np.testing.assert_allclose(y, _direct(d, weight[co, ci].astype(np.float64)), rtol=1e-5, atol=1e-5)
+
+
+def _model(ci: int, co: int, h: int, w: int, n: int, rng: np.random.Generator, pads: list[int],
+           epilogue: str = "relu", **attrs: object) -> object:
+    """x -> 1x1 conv (so the 3x3 conv reads a blocked input) -> 3x3 conv + bias -> epilogue."""
+    inits = {"w0": (rng.standard_normal((ci, 8, 1, 1)) * 0.3).astype(np.float32),
+             "w": (rng.standard_normal((co, ci, 3, 3)) / np.sqrt(9 * ci)).astype(np.float32),
+             "b": rng.standard_normal(co).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["x1"], kernel_shape=[1, 1]),
+             helper.make_node("Conv", ["x1", "w", "b"], ["c"], kernel_shape=[3, 3], pads=pads, **attrs)]
+    inputs = [("x", T.FLOAT, [n, 8, h, w])]
+    if epilogue == "relu":
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    else:  # a residual add, then relu (a ResNet block's end)
+        oh, ow = h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2
+        inputs.append(("r", T.FLOAT, [n, co, oh, ow]))
+        nodes += [helper.make_node("Add", ["c", "r"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    return onnx_model(nodes, inputs, inits)
+
+
+CASES = [  # (ci, co, h, w, batch, pads, epilogue)
+    (32, 32, 8, 8, 1, [1, 1, 1, 1], "relu"),  # 4 tiles, the fewest taken
+    (48, 48, 10, 13, 2, [1, 1, 1, 1], "residual"),  # ragged tiles; 3 channel blocks (one vector a tile)
+    (40, 40, 9, 9, 1, [0, 0, 0, 0], "relu"),  # blocks of 8 (40 = 5 x 8); no padding: 7 x 7
+    (32, 64, 6, 20, 1, [0, 1, 2, 1], "residual"),  # asymmetric padding
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_winograd_convs_match_the_interpreter(case: int, target: str, rng: np.random.Generator) -> None:
+    ci, co, h, w, n, pads, epilogue = CASES[case]
+    graph = run_pipeline(import_proto(_model(ci, co, h, w, n, rng, pads, epilogue)), DEFAULT_PIPELINE).graph
+    built = build(graph, resolve_target(target))
+    assert list(built.rules.values()).count("WinogradNCHWc") == 1, built.rules
+    for _ in range(2):
+        feeds = interp.random_feeds(graph, rng, {})
+        compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target} case {case}", atol=ATOL)
+
+
+def test_direct_build_computes_the_same(rng: np.random.Generator) -> None:
+    """`winograd=False` (ember compile --conv direct) keeps every conv direct, with the same
+    answers to rounding."""
+    graph = run_pipeline(import_proto(_model(32, 32, 12, 12, 1, rng, [1, 1, 1, 1])), DEFAULT_PIPELINE).graph
+    target = resolve_target("cpu")
+    fast, direct = build(graph, target), build(graph, target, winograd=False)
+    assert "WinogradNCHWc" in fast.rules.values() and "WinogradNCHWc" not in direct.rules.values(), direct.rules
+    feeds = interp.random_feeds(graph, rng, {})
+    compare(run_vm(fast, graph, feeds), run_vm(direct, graph, feeds), "winograd vs direct", atol=ATOL)
+
+
+DIRECT = [  # convs that stay direct: (ci, co, h, w, batch, pads, attrs, why)
+    (32, 32, 12, 12, 1, [1, 1, 1, 1], dict(strides=[2, 2]), "strided"),
+    (32, 32, 12, 12, 1, [2, 2, 2, 2], dict(dilations=[2, 2]), "dilated"),
+    (16, 32, 12, 12, 1, [1, 1, 1, 1], {}, "one input channel block"),
+    (32, 32, 3, 3, 1, [1, 1, 1, 1], {}, "one tile"),
+    (32, 32, 5, 5, 1, [0, 0, 0, 0], {}, "3 x 3 output: one tile"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(DIRECT)), ids=[c[-1] for c in DIRECT])
+def test_convs_winograd_does_not_pay_for_stay_direct(case: int, rng: np.random.Generator) -> None:
+    ci, co, h, w, n, pads, attrs, _ = DIRECT[case]
+    graph = run_pipeline(import_proto(_model(ci, co, h, w, n, rng, pads, **attrs)), DEFAULT_PIPELINE).graph
+    built = build(graph, resolve_target("cpu"))
+    assert "WinogradNCHWc" not in built.rules.values(), built.rules
+    feeds = interp.random_feeds(graph, rng, {})
+    compare(run_vm(built, graph, feeds), interp.run(graph, feeds), DIRECT[case][-1], atol=ATOL)
+
+
+def test_a_symbolic_image_size_stays_direct(rng: np.random.Generator) -> None:
+    """Tiles are counted at compile time: over a dynamic image size the conv stays direct."""
+    model = _model(32, 32, 12, 12, 1, rng, [1, 1, 1, 1])
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = build(graph, resolve_target("cpu"))
+    assert "WinogradNCHWc" not in built.rules.values() and "ConvNCHWc" in built.rules.values(), built.rules
+    feeds = interp.random_feeds(graph, rng, {"H": 11, "W": 17})
+    compare(run_vm(built, graph, feeds), interp.run(graph, feeds), "dynamic image", atol=ATOL)
