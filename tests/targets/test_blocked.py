@@ -46,17 +46,17 @@ def conv(name: str, x: str, ci: int, co: int, rng: np.random.Generator, inits: d
     return helper.make_node("Conv", inputs, [name], kernel_shape=list(k), group=group, **attrs)
 
 
-def _build(model: object, target: str, blocked_layout: bool = True) -> tuple[object, object]:
+def _build(model: object, target: str, blocked_layout: bool = True, winograd: bool = True) -> tuple[object, object]:
     graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
-    return graph, build(graph, resolve_target(target), blocked=blocked_layout)
+    return graph, build(graph, resolve_target(target), blocked=blocked_layout, winograd=winograd)
 
 
 def check(model: object, target: str, rng: np.random.Generator, batches: tuple[int, ...] = (1,),
-          sizes: tuple[tuple[int, int], ...] = ()) -> dict[str, str]:
+          sizes: tuple[tuple[int, int], ...] = (), winograd: bool = True) -> dict[str, str]:
     """Build the model; its outputs match the interpreter on fresh random inputs (at each batch
     size, for a symbolic batch "B"; at each (height, width), for a symbolic image size "H",
-    "W"); the rules used."""
-    graph, built = _build(model, target)
+    "W"); the rules used. (`winograd=False`: the direct convs, as `--conv direct`.)"""
+    graph, built = _build(model, target, winograd=winograd)
     for batch in batches:
         for h, w in sizes or [(0, 0)]:
             feeds = interp.random_feeds(graph, rng, {"B": batch, "H": h, "W": w})
@@ -177,7 +177,7 @@ def test_deep_convs_take_their_weight_in_chunks(case: int, target: str, rng: np.
     (sched_nchwc._reduction_blocked: partial sums per chunk, then a pass that adds them and
     applies the epilogue, here a residual add and a Relu) on CPUs whose FMAs outrun L2 (AVX2,
     Intel's AVX-512; not a Zen 4's half-rate AVX-512, which "cpu" may be); they match the
-    interpreter."""
+    interpreter. (Direct convs: the 3x3 stride-1 ones would take the Winograd form.)"""
     ci, h, w, co, k, attrs, batch = DEEP_CONVS[case]
     inits: dict = {}
     nodes = [conv("c", "x", ci, co, rng, inits, k=k, **attrs), helper.make_node("Add", ["c", "r"], ["s"]),
@@ -185,9 +185,9 @@ def test_deep_convs_take_their_weight_in_chunks(case: int, target: str, rng: np.
     out_h = (h + sum(attrs.get("pads", [0] * 4)[::2]) - attrs.get("dilations", [1])[0] * (k[0] - 1) - 1) // attrs.get("strides", [1])[0] + 1
     out_w = (w + sum(attrs.get("pads", [0] * 4)[1::2]) - attrs.get("dilations", [1])[0] * (k[1] - 1) - 1) // attrs.get("strides", [1])[0] + 1
     model = onnx_model(nodes, [("x", F, [batch, ci, h, w]), ("r", F, [batch, co, out_h, out_w])], inits)
-    rules = check(model, target, rng)
+    rules = check(model, target, rng, winograd=False)
     assert "ConvNCHWc" in rules.values(), rules
-    _, built = _build(model, target)
+    _, built = _build(model, target, winograd=False)
     chunked = sched_common.full_rate_fma(tvm.target.Target(resolve_target(target).tvm_target()))
     assert target == "cpu" or chunked
     assert ('sblock("conv_nchwc_rf_update")' in built.module.script()) == chunked
