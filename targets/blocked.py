@@ -522,13 +522,13 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
         # reshape over a dynamic image size divided a flat index by H * W for every element)
         data = lw.values[node.inputs[0]] if bi > 1 else R.expand_dims(lw.arg(node.inputs[0]), [2, 4] if one_d else [-1])
         packed = weight.reshape(co // bo, bo, ci // bi, bi, kh, kw).transpose(0, 2, 4, 5, 3, 1)
-        out_hw = tuple(view4(y_t.shape, y_t.rank)[2:])
+        out_hw = tuple(y_t.shape[2:])
         if (lw.plan.winograd and not one_d
-                and winograd.applies(list(at["kernel_shape"]), strides, dilations, at["group"], ci, co, bi, out_hw,
-                                     winograd.tiles(x_t.shape[0], out_hw))):
+                and winograd.applies(list(at["kernel_shape"]), strides, dilations, at["group"], ci, co, bi,
+                                     x_t.shape[0], out_hw)):
             u = const(winograd.transform_weight(weight, bi, bo))
             y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=out_hw,
-                              primfunc_name_hint="conv2d_winograd")
+                                   primfunc_name_hint="conv2d_winograd")
             return _bias_nchwc(lw, node, y, co, bo)
     else:  # depthwise: [C/b, 1, KH, KW, 1, b]
         bi = lw.blocked[node.inputs[0]]

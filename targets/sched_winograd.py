@@ -59,15 +59,10 @@ class WinogradNCHWc:
         if names[first:first + len(stages)] != stages:
             return None
         rows, transform_in, _, columns, transform_out = (_named(kernel.blocks, name) for name in stages)
-        for info in kernel.blocks[:first]:  # the padding: read through its condition
+        for info in kernel.blocks[:first]:  # (a prologue, if any: inlined into the input transform)
             sch.compute_inline(info.block_rv)
-        after = kernel.blocks[first + len(stages):]
-        epilogue = sc.inline_epilogue(sch, after)
-        if after and epilogue is None:
-            return None
-        if epilogue is not None:
-            sch.reverse_compute_inline(epilogue)
         lanes = sc.vector_lanes(target, "float32")
+        self._epilogue(sch, kernel.blocks[first + len(stages):], lanes, sc.num_cores(target))
         regs = sc.vector_registers(target)
         self._input(sch, rows.block_rv, transform_in.block_rv)
         self._matmul(sch, func, kernel.anchor.block_rv, lanes, regs)
@@ -75,46 +70,66 @@ class WinogradNCHWc:
         return sch
 
     @staticmethod
-    def _per_tile(sch: s_tir.Schedule, stage: Any, at: Any) -> None:
-        """A transform's first pass computed per tile (under `at`) into registers."""
-        sch.compute_at(stage, at)
-        sch.set_scope(stage, 0, "local")
-        loops = sch.get_loops(stage)
+    def _epilogue(sch: s_tir.Schedule, after: list[Any], lanes: int, cores: int) -> None:
+        """The epilogue inlined into the output transform where it reduces to one block (bias,
+        activation, a residual add); else each block left its own vectorized loop nest."""
+        epilogue = sc.inline_epilogue(sch, after)
+        left = [epilogue] if epilogue is not None else [info.block_rv for info in after if sc.exists(sch, info.block_rv)]
+        for block in left:
+            try:
+                sch.reverse_compute_inline(block)
+            except Exception:
+                sc.vectorize_inner(sch, block, lanes, cores)
+
+    @staticmethod
+    def _unroll_below(sch: s_tir.Schedule, block: Any, at: Any) -> None:
+        """The block's loops under `at` unrolled, its innermost (the lanes) vectorized."""
+        loops = sch.get_loops(block)
         start = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(at))) + 1
         for lp in loops[start:-1]:
             sch.unroll(lp)
         sch.vectorize(loops[-1])
 
     @classmethod
-    def _input(cls, sch: s_tir.Schedule, rows: Any, block: Any) -> None:
-        e1, e2, c, p, k = sch.get_loops(block)
-        sch.reorder(c, p, e1, e2, k)
-        tile = sch.fuse(c, p)
-        sc.parallel(sch, tile)
-        sch.unroll(e1)
-        sch.unroll(e2)
-        sch.vectorize(k)
-        cls._per_tile(sch, rows, tile)
+    def _per_tile(cls, sch: s_tir.Schedule, stage: Any, at: Any) -> None:
+        """A transform's first pass computed per tile (under `at`) into registers."""
+        sch.compute_at(stage, at)
+        sch.set_scope(stage, 0, "local")
+        cls._unroll_below(sch, stage, at)
 
     @staticmethod
-    def _matmul(sch: s_tir.Schedule, func: tirx.PrimFunc, block: Any, lanes: int, regs: int) -> None:
+    def _tile_nest(sch: s_tir.Schedule, block: Any) -> Any:
+        """A transform stage [t1, t2, channels, tiles, lanes] as parallel tiles, the transform's
+        indices unrolled, lanes vectorized; the tiles' loop."""
+        t1, t2, c, p, k = sch.get_loops(block)
+        sch.reorder(c, p, t1, t2, k)
+        tile = sch.fuse(c, p)
+        sc.parallel(sch, tile)
+        sch.unroll(t1)
+        sch.unroll(t2)
+        sch.vectorize(k)
+        return tile
+
+    @classmethod
+    def _input(cls, sch: s_tir.Schedule, rows: Any, block: Any) -> None:
+        cls._per_tile(sch, rows, cls._tile_nest(sch, block))
+
+    @classmethod
+    def _matmul(cls, sch: s_tir.Schedule, func: tirx.PrimFunc, block: Any, lanes: int, regs: int) -> None:
         e1, e2, f, p, o, rc, rk = sch.get_loops(block)
-        cob, tiles = sc.static_extent(sch, f), sc.static_extent(sch, p)
+        cob, count = sc.static_extent(sch, f), sc.static_extent(sch, p)
         nv = sc.knob(func, "nv", 2 if cob % 2 == 0 else 1)
         if nv < 1 or cob % nv:
             raise ValueError(f"nv={nv} does not split {cob} channel blocks")
         cap = max(4, (regs - nv - 2) // nv)
-        xr = sc.knob(func, "xr", _column_block(tiles, cap))
+        xr = sc.knob(func, "xr", _column_block(count, cap))
         fo, fv = sch.split(f, [None, nv])
         po, pi = sch.split(p, [None, xr])
         sch.reorder(e1, e2, fo, po, rc, rk, pi, fv, o)
         outer = sch.fuse(e1, e2, fo)
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, po)
-        loops = sch.get_loops(acc)
-        for lp in loops[3:-1]:  # (outer, po, then the tile's pi, fv: unrolled; its lanes vectorized)
-            sch.unroll(lp)
-        sch.vectorize(loops[-1])
+        cls._unroll_below(sch, acc, po)  # (the tile's pi, fv unrolled; its lanes vectorized)
         sch.unroll(pi)
         sch.unroll(fv)
         sch.vectorize(o)
