@@ -11,7 +11,7 @@ from the interpolation points of Barabasz et al., chosen for fp32 accuracy):
     M[e1, e2, co, p] = sum_ci V[e1, e2, ci, p] U[e1, e2, ci, co]   36 independent matmuls
     Y[co, tile p] = A^T M[.., co, p] A                   output transform, then the epilogue
 
-Laid out for the CPU (n = N * tiles, b the channel block):
+Laid out for the CPU (P = N x the tiles of an image, b the channel block):
 
     V [a, a, CI/b, P, b]      (a tile's channel vector contiguous, as a pixel's in NCHWc)
     U [a, a, CO/bo, CI/b, b, bo]
@@ -21,17 +21,20 @@ Laid out for the CPU (n = N * tiles, b the channel block):
 Each transform is two 1-d passes (rows, then columns: 2 x 6 x 6 short sums a tile instead of
 36 sums of up to 36 terms), each its own stage, computed per tile into registers by the
 schedule (sched_winograd). A pass is written out as explicit sums with the matrices' constants
-(zeros dropped, ones without a multiply), chosen among by `Select` on the transform's index,
-which the schedule unrolls: after unrolling, each output is its own short expression. (Written
-as one 2-d stage, a conv took 15 s to compile.)
+(zeros dropped, ones without a multiply), chosen among by `if_then_else` on the transform's
+index, which the schedule unrolls: after unrolling, each output is its own short expression.
+(Written as one 2-d stage, a conv took 15 s to compile.)
 
 Where it is used (`applies`): a float 3x3 conv with stride 1, dilation 1 and one group over a
 blocked input with static sizes, enough channels that the transforms stay small against the
-matmuls, and enough tiles to amortize the larger weight (at batch 1 the 7 x 7 and 14 x 14 maps
-of a ResNet have 4 and 16 tiles: there the weight's traffic outweighs what the multiplies save).
+matmuls, and MIN_TILES tiles a call or more (each call reads a weight 4x the direct conv's: at
+batch 1 a ResNet's 7 x 7 maps have 4 tiles, where the form still measured faster at 1 thread and
+as fast at 2).
 
-The answers differ from a direct conv's by rounding only: fp32 relative error about 3e-7
-(Barabasz et al.) for F(4, 3), measured by the tests against the interpreter.
+The answers differ from a direct conv's by rounding only: fp32 error about 3e-7 relative to the
+output's scale for F(4, 3) with these points (Barabasz et al.). The tests hold it to the direct
+conv's tolerance against the interpreter; ResNet-18's and ResNet-50's logits differ from the
+interpreter's as much with it as without (BENCHMARKS.md).
 """
 
 from __future__ import annotations
