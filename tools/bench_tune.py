@@ -71,6 +71,9 @@ def compile_timed(path: Path, out: Path, feeds: dict[str, np.ndarray], tune: Any
     return result, result.seconds["build"], spent[0]
 
 
+PAUSE_S = 0.1
+
+
 def measure(columns: dict[str, Callable[[], Any]], blocks: int, repeat: int, warmup: int,
             before: Callable[[], None]) -> dict[str, float]:
     """Median ms per column over `blocks` alternating blocks of repeat/blocks runs each."""
@@ -79,6 +82,7 @@ def measure(columns: dict[str, Callable[[], Any]], blocks: int, repeat: int, war
     for _ in range(blocks):
         for name, run in columns.items():
             before()
+            time.sleep(PAUSE_S)  # (onnxruntime's workers spin after its block: see tools/ab.py)
             for _ in range(warmup):
                 run()
             for _ in range(per_block):
