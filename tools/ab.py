@@ -5,9 +5,9 @@
 Every artifact is loaded in this one process and run on the first artifact's bundled sample;
 the columns are timed in `--blocks` alternating blocks of `--runs` consecutive runs (so load from
 other processes hits every column alike), after 3 warm-up runs each, with a pause before each
-block. Prints the median latency
-of each column and its ratio to the last column (onnxruntime when `--onnx` is given). For a
-change to ember, compile the model before and after it and compare the two artifacts here.
+block. Prints the median latency of each column and its ratio to the last column (onnxruntime
+when `--onnx` is given). For a change to ember, compile the model before and after it and
+compare the two artifacts here.
 """
 
 from __future__ import annotations
