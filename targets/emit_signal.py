@@ -155,7 +155,7 @@ def _stft(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
         return te.compute(frames_shape, sample, name="stft_frames")
 
-    framed = lw.emit(lw.bb.call_te(frames, *operands, primfunc_name_hint="stft_frames"))
+    framed = lw.emit(lw.kernels.call_te(frames, *operands, primfunc_name_hint="stft_frames"))
     y = R.matmul(framed, const(basis.astype(np.dtype(TVM_DTYPE[dt]))))
     if pad_rows or basis.shape[1] != cols:
         y = R.strided_slice(y, axes=[1, 2], begin=[0, 0], end=[count, cols])

@@ -419,10 +419,10 @@ def _deform_conv(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
         return te.compute([shape[0], g, shape[2] * shape[3], taps, cg], sample, name="deform_columns")
 
-    points = lw.emit(lw.bb.call_te(sample_points, *operands, primfunc_name_hint="deform_points"))
+    points = lw.emit(lw.kernels.call_te(sample_points, *operands, primfunc_name_hint="deform_points"))
     x_shape = lw.shape(x_t)
     last = lw.emit(R.reshape(R.permute_dims(operands[0], [0, 2, 3, 1]), [x_shape[0], x_shape[2] * x_shape[3], cin]))
-    call = lw.bb.call_te(columns, last, lw.emit(relax.TupleGetItem(points, 0)), lw.emit(relax.TupleGetItem(points, 1)),
+    call = lw.kernels.call_te(columns, last, lw.emit(relax.TupleGetItem(points, 0)), lw.emit(relax.TupleGetItem(points, 1)),
                          primfunc_name_hint="deform_columns")
     _schedule_columns(lw, call.args[0], cg)
     cols = lw.emit(call)
