@@ -127,7 +127,7 @@ def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple
     """out[n, fo, y, x, o] of the 3x3 stride-1 conv of data [N, CI/bi, H, W, bi] (pads [top,
     left, bottom, right]) by the transformed weight U (transform_weight), as the three stages
     of the module doc (static sizes; tiles indexed by one flat index p)."""
-    from ember.targets.blocked import _i64
+    from ember.targets.blocked import _i64, _reduce
 
     n, cib, h, w, bi = (int(d) for d in data.shape)
     a, _, cob, _, _, bo = (int(d) for d in u.shape)
@@ -146,8 +146,8 @@ def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple
         condition in the read, not a padding stage the schedule would inline)."""
         inside = tirx.all(y >= top, y < h + top, x >= left, x < w + left)
         return tirx.if_then_else(inside, data[i, c, y - top, x - left, k], tirx.const(0.0, dtype))
-    _, bmat, _ = matrices(m, a - m + 1)
-    amat = matrices(m, a - m + 1)[0]
+
+    amat, bmat, _ = matrices(m, a - m + 1)
     bt, at = bmat.T, amat.T  # [a, a] and [m, a]: row k gives output k's coefficients
 
     def rows_transform(r: Any, e2: Any, c: Any, p: Any, k: Any) -> Any:  # d_p B, row r
@@ -160,9 +160,7 @@ def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple
                    lambda e1, e2, c, p, k: _select(e1, [_linear(bt[q], [rows[r, e2, c, p, k] for r in range(a)], dtype)
                                                         for q in range(a)]),
                    name=INPUT_BLOCK)
-    rc = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", cib)), "rc")
-    rk = te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", bi)), "rk")
-
+    rc, rk = _reduce(cib, "rc"), _reduce(bi, "rk")
     mm = te.compute(_i64([a, a, cob, p_count, bo]),
                     lambda e1, e2, f, p, o: te.sum(v[e1, e2, rc, p, rk] * u[e1, e2, f, rc, rk, o], axis=[rc, rk]),
                     name=MATMUL_BLOCK)
