@@ -526,8 +526,9 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
         if (lw.plan.winograd and not one_d
                 and winograd.applies(list(at["kernel_shape"]), strides, dilations, at["group"], ci, co, bi,
                                      x_t.shape[0], out_hw)):
-            u = const(winograd.transform_weight(weight, bi, bo))
-            y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=out_hw,
+            m = winograd.tile_size(x_t.shape[0], out_hw)
+            u = const(winograd.transform_weight(weight, bi, bo, m))
+            y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=out_hw, m=m,
                                    primfunc_name_hint="conv2d_winograd")
             return _bias_nchwc(lw, node, y, co, bo)
     else:  # depthwise: [C/b, 1, KH, KW, 1, b]

@@ -2,8 +2,8 @@
 parallel loop nest, with the conv's epilogue computed by the output transform.
 
     input transform   parallel ci block, tile p          (the padding read through its condition)
-                        e1, e2 (unrolled: 36 explicit sums), lanes vectorized
-    matmuls           parallel e = (e1, e2), fo
+                        e1, e2 (unrolled: a x a explicit sums), lanes vectorized
+    matmuls (a x a)   parallel e = (e1, e2), fo
                         po                               (register tiles of xr tiles)
                           rc, rk                         (reduction)
                             pi (unrolled xr) x fv (unrolled nv) x o (the lanes: one vector)
@@ -30,7 +30,6 @@ from ember.targets.winograd import (
     MATMUL_BLOCK,
     OUTPUT_BLOCK,
     OUTPUT_COLUMNS_BLOCK,
-    TILE,
 )
 
 
@@ -66,7 +65,8 @@ class WinogradNCHWc:
         regs = sc.vector_registers(target)
         self._input(sch, rows.block_rv, transform_in.block_rv)
         self._matmul(sch, func, kernel.anchor.block_rv, lanes, regs)
-        self._output(sch, columns.block_rv, transform_out.block_rv)
+        m = sc.static_extent(sch, sch.get_loops(columns.block_rv)[1])  # (columns [a, m, ...]: the tile side)
+        self._output(sch, columns.block_rv, transform_out.block_rv, m)
         return sch
 
     @staticmethod
@@ -137,10 +137,10 @@ class WinogradNCHWc:
         sch.decompose_reduction(block, rc)
 
     @classmethod
-    def _output(cls, sch: s_tir.Schedule, columns: Any, block: Any) -> None:
+    def _output(cls, sch: s_tir.Schedule, columns: Any, block: Any, m: int) -> None:
         *outer, y, x, o = sch.get_loops(block)  # (a batch of one: no loop n)
-        ty, i = sch.split(y, [None, TILE])
-        tx, j = sch.split(x, [None, TILE])
+        ty, i = sch.split(y, [None, m])
+        tx, j = sch.split(x, [None, m])
         sch.reorder(*outer, ty, tx, i, j, o)
         sc.parallel(sch, sch.fuse(*outer, ty))
         sch.unroll(i)

@@ -1,4 +1,4 @@
-"""Winograd convolution F(m x m, 3 x 3) over the blocked layout (NCHWc).
+"""Winograd convolutions F(4x4, 3x3) and F(2x2, 3x3) over the blocked layout (NCHWc).
 
 A 3x3 stride-1 conv computes each m x m tile of its output from an (m + 2) x (m + 2) tile of its
 input with (m + 2)^2 multiplies per input/output channel pair instead of 9 m^2 (F(4x4, 3x3):
@@ -27,12 +27,14 @@ index, which the schedule unrolls: after unrolling, each output is its own short
 
 Where it is used (`applies`): a float 3x3 conv with stride 1, dilation 1 and one group over a
 blocked input with static sizes, enough channels that the transforms stay small against the
-matmuls, and MIN_TILES tiles a call or more (each call reads a weight 4x the direct conv's: at
-batch 1 a ResNet's 7 x 7 maps have 4 tiles, where the form still measured faster at 1 thread and
-as fast at 2).
+matmuls, and MIN_TILES tiles of 4 x 4 a call or more. Which tile (`tile_size`): F(4x4, 3x3)
+where a call has F4_MIN_TILES such tiles or more, else F(2x2, 3x3) (16 multiplies per 2 x 2
+tile instead of 36, 2.25x fewer than direct against F4's 4x, but a weight 16/9 the direct
+conv's instead of 4x). At batch 1 a weight read for few tiles is the cost: a ResNet's 7 x 7
+maps have 4 tiles of 4 x 4, where a 512-channel F4 weight (38 MB) streams from memory each call.
 
 The answers differ from a direct conv's by rounding only: fp32 error about 3e-7 relative to the
-output's scale for F(4, 3) with these points (Barabasz et al.). The tests hold it to the direct
+output's scale for F(4, 3) with these points (Barabasz et al.), less for F(2, 3). The tests hold it to the direct
 conv's tolerance against the interpreter; ResNet-18's and ResNet-50's logits differ from the
 interpreter's as much with it as without (BENCHMARKS.md).
 """
@@ -44,7 +46,7 @@ from typing import Any
 import numpy as np
 from tvm import te, tirx
 
-TILE = 4  # m: outputs per tile side, F(4x4, 3x3)
+TILE = 4  # m: outputs per tile side, F(4x4, 3x3); 2 on small maps (tile_size)
 KERNEL = 3
 INPUT_ROWS_BLOCK = "wino_input_rows"
 INPUT_BLOCK = "wino_input"
@@ -56,7 +58,7 @@ OUTPUT_BLOCK = "wino_output"
 # time, 128 at 28 x 28 0.35x, 256 at 14 x 14 (16 tiles) 0.43x, 32 -> 32 at 56 x 56 0.51x (0.83x
 # at 2 threads); in ResNet-18, taking the 7 x 7 maps too (4 tiles at batch 1, where the weight
 # is read 4x larger for 4 tiles) still ran 0.55 against 0.59x onnxruntime at 1 thread and
-# broke even at 2. Fewer channels (one channel block of 16) and single tiles are not taken:
+# broke even at 2 (F(2x2, 3x3) now takes those maps: F4_MIN_TILES). Fewer channels (one channel block of 16) and single tiles are not taken:
 # not measured (the schedule expects every loop of the stages to be a loop).
 MIN_TILES = 4
 MIN_CHANNELS = 32
@@ -86,6 +88,21 @@ def tiles(batch: Any, out_hw: tuple[Any, Any], m: int = TILE) -> int | None:
     if not all(isinstance(d, int) for d in (batch, *out_hw)):
         return None
     return batch * -(-out_hw[0] // m) * -(-out_hw[1] // m)
+
+
+# F(4x4, 3x3) from this many 4 x 4 tiles a call, F(2x2, 3x3) below. Measured on a Zen 4
+# (`tools/ab.py`, medians of 20, 1 / 2 threads, ember / onnxruntime): ResNet-18 with F2 on its
+# 7 x 7 maps (4 tiles) 0.55 / 0.60, with F4 everywhere 0.63 / 0.67, with F2 everywhere
+# 0.69 / 0.65; ResNet-50 0.80 / 0.76 against 0.82 / 0.99 (a noisy 2-thread column) and, with
+# F2 on its 14 x 14 maps (16 tiles) too, 0.84 / 0.74. At batch 8 the 7 x 7 maps have 32 tiles,
+# where F4 stays faster (ResNet-18 b8: 0.50 / 0.54 against 0.55 / 0.58 with F2 there).
+F4_MIN_TILES = 16
+
+
+def tile_size(batch: int, out_hw: tuple[int, int]) -> int:
+    """m of F(m x m, 3 x 3) for a conv of this batch and output size (static sizes)."""
+    count = tiles(batch, out_hw)
+    return TILE if count is not None and count >= F4_MIN_TILES else 2
 
 
 def transform_weight(weight: np.ndarray, bi: int, bo: int, m: int = TILE) -> np.ndarray:

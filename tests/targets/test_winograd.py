@@ -1,5 +1,5 @@
-"""Winograd F(4x4, 3x3) convs (targets/winograd.py, sched_winograd.py): the transforms' algebra,
-which convs take the form, and their answers against the interpreter through the compiled
+"""Winograd F(4x4, 3x3) and F(2x2, 3x3) convs (targets/winograd.py, sched_winograd.py): the
+transforms' algebra, which convs take the form and which tile size, and their answers against the interpreter through the compiled
 kernels (ragged tiles, odd channel blocks, half-vector blocks, asymmetric and no padding,
 batches, epilogues)."""
 
@@ -29,14 +29,16 @@ def _direct(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.array([[np.sum(x[i:i + 3, j:j + 3] * w) for j in range(wd)] for i in range(h)])
 
 
-def test_transforms_compute_a_tile_of_the_conv(rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("m", [4, 2])
+def test_transforms_compute_a_tile_of_the_conv(m: int, rng: np.random.Generator) -> None:
     """Y = A^T [(G g G^T) . (B^T d B)] A is the tile's correlation, for both channels' blocks of
     the packed weight (transform_weight's layout [a, a, CO/bo, CI/bi, bi, bo])."""
-    a_mat, b_mat, _ = winograd.matrices()
-    d = rng.standard_normal((6, 6))
+    a_mat, b_mat, _ = winograd.matrices(m)
+    a = m + 2
+    d = rng.standard_normal((a, a))
     weight = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
-    u = winograd.transform_weight(weight, bi=8, bo=16)
-    assert u.shape == (6, 6, 2, 2, 8, 16) and u.dtype == np.float32
+    u = winograd.transform_weight(weight, bi=8, bo=16, m=m)
+    assert u.shape == (a, a, 2, 2, 8, 16) and u.dtype == np.float32
     for co, ci in ((0, 0), (17, 9), (31, 15)):
         ug = u[:, :, co // 16, ci // 8, ci % 8, co % 16].astype(np.float64)
         y = a_mat.T @ (ug * (b_mat.T @ d @ b_mat)) @ a_mat
@@ -61,18 +63,21 @@ def _model(ci: int, co: int, h: int, w: int, n: int, rng: np.random.Generator, p
     return onnx_model(nodes, inputs, inits)
 
 
-CASES = [  # (ci, co, h, w, batch, pads, epilogue)
-    (32, 32, 8, 8, 1, [1, 1, 1, 1], "relu"),  # 4 tiles, the fewest taken
-    (48, 48, 10, 13, 2, [1, 1, 1, 1], "residual"),  # ragged tiles; 3 channel blocks (one vector a tile)
-    (40, 40, 9, 9, 1, [0, 0, 0, 0], "relu"),  # blocks of 8 (40 = 5 x 8); no padding: 7 x 7
-    (32, 64, 6, 20, 1, [0, 1, 2, 1], "residual"),  # asymmetric padding
+CASES = [  # (ci, co, h, w, batch, pads, epilogue, m: the tile size the conv takes)
+    (32, 32, 8, 8, 1, [1, 1, 1, 1], "relu", 2),  # 4 tiles of 4 x 4, the fewest taken
+    (48, 48, 10, 13, 2, [1, 1, 1, 1], "residual", 4),  # ragged tiles; 3 channel blocks (one vector a tile)
+    (40, 40, 9, 9, 1, [0, 0, 0, 0], "relu", 2),  # blocks of 8 (40 = 5 x 8); no padding: 7 x 7
+    (32, 64, 6, 20, 1, [0, 1, 2, 1], "residual", 2),  # asymmetric padding
+    (32, 32, 16, 15, 1, [1, 1, 1, 1], "relu", 4),  # 16 tiles of 4 x 4, the fewest F(4, 3) takes
+    (48, 32, 7, 7, 1, [1, 1, 1, 1], "residual", 2),  # a ResNet's last maps; 3 channel blocks in, 2 out
 ]
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_winograd_convs_match_the_interpreter(case: int, target: str, rng: np.random.Generator) -> None:
-    ci, co, h, w, n, pads, epilogue = CASES[case]
+    ci, co, h, w, n, pads, epilogue, m = CASES[case]
+    assert winograd.tile_size(n, (h + pads[0] + pads[2] - 2, w + pads[1] + pads[3] - 2)) == m
     graph = run_pipeline(import_proto(_model(ci, co, h, w, n, rng, pads, epilogue)), DEFAULT_PIPELINE).graph
     built = build(graph, resolve_target(target))
     assert list(built.rules.values()).count("WinogradNCHWc") == 1, built.rules
