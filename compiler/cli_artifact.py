@@ -111,8 +111,8 @@ def _echo_rows(rows: list[Any]) -> bool:
               help="activations between CNN kernels: auto = the target's blocked layout (NCHW16c on AVX-512, "
                    "NCHW8c on AVX2; NCHW on ARM), nchw = ONNX's layout throughout")
 @click.option("--conv", "conv", type=click.Choice(["auto", "direct"]), default="auto", show_default=True,
-              help="convolution algorithm: auto = Winograd F(4x4,3x3) for the blocked 3x3 stride-1 convs it speeds "
-                   "up (answers equal up to fp32 rounding), direct = every conv computed directly")
+              help="convolution algorithm: auto = Winograd F(4x4,3x3), or F(2x2,3x3) on small maps, for the "
+                   "blocked 3x3 stride-1 convs it speeds up (answers equal up to fp32 rounding), direct = every conv computed directly")
 @reports_errors
 def compile(model: Path, output: Path | None, target: str, passes: str | None, pass_options: dict[str, Any],
             emit_onnx: Path | None, verify: bool, rtol: float, atol: float, sample_path: Path | None,

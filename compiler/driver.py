@@ -160,8 +160,8 @@ def compile_model(
     `tune`: a targets.tune.TuneOptions (search schedules within a budget, records in a database).
     `layout`: "auto" keeps CNN activations in the target's blocked layout (NCHW{b}c, README),
     "nchw" keeps ONNX's layout throughout (for comparisons and debugging).
-    `conv`: "auto" computes the 3x3 stride-1 convs that it speeds up by Winograd's F(4x4, 3x3)
-    (targets/winograd.py; answers equal up to fp32 rounding), "direct" every conv directly.
+    `conv`: "auto" computes the 3x3 stride-1 convs that it speeds up by Winograd's F(4x4, 3x3),
+    or F(2x2, 3x3) on small maps (targets/winograd.py; answers equal up to fp32 rounding), "direct" every conv directly.
     `specialize`: symbolic dims to build extra libraries for ([{"N": 1}]; each is the model
     imported with those dims static, compiled and checked like the generic one); None: the
     default (`default_specializations`), [] for none.
