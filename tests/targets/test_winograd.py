@@ -70,6 +70,7 @@ CASES = [  # (ci, co, h, w, batch, pads, epilogue, m: the tile size the conv tak
     (32, 64, 6, 20, 1, [0, 1, 2, 1], "residual", 2),  # asymmetric padding
     (32, 32, 16, 15, 1, [1, 1, 1, 1], "relu", 4),  # 16 tiles of 4 x 4, the fewest F(4, 3) takes
     (48, 32, 7, 7, 1, [1, 1, 1, 1], "residual", 2),  # a ResNet's last maps; 3 channel blocks in, 2 out
+    (32, 48, 24, 22, 1, [1, 1, 1, 1], "residual", 4),  # activations outweigh the weight: one loop; ragged
 ]
 
 
@@ -126,3 +127,47 @@ def test_a_symbolic_image_size_stays_direct(rng: np.random.Generator) -> None:
     assert "WinogradNCHWc" not in built.rules.values() and "ConvNCHWc" in built.rules.values(), built.rules
     feeds = interp.random_feeds(graph, rng, {"H": 11, "W": 17})
     compare(run_vm(built, graph, feeds), interp.run(graph, feeds), "dynamic image", atol=ATOL)
+
+
+@pytest.mark.parametrize("case", [(48, 32, 7, 7, 1), (48, 48, 10, 13, 2)], ids=["F(2, 3) on 7 x 7", "ragged, batch 2"])
+def test_both_loop_forms_and_every_knob_value_compute_the_same(case: tuple[int, ...], rng: np.random.Generator) -> None:
+    """The kernel as one parallel loop over blocks of tiles (`fused`) and as three loop nests,
+    and each value of each knob the tuner may pick on top of either, computes what the rule's
+    default schedule does, on random arguments."""
+    import tvm
+
+    from ember.targets import sched_winograd
+    from ember.targets.build import block_lanes, prepare, schedule, schedule_rules, schedule_with
+    from ember.targets.lower import to_relax
+    from ember.targets.sched_common import buffer_shape
+
+    ci, co, h, w, n = case
+    graph = run_pipeline(import_proto(_model(ci, co, h, w, n, rng, [1, 1, 1, 1], "residual")), DEFAULT_PIPELINE).graph
+    spec = resolve_target("cpu")
+    target = tvm.target.Target(spec.tvm_target())
+    mod = prepare(to_relax(graph, block_lanes(spec)), target)
+    funcs = {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    _, applied = schedule(tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs), target, schedule_rules(spec))
+    name, = [k for k, rule in applied.items() if rule == "WinogradNCHWc"]
+    func, rule = funcs[name], sched_winograd.WinogradNCHWc()
+    args = [rng.standard_normal(buffer_shape(p)).astype(str(p.ty.dtype)) for p in func.params]
+
+    def run(scheduled: tvm.tirx.PrimFunc) -> list[np.ndarray]:
+        lib = tvm.compile(tvm.IRModule({"main": scheduled.with_attr("global_symbol", "main")}), target=target)
+        tensors = [tvm.runtime.tensor(a.copy()) for a in args]
+        lib["main"](*tensors)
+        return [t.numpy() for t in tensors]
+
+    with target:
+        want = run(schedule_with(rule, func, target))
+        tried = set()
+        for fused in (0, 1):
+            for knob, values in rule.knob_space(func, target).items():
+                for value in values:
+                    scheduled = schedule_with(rule, func, target, {"fused": fused, knob: value})
+                    if scheduled is None:
+                        continue
+                    tried.add((fused, knob))
+                    for got, expected in zip(run(scheduled), want):
+                        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=ATOL, err_msg=f"fused={fused} {knob}={value}")
+    assert {(0, "nv"), (0, "xr"), (1, "nv"), (1, "xr"), (1, "r"), (1, "g")} <= tried, tried
