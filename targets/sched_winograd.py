@@ -50,7 +50,6 @@ from ember.targets.winograd import (
     OUTPUT_COLUMNS_BLOCK,
 )
 
-
 log = logging.getLogger(__name__)
 
 
