@@ -259,7 +259,11 @@ class _Measurer:
         self.deadline = deadline
         self.modules: dict[str, Any] = {}
         self.counter = itertools.count()
-        self.config = EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False)
+        # Each sample is one call with the caches flushed of every operand but the first (the
+        # weights and the output; the first, the activation the kernel before just wrote, stays
+        # warm), as inside a model, where a weight comes from memory. Timed warm, alone, a
+        # weight-heavy kernel's variants ranked otherwise than in the model (BENCHMARKS.md, 6).
+        self.config = EvaluatorConfig(number=1, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=True)
         self.batch_end: float | None = None  # when the last measured batch ended
         self.search_s = 0.0  # how long the search took to propose the batch after it
         self.run_s = 0.3  # running averages of one measurement's and one build's wall time
