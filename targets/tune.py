@@ -10,7 +10,8 @@ rules) -> `tune` (this module) -> `finalize` (weight re-layouts folded into cons
   above the machine's peak, times launches per inference. Then, in that order, the knob
   search: each ember rule offers its choices (register tile, bands of rows or channel panels,
   panel groups, serial or parallel) as knobs, and a coordinate descent builds and measures
-  each value side by side with the current choice (a few seconds a kernel; MetaSchedule needs
+  each value side by side with the current choice (every sample one call with the caches
+  flushed of all operands but the first, as in a model; a few seconds a kernel; MetaSchedule needs
   minutes a kernel on 2 cores and rarely beats these rules). What is left of the budget goes to
   MetaSchedule's evolutionary search, kernels no ember rule schedules first (progress bar on
   stderr). The best of each is re-measured side by side with the rule's default code and both
