@@ -10,14 +10,16 @@ rules) -> `tune` (this module) -> `finalize` (weight re-layouts folded into cons
   above the machine's peak, times launches per inference. Then, in that order, the knob
   search: each ember rule offers its choices (register tile, bands of rows or channel panels,
   panel groups, serial or parallel) as knobs, and a coordinate descent builds and measures
-  each value side by side with the current choice (every sample one call with the caches
-  flushed of all operands but the first, as in a model; a few seconds a kernel; MetaSchedule needs
+  each value side by side with the current choice (cold, every sample one call with the caches
+  flushed of all operands but the first, where the model's weights outweigh the last-level
+  cache, as in such a model; a few seconds a kernel; MetaSchedule needs
   minutes a kernel on 2 cores and rarely beats these rules). What is left of the budget goes to
   MetaSchedule's evolutionary search, kernels no ember rule schedules first (progress bar on
   stderr). The best of each is re-measured side by side with the rule's default code and both
   times are stored in the database.
 - `apply_records` runs in every compile (with or without `--tune`) when the database holds
-  records for the target: each kernel whose record measured faster than the rule's code gets
+  records for the target: each kernel whose record measured faster than the rule's code (by
+  tune_db.RECORD_MARGIN) gets
   the record's schedule by replaying its trace or scheduling it with the record's knob values
   (~0.1 s, no search, no measuring). A record
   keeps the structural hash of the rule's code it was timed against; once the rule changes,
@@ -126,6 +128,33 @@ def _launches(mod: tvm.IRModule) -> dict[str, int]:
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
     return count
+
+
+def _weight_bytes(mod: tvm.IRModule) -> int:
+    """Bytes of weight an inference reads: each launch's layout-free (constant) operands."""
+    from ember.targets.sched_common import buffer_shape, dtype_bytes, layout_free
+
+    launches = _launches(mod)
+    total = 0
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc) and launches.get(gvar.name_hint):
+            for i in layout_free(func):
+                shape = buffer_shape(func.params[i])
+                if all(isinstance(d, int) for d in shape):
+                    total += launches[gvar.name_hint] * math.prod(shape) * dtype_bytes(str(func.params[i].ty.dtype))
+    return total
+
+
+def _last_level_cache_bytes() -> int:
+    """The largest CPU cache this process shares (sysfs; 32 MiB where unreadable)."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip().upper()
+        try:
+            sizes.append(int(text[:-1]) << {"K": 10, "M": 20, "G": 30}[text[-1]] if text[-1] in "KMG" else int(text))
+        except (ValueError, KeyError):
+            continue
+    return max(sizes, default=32 << 20)
 
 
 def _work(func: tvm.tirx.PrimFunc) -> int:
@@ -253,18 +282,19 @@ def _threads(count: int) -> Iterator[None]:
 class _Measurer:
     """Build and time kernels in this process: what the in-process builder and runner share."""
 
-    def __init__(self, threads: int, deadline: float) -> None:
+    def __init__(self, threads: int, deadline: float, cold: bool = False) -> None:
         from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
 
         self.threads = threads
         self.deadline = deadline
         self.modules: dict[str, Any] = {}
         self.counter = itertools.count()
-        # Each sample is one call with the caches flushed of every operand but the first (the
-        # weights and the output; the first, the activation the kernel before just wrote, stays
-        # warm), as inside a model, where a weight comes from memory. Timed warm, alone, a
-        # weight-heavy kernel's variants ranked otherwise than in the model (BENCHMARKS.md, 6).
-        self.config = EvaluatorConfig(number=1, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=True)
+        # `cold` (a model whose weights outweigh the last-level cache): each sample is one call
+        # with the caches flushed of every operand but the first (the weights and the output;
+        # the first, the activation the kernel before just wrote, stays warm), as inside such a
+        # model, where each weight comes from memory. Else warm, as the weights stay cached.
+        self.config = (EvaluatorConfig(number=1, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=True) if cold
+                       else EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False))
         self.batch_end: float | None = None  # when the last measured batch ended
         self.search_s = 0.0  # how long the search took to propose the batch after it
         self.run_s = 0.3  # running averages of one measurement's and one build's wall time
@@ -703,7 +733,7 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     if not candidates:
         return apply_records(unscheduled, scheduled, applied, tvm_target, db)
     tkey = target_key(tvm_target)
-    measurer = _Measurer(threads, math.inf)
+    measurer = _Measurer(threads, math.inf, cold=_weight_bytes(unscheduled) > _last_level_cache_bytes())
     progress = _Progress(options.progress, options.budget_s, f"tuning ({len(candidates)} candidate kernels)")
     kept = 0
     try:
