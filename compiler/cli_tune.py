@@ -61,7 +61,9 @@ def list_records(db_path: Path | None) -> None:
     """One line per record: kernel, target, rule, rule and tuned time, speedup, date, and
     what it applies (the rule's knob values, or a MetaSchedule trace).
 
-    A record is used by compiles for its target only where it is faster than the rule.
+    A record is used by compiles for its target only where it is 3% or more faster than the
+    rule, alone and in the model it was tuned in (`in model`: the model's time with that run's
+    records over its time without them; `-`: not measured).
 
     \b
     Example:
@@ -74,11 +76,12 @@ def list_records(db_path: Path | None) -> None:
     if not records:
         return
     click.echo(f"{'kernel':36s} {'target':24s} {'rule':16s} {'rule ms':>9s} {'tuned ms':>9s} "
-               f"{'speedup':>8s} {'used':4s} {'trials':>6s}  {'date':25s}  schedule")
+               f"{'speedup':>8s} {'in model':>8s} {'used':4s} {'trials':>6s}  {'date':25s}  schedule")
     for r in records:
         speedup = f"{r.speedup:.2f}x" if r.rule_s else "-"
+        in_model = f"{r.in_model:.3f}x" if r.in_model is not None else "-"
         click.echo(f"{r.kernel[:36]:36s} {target_label(r.target)[:24]:24s} {(r.rule or 'TVM default')[:16]:16s} "
-                   f"{_ms(r.rule_s):>9s} {_ms(r.tuned_s):>9s} {speedup:>8s} {'yes' if r.faster else 'no':4s} "
+                   f"{_ms(r.rule_s):>9s} {_ms(r.tuned_s):>9s} {speedup:>8s} {in_model:>8s} {'yes' if r.faster else 'no':4s} "
                    f"{r.trials:6d}  {r.date:25s}  {_how(r)}")
 
 

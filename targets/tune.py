@@ -10,13 +10,13 @@ rules) -> `tune` (this module) -> `finalize` (weight re-layouts folded into cons
   above the machine's peak, times launches per inference. Then, in that order, the knob
   search: each ember rule offers its choices (register tile, bands of rows or channel panels,
   panel groups, serial or parallel) as knobs, and a coordinate descent builds and measures
-  each value side by side with the current choice (cold, every sample one call with the caches
-  flushed of all operands but the first, where the model's weights outweigh the last-level
-  cache, as in such a model; a few seconds a kernel; MetaSchedule needs
+  each value side by side with the current choice (a few seconds a kernel; MetaSchedule needs
   minutes a kernel on 2 cores and rarely beats these rules). What is left of the budget goes to
   MetaSchedule's evolutionary search, kernels no ember rule schedules first (progress bar on
   stderr). The best of each is re-measured side by side with the rule's default code and both
-  times are stored in the database.
+  times are stored in the database. Last (CHECK_SHARE of the budget), the whole model is timed
+  with this run's records and without them (`_check_in_model`); each new record keeps the
+  ratio and is used only where the model ran faster with them.
 - `apply_records` runs in every compile (with or without `--tune`) when the database holds
   records for the target: each kernel whose record measured faster than the rule's code (by
   tune_db.RECORD_MARGIN) gets
@@ -128,33 +128,6 @@ def _launches(mod: tvm.IRModule) -> dict[str, int]:
         if isinstance(func, relax.Function):
             relax.analysis.post_order_visit(func, visit)
     return count
-
-
-def _weight_bytes(mod: tvm.IRModule) -> int:
-    """Bytes of weight an inference reads: each launch's layout-free (constant) operands."""
-    from ember.targets.sched_common import buffer_shape, dtype_bytes, layout_free
-
-    launches = _launches(mod)
-    total = 0
-    for gvar, func in mod.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc) and launches.get(gvar.name_hint):
-            for i in layout_free(func):
-                shape = buffer_shape(func.params[i])
-                if all(isinstance(d, int) for d in shape):
-                    total += launches[gvar.name_hint] * math.prod(shape) * dtype_bytes(str(func.params[i].ty.dtype))
-    return total
-
-
-def _last_level_cache_bytes() -> int:
-    """The largest CPU cache this process shares (sysfs; 32 MiB where unreadable)."""
-    sizes = []
-    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = path.read_text().strip().upper()
-        try:
-            sizes.append(int(text[:-1]) << {"K": 10, "M": 20, "G": 30}[text[-1]] if text[-1] in "KMG" else int(text))
-        except (ValueError, KeyError):
-            continue
-    return max(sizes, default=32 << 20)
 
 
 def _work(func: tvm.tirx.PrimFunc) -> int:
@@ -282,19 +255,14 @@ def _threads(count: int) -> Iterator[None]:
 class _Measurer:
     """Build and time kernels in this process: what the in-process builder and runner share."""
 
-    def __init__(self, threads: int, deadline: float, cold: bool = False) -> None:
+    def __init__(self, threads: int, deadline: float) -> None:
         from tvm.s_tir.meta_schedule.runner import EvaluatorConfig
 
         self.threads = threads
         self.deadline = deadline
         self.modules: dict[str, Any] = {}
         self.counter = itertools.count()
-        # `cold` (a model whose weights outweigh the last-level cache): each sample is one call
-        # with the caches flushed of every operand but the first (the weights and the output;
-        # the first, the activation the kernel before just wrote, stays warm), as inside such a
-        # model, where each weight comes from memory. Else warm, as the weights stay cached.
-        self.config = (EvaluatorConfig(number=1, repeat=5, min_repeat_ms=0, enable_cpu_cache_flush=True) if cold
-                       else EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False))
+        self.config = EvaluatorConfig(number=1, repeat=3, min_repeat_ms=10, enable_cpu_cache_flush=False)
         self.batch_end: float | None = None  # when the last measured batch ended
         self.search_s = 0.0  # how long the search took to propose the batch after it
         self.run_s = 0.3  # running averages of one measurement's and one build's wall time
@@ -724,6 +692,8 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     db = TuneDB.load(options.path)
     if not options.budget_s:
         return apply_records(unscheduled, scheduled, applied, tvm_target, db)
+    before = dict(db.records)
+    budget_s = options.budget_s * (1.0 - CHECK_SHARE)  # (the rest: the model timed with and without)
     check_writable(options.path)
     from ember.runtime.model import usable_cpus
 
@@ -733,13 +703,13 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     if not candidates:
         return apply_records(unscheduled, scheduled, applied, tvm_target, db)
     tkey = target_key(tvm_target)
-    measurer = _Measurer(threads, math.inf, cold=_weight_bytes(unscheduled) > _last_level_cache_bytes())
+    measurer = _Measurer(threads, math.inf)
     progress = _Progress(options.progress, options.budget_s, f"tuning ({len(candidates)} candidate kernels)")
     kept = 0
     try:
         with _threads(threads), _quiet_meta_schedule(), tvm_target:
             # Up to a tenth of the budget goes to measuring the rules' code, to pick what to tune.
-            ranked = _rank(candidates, measurer, tvm_target, start + 0.1 * options.budget_s)
+            ranked = _rank(candidates, measurer, tvm_target, start + 0.1 * budget_s)
             progress.tick()
             # The rules' knobs first (a few builds each, and the rules are near the machine's
             # limit where they apply), heaviest gap first; MetaSchedule's search then gets what
@@ -747,7 +717,7 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
             rules = _rules_by_name()
             generic = [t for t in ranked if not knob_space(rules.get(t.rule), t.fresh(), tvm_target)]
             generic_names = {t.name for t in generic}
-            knob_until = start + options.budget_s * (KNOB_SHARE if generic else 1.0) - 4.0
+            knob_until = start + budget_s * (KNOB_SHARE if generic else 1.0) - 4.0
             for task in ranked:
                 if time.perf_counter() > knob_until:
                     break
@@ -759,10 +729,10 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
                         workload=task.workload, target=tkey, kernel=task.name, rule=task.rule, rule_s=found.rule_s,
                         rule_hash=workload_key(task.scheduled), tuned_s=found.tuned_s, trials=found.trials,
                         threads=threads, date=_now(), trace=None, func=task.func_json, knobs=found.knobs))
-            left = start + options.budget_s - time.perf_counter()
+            left = start + budget_s - time.perf_counter()
             tasks = _plan(generic + [t for t in ranked if t.name not in generic_names], left) if left > MIN_SEARCH_S else []
             # Keep a few seconds of the budget for the final side-by-side measurements.
-            measurer.deadline = start + max(1.0, options.budget_s - 4.0 * len(tasks))
+            measurer.deadline = start + max(1.0, budget_s - 4.0 * len(tasks))
             best = _search(tasks, tvm_target, measurer, progress) if tasks else {}
             measurer.deadline = math.inf
             for task in tasks:
@@ -776,6 +746,8 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
                     date=_now(),
                     trace=_plain(trace.as_json()), func=task.func_json,
                 ))
+            if kept:
+                _check_in_model(unscheduled, scheduled, applied, tvm_target, db, before, start + options.budget_s)
     except EmberError:
         raise
     except Exception as err:  # tuning is an optimization: its failure costs speed, never the build
@@ -786,6 +758,100 @@ def tune(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, 
     if kept:
         db.save(merge=True)
     return apply_records(unscheduled, scheduled, applied, tvm_target, db)
+
+
+# The share of a `--tune` budget kept for timing the model with and without the run's records.
+CHECK_SHARE = 0.15
+MODEL_BLOCKS = 6  # blocks of consecutive runs per variant, alternating
+MODEL_BLOCK_S = 0.25  # seconds of runs a block
+
+
+def _copy(mod: tvm.IRModule) -> tvm.IRModule:
+    return tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+
+
+def _check_in_model(unscheduled: tvm.IRModule, scheduled: tvm.IRModule, applied: dict[str, str],
+                    tvm_target: tvm.target.Target, db: TuneDB, before: dict[Any, Record], until: float) -> None:
+    """Time the whole model with the records this run stored and without them (the records the
+    database held before), side by side; each new record keeps the ratio (`in_model`), and is
+    used only where the model ran faster with them (Record.faster). A kernel timed alone runs
+    with its operands warm in cache and its input written by its own threads; inside the model
+    a variant that won alone can lose (BENCHMARKS.md, section 6)."""
+    new = [r for key, r in db.records.items() if before.get(key) is not r]
+    if not new:
+        return
+    base, _ = apply_records(unscheduled, _copy(scheduled), applied, tvm_target, TuneDB(db.path, dict(before)))
+    tuned, _ = apply_records(unscheduled, _copy(scheduled), applied, tvm_target, db)
+    if all(base[g].same_as(tuned[g]) for g, f in tuned.functions_items() if isinstance(f, tvm.tirx.PrimFunc)):
+        return  # (no new record beats its rule: nothing changes in the model)
+    try:
+        times = _time_models([base, tuned], tvm_target, until)
+    except Exception as err:  # (a model that does not run on random inputs: the records stand alone)
+        log.info("the model was not timed with the new records: %s", err)
+        return
+    if times is None:
+        return
+    ratio = times[1] / times[0]
+    for record in new:
+        record.in_model = ratio
+    log.info("the model with this run's records: %.3f ms -> %.3f ms (%.3fx)", times[0] * 1e3, times[1] * 1e3, ratio)
+
+
+def _model_inputs(mod: tvm.IRModule) -> list[Any] | None:
+    """Random inputs for `main` (None where a size is symbolic or an input is not a tensor)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    inputs = []
+    for param in mod["main"].params:
+        info = param.ty
+        if not isinstance(info, relax.TensorType) or not isinstance(info.shape, relax.ShapeExpr):
+            return None
+        shape = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in info.shape.values]
+        if None in shape:
+            return None
+        dtype = str(info.dtype)
+        array = rng.standard_normal(shape).astype(dtype) if dtype.startswith("float") else np.zeros(shape, dtype)
+        inputs.append(tvm.runtime.tensor(array))
+    return inputs
+
+
+def _time_models(mods: list[tvm.IRModule], tvm_target: tvm.target.Target, until: float) -> list[float] | None:
+    """Median seconds per inference of each scheduled module, built as `build` builds and run in
+    alternating blocks of consecutive runs (None where the inputs cannot be made up)."""
+    import statistics
+
+    from tvm.runtime import vm as tvm_vm
+
+    from ember.targets.build import finalize
+    from ember.targets.inplace import use_inplace
+
+    inputs = _model_inputs(mods[0])
+    if inputs is None:
+        return None
+    vms = []
+    for mod in mods:
+        mod, _ = use_inplace(finalize(mod, tvm_target))
+        with tvm_target:
+            mod = relax.transform.DeadCodeElimination()(mod)
+        vms.append(tvm_vm.VirtualMachine(tvm.compile(mod, target=tvm_target, tir_pipeline=lowering.PIPELINE), tvm.cpu()))
+    once = 0.0
+    for vm in vms:  # (warm-up)
+        begin = time.perf_counter()
+        vm["main"](*inputs)
+        once = max(once, time.perf_counter() - begin)
+    runs = max(2, int(MODEL_BLOCK_S / max(once, 1e-6)))
+    samples: list[list[float]] = [[] for _ in vms]
+    for block in range(MODEL_BLOCKS):
+        if block >= 2 and time.perf_counter() > until:
+            break
+        for vm, out in zip(vms, samples):
+            time.sleep(0.05)  # (the other variant's spinning workers settle)
+            for _ in range(runs):
+                begin = time.perf_counter()
+                vm["main"](*inputs)
+                out.append(time.perf_counter() - begin)
+    return [statistics.median(out) for out in samples]
 
 
 def _now() -> str:

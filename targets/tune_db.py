@@ -78,6 +78,9 @@ class Record:
     func: str  # tvm.ir.save_json of the unscheduled PrimFunc (guards against hash collisions)
     rule_hash: str = ""  # structural hash of the rule's scheduled kernel that rule_s timed
     knobs: dict[str, int] | None = None  # a knob record: the rule's own schedule with these choices (no trace)
+    # The model's time with this run's records over its time without them, measured side by
+    # side when the records were made (None: not measured, e.g. symbolic input sizes).
+    in_model: float | None = None
 
     @property
     def speedup(self) -> float:
@@ -86,8 +89,11 @@ class Record:
 
     @property
     def faster(self) -> bool:
-        """Whether the tuned schedule beat the rule's by RECORD_MARGIN: only then is it used
-        (a smaller gain, measured alone, is within the noise of a kernel inside a model)."""
+        """Whether the tuned schedule beat the rule's by RECORD_MARGIN, alone and (where it was
+        measured) inside the model it was tuned in: only then is it used (a smaller gain,
+        measured alone, is within the noise of a kernel inside a model)."""
+        if self.in_model is not None and self.in_model >= 1.0 - RECORD_MARGIN:
+            return False
         return self.rule_s is None or self.tuned_s < (1.0 - RECORD_MARGIN) * self.rule_s
 
     @property
@@ -133,7 +139,7 @@ class TuneDB:
                 raise ValueError(f"version {data.get('version')}, this ember reads {FORMAT_VERSION}")
             records = {}
             for item in data["records"]:
-                record = Record(**{k: item[k] for k in _FIELDS if k in item or k not in ("rule_hash", "knobs")})
+                record = Record(**{k: item[k] for k in _FIELDS if k in item or k not in ("rule_hash", "knobs", "in_model")})
                 if record.knobs is not None and not (isinstance(record.knobs, dict)
                                                      and all(isinstance(v, int) for v in record.knobs.values())):
                     raise ValueError(f"record {record.kernel}: knobs must map names to integers")

@@ -142,18 +142,9 @@ def test_a_record_is_used_only_where_it_beats_the_rule_by_the_margin() -> None:
     assert _record(rule_s=1e-3, tuned_s=(1 - RECORD_MARGIN / 2) * 1e-3).faster is False
     assert _record(rule_s=1e-3, tuned_s=(1 - 2 * RECORD_MARGIN) * 1e-3).faster is True
     assert _record(rule_s=None, tuned_s=1e-3).faster is True  # (no rule's code to beat)
-
-
-def test_weights_are_counted_per_launch_to_choose_cold_timing(rng: np.random.Generator) -> None:
-    """The tuner times kernels cold when an inference's weights outweigh the last-level cache:
-    each launch's constant operands, counted once per launch."""
-    inits = {f"w{i}": rng.standard_normal((64, 64)).astype(np.float32) for i in range(3)}
-    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-             helper.make_node("MatMul", ["b", "w1"], ["c"]), helper.make_node("Relu", ["c"], ["d"]),
-             helper.make_node("MatMul", ["d", "w2"], ["y"])]
-    unscheduled, _, _, _ = _prepared(make_model(nodes, [("x", 1, [32, 64])], [("y", 1, [32, 64])], inits))
-    assert tuning._weight_bytes(unscheduled) == 3 * 64 * 64 * 4
-    assert tuning._last_level_cache_bytes() >= 1 << 20
+    inside = _record(rule_s=2e-3, tuned_s=1e-3)
+    inside.in_model = 1 - RECORD_MARGIN / 2  # (2x alone, but the model no faster with it)
+    assert inside.faster is False
 
 
 def test_saving_with_merge_keeps_what_another_run_wrote(tmp_path: Path) -> None:
@@ -250,6 +241,39 @@ def test_records_apply_only_where_faster_than_the_rule_and_only_on_their_target(
     _store_hand_record(tmp_path / "other.json", model, faster=True, target=other)
     _, got = tuning.apply_records(*_prepared(model)[:3], target, tmp_path / "other.json")
     assert tuning.TUNED not in got.values()
+
+
+def test_records_are_checked_in_the_model_and_unused_where_it_ran_no_faster(tmp_path: Path, rng: np.random.Generator,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a search, the model is timed with the run's new records and without them; each new
+    record keeps the ratio, and is used only where the model ran faster by the margin."""
+    model = _mlp_model(rng)
+    unscheduled, scheduled, applied, target = _prepared(model)
+    _store_hand_record(tmp_path / "db.json", model, faster=True)
+    timed: list[int] = []
+    for ratio, used in ((1.2, False), (0.99, False), (0.8, True)):
+        db = TuneDB.load(tmp_path / "db.json")
+        monkeypatch.setattr(tuning, "_time_models", lambda mods, *_, r=ratio: timed.append(len(mods)) or [1.0, r])
+        tuning._check_in_model(unscheduled, scheduled, applied, target, db, {}, time.perf_counter() + 10)
+        record, = db.records.values()
+        assert record.in_model == ratio and record.faster is used
+        _, got = tuning.apply_records(*_prepared(model)[:3], target, db)
+        assert (got["fused_matmul"] == tuning.TUNED) is used
+    assert timed == [2, 2, 2]
+    # Records the database held before the run are not re-judged, and none new: no timing.
+    db = TuneDB.load(tmp_path / "db.json")
+    tuning._check_in_model(unscheduled, scheduled, applied, target, db, dict(db.records), time.perf_counter() + 10)
+    assert timed == [2, 2, 2]
+
+
+def test_models_are_timed_on_made_up_inputs_where_their_sizes_are_static(rng: np.random.Generator) -> None:
+    unscheduled, scheduled, applied, target = _prepared(_mlp_model(rng))
+    with target:
+        times = tuning._time_models([scheduled, scheduled], target, time.perf_counter() + 5)
+    assert times is not None and len(times) == 2 and all(0 < t < 1 for t in times)
+    dynamic = _mlp_model(rng)
+    dynamic.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    assert tuning._model_inputs(_prepared(dynamic)[0]) is None
 
 
 def test_record_that_does_not_replay_leaves_the_rule_schedule(tmp_path: Path, rng: np.random.Generator) -> None:
