@@ -267,7 +267,7 @@ def test_records_are_checked_in_the_model_and_unused_where_it_ran_no_faster(tmp_
 
 
 def test_models_are_timed_on_made_up_inputs_where_their_sizes_are_static(rng: np.random.Generator) -> None:
-    unscheduled, scheduled, applied, target = _prepared(_mlp_model(rng))
+    _, scheduled, _, target = _prepared(_mlp_model(rng))
     with target:
         times = tuning._time_models([scheduled, scheduled], target, time.perf_counter() + 5)
     assert times is not None and len(times) == 2 and all(0 < t < 1 for t in times)
