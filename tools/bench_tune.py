@@ -7,7 +7,8 @@ For each model (the zoo's NAME.onnx and NAME.inputs.npz, see tools/zoo.py):
 1. compile with no tuning records (an empty database): the rules' schedules;
 2. compile with `--tune BUDGET` into the benchmark's database (default
    ~/.cache/ember/tune/bench.json, NOT the default database, so that other compiles on this
-   machine are not changed by it), tuning at --threads;
+   machine are not changed by it; emptied when the run starts unless --keep-db), tuning at
+   --threads;
 3. compile again from that database without a search: the time apply_records takes;
 4. time onnxruntime (default graph optimizations, --threads intra-op threads), the untuned and
    the tuned artifact, in alternating blocks of consecutive runs, medians.
@@ -169,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--blocks", type=int, default=2)
     parser.add_argument("--db", type=Path, default=DEFAULT_DB, help="tuning database (default %(default)s)")
+    parser.add_argument("--keep-db", action="store_true",
+                        help="keep the database's records from earlier runs (default: start it empty, so that "
+                             "records of another version, never checked in the model, do not join the tuned column)")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md between the tune markers")
     parser.add_argument("--save", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--rows", help="no measuring: render the table from these --save files (comma-separated)")
@@ -180,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [row for item in saved for row in item["rows"]]
         command = "; ".join(item["command"] for item in saved)
     else:
+        if not args.keep_db:
+            args.db.expanduser().unlink(missing_ok=True)
+        else:
+            command += " --keep-db"
         rows = []
         with tempfile.TemporaryDirectory(prefix="ember-bench-tune-") as tmp:
             for name in args.models.split(","):
