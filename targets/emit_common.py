@@ -129,6 +129,16 @@ def const(array: np.ndarray) -> relax.Expr:
     return relax.const(data, TVM_DTYPE[dtypes.from_numpy(data.dtype)])
 
 
+def take(x: relax.Expr, indices: relax.Expr, axis: int | None, dtype: str, in_range: bool = False) -> relax.Expr:
+    """R.take that never reads outside `x` (`dtype`: x's ember dtype). TVM's default mode ("fast") reads past the tensor
+    for an out-of-range index (a crash or garbage) and warns at every build. Indices that come
+    from the model's inputs: float data gives NaN for an out-of-range index, so that the output
+    shows it (onnxruntime refuses such an index), other data the nearest valid one. Indices
+    ember made in range (`in_range`): clipped, which never changes them."""
+    mode = "nan" if not in_range and dtypes.is_float(dtype) else "clip"
+    return R.take(x, indices, axis=axis, mode=mode)
+
+
 def scalar(value: float, like: TensorType) -> relax.Expr:
     """A 0-d constant of `like`'s dtype."""
     return relax.const(np.array(value, dtype=like.np_dtype), TVM_DTYPE[like.dtype])

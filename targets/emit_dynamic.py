@@ -29,6 +29,7 @@ from ember.targets.emit_common import (
     has_input,
     in_type,
     out_type,
+    take,
 )
 
 KERNEL_ATTRS = 'T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})'
@@ -108,7 +109,7 @@ def _compress(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         cond = lw.emit(R.strided_slice(cond, [0], [0], [extent]))
     fresh = y.shape[axis]
     idx = lw.emit(nonzero(lw, cond, 1, "bool", fresh))
-    return [R.take(x, R.reshape(idx, [lw.dims[fresh]]), axis=axis)]
+    return [take(x, R.reshape(idx, [lw.dims[fresh]]), axis, in_type(lw, node, 0).dtype, True)]
 
 
 def _product(dims: list[Any]) -> Any:
@@ -521,5 +522,5 @@ def slice_from_data(lw: Lowering, node: Node, a: list[Any], axes: list[int], ste
         (length,) = runtime_ints(lw, R.shape_to_tensor(relax.ShapeExpr([count])), 1)
         first = lw.emit(R.shape_to_tensor(relax.ShapeExpr([b])))
         index = R.add(R.multiply(R.arange(0, length, 1, "int64"), const(np.array(step, np.int64))), first)
-        x = lw.emit(R.take(x, lw.emit(index), axis=ax))
+        x = lw.emit(take(x, lw.emit(index), ax, "", in_range=True))
     return bind_type(lw, x, y)

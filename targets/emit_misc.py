@@ -24,7 +24,18 @@ import tvm
 from tvm import relax
 
 from ember.compiler.ir import Node
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, R, ScriptText, const, in_type, out_type, refuse
+from ember.targets.emit_common import (
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    R,
+    ScriptText,
+    const,
+    in_type,
+    out_type,
+    refuse,
+    take,
+)
 from ember.targets.emit_dynamic import KERNEL_ATTRS, bind_length
 
 
@@ -221,7 +232,7 @@ def _unique(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     gvar = lw.bb.add_func(tvm.script.from_source(UNIQUE_HEADS), "unique_heads")
     heads = lw.emit(relax.call_tir(gvar, relax.Tuple([first, counts]), [relax.TensorType([m], "int64")] * 2))
     indices, counts = lw.emit(relax.TupleGetItem(heads, 0)), lw.emit(relax.TupleGetItem(heads, 1))
-    y = R.take(flat, indices, axis=0) if axis is None else R.take(a[0], indices, axis=axis)
+    y = take(flat, indices, 0, t.dtype, True) if axis is None else take(a[0], indices, axis, t.dtype, True)
     return [y, indices, inverse, counts][: len(node.outputs)]
 
 
@@ -252,7 +263,7 @@ def _rotary(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     x = lw.emit(x)
     cos, sin = _upcast(a[1], ct.dtype, dt), _upcast(a[2], ct.dtype, dt)
     if len(a) > 3 and a[3] is not None:  # rows of the caches picked by position_ids [batch, seq]
-        cos, sin = R.take(cos, a[3], axis=0), R.take(sin, a[3], axis=0)
+        cos, sin = take(cos, a[3], 0, ct.dtype), take(sin, a[3], 0, ct.dtype)  # (position_ids: the model's input)
     cos, sin = lw.emit(R.reshape(cos, [b, s, 1, half])), lw.emit(R.reshape(sin, [b, s, 1, half]))
     part = lw.emit(R.strided_slice(x, [3], [0], [rot])) if rot < head else x
     if node.attrs["interleaved"]:
@@ -263,7 +274,7 @@ def _rotary(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         swap = const(np.arange(rot, dtype=np.int64) ^ 1)
         sign = const(np.tile(np.array([-1, 1], dtype=np.dtype(dt)), half))
         cos2, sin2 = lw.emit(R.repeat(cos, 2, axis=3)), lw.emit(R.repeat(sin, 2, axis=3))
-        swapped = lw.emit(R.multiply(R.take(part, swap, axis=3), sign))
+        swapped = lw.emit(R.multiply(take(part, swap, 3, dt, True), sign))
         rotated = R.add(R.multiply(cos2, part), R.multiply(sin2, swapped))
     else:
         x1, x2 = lw.emit(R.strided_slice(part, [3], [0], [half])), lw.emit(R.strided_slice(part, [3], [half], [rot]))

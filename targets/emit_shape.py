@@ -31,6 +31,7 @@ from ember.targets.emit_common import (
     scalar,
     static_ints,
     static_scalar,
+    take,
 )
 
 
@@ -112,9 +113,10 @@ def _gather(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     t = in_type(lw, node, 0)
     axis = axis_of(node, t.rank)
     idx = _wrap_indices(lw, node, a[1], t.shape[axis])
+    known = lw.const_of(node.inputs[1]) is not None  # (constant indices: in range or refused at import)
     if in_type(lw, node, 1).rank == 0:  # a scalar index drops the axis: take one, then squeeze it
-        return [R.squeeze(R.take(a[0], R.reshape(idx, [1]), axis=axis), [axis])]
-    return [R.take(a[0], idx, axis=axis)]
+        return [R.squeeze(take(a[0], R.reshape(idx, [1]), axis, t.dtype, known), [axis])]
+    return [take(a[0], idx, axis, t.dtype, known)]
 
 
 def _gather_elements(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
