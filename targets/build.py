@@ -275,6 +275,17 @@ def block_lanes(target: TargetSpec) -> int:
     return lanes if lanes >= 8 else 0
 
 
+def finish(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tuple[tvm.IRModule, dict[str, str]]:
+    """A scheduled module as tvm.compile takes it: weight re-layouts folded into constants,
+    kernels made in place where they may be ({in-place kernel: the kernel it was made from})."""
+    mod = finalize(mod, tvm_target)
+    mod, made = use_inplace(mod)
+    if made:
+        with tvm_target:
+            mod = relax.transform.DeadCodeElimination()(mod)
+    return mod, made
+
+
 def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None, blocked: bool = True,
           winograd: bool = True) -> Built:
     """Lower, optimize and compile a graph for a target.
@@ -295,15 +306,11 @@ def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = No
         unscheduled = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)  # schedule() rewrites mod
         mod, applied = schedule(mod, tvm_target, schedule_rules(target))
         mod, applied = tuning.tune(unscheduled, mod, applied, tvm_target, tune or tuning.TuneOptions())
-        mod = finalize(mod, tvm_target)
-        mod, made = use_inplace(mod)
-        if made:
-            for new, old in made.items():  # the rule that scheduled the kernel it was made from
-                base = old.removesuffix("_prepacked")
-                if base in applied or old in applied:
-                    applied[new] = applied.get(old, applied.get(base, ""))
-            with tvm_target:
-                mod = relax.transform.DeadCodeElimination()(mod)
+        mod, made = finish(mod, tvm_target)
+        for new, old in made.items():  # the rule that scheduled the kernel it was made from
+            base = old.removesuffix("_prepacked")
+            if base in applied or old in applied:
+                applied[new] = applied.get(old, applied.get(base, ""))
         stats["inplace_kernels"] = len(made)
         stats["run_time_loops"] = sum(1 for _, f in mod.functions_items()
                                       if isinstance(f, relax.Function) and f.attrs is not None and "ember.loop" in f.attrs)

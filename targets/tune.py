@@ -823,17 +823,14 @@ def _time_models(mods: list[tvm.IRModule], tvm_target: tvm.target.Target, until:
 
     from tvm.runtime import vm as tvm_vm
 
-    from ember.targets.build import finalize
-    from ember.targets.inplace import use_inplace
+    from ember.targets.build import finish
 
     inputs = _model_inputs(mods[0])
     if inputs is None:
         return None
     vms = []
     for mod in mods:
-        mod, _ = use_inplace(finalize(mod, tvm_target))
-        with tvm_target:
-            mod = relax.transform.DeadCodeElimination()(mod)
+        mod, _ = finish(mod, tvm_target)
         vms.append(tvm_vm.VirtualMachine(tvm.compile(mod, target=tvm_target, tir_pipeline=lowering.PIPELINE), tvm.cpu()))
     once = 0.0
     for vm in vms:  # (warm-up)
