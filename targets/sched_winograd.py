@@ -35,6 +35,7 @@ The tuner may choose either form (knob `fused`).
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from tvm import s_tir, tirx
@@ -51,6 +52,15 @@ from ember.targets.winograd import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _vectors(func: tirx.PrimFunc, cob: int, regs: int) -> tuple[int, int]:
+    """(nv, cap): output channel vectors per register tile (the knob, else 2 where they pair),
+    and the most tiles the accumulators may hold beside nv weight vectors and a broadcast."""
+    nv = sc.knob(func, "nv", 2 if cob % 2 == 0 else 1)
+    if nv < 1 or cob % nv:
+        raise ValueError(f"nv={nv} does not split {cob} channel blocks")
+    return nv, max(4, (regs - nv - 2) // nv)
 
 
 def _named(blocks: list[Any], name: str) -> Any | None:
@@ -126,19 +136,13 @@ class WinogradNCHWc:
         *batch, f = outer
         oh, ow, cob = sc.static_extent(sch, y), sc.static_extent(sch, x), sc.static_extent(sch, f)
         th, tw = -(-oh // m), -(-ow // m)
-        nv = sc.knob(func, "nv", 2 if cob % 2 == 0 else 1)
-        if nv < 1 or cob % nv:
-            raise ValueError(f"nv={nv} does not split {cob} channel blocks")
-        cap = max(4, (regs - nv - 2) // nv)
+        nv, cap = _vectors(func, cob, regs)
         r = sc.knob(func, "r", max(d for d in range(1, th + 1) if th % d == 0 and (d == 1 or d * tw <= cap)))
         if r < 1 or th % r:
             raise ValueError(f"r={r} does not split {th} rows of tiles")
         per_block = r * tw
         xr = sc.knob(func, "xr", _column_block(per_block, cap))
-        images = 1
-        for lp in batch:
-            images *= sc.static_extent(sch, lp)
-        blocks = images * (th // r)
+        blocks = math.prod(sc.static_extent(sch, lp) for lp in batch) * (th // r)
         groups = [g for g in range(1, cob // nv + 1) if (cob // nv) % g == 0]
         g = sc.knob(func, "g", next((g for g in groups if blocks * g >= 4 * cores), groups[-1]))
         if g < 1 or (cob // nv) % g:
@@ -155,16 +159,7 @@ class WinogradNCHWc:
         cls._per_tile(sch, columns, tx)
         # the matmuls for the block's tiles and channel group, on the register tile
         sch.compute_at(mm, unit, preserve_unit_loops=True)
-        e1, e2, mf, mp, mo, rc, rk = sch.get_loops(mm)[1:]
-        fo, fv = sch.split(mf, [None, nv])
-        po, pi = sch.split(mp, [None, xr])
-        sch.reorder(e1, e2, fo, po, rc, rk, pi, fv, mo)
-        acc = sch.cache_write(mm, 0, "local")
-        sch.reverse_compute_at(acc, po)
-        cls._unroll_below(sch, acc, po)
-        sch.unroll(pi)
-        sch.unroll(fv)
-        sch.vectorize(mo)
+        *_, rc = cls._register_tile(sch, mm, sch.get_loops(mm)[1:], nv, xr)
         # the block's input transform (every input channel block; repeated per channel group)
         sch.compute_at(v, unit, preserve_unit_loops=True)
         t1, t2, c, p, k = sch.get_loops(v)[1:]
@@ -223,25 +218,28 @@ class WinogradNCHWc:
 
     @classmethod
     def _matmul(cls, sch: s_tir.Schedule, func: tirx.PrimFunc, block: Any, lanes: int, regs: int) -> None:
-        e1, e2, f, p, o, rc, rk = sch.get_loops(block)
-        cob, count = sc.static_extent(sch, f), sc.static_extent(sch, p)
-        nv = sc.knob(func, "nv", 2 if cob % 2 == 0 else 1)
-        if nv < 1 or cob % nv:
-            raise ValueError(f"nv={nv} does not split {cob} channel blocks")
-        cap = max(4, (regs - nv - 2) // nv)
-        xr = sc.knob(func, "xr", _column_block(count, cap))
+        loops = sch.get_loops(block)
+        nv, cap = _vectors(func, sc.static_extent(sch, loops[2]), regs)
+        xr = sc.knob(func, "xr", _column_block(sc.static_extent(sch, loops[3]), cap))
+        e1, e2, fo, rc = cls._register_tile(sch, block, loops, nv, xr)
+        sc.parallel(sch, sch.fuse(e1, e2, fo))
+        sch.decompose_reduction(block, rc)
+
+    @classmethod
+    def _register_tile(cls, sch: s_tir.Schedule, block: Any, loops: list[Any], nv: int, xr: int) -> tuple[Any, ...]:
+        """The matmuls' loops (e1, e2, f, p, o, rc, rk) on the register tile: xr tiles x nv
+        channel vectors accumulated in registers over (rc, rk); (e1, e2, fo, rc)."""
+        e1, e2, f, p, o, rc, rk = loops
         fo, fv = sch.split(f, [None, nv])
         po, pi = sch.split(p, [None, xr])
         sch.reorder(e1, e2, fo, po, rc, rk, pi, fv, o)
-        outer = sch.fuse(e1, e2, fo)
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, po)
         cls._unroll_below(sch, acc, po)  # (the tile's pi, fv unrolled; its lanes vectorized)
         sch.unroll(pi)
         sch.unroll(fv)
         sch.vectorize(o)
-        sc.parallel(sch, outer)
-        sch.decompose_reduction(block, rc)
+        return e1, e2, fo, rc
 
     @classmethod
     def _output(cls, sch: s_tir.Schedule, columns: Any, block: Any, m: int) -> None:
