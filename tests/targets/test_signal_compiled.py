@@ -182,7 +182,13 @@ def test_log_mel_front_end_compiles_and_matches_onnxruntime(tmp_path: Path, rng:
         got = runner(audio=audio)["logmel"]
         want = run_onnxruntime(model, {"audio": audio})["logmel"]
         assert got.shape == want.shape == (batch, (samples - 400) // 160 + 1, 80)
-        np.testing.assert_allclose(got, interp.run(graph, {"audio": audio})["logmel"], rtol=1e-4, atol=1e-4)
+        expected = interp.run(graph, {"audio": audio})["logmel"]
+        # A log of an energy near 0 magnifies the DFT's fp32 rounding (an energy of 2.4e-6 off
+        # by 6e-9 read 2.5e-3 in its log, one seed in several): the logs are held to 1e-4 where
+        # the energy is 1e-3 or more, the energies below it to 1e-7.
+        small = expected < np.log(1e-3)
+        np.testing.assert_allclose(got[~small], expected[~small], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.exp(got[small]), np.exp(expected[small]), rtol=0, atol=1e-7)
         # onnxruntime's f32 DFT of a 400-point frame (not a power of 2) is the less exact one:
         # against an f64 pipeline it is off by up to 2e-3 in log energy where ember is off by 2e-6.
         np.testing.assert_allclose(got, want, rtol=5e-3, atol=5e-3)
