@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from tvm import relax, tirx
 
+from ember.compiler import dtypes
 from ember.compiler.ir import Node
 from ember.targets import emit_dynamic as dyn
 from ember.targets.emit_common import (
@@ -122,11 +123,71 @@ def _gather(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 def _gather_elements(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     t = in_type(lw, node, 0)
     axis = axis_of(node, t.rank)
-    return [R.gather_elements(a[0], _wrap_indices(lw, node, a[1], t.shape[axis]), axis)]
+    idx, valid = _bounded_indices(lw, node, a[1], [t.shape[axis]], per_component=False)
+    return [_poison(lw, node, R.gather_elements(a[0], idx, axis), valid)]
 
 
 def _gather_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    return [R.gather_nd(a[0], R.astype(a[1], "int64"), node.attrs["batch_dims"])]
+    t, batch = in_type(lw, node, 0), node.attrs["batch_dims"]
+    k = in_type(lw, node, 1).shape[-1]
+    if not isinstance(k, int):
+        raise LoweringError(f"node {node.name!r} (GatherND): the indices' last dim must be static for code generation")
+    idx, valid = _bounded_indices(lw, node, a[1], list(t.shape[batch:batch + k]), per_component=True)
+    return [_poison(lw, node, R.gather_nd(a[0], idx, batch), valid)]
+
+
+def _bounded_indices(lw: Lowering, node: Node, idx: relax.Expr, sizes: list[Any],
+                     per_component: bool) -> tuple[relax.Expr, relax.Expr | None]:
+    """Indices of a gather or scatter (input 1) made safe to read or write with: negative ones
+    wrapped, every one then clipped into [0, size). With them the mask of the indices that were
+    in range ([-size, size)), None where the indices are constant (then checked here: one out
+    of range refuses the model). `per_component`: GatherND's and ScatterND's indices, whose
+    last axis holds one index per dim of `sizes` (the mask drops that axis); else each index
+    is into sizes[0]. TVM's kernels read and write wherever an index points: a negative
+    GatherND index read before the tensor, an out-of-range scatter wrote past it."""
+    data = lw.const_of(node.inputs[1])
+    if data is not None and all(isinstance(s, int) for s in sizes):
+        n = np.array(sizes, np.int64)
+        wrapped = np.where(data < 0, data + n, data).astype(np.int64)
+        bad = (wrapped < 0) | (wrapped >= n)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise LoweringError(f"node {node.name!r} ({node.op}): constant index {int(data[at])} at {list(at)} is out of "
+                                f"range for a dim of {int(np.broadcast_to(n, data.shape)[at])}; fix the model's indices")
+        return const(wrapped), None
+    it = in_type(lw, node, 1)
+    wide = lw.emit(R.astype(idx, "int64"))
+
+    def bounded(part: relax.Expr, size: Any) -> tuple[relax.Expr, relax.Expr]:
+        dim = lw.dim(size)
+        n = relax.const(dim, "int64") if isinstance(dim, int) else relax.prim_value(dim)
+        last = relax.const(dim - 1, "int64") if isinstance(dim, int) else relax.prim_value(dim - 1)
+        zero = relax.const(0, "int64")
+        w = lw.emit(R.where(R.less(part, zero), R.add(part, n), part))
+        valid = R.logical_and(R.greater_equal(w, zero), R.less(w, n))
+        return R.minimum(R.maximum(w, zero), last), valid
+
+    if not per_component:
+        return bounded(wide, sizes[0])
+    parts = [bounded(lw.emit(R.strided_slice(wide, [it.rank - 1], [j], [j + 1])), size) for j, size in enumerate(sizes)]
+    valid = parts[0][1]
+    for _, v in parts[1:]:
+        valid = R.logical_and(valid, v)
+    clipped = parts[0][0] if len(parts) == 1 else R.concat([p for p, _ in parts], axis=it.rank - 1)
+    return lw.emit(clipped), lw.emit(R.squeeze(valid, [it.rank - 1]))
+
+
+def _poison(lw: Lowering, node: Node, y: relax.Expr, valid: relax.Expr | None) -> relax.Expr:
+    """A gather's result where its indices were out of range: NaN for float data (so that the
+    output shows it: onnxruntime refuses such an index), else the clipped index's entry, as
+    Gather's (emit_common.take)."""
+    t = in_type(lw, node, 0)
+    if valid is None or not dtypes.is_float(t.dtype):
+        return y
+    y = lw.emit(y)
+    extra = out_type(node).rank - in_type(lw, node, 1).rank + (1 if node.op == "GatherND" else 0)
+    mask = R.expand_dims(valid, list(range(-extra, 0))) if extra else valid
+    return R.where(mask, y, relax.const(float("nan"), TVM_DTYPE[t.dtype]))
 
 
 _REDUCTIONS = {"none": "update", "add": "add", "mul": "mul", "min": "min", "max": "max"}
@@ -136,11 +197,43 @@ def _scatter_elements(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr
     t = in_type(lw, node, 0)
     axis = axis_of(node, t.rank)
     reduction = _REDUCTIONS[node.attrs.get("reduction", "none")]
-    return [R.scatter_elements(a[0], _wrap_indices(lw, node, a[1], t.shape[axis]), a[2], axis, reduction)]
+    idx, valid = _bounded_indices(lw, node, a[1], [t.shape[axis]], per_component=False)
+    if valid is None:
+        return [R.scatter_elements(a[0], idx, a[2], axis, reduction)]
+    data, n = _with_spare(lw, a[0], t, axis)
+    idx = R.where(valid, idx, n)
+    return [_without_spare(lw, R.scatter_elements(data, idx, a[2], axis, reduction), t, axis)]
 
 
 def _scatter_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    return [R.scatter_nd(a[0], R.astype(a[1], "int64"), a[2], _REDUCTIONS[node.attrs["reduction"]])]
+    t = in_type(lw, node, 0)
+    reduction = _REDUCTIONS[node.attrs["reduction"]]
+    it = in_type(lw, node, 1)
+    k = it.shape[-1]
+    if not isinstance(k, int):
+        raise LoweringError(f"node {node.name!r} (ScatterND): the indices' last dim must be static for code generation")
+    idx, valid = _bounded_indices(lw, node, a[1], list(t.shape[:k]), per_component=True)
+    if valid is None:
+        return [R.scatter_nd(a[0], idx, a[2], reduction)]
+    data, n = _with_spare(lw, a[0], t, 0)
+    spare = R.multiply(const(np.eye(1, k, dtype=np.int64)[0]), n)  # ([n, 0, ...]: the spare row)
+    idx = R.where(R.expand_dims(valid, [-1]), idx, spare)
+    return [_without_spare(lw, R.scatter_nd(data, idx, a[2], reduction), t, 0)]
+
+
+def _with_spare(lw: Lowering, x: relax.Expr, t: Any, axis: int) -> tuple[relax.Expr, relax.Expr]:
+    """x with one more entry along `axis` (zeros), where a scatter's out-of-range indices write,
+    and that entry's index: ONNX leaves such an index an error (onnxruntime refuses it), and
+    ember skips its update, as XLA does, rather than write past the tensor or over a valid
+    entry."""
+    spare = R.zeros_like(R.strided_slice(x, [axis], [0], [1]))
+    dim = lw.dim(t.shape[axis])
+    n = relax.const(dim, "int64") if isinstance(dim, int) else relax.prim_value(dim)
+    return lw.emit(R.concat([x, spare], axis=axis)), n
+
+
+def _without_spare(lw: Lowering, y: relax.Expr, t: Any, axis: int) -> relax.Expr:
+    return R.strided_slice(lw.emit(y), [axis], [0], [lw.dim(t.shape[axis])])
 
 
 def _expand(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:

@@ -70,13 +70,15 @@ SHAPE_OPERANDS: dict[str, tuple[int, ...]] = {
 # hand-written resampling kernels (RoiAlign, GridSample), DFT / STFT (a framing kernel and a
 # matmul that must stay two kernels, so the Matmul rule schedules the product), the signal ops
 # folded to constants, ops with a run-time length (NonZero, Compress, NMS, Unique), MaxUnpool
-# (a scatter), DeformConv (a column kernel and a matmul, as DFT), GroupNormalization (an
-# instance norm of a reshaped view) and control flow: none of them can sit in a primitive function.
+# and the scatters (run-time indices out of range write to a spare entry appended to the data:
+# TVM's FuseTIR cannot feed a scatter's data from another op in one function), DeformConv (a
+# column kernel and a matmul, as DFT), GroupNormalization (an instance norm of a reshaped view)
+# and control flow: none of them can sit in a primitive function.
 IN_MAIN = frozenset({
     "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Shape", "Size", "Range", "EyeLike",
     "CumSum", "CumProd", "TopK", "LSTM", "GRU", "RNN", "NonZero", "Compress", "NonMaxSuppression", "If", "Loop",
     "RoiAlign", "GridSample", "DFT", "STFT", "HannWindow", "HammingWindow", "BlackmanWindow", "MelWeightMatrix",
-    "Unique", "MaxUnpool", "DeformConv", "GroupNormalization",
+    "Unique", "MaxUnpool", "ScatterElements", "Scatter", "ScatterND", "DeformConv", "GroupNormalization",
 })
 
 
