@@ -201,8 +201,8 @@ def _pool(kind: str) -> Emitter:
     def emit(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         at = node.attrs
         n = len(at["kernel_shape"])
-        if len(node.outputs) > 1:
-            raise refuse(node, "the Indices output")
+        if len(node.outputs) > 1 and node.outputs[1].name:
+            return _max_pool_with_indices(lw, node, a[0])
         fns = {("max", 1): R.nn.max_pool1d, ("max", 2): R.nn.max_pool2d, ("max", 3): R.nn.max_pool3d,
                ("avg", 1): R.nn.avg_pool1d, ("avg", 2): R.nn.avg_pool2d, ("avg", 3): R.nn.avg_pool3d}
         t = out_type(node)
@@ -220,6 +220,71 @@ def _pool(kind: str) -> Emitter:
         return [R.power(s, scalar(1.0 / float(at["p"]), t))]
 
     return emit
+
+
+def _max_pool_with_indices(lw: Lowering, node: Node, x: relax.Expr) -> list[relax.Expr]:
+    """MaxPool's Y and Indices in one kernel: per output, the window's first maximum (taps in
+    row-major order) and its position in the unpadded input, flattened over [N, C, *spatial]
+    (storage_order 1: the spatial axes column-major). Taps in the padding or past the input's
+    end (ceil mode) never win; SegNet / ENet-style decoders feed the indices to MaxUnpool."""
+    from tvm import te, tirx
+
+    at = node.attrs
+    x_t, y_t = in_type(lw, node, 0), out_type(node)
+    n = len(at["kernel_shape"])
+    kernel, strides = list(at["kernel_shape"]), list(at["strides"])
+    dilations = list(at.get("dilations") or [1] * n)
+    pads = conv_pads(node, x_t, y_t)[:n]
+    out_shape = lw.shape(y_t)
+    column_major = bool(at.get("storage_order", 0))
+
+    def kernel_fn(data: te.Tensor) -> list[te.Tensor]:
+        dtype = data.dtype
+        spatial = list(data.shape[2:])
+        taps = [te.reduce_axis((0, k), f"k{i}") for i, k in enumerate(kernel)]
+
+        def combine(a: Any, b: Any) -> tuple[Any, Any]:  # (tap, value): the larger, the earlier tap on a tie
+            take_b = tirx.Or(b[1] > a[1], tirx.And(b[1] == a[1], b[0] < a[0]))
+            return tirx.Select(take_b, b[0], a[0]), tirx.Select(take_b, b[1], a[1])
+
+        def identity(t0: str, t1: str) -> tuple[Any, Any]:
+            return tirx.max_value(t0), tirx.min_value(t1)
+
+        argmax = te.comm_reducer(combine, identity, name="window_argmax")
+
+        def at_tap(i: Any, c: Any, *pos: Any) -> tuple[Any, Any]:
+            coords = [pos[d] * strides[d] - pads[d] + taps[d] * dilations[d] for d in range(n)]
+            inside = tirx.all(*[tirx.And(coords[d] >= 0, coords[d] < spatial[d]) for d in range(n)])
+            safe = [tirx.max(tirx.min(coords[d], spatial[d] - 1), 0) for d in range(n)]
+            value = tirx.if_then_else(inside, data[(i, c, *safe)], tirx.min_value(dtype))
+            tap = taps[0]
+            for d in range(1, n):
+                tap = tap * kernel[d] + taps[d]
+            return argmax((tirx.Cast("int32", tap), value), axis=taps)
+
+        best = te.compute(out_shape, at_tap, name="max_pool_argmax")
+
+        def offset(i: Any, c: Any, *pos: Any) -> Any:
+            tap = best[0][(i, c, *pos)]
+            coords = []
+            for d in range(n - 1, -1, -1):  # (the tap's row-major digits, last axis first)
+                coords.insert(0, pos[d] * strides[d] - pads[d] + tap % kernel[d] * dilations[d])
+                tap = tap // kernel[d]
+            order = range(n - 1, -1, -1) if column_major else range(n)
+            flat = tirx.Cast("int64", i) * data.shape[1] + c
+            for d in range(n):
+                flat = flat * spatial[d]
+            inner: Any = tirx.const(0, "int64")
+            for d in order:
+                inner = inner * tirx.Cast("int64", spatial[d]) + tirx.Cast("int64", coords[d])
+            return flat + inner
+
+        values = te.compute(out_shape, lambda *i: best[1][i], name="max_pool_values")
+        indices = te.compute(out_shape, offset, name="max_pool_indices")
+        return [values, indices]
+
+    call = lw.emit(lw.kernels.call_te(kernel_fn, x, primfunc_name_hint="max_pool_with_indices"))
+    return [relax.TupleGetItem(call, 0), relax.TupleGetItem(call, 1)]
 
 
 def _global_pool(kind: str) -> Emitter:

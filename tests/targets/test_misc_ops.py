@@ -133,8 +133,7 @@ def test_rotary_embedding_in_f16(rng: np.random.Generator) -> None:
 def test_max_unpool(pooled: list, kernel: list, strides: list, pads: list, output_shape: bool,
                     rng: np.random.Generator) -> None:
     """Pooled values scattered to distinct random flat positions of the default-size output,
-    or of a constant output_shape one larger per spatial axis (the indices address that shape).
-    (ember's MaxPool does not compile its Indices output, so the indices are fed.)"""
+    or of a constant output_shape one larger per spatial axis (the indices address that shape)."""
     n = len(kernel)
     window = {"kernel_shape": kernel, "strides": strides, "pads": pads}
     size = [(d - 1) * st + k - p0 - p1 for d, k, st, p0, p1 in zip(pooled, kernel, strides, pads[:n], pads[n:])]
@@ -165,8 +164,36 @@ def test_max_unpool_index_outside_the_output_is_an_error(rng: np.random.Generato
         run_vm(built, graph, {"x": feeds["x"], "i": np.array([[[0, 6, 1]]], np.int64)})
 
 
+# --- MaxPool's Indices ------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,attrs", [
+    (["N", 3, 13], dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    (["N", 4, 9, 11], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    (["N", 2, 8, 8], dict(kernel_shape=[2, 2], strides=[2, 2], storage_order=1)),
+    (["N", 2, 10, 7], dict(kernel_shape=[3, 2], strides=[2, 1], dilations=[2, 1], ceil_mode=1)),
+    ([1, 2, 5, "H", "W"], dict(kernel_shape=[2, 2, 3], strides=[1, 2, 2], pads=[0, 1, 1, 1, 0, 1], storage_order=1)),
+])
+def test_max_pool_indices(shape: list, attrs: dict, rng: np.random.Generator) -> None:
+    """Y and Indices of 1-3 spatial dims against the interpreter, over symbolic sizes; the
+    inputs hold ties within windows (the first maximum in tap order wins, as onnxruntime's)."""
+    model = onnx_model([node("MaxPool", ["x"], ["y", "i"], **attrs)], [("x", F, shape)])
+
+    def fix(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        feeds["x"] = rng.integers(-3, 4, feeds["x"].shape).astype(np.float32)  # (few values: many ties)
+
+    check_model(model, rng, [{"N": 2, "H": 6, "W": 7}, {"N": 1, "H": 3, "W": 4}], fix)
+
+
+def test_max_pool_indices_feed_max_unpool(rng: np.random.Generator) -> None:
+    """SegNet's decoder: each value back where the pool found it, zeros elsewhere (padding and
+    ceil mode included)."""
+    window = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    model = onnx_model([node("MaxPool", ["x"], ["y", "i"], **window), node("MaxUnpool", ["y", "i", "s"], "z", **window)],
+                       [("x", F, [1, 3, 9, 12])], {"s": np.array([1, 3, 9, 12], np.int64)})
+    check_model(model, rng)
+
+
 # --- onnx's node tests, refused ops ----------------------------------------------------------------
-COMPILED = ("test_reversesequence", "test_unique", "test_rotary_embedding", "test_maxunpool")
+COMPILED = ("test_reversesequence", "test_unique", "test_rotary_embedding", "test_maxunpool", "test_maxpool_with_argmax")
 # maxunpool_export_with_output_shape: its output_shape is a graph input (a shape known only at
 # run time, refused), and its expected data addresses the default-size output (onnx/onnx#2398).
 SKIPPED = ("test_maxunpool_export_with_output_shape",)
@@ -180,7 +207,7 @@ def test_onnx_node_tests_of_these_ops_match_their_data() -> None:
     # (the `_expanded` cases are the ops' function bodies, other ops: not these code generators)
     cases = [c for c in collect_testcases() if c.name.startswith(COMPILED) and not c.name.endswith("_expanded")
              and c.name not in SKIPPED]
-    assert len(cases) >= 19
+    assert len(cases) >= 21
     for case, graph, feeds, got, expected in run_node_cases(cases):
         want = interp.run(graph, feeds)
         for name, value in expected.items():
