@@ -1,6 +1,7 @@
 """Ops beyond the CNN/transformer zoo, compiled by ember vs onnxruntime, side by side: output
 sizes that depend on the data (NMS, NonZero, TopK of min(n, 300)), detection/warping kernels (RoiAlign,
-GridSample), a log-mel front end (STFT), and a loop decided at run time.
+GridSample), a log-mel front end (STFT), a loop decided at run time, and a segmentation
+decoder's MaxPool indices fed to MaxUnpool.
 
     python tools/bench_ops.py [--threads 1,2] [--blocks 6] [--runs 5] [--cases nms,...] [--write]
 
@@ -130,8 +131,18 @@ def loop() -> Case:
         {"x": rng.standard_normal((1, 256)).astype(np.float32), "trips": np.array(100, np.int64)}
 
 
+def unpool() -> Case:
+    """SegNet's first encoder pool and its decoder's unpool: MaxPool's Indices (2x2, stride 2) of
+    a 64-channel 360 x 480 map (CamVid's size) fed to MaxUnpool."""
+    rng = np.random.default_rng(0)
+    window = dict(kernel_shape=[2, 2], strides=[2, 2])
+    nodes = [helper.make_node("MaxPool", ["x"], ["p", "i"], **window), helper.make_node("MaxUnpool", ["p", "i"], ["y"], **window)]
+    shape = [1, 64, 360, 480]
+    return _model(nodes, [("x", T.FLOAT, shape)], [("y", T.FLOAT, shape)], {}), {"x": rng.standard_normal(shape).astype(np.float32)}
+
+
 CASES: dict[str, Callable[[], Case]] = {"nms": nms, "nonzero": nonzero, "topk": topk, "roialign": roialign,
-                                        "gridsample": gridsample, "logmel": logmel, "loop": loop}
+                                        "gridsample": gridsample, "logmel": logmel, "loop": loop, "unpool": unpool}
 
 
 WARMUP = 10  # runs before timing: a run-time loop's first calls fill the VM's memory pool (4 ms instead of 0.7)
