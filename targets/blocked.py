@@ -525,10 +525,11 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
         out_hw = tuple(y_t.shape[2:])
         if (lw.plan.winograd and not one_d
                 and winograd.applies(list(at["kernel_shape"]), strides, dilations, at["group"], ci, co, bi,
-                                     x_t.shape[0], out_hw)):
+                                     x_t.shape[0], out_hw, lw.plan.lanes)):
             m = winograd.tile_size(x_t.shape[0], out_hw)
             u = const(winograd.transform_weight(weight, bi, bo, m))
-            y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=out_hw, m=m,
+            y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=tuple(lw.shape(y_t)[2:]), m=m,
+                                   tile_block=winograd.SYMBOLIC_TILE_BLOCK.get(lw.plan.lanes, 1),
                                    primfunc_name_hint="conv2d_winograd")
             return _bias_nchwc(lw, node, y, co, bo)
     else:  # depthwise: [C/b, 1, KH, KW, 1, b]

@@ -114,17 +114,30 @@ def _original(name: str, unscheduled: dict[str, Any]) -> str | None:
     return None
 
 
+def _bound(func: Any, dims: Mapping[str, int]) -> Any:
+    """A PrimFunc with its scalar params named as symbolic dims set to their values."""
+    values = {p: tvm.tirx.IntImm(str(p.ty.dtype), int(dims[p.name])) for p in func.params
+              if p.name in dims and isinstance(p.ty, tvm.ir.PrimType)}
+    return func.specialize(values) if values else func
+
+
 def kernel_stats(graph: Graph, built: Built, dims: Mapping[str, int] | None = None) -> list[KernelStats]:
     """Counts for every kernel `main` calls in the built module, in name order; symbolic dims
     take their values from `dims` (the sample's), and count as 1 where it has none."""
     target = tvm.target.Target(built.target.tvm_target())
     mod = to_relax(graph, built.block_lanes)
+    unscheduled = None
     if dims:
         try:
-            mod = relax.transform.BindSymbolicVars(dict(dims))(mod)
-        except Exception as err:  # a dim the Relax module names otherwise: count it as 1
-            log.debug("kernel counts at symbolic dims = 1: %s", err)
-    unscheduled = primfuncs(prepare(mod, target))
+            unscheduled = primfuncs(prepare(relax.transform.BindSymbolicVars(dict(dims))(mod), target))
+        except Exception as err:
+            # a kernel call_te made while lowering (a Winograd conv's) keeps the symbolic shapes
+            # it was made with, which FuseTIR cannot join to its epilogue's bound ones: each
+            # kernel's own symbolic params bound instead; a dim named otherwise counts as 1
+            log.debug("kernel counts with each kernel's dims bound: %s", err)
+            unscheduled = {name: _bound(func, dims) for name, func in primfuncs(prepare(mod, target)).items()}
+    if unscheduled is None:
+        unscheduled = primfuncs(prepare(mod, target))
     final = primfuncs(built.module)
     stats = []
     for name, calls in sorted(call_counts(built.module).items()):

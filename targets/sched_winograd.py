@@ -30,6 +30,13 @@ against 5.39 / 3.17 ms; at 56 x 56 0.92 / 0.48 against 0.99 / 0.50 ms; 32 -> 32 
 0.33 / 0.22 against 0.36 / 0.24 ms. On ResNet-18's 14 x 14 and 7 x 7 maps one loop was slower
 (each block read the whole weight: 1.41 against 1.03 ms for a 256-channel conv at 2 threads).
 The tuner may choose either form (knob `fused`).
+
+Over a symbolic image size (tiles counted at run time, rounded up to whole register tiles:
+winograd.SYMBOLIC_TILE_BLOCK) the three loop nests, their parallel loops fusing the symbolic
+loop outside a static one so that the fused index divides by a constant (fused the other way,
+each of the unrolled loads divided by the symbolic tile count: a conv took 10 s to compile, 3.5
+after). Should TVM not place a stage of either form, each stage runs as its own parallel,
+vectorized loop nest (`_plain`), never TVM's default code.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import logging
 import math
 from typing import Any
 
-from tvm import s_tir, tirx
+from tvm import s_tir, sym, tirx
 from tvm.target import Target
 
 from ember.targets import sched_common as sc
@@ -49,6 +56,7 @@ from ember.targets.winograd import (
     MATMUL_BLOCK,
     OUTPUT_BLOCK,
     OUTPUT_COLUMNS_BLOCK,
+    TILE_ORIGIN_BLOCK,
 )
 
 log = logging.getLogger(__name__)
@@ -84,7 +92,28 @@ class WinogradNCHWc:
             # (the three loop nests, should the one loop not take a shape: never TVM's default
             # schedule, 300x slower)
             log.debug("the Winograd conv as one loop failed (%s): three loop nests", err)
-            return self._schedule(func, target, fused=False)
+            try:
+                return self._schedule(func, target, fused=False)
+            except Exception as err:  # (TVM could not place a stage: every stage its own parallel loop nest)
+                log.info("the Winograd conv %s kept plain loop nests (%s)", func.attrs.get("global_symbol", ""),
+                            str(err).splitlines()[0] if str(err) else type(err).__name__)
+                return self._plain(func, target)
+
+    @staticmethod
+    def _plain(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+        """Each stage its own loop nest: parallel outside, the channel lanes vectorized (the
+        matmuls with their reduction inside the lanes' loop); no stage computed at another."""
+        sch = s_tir.Schedule(func)
+        lanes, cores = sc.vector_lanes(target, "float32"), sc.num_cores(target)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if sch.get(block).name_hint == MATMUL_BLOCK:
+                e1, e2, f, p, o, rc, rk = sch.get_loops(block)
+                sch.reorder(e1, e2, f, p, rc, rk, o)
+                sc.parallel(sch, sch.fuse(e1, e2, f))
+                sch.vectorize(o)
+            else:
+                sc.vectorize_inner(sch, block, lanes, cores)
+        return sch
 
     def _schedule(self, func: tirx.PrimFunc, target: Target, fused: bool | None) -> s_tir.Schedule | None:
         """The kernel as one parallel loop over blocks of tiles (`fused`; None: where the
@@ -102,12 +131,16 @@ class WinogradNCHWc:
             return None
         rows, transform_in, _, columns, transform_out = (_named(kernel.blocks, name) for name in stages)
         for info in kernel.blocks[:first]:  # (a prologue, if any: inlined into the input transform)
-            sch.compute_inline(info.block_rv)
+            if info.name != TILE_ORIGIN_BLOCK:  # (the tiles' origins: computed once, in their own loop)
+                sch.compute_inline(info.block_rv)
         lanes = sc.vector_lanes(target, "float32")
-        self._epilogue(sch, kernel.blocks[first + len(stages):], lanes, sc.num_cores(target))
+        left = self._epilogue(sch, kernel.blocks[first + len(stages):])
         regs = sc.vector_registers(target)
         m = sc.static_extent(sch, sch.get_loops(columns.block_rv)[1])  # (columns [a, m, ...]: the tile side)
-        if fused is None:
+        symbolic = sc.static_extent(sch, sch.get_loops(kernel.anchor.block_rv)[3]) is None
+        if symbolic:  # (tiles counted at run time: the three loop nests)
+            fused = False
+        elif fused is None:
             fused = bool(sc.knob(func, "fused", int(self._activations_outweigh_weight(sch, kernel.anchor.block_rv))))
         if fused:
             self._fused(sch, func, rows.block_rv, transform_in.block_rv, kernel.anchor.block_rv, columns.block_rv,
@@ -116,6 +149,8 @@ class WinogradNCHWc:
             self._input(sch, rows.block_rv, transform_in.block_rv)
             self._matmul(sch, func, kernel.anchor.block_rv, lanes, regs)
             self._output(sch, columns.block_rv, transform_out.block_rv, m)
+        for block in left:  # (last: a predicated nest of the epilogue breaks the compute_at's above)
+            sc.vectorize_inner(sch, block, lanes, sc.num_cores(target))
         return sch
 
     @staticmethod
@@ -172,16 +207,19 @@ class WinogradNCHWc:
         sch.decompose_reduction(mm, rc)
 
     @staticmethod
-    def _epilogue(sch: s_tir.Schedule, after: list[Any], lanes: int, cores: int) -> None:
+    def _epilogue(sch: s_tir.Schedule, after: list[Any]) -> list[Any]:
         """The epilogue inlined into the output transform where it reduces to one block (bias,
-        activation, a residual add); else each block left its own vectorized loop nest."""
+        activation, a residual add); else the blocks that stay their own loop nests (to be
+        vectorized)."""
         epilogue = sc.inline_epilogue(sch, after)
-        left = [epilogue] if epilogue is not None else [info.block_rv for info in after if sc.exists(sch, info.block_rv)]
-        for block in left:
+        blocks = [epilogue] if epilogue is not None else [info.block_rv for info in after if sc.exists(sch, info.block_rv)]
+        left = []
+        for block in blocks:
             try:
                 sch.reverse_compute_inline(block)
             except Exception:
-                sc.vectorize_inner(sch, block, lanes, cores)
+                left.append(block)
+        return left
 
     @staticmethod
     def _unroll_below(sch: s_tir.Schedule, block: Any, at: Any) -> None:
@@ -194,8 +232,14 @@ class WinogradNCHWc:
 
     @classmethod
     def _per_tile(cls, sch: s_tir.Schedule, stage: Any, at: Any) -> None:
-        """A transform's first pass computed per tile (under `at`) into registers."""
-        sch.compute_at(stage, at)
+        """A transform's first pass computed per tile (under `at`) into registers; where TVM
+        cannot place it there (over a symbolic size it may not prove that the stage covers
+        what the next reads), its own loop nest through memory."""
+        try:
+            sch.compute_at(stage, at)
+        except s_tir.ScheduleError:
+            cls._tile_nest(sch, stage)
+            return
         sch.set_scope(stage, 0, "local")
         cls._unroll_below(sch, stage, at)
 
@@ -204,8 +248,12 @@ class WinogradNCHWc:
         """A transform stage [t1, t2, channels, tiles, lanes] as parallel tiles, the transform's
         indices unrolled, lanes vectorized; the tiles' loop."""
         t1, t2, c, p, k = sch.get_loops(block)
-        sch.reorder(c, p, t1, t2, k)
-        tile = sch.fuse(c, p)
+        if sc.static_extent(sch, p) is None:  # (tiles counted at run time: fused with the static loop inside,
+            sch.reorder(p, c, t1, t2, k)        # so that the fused index divides by a constant)
+            tile = sch.fuse(p, c)
+        else:
+            sch.reorder(c, p, t1, t2, k)
+            tile = sch.fuse(c, p)
         sc.parallel(sch, tile)
         sch.unroll(t1)
         sch.unroll(t2)
@@ -220,7 +268,11 @@ class WinogradNCHWc:
     def _matmul(cls, sch: s_tir.Schedule, func: tirx.PrimFunc, block: Any, lanes: int, regs: int) -> None:
         loops = sch.get_loops(block)
         nv, cap = _vectors(func, sc.static_extent(sch, loops[2]), regs)
-        xr = sc.knob(func, "xr", _column_block(sc.static_extent(sch, loops[3]), cap))
+        count = sc.static_extent(sch, loops[3])
+        if count is None:  # (tiles counted at run time, in whole blocks: the largest up to cap that divides them)
+            extent, analyzer = sch.get(loops[3]).extent, sym.Analyzer()
+            count = next(c for c in range(cap, 0, -1) if analyzer.can_prove(tirx.floormod(extent, c) == 0))
+        xr = sc.knob(func, "xr", _column_block(count, cap))
         e1, e2, fo, rc = cls._register_tile(sch, block, loops, nv, xr)
         sc.parallel(sch, sch.fuse(e1, e2, fo))
         sch.decompose_reduction(block, rc)
@@ -247,7 +299,12 @@ class WinogradNCHWc:
         ty, i = sch.split(y, [None, m])
         tx, j = sch.split(x, [None, m])
         sch.reorder(*outer, ty, tx, i, j, o)
-        sc.parallel(sch, sch.fuse(*outer, ty))
+        if sc.static_extent(sch, ty) is None:  # (a symbolic image: the channel blocks fused inside the rows)
+            *batch, f = outer
+            sch.reorder(*batch, ty, f)
+            sc.parallel(sch, sch.fuse(*batch, ty, f))
+        else:
+            sc.parallel(sch, sch.fuse(*outer, ty))
         sch.unroll(i)
         sch.unroll(j)
         sch.vectorize(o)

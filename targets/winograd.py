@@ -26,8 +26,9 @@ index, which the schedule unrolls: after unrolling, each output is its own short
 (Written as one 2-d stage, a conv took 15 s to compile.)
 
 Where it is used (`applies`): a float 3x3 conv with stride 1, dilation 1 and one group over a
-blocked input with static sizes, enough channels that the transforms stay small against the
-matmuls, and MIN_TILES tiles of 4 x 4 a call or more. Which tile (`tile_size`): F(4x4, 3x3)
+blocked input, enough channels that the transforms stay small against the matmuls, and
+MIN_TILES tiles of 4 x 4 a call or more, or a symbolic image size (the tiles counted at run
+time, SYMBOLIC_TILE_BLOCK; F(4x4, 3x3), the three loop nests). Which tile (`tile_size`): F(4x4, 3x3)
 where a call has F4_MIN_TILES such tiles or more, else F(2x2, 3x3) (16 multiplies per 2 x 2
 tile instead of 36, 2.25x fewer than direct against F4's 4x, but a weight 16/9 the direct
 conv's instead of 4x). At batch 1 a weight read for few tiles is the cost: a ResNet's 7 x 7
@@ -53,6 +54,7 @@ INPUT_BLOCK = "wino_input"
 MATMUL_BLOCK = "wino_gemm"
 OUTPUT_COLUMNS_BLOCK = "wino_output_columns"
 OUTPUT_BLOCK = "wino_output"
+TILE_ORIGIN_BLOCK = "wino_tile"  # (over symbolic sizes: each tile's image, first row and column)
 # Where it applies: at least this many tiles a call and channels in and out. Measured on a Zen
 # 4 (medians of 15-20, `tools/ab.py`): 3x3 convs 64 -> 64 at 56 x 56 0.38x the direct conv's
 # time, 128 at 28 x 28 0.35x, 256 at 14 x 14 (16 tiles) 0.43x, 32 -> 32 at 56 x 56 0.51x (0.83x
@@ -62,6 +64,14 @@ OUTPUT_BLOCK = "wino_output"
 # not measured (the schedule expects every loop of the stages to be a loop).
 MIN_TILES = 4
 MIN_CHANNELS = 32
+# Over a symbolic image size or batch the tiles are counted at run time: P = N x the tiles of
+# an image, rounded up to whole register tiles of this many tiles (by the target's float lanes:
+# AVX-512's register tile of 14 tiles x 2 vectors, AVX2's 6 x 2), so that no FMA of the
+# matmuls runs under a predicate; the padding tiles transform the last real tile again (valid
+# reads, never stored). Each tile's image, first row and first column are computed once into
+# small arrays (TILE_ORIGIN_BLOCK): divided by the symbolic tile counts in every load of the
+# unrolled input transform, a conv took 48 s to compile.
+SYMBOLIC_TILE_BLOCK = {16: 14, 8: 6}
 
 
 def matrices(m: int = TILE, r: int = KERNEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,14 +83,21 @@ def matrices(m: int = TILE, r: int = KERNEL) -> tuple[np.ndarray, np.ndarray, np
 
 
 def applies(kernel: list[int], strides: list[int], dilations: list[int], group: int, ci: int, co: int,
-            bi: int, batch: Any, out_hw: tuple[Any, Any]) -> bool:
-    """Whether a blocked conv takes the Winograd form (module doc): static sizes only. (Every
-    loop of the stages then has an extent above 1, as the schedule expects, except a batch of
-    one: two input channel blocks or more, a map of two rows and columns or more.)"""
+            bi: int, batch: Any, out_hw: tuple[Any, Any], lanes: int = 16) -> bool:
+    """Whether a blocked conv takes the Winograd form (module doc). A symbolic image size is
+    taken as the maps CNNs run at (tens of pixels a side) where the target has a
+    SYMBOLIC_TILE_BLOCK, with a static or symbolic batch; a symbolic batch over a static image
+    stays direct (the default specialization at the sample's batch has static sizes; over a
+    symbolic batch TVM could not place the stages of a kernel whose epilogue converts a
+    residual to the blocked layout). (Every loop of the stages then has an extent above 1, as the schedule
+    expects, except a batch of one: two input channel blocks or more, a static map of two rows
+    and columns or more.)"""
     count = tiles(batch, out_hw)
     return (list(kernel) == [KERNEL, KERNEL] and list(strides) == [1, 1] and list(dilations) == [1, 1]
             and group == 1 and bi > 1 and ci // bi >= 2 and ci >= MIN_CHANNELS and co >= MIN_CHANNELS
-            and count is not None and count >= MIN_TILES and all(d >= 2 for d in out_hw))
+            and all(not isinstance(d, int) or d >= 2 for d in out_hw)
+            and (count >= MIN_TILES if count is not None
+                 else lanes in SYMBOLIC_TILE_BLOCK and not all(isinstance(d, int) for d in out_hw)))
 
 
 def tiles(batch: Any, out_hw: tuple[Any, Any], m: int = TILE) -> int | None:
@@ -99,10 +116,11 @@ def tiles(batch: Any, out_hw: tuple[Any, Any], m: int = TILE) -> int | None:
 F4_MIN_TILES = 16
 
 
-def tile_size(batch: int, out_hw: tuple[int, int]) -> int:
-    """m of F(m x m, 3 x 3) for a conv of this batch and output size (static sizes)."""
+def tile_size(batch: Any, out_hw: tuple[Any, Any]) -> int:
+    """m of F(m x m, 3 x 3) for a conv of this batch and output size (F4 over a symbolic size:
+    the maps of tens of pixels a side it is taken for)."""
     count = tiles(batch, out_hw)
-    return TILE if count is not None and count >= F4_MIN_TILES else 2
+    return TILE if count is None or count >= F4_MIN_TILES else 2
 
 
 def transform_weight(weight: np.ndarray, bi: int, bo: int, m: int = TILE) -> np.ndarray:
@@ -140,23 +158,42 @@ def _select(index: Any, options: list[Any]) -> Any:
     return out
 
 
-def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple[int, int], m: int = TILE) -> te.Tensor:
+def _static(d: Any) -> Any:
+    return int(d) if isinstance(d, (int, tirx.IntImm)) else d
+
+
+def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple[Any, Any], m: int = TILE,
+                   tile_block: int = 1) -> te.Tensor:
     """out[n, fo, y, x, o] of the 3x3 stride-1 conv of data [N, CI/bi, H, W, bi] (pads [top,
     left, bottom, right]) by the transformed weight U (transform_weight), as the three stages
-    of the module doc (static sizes; tiles indexed by one flat index p)."""
+    of the module doc; tiles indexed by one flat index p. Over symbolic sizes the tiles are
+    rounded up to whole `tile_block`s and located through TILE_ORIGIN_BLOCK's arrays
+    (SYMBOLIC_TILE_BLOCK)."""
     from ember.targets.blocked import _i64, _reduce
 
-    n, cib, h, w, bi = (int(d) for d in data.shape)
+    n, cib, h, w, bi = (_static(d) for d in data.shape)
     a, _, cob, _, _, bo = (int(d) for d in u.shape)
-    oh, ow = (int(d) for d in out_hw)
-    th, tw = -(-oh // m), -(-ow // m)
+    oh, ow = (_static(d) for d in out_hw)
+    th, tw = (oh + m - 1) // m, (ow + m - 1) // m
     p_count = n * th * tw
-
-    def tile_of(p: Any) -> tuple[Any, Any, Any]:
-        return p // (th * tw), p % (th * tw) // tw, p % tw
-
     dtype = str(data.dtype)
     top, left = pads[0], pads[1]
+    if isinstance(p_count, int):
+        p_wide = p_count
+
+        def origin(p: Any) -> tuple[Any, Any, Any]:
+            return p // (th * tw), p % (th * tw) // tw * m, p % tw * m
+    else:
+        p_wide = (p_count + tile_block - 1) // tile_block * tile_block
+
+        def locate(p: Any, k: Any) -> Any:
+            q = tirx.min(p, p_count - 1)  # (a padding tile: the last real one again)
+            return _select(k, [q // (th * tw), q % (th * tw) // tw * m, q % tw * m])
+
+        tile_at = te.compute(_i64([p_wide, 3]), locate, name=TILE_ORIGIN_BLOCK)
+
+        def origin(p: Any) -> tuple[Any, Any, Any]:
+            return tile_at[p, 0], tile_at[p, 1], tile_at[p, 2]
 
     def padded(i: Any, c: Any, y: Any, x: Any, k: Any) -> Any:
         """The input with zero padding on every side, as far as the last tiles read (a
@@ -168,26 +205,26 @@ def winograd_nchwc(data: te.Tensor, u: te.Tensor, pads: list[int], out_hw: tuple
     bt, at = bmat.T, amat.T  # [a, a] and [m, a]: row k gives output k's coefficients
 
     def rows_transform(r: Any, e2: Any, c: Any, p: Any, k: Any) -> Any:  # d_p B, row r
-        i, ty, tx = tile_of(p)
-        return _select(e2, [_linear(bt[q], [padded(i, c, ty * m + r, tx * m + s, k) for s in range(a)], dtype)
+        i, y0, x0 = origin(p)
+        return _select(e2, [_linear(bt[q], [padded(i, c, y0 + r, x0 + s, k) for s in range(a)], dtype)
                             for q in range(a)])
 
-    rows = te.compute(_i64([a, a, cib, p_count, bi]), rows_transform, name=INPUT_ROWS_BLOCK)
-    v = te.compute(_i64([a, a, cib, p_count, bi]),
+    rows = te.compute(_i64([a, a, cib, p_wide, bi]), rows_transform, name=INPUT_ROWS_BLOCK)
+    v = te.compute(_i64([a, a, cib, p_wide, bi]),
                    lambda e1, e2, c, p, k: _select(e1, [_linear(bt[q], [rows[r, e2, c, p, k] for r in range(a)], dtype)
                                                         for q in range(a)]),
                    name=INPUT_BLOCK)
     rc, rk = _reduce(cib, "rc"), _reduce(bi, "rk")
-    mm = te.compute(_i64([a, a, cob, p_count, bo]),
+    mm = te.compute(_i64([a, a, cob, p_wide, bo]),
                     lambda e1, e2, f, p, o: te.sum(v[e1, e2, rc, p, rk] * u[e1, e2, f, rc, rk, o], axis=[rc, rk]),
                     name=MATMUL_BLOCK)
-    cols = te.compute(_i64([a, m, cob, p_count, bo]),  # M A, per row e1
+    cols = te.compute(_i64([a, m, cob, p_wide, bo]),  # M A, per row e1
                       lambda e1, j, f, p, o: _select(j, [_linear(at[q], [mm[e1, e2, f, p, o] for e2 in range(a)], dtype)
                                                          for q in range(m)]),
                       name=OUTPUT_COLUMNS_BLOCK)
 
     def output_transform(i: Any, f: Any, y: Any, x: Any, o: Any) -> Any:
-        p = i * (th * tw) + y // m * tw + x // m
+        p = (i * th + y // m) * tw + x // m
         return _select(y % m, [_linear(at[q], [cols[e1, x % m, f, p, o] for e1 in range(a)], dtype) for q in range(m)])
 
     return te.compute(_i64([n, cob, oh, ow, bo]), output_transform, name=OUTPUT_BLOCK)

@@ -117,16 +117,71 @@ def test_convs_winograd_does_not_pay_for_stay_direct(case: int, rng: np.random.G
     compare(run_vm(built, graph, feeds), interp.run(graph, feeds), DIRECT[case][-1], atol=ATOL)
 
 
-def test_a_symbolic_image_size_stays_direct(rng: np.random.Generator) -> None:
-    """Tiles are counted at compile time: over a dynamic image size the conv stays direct."""
-    model = _model(32, 32, 12, 12, 1, rng, [1, 1, 1, 1])
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
-    model.graph.input[0].type.tensor_type.shape.dim[3].dim_param = "W"
+SYMBOLIC = [  # (dims made symbolic: {axis: name}, sizes to run at, whether the conv takes the form)
+    ({2: "H", 3: "W"}, [{"H": 12, "W": 12}, {"H": 7, "W": 61}, {"H": 2, "W": 3}, {"H": 30, "W": 5}], True),
+    ({0: "B", 3: "W"}, [{"B": 2, "W": 9}, {"B": 1, "W": 57}], True),
+    ({0: "B"}, [{"B": 1}, {"B": 3}], False),  # (a static image: the sample's batch gets a static library)
+]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("case", range(len(SYMBOLIC)))
+def test_symbolic_sizes_take_the_winograd_form(case: int, target: str, rng: np.random.Generator) -> None:
+    """Over a symbolic image size or batch the tiles are counted at run time and rounded up to
+    whole register tiles (targets/winograd.py: SYMBOLIC_TILE_BLOCK); the answers match the
+    interpreter at sizes that leave every kind of remainder (a single tile, a ragged last tile,
+    padding tiles past the last real one, several images). A symbolic batch over a static
+    image stays direct."""
+    dims, sizes, takes = SYMBOLIC[case]
+    model = _model(32, 48, 12, 12, 1, rng, [1, 1, 1, 1], epilogue="residual")
+    for value in model.graph.input:
+        for axis, name in dims.items():
+            value.type.tensor_type.shape.dim[axis].dim_param = name
+    for value in model.graph.output:
+        for axis, name in dims.items():
+            value.type.tensor_type.shape.dim[axis].dim_param = name
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = build(graph, resolve_target(target))
+    assert ("WinogradNCHWc" in built.rules.values()) == takes, built.rules
+    for size in sizes:
+        feeds = interp.random_feeds(graph, rng, size)
+        compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target} {size}", atol=ATOL)
+
+
+def test_stages_tvm_cannot_place_keep_plain_parallel_nests(monkeypatch: pytest.MonkeyPatch,
+                                                             rng: np.random.Generator) -> None:
+    """Where neither form's schedule takes a kernel, each stage runs as its own parallel nest
+    (never TVM's default code, one thread and no vectors), with the same answers."""
+    from ember.targets.sched_winograd import WinogradNCHWc
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("not a stage pipeline")
+
+    monkeypatch.setattr(WinogradNCHWc, "_schedule", fail)
+    model = _model(32, 48, 12, 12, 1, rng, [1, 1, 1, 1], epilogue="residual")
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[3].dim_param = "W"
     graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
     built = build(graph, resolve_target("cpu"))
-    assert "WinogradNCHWc" not in built.rules.values() and "ConvNCHWc" in built.rules.values(), built.rules
-    feeds = interp.random_feeds(graph, rng, {"H": 11, "W": 17})
-    compare(run_vm(built, graph, feeds), interp.run(graph, feeds), "dynamic image", atol=ATOL)
+    assert "WinogradNCHWc" in built.rules.values(), built.rules
+    for size in ({"W": 12}, {"W": 37}):
+        feeds = interp.random_feeds(graph, rng, size)
+        compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"plain {size}", atol=ATOL)
+
+
+def test_symbolic_tile_count_rounds_up_to_register_tiles() -> None:
+    """The TE of a conv over a symbolic size: tiles rounded up to the block, located through
+    the tile-origin stage (whose padding tiles repeat the last real tile)."""
+    from tvm import te, tirx
+
+    h, w = tirx.Var("H", "int64"), tirx.Var("W", "int64")
+    data = te.placeholder((1, 2, h, w, 16), name="x")
+    u = te.placeholder((6, 6, 2, 2, 16, 16), name="u")
+    out = winograd.winograd_nchwc(data, u, [1, 1, 1, 1], (h, w), m=4, tile_block=14)
+    func = te.create_prim_func([data, u, out])
+    text = func.script()
+    assert winograd.TILE_ORIGIN_BLOCK in text
+    assert "// T.int64(14) * T.int64(14)" in text  # (P rounded up to whole blocks of 14)
 
 
 @pytest.mark.parametrize("case", [(48, 32, 7, 7, 1), (48, 48, 10, 13, 2)], ids=["F(2, 3) on 7 x 7", "ragged, batch 2"])
