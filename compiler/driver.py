@@ -193,7 +193,7 @@ def compile_model(
         raise EmberError(f"unknown layout {layout!r}; use one of {', '.join(LAYOUTS)}")
     if conv not in CONV_ALGORITHMS:
         raise EmberError(f"unknown conv algorithm {conv!r}; use one of {', '.join(CONV_ALGORITHMS)}")
-    built = build(optimized, spec, tune=tune, blocked=layout == "auto", winograd=conv == "auto")
+    built = build(optimized, spec, tune=tune, blocked=layout == "auto", winograd=conv == "auto", sample_dims=dims)
     seconds["build"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -215,7 +215,8 @@ def compile_model(
         fixed_graph = import_model(model, dims=fixed)
         fixed_opt, _, _ = run_passes(fixed_graph, passes, {k: v for k, v in (pass_options or {}).items()
                                                            if k in ("check_each", "reproducer_dir")})
-        fixed_built = build(fixed_opt, spec, tune=tune, blocked=layout == "auto", winograd=conv == "auto")
+        fixed_built = build(fixed_opt, spec, tune=tune, blocked=layout == "auto", winograd=conv == "auto",
+                            sample_dims={**dims, **fixed})
         if all(dims.get(k) == v for k, v in fixed.items()):
             fixed_feeds, fixed_ref = feeds, reference
         else:

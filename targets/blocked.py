@@ -71,6 +71,7 @@ class Plan:
     lanes: int
     nodes: set[str] = field(default_factory=set)
     winograd: bool = True  # 3x3 convs that qualify take the Winograd form (targets/winograd.py)
+    sample_dims: dict[str, int] = field(default_factory=dict)  # (the compile sample's symbolic dims)
     values: dict[str, int] = field(default_factory=dict)
 
 
@@ -502,6 +503,15 @@ def _one_row(kernel: list[int], strides: list[int], dilations: list[int], pads: 
     return [1, *kernel], [1, *strides], [1, *dilations], [0, pads[0], 0, pads[1]]
 
 
+def _at_sample(lw: Lowering, dims: list[Any]) -> list[int] | None:
+    """Dims (ints, or expressions of symbolic dims) at the compile sample's values (None where
+    the sample does not give them)."""
+    try:
+        return [d if isinstance(d, int) else int(eval(d, {"__builtins__": {}}, dict(lw.plan.sample_dims))) for d in dims]
+    except Exception:
+        return None
+
+
 def _conv(lw: Lowering, node: Node) -> relax.Expr:
     at = node.attrs
     x_t, y_t = in_type(lw, node, 0), out_type(node)
@@ -525,7 +535,7 @@ def _conv(lw: Lowering, node: Node) -> relax.Expr:
         out_hw = tuple(y_t.shape[2:])
         if (lw.plan.winograd and not one_d
                 and winograd.applies(list(at["kernel_shape"]), strides, dilations, at["group"], ci, co, bi,
-                                     x_t.shape[0], out_hw, lw.plan.lanes)):
+                                     x_t.shape[0], out_hw, lw.plan.lanes, _at_sample(lw, [x_t.shape[0], *out_hw]))):
             m = winograd.tile_size(x_t.shape[0], out_hw)
             u = const(winograd.transform_weight(weight, bi, bo, m))
             y = lw.kernels.call_te(winograd.winograd_nchwc, data, u, pads=pads, out_hw=tuple(lw.shape(y_t)[2:]), m=m,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,17 +288,19 @@ def finish(mod: tvm.IRModule, tvm_target: tvm.target.Target) -> tuple[tvm.IRModu
 
 
 def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = None, blocked: bool = True,
-          winograd: bool = True) -> Built:
+          winograd: bool = True, sample_dims: Mapping[str, int] | None = None) -> Built:
     """Lower, optimize and compile a graph for a target.
 
     `tune`: search schedules within a budget (targets/tune.py); with None, records of the
     default tuning database that beat the rules are still applied. `blocked`: keep CNN
     activations in the blocked layout where the target has one (targets/blocked.py).
-    `winograd`: blocked 3x3 convs that qualify take the Winograd form (targets/winograd.py)."""
+    `winograd`: blocked 3x3 convs that qualify take the Winograd form (targets/winograd.py);
+    `sample_dims`: the compile sample's values of the symbolic dims, which decide it for convs
+    over a symbolic image size."""
     stats: dict[str, float] = {}
     start = time.perf_counter()
     lanes = block_lanes(target) if blocked else 0
-    mod = to_relax(graph, lanes, winograd=winograd)
+    mod = to_relax(graph, lanes, winograd=winograd, sample_dims=sample_dims)
     stats["lower_s"] = time.perf_counter() - start
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 
 import numpy as np
 import tvm
@@ -154,10 +155,13 @@ def live_nodes(lw: Lowering, graph: Graph) -> list[Node]:
     return list(reversed(live))
 
 
-def to_relax(graph: Graph, block_lanes: int = 0, winograd: bool = True) -> tvm.IRModule:
+def to_relax(graph: Graph, block_lanes: int = 0, winograd: bool = True,
+             sample_dims: Mapping[str, int] | None = None) -> tvm.IRModule:
     """An IRModule whose `main` computes the graph's outputs from its inputs; with
     `block_lanes` (the target's float vector lanes), CNN activations are kept in the blocked
-    layout (targets/blocked.py); `winograd`: its 3x3 convs that qualify in the Winograd form."""
+    layout (targets/blocked.py); `winograd`: its 3x3 convs that qualify in the Winograd form
+    (`sample_dims`: the symbolic dims' values in the compile's sample, which decide it for a
+    conv over a symbolic image size)."""
     from ember.targets import blocked
 
     missing = missing_emitters(graph)
@@ -175,6 +179,7 @@ def to_relax(graph: Graph, block_lanes: int = 0, winograd: bool = True) -> tvm.I
     lw = Lowering(bb, dims, graph, {c.name: c.data for c in graph.consts}, tracked_values(graph))
     lw.plan = blocked.plan(graph, block_lanes)
     lw.plan.winograd = winograd
+    lw.plan.sample_dims = dict(sample_dims or {})
     # A Relax If cannot sit in a dataflow block: a graph with one is lowered into a plain block.
     flow = any(n.op in ("If", "Loop") for n in graph.nodes)
     with bb.function("main", params):

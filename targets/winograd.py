@@ -83,13 +83,19 @@ def matrices(m: int = TILE, r: int = KERNEL) -> tuple[np.ndarray, np.ndarray, np
 
 
 def applies(kernel: list[int], strides: list[int], dilations: list[int], group: int, ci: int, co: int,
-            bi: int, batch: Any, out_hw: tuple[Any, Any], lanes: int = 16) -> bool:
+            bi: int, batch: Any, out_hw: tuple[Any, Any], lanes: int = 16, at_sample: list[int] | None = None) -> bool:
     """Whether a blocked conv takes the Winograd form (module doc). A symbolic image size is
     taken as the maps CNNs run at (tens of pixels a side) where the target has a
     SYMBOLIC_TILE_BLOCK, with a static or symbolic batch; a symbolic batch over a static image
     stays direct (the default specialization at the sample's batch has static sizes; over a
     symbolic batch TVM could not place the stages of a kernel whose epilogue converts a
-    residual to the blocked layout). (Every loop of the stages then has an extent above 1, as the schedule
+    residual to the blocked layout). `at_sample`: [batch, height, width] at the compile
+    sample's sizes, where known: a conv over a symbolic size takes the form where its 4 x 4
+    tiles there number MIN_TILES or more, as a static one. (Measured, dynamic ResNet-18 built
+    with a 256 x 320 sample, 1 thread: with the form on every 3x3 conv, 0.65x onnxruntime at
+    256 x 320 but 1.41x at 97 x 131, whose last maps hold 2 tiles, padded to 14, against a
+    weight 4x the direct conv's; with its 8 x 10 maps (6 tiles at the sample) kept direct,
+    0.73x and 0.95x.) (Every loop of the stages then has an extent above 1, as the schedule
     expects, except a batch of one: two input channel blocks or more, a static map of two rows
     and columns or more.)"""
     count = tiles(batch, out_hw)
@@ -97,7 +103,8 @@ def applies(kernel: list[int], strides: list[int], dilations: list[int], group: 
             and group == 1 and bi > 1 and ci // bi >= 2 and ci >= MIN_CHANNELS and co >= MIN_CHANNELS
             and all(not isinstance(d, int) or d >= 2 for d in out_hw)
             and (count >= MIN_TILES if count is not None
-                 else lanes in SYMBOLIC_TILE_BLOCK and not all(isinstance(d, int) for d in out_hw)))
+                 else lanes in SYMBOLIC_TILE_BLOCK and not all(isinstance(d, int) for d in out_hw)
+                 and (at_sample is None or (tiles(at_sample[0], tuple(at_sample[1:])) or 0) >= MIN_TILES)))
 
 
 def tiles(batch: Any, out_hw: tuple[Any, Any], m: int = TILE) -> int | None:

@@ -148,6 +148,47 @@ def test_symbolic_sizes_take_the_winograd_form(case: int, target: str, rng: np.r
         compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"{target} {size}", atol=ATOL)
 
 
+@pytest.mark.parametrize("sample,takes", [({"H": 12, "W": 12}, True), ({"H": 4, "W": 6}, False)])
+def test_the_compile_sample_decides_the_form_over_a_symbolic_size(sample: dict, takes: bool,
+                                                                  rng: np.random.Generator) -> None:
+    """With the compile sample's sizes known, a conv over a symbolic image takes the form where
+    the sample gives it MIN_TILES tiles or more (9 at 12 x 12; 2 at 4 x 6), and computes the
+    same at other sizes either way."""
+    model = _model(32, 32, 12, 12, 1, rng, [1, 1, 1, 1])
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[2].dim_param = "H"
+        value.type.tensor_type.shape.dim[3].dim_param = "W"
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = build(graph, resolve_target("cpu"), sample_dims=sample)
+    assert ("WinogradNCHWc" in built.rules.values()) == takes, built.rules
+    feeds = interp.random_feeds(graph, rng, {"H": 9, "W": 20})
+    compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"sample {sample}", atol=ATOL)
+
+
+def test_a_symbolic_size_artifact_counts_its_winograd_kernels(tmp_path: object, rng: np.random.Generator) -> None:
+    """The manifest's per-kernel counts (`ember profile`) hold the Winograd kernels of a model
+    over a symbolic image, counted at the sample's size (their kernels keep the symbolic shapes
+    they were made with: kernel_stats binds each one's own dims)."""
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from ember.compiler.driver import compile_model
+
+    model = _model(32, 32, 12, 12, 1, rng, [1, 1, 1, 1])
+    for value in [*model.graph.input, *model.graph.output]:
+        value.type.tensor_type.shape.dim[2].dim_param = "H"
+        value.type.tensor_type.shape.dim[3].dim_param = "W"
+    path = Path(str(tmp_path)) / "m.onnx"
+    onnx.save(model, str(path))
+    sample = {"x": rng.standard_normal((1, 8, 16, 20)).astype(np.float32)}
+    art = compile_model(path, Path(str(tmp_path)) / "m.ember", sample=sample).path
+    kernels = json.loads((Path(art) / "manifest.json").read_text())["kernels"]
+    wino = [k for k in kernels if k["rule"] == "WinogradNCHWc"]
+    assert len(wino) == 1 and wino[0]["flops"] > 0, kernels
+
+
 def test_stages_tvm_cannot_place_keep_plain_parallel_nests(monkeypatch: pytest.MonkeyPatch,
                                                              rng: np.random.Generator) -> None:
     """Where neither form's schedule takes a kernel, each stage runs as its own parallel nest
