@@ -64,14 +64,18 @@ TILE_ORIGIN_BLOCK = "wino_tile"  # (over symbolic sizes: each tile's image, firs
 # not measured (the schedule expects every loop of the stages to be a loop).
 MIN_TILES = 4
 MIN_CHANNELS = 32
-# Over a symbolic image size or batch the tiles are counted at run time: P = N x the tiles of
-# an image, rounded up to whole register tiles of this many tiles (by the target's float lanes:
-# AVX-512's register tile of 14 tiles x 2 vectors, AVX2's 6 x 2), so that no FMA of the
-# matmuls runs under a predicate; the padding tiles transform the last real tile again (valid
-# reads, never stored). Each tile's image, first row and first column are computed once into
-# small arrays (TILE_ORIGIN_BLOCK): divided by the symbolic tile counts in every load of the
-# unrolled input transform, a conv took 48 s to compile.
-SYMBOLIC_TILE_BLOCK = {16: 14, 8: 6}
+# Over a symbolic image size the tiles are counted at run time: P = N x the tiles of an image,
+# rounded up to whole register tiles of this many tiles (by the target's float lanes), so that
+# no FMA of the matmuls runs under a predicate; the padding tiles transform the last real tile
+# again (valid reads, never stored). Each tile's image, first row and first column are
+# computed once into a small array (TILE_ORIGIN_BLOCK): divided by the symbolic tile counts in
+# every load of the unrolled input transform, a conv took 48 s to compile. On AVX-512, 7 tiles
+# x 2 vectors rather than the static rule's 14 x 2: the dynamic ResNet-18 (sample 256 x 320,
+# `tools/ab.py`-style medians of 12, 1 thread) ran 0.60 / 0.64 / 0.62 / 1.02x onnxruntime at
+# 256 x 320 / 224 x 224 / 480 x 640 / 97 x 131 in blocks of 7, 0.67 / 0.79 / 0.63 / 1.42x in
+# blocks of 14, whose padding tiles cost most on small maps (its direct convs: 1.13 / 0.98 /
+# 1.07 / 1.13x). AVX2 (16 registers) keeps 6 x 2, not measured.
+SYMBOLIC_TILE_BLOCK = {16: 7, 8: 6}
 
 
 def matrices(m: int = TILE, r: int = KERNEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
