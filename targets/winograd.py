@@ -69,9 +69,9 @@ MIN_CHANNELS = 32
 # no FMA of the matmuls runs under a predicate; the padding tiles transform the last real tile
 # again (valid reads, never stored). Each tile's image, first row and first column are
 # computed once into a small array (TILE_ORIGIN_BLOCK): divided by the symbolic tile counts in
-# every load of the unrolled input transform, a conv took 48 s to compile. On AVX-512, 7 tiles
-# x 2 vectors rather than the static rule's 14 x 2: the dynamic ResNet-18 (sample 256 x 320,
-# `tools/ab.py`-style medians of 12, 1 thread) ran 0.60 / 0.64 / 0.62 / 1.02x onnxruntime at
+# every load of the unrolled input transform, a conv took 48 s to compile (an earlier attempt).
+# On AVX-512, 7 tiles x 2 vectors rather than the static rule's 14 x 2: the dynamic ResNet-18
+# (sample 256 x 320, medians of 12, 1 thread) ran 0.60 / 0.64 / 0.62 / 1.02x onnxruntime at
 # 256 x 320 / 224 x 224 / 480 x 640 / 97 x 131 in blocks of 7, 0.67 / 0.79 / 0.63 / 1.42x in
 # blocks of 14, whose padding tiles cost most on small maps (its direct convs: 1.13 / 0.98 /
 # 1.07 / 1.13x). AVX2 (16 registers) keeps 6 x 2, not measured.
@@ -95,13 +95,10 @@ def applies(kernel: list[int], strides: list[int], dilations: list[int], group: 
     symbolic batch TVM could not place the stages of a kernel whose epilogue converts a
     residual to the blocked layout). `at_sample`: [batch, height, width] at the compile
     sample's sizes, where known: a conv over a symbolic size takes the form where its 4 x 4
-    tiles there number MIN_TILES or more, as a static one. (Measured, dynamic ResNet-18 built
-    with a 256 x 320 sample, 1 thread: with the form on every 3x3 conv, 0.65x onnxruntime at
-    256 x 320 but 1.41x at 97 x 131, whose last maps hold 2 tiles, padded to 14, against a
-    weight 4x the direct conv's; with its 8 x 10 maps (6 tiles at the sample) kept direct,
-    0.73x and 0.95x.) (Every loop of the stages then has an extent above 1, as the schedule
-    expects, except a batch of one: two input channel blocks or more, a static map of two rows
-    and columns or more.)"""
+    tiles there number MIN_TILES or more, as a static conv does (far below the sample the
+    form costs: BENCHMARKS.md section 9). (Every loop of the stages then has an extent above
+    1, as the schedule expects, except a batch of one: two input channel blocks or more, a
+    static map of two rows and columns or more.)"""
     count = tiles(batch, out_hw)
     return (list(kernel) == [KERNEL, KERNEL] and list(strides) == [1, 1] and list(dilations) == [1, 1]
             and group == 1 and bi > 1 and ci // bi >= 2 and ci >= MIN_CHANNELS and co >= MIN_CHANNELS
