@@ -191,3 +191,12 @@ def parse(text: str) -> Dim:
     """A dim from its printed form."""
     text = text.strip()
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def evaluate(dim: Dim, values: dict[str, object]) -> object:
+    """A dim (an int, a symbol or an expression of symbols: `3*N`, `(H+1)//2`) at `values`
+    (ints, or a code generator's symbolic expressions); KeyError/NameError where a symbol has
+    no value."""
+    if isinstance(dim, int):
+        return dim
+    return eval(dim, {"__builtins__": {}}, dict(values))

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from tvm import relax, te, tirx
 
+from ember.compiler import dims as dim_values
 from ember.compiler.ir import Graph, Node, TensorType
 from ember.targets import winograd
 from ember.targets.emit_common import TVM_DTYPE, Lowering, R, const, in_type, out_type
@@ -507,7 +508,7 @@ def _at_sample(lw: Lowering, dims: list[Any]) -> list[int] | None:
     """Dims (ints, or expressions of symbolic dims) at the compile sample's values (None where
     the sample does not give them)."""
     try:
-        return [d if isinstance(d, int) else int(eval(d, {"__builtins__": {}}, dict(lw.plan.sample_dims))) for d in dims]
+        return [int(dim_values.evaluate(d, lw.plan.sample_dims)) for d in dims]
     except Exception:
         return None
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from tvm import relax, tirx
 
+from ember.compiler import dims as dim_values
 from ember.compiler import dtypes
 from ember.compiler.errors import EmberError
 from ember.compiler.ir import Graph, Node, TensorType
@@ -65,7 +66,7 @@ class Lowering:
         if d in self.dims:
             return self.dims[d]
         try:  # expressions of known symbols: 3*N, N+1, (N)//2
-            return eval(d, {"__builtins__": {}}, dict(self.dims))
+            return dim_values.evaluate(d, self.dims)
         except Exception:
             raise LoweringError(
                 f"dimension {d!r} depends on run-time data; ember's code generator needs every dim bound by an input's shape"

@@ -283,9 +283,10 @@ def _max_pool_with_indices(lw: Lowering, node: Node, x: relax.Expr) -> list[rela
         indices = te.compute(out_shape, offset, name="max_pool_indices")
         return [values, indices]
 
-    call = lw.emit(lw.kernels.call_te(kernel_fn, x, primfunc_name_hint="max_pool_with_indices"))
-    _schedule_pool_indices(lw, call.args[0] if isinstance(call, relax.Call) else lw.bb.lookup_binding(call).args[0], n)
-    return [relax.TupleGetItem(call, 0), relax.TupleGetItem(call, 1)]
+    call = lw.kernels.call_te(kernel_fn, x, primfunc_name_hint="max_pool_with_indices")
+    _schedule_pool_indices(lw, call.args[0], n)  # (the call_tir's PrimFunc)
+    out = lw.emit(call)
+    return [relax.TupleGetItem(out, 0), relax.TupleGetItem(out, 1)]
 
 
 def _schedule_pool_indices(lw: Lowering, gvar: Any, n: int) -> None:

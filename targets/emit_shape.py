@@ -98,16 +98,23 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [R.strided_slice(a[0], axes, [s for s, _ in clamp], [e for _, e in clamp], steps)]
 
 
+def _index_dim(lw: Lowering, size: Any, minus: int = 0) -> relax.Expr:
+    """A dim less `minus` as an int64 scalar operand (size may be symbolic)."""
+    dim = lw.dim(size)
+    return relax.const(dim - minus, "int64") if isinstance(dim, int) else relax.prim_value(dim - minus)
+
+
+def _wrapped(wide: relax.Expr, n: relax.Expr) -> relax.Expr:
+    """int64 indices with negative entries counted from the end of a dim of n."""
+    return R.where(R.less(wide, relax.const(0, "int64")), R.add(wide, n), wide)
+
+
 def _wrap_indices(lw: Lowering, node: Node, idx: relax.Expr, size: Any) -> relax.Expr:
     """Indices with negative entries wrapped (size may be symbolic)."""
-    idx_t = in_type(lw, node, 1)
     data = lw.const_of(node.inputs[1])
     if data is not None and isinstance(size, int):
         return const(np.where(data < 0, data + size, data).astype(np.int64))
-    dim = lw.dim(size)
-    n = relax.const(dim, "int64") if isinstance(dim, int) else relax.prim_value(dim)
-    wide = R.astype(idx, "int64")
-    return R.where(R.less(idx, relax.const(0, TVM_DTYPE[idx_t.dtype])), R.add(wide, n), wide)
+    return _wrapped(R.astype(idx, "int64"), _index_dim(lw, size))
 
 
 def _gather(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
@@ -159,13 +166,10 @@ def _bounded_indices(lw: Lowering, node: Node, idx: relax.Expr, sizes: list[Any]
     wide = lw.emit(R.astype(idx, "int64"))
 
     def bounded(part: relax.Expr, size: Any) -> tuple[relax.Expr, relax.Expr]:
-        dim = lw.dim(size)
-        n = relax.const(dim, "int64") if isinstance(dim, int) else relax.prim_value(dim)
-        last = relax.const(dim - 1, "int64") if isinstance(dim, int) else relax.prim_value(dim - 1)
-        zero = relax.const(0, "int64")
-        w = lw.emit(R.where(R.less(part, zero), R.add(part, n), part))
+        n, zero = _index_dim(lw, size), relax.const(0, "int64")
+        w = lw.emit(_wrapped(part, n))
         valid = R.logical_and(R.greater_equal(w, zero), R.less(w, n))
-        return R.minimum(R.maximum(w, zero), last), valid
+        return R.minimum(R.maximum(w, zero), _index_dim(lw, size, minus=1)), valid
 
     if not per_component:
         return bounded(wide, sizes[0])
@@ -227,9 +231,7 @@ def _with_spare(lw: Lowering, x: relax.Expr, t: Any, axis: int) -> tuple[relax.E
     ember skips its update, as XLA does, rather than write past the tensor or over a valid
     entry."""
     spare = R.zeros_like(R.strided_slice(x, [axis], [0], [1]))
-    dim = lw.dim(t.shape[axis])
-    n = relax.const(dim, "int64") if isinstance(dim, int) else relax.prim_value(dim)
-    return lw.emit(R.concat([x, spare], axis=axis)), n
+    return lw.emit(R.concat([x, spare], axis=axis)), _index_dim(lw, t.shape[axis])
 
 
 def _without_spare(lw: Lowering, y: relax.Expr, t: Any, axis: int) -> relax.Expr:

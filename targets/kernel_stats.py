@@ -114,6 +114,20 @@ def _original(name: str, unscheduled: dict[str, Any]) -> str | None:
     return None
 
 
+def _unscheduled(mod: Any, target: Any, dims: Mapping[str, int] | None) -> dict[str, Any]:
+    """The module's unscheduled kernels, with the symbolic dims at `dims`' values."""
+    if not dims:
+        return primfuncs(prepare(mod, target))
+    try:
+        return primfuncs(prepare(relax.transform.BindSymbolicVars(dict(dims))(mod), target))
+    except Exception as err:
+        # a kernel call_te made while lowering (a Winograd conv's) keeps the symbolic shapes
+        # it was made with, which FuseTIR cannot join to its epilogue's bound ones: each
+        # kernel's own symbolic params bound instead; a dim named otherwise counts as 1
+        log.debug("kernel counts with each kernel's dims bound: %s", err)
+        return {name: _bound(func, dims) for name, func in primfuncs(prepare(mod, target)).items()}
+
+
 def _bound(func: Any, dims: Mapping[str, int]) -> Any:
     """A PrimFunc with its scalar params named as symbolic dims set to their values."""
     values = {p: tvm.tirx.IntImm(str(p.ty.dtype), int(dims[p.name])) for p in func.params
@@ -125,19 +139,7 @@ def kernel_stats(graph: Graph, built: Built, dims: Mapping[str, int] | None = No
     """Counts for every kernel `main` calls in the built module, in name order; symbolic dims
     take their values from `dims` (the sample's), and count as 1 where it has none."""
     target = tvm.target.Target(built.target.tvm_target())
-    mod = to_relax(graph, built.block_lanes)
-    unscheduled = None
-    if dims:
-        try:
-            unscheduled = primfuncs(prepare(relax.transform.BindSymbolicVars(dict(dims))(mod), target))
-        except Exception as err:
-            # a kernel call_te made while lowering (a Winograd conv's) keeps the symbolic shapes
-            # it was made with, which FuseTIR cannot join to its epilogue's bound ones: each
-            # kernel's own symbolic params bound instead; a dim named otherwise counts as 1
-            log.debug("kernel counts with each kernel's dims bound: %s", err)
-            unscheduled = {name: _bound(func, dims) for name, func in primfuncs(prepare(mod, target)).items()}
-    if unscheduled is None:
-        unscheduled = primfuncs(prepare(mod, target))
+    unscheduled = _unscheduled(to_relax(graph, built.block_lanes), target, dims)
     final = primfuncs(built.module)
     stats = []
     for name, calls in sorted(call_counts(built.module).items()):
