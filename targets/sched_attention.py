@@ -194,7 +194,9 @@ class Attention:
                 sc.vectorize_partials(sch, block)
             elif spatial:
                 sc.vectorize_row(sch, loops[-1], lanes)
-        fused = bool(batch_loops) and all(sc.static_extent(sch, b) for b in batch_loops)
+        # Batch and head loops join the parallel loop, symbolic or not: with only the query
+        # row blocks parallel, every head forked and joined the threads again.
+        fused = bool(batch_loops)
         outer = sch.fuse(*batch_loops, io) if fused else io
         sc.parallel(sch, outer)
         k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jv, jl)
