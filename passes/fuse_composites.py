@@ -233,8 +233,10 @@ def _split_attention(m: Match, b: Builder) -> Outcome:
     if any(graph.value(n).type.rank != 4 for n in (q, kt, m["v"])):
         return reject("Q, K^T and V are not all 4-D [batch, heads, seq, head]")
     if not all(isinstance(d, int) for n in (q, kt) for d in graph.value(n).type.shape[1:]):
-        # (the Attention rule's kernel over a symbolic sequence measured 2x slower than the
-        # unfused matmuls and softmax: an exported BERT's attention 30 ms against 13)
+        # (the Attention rule's kernel over a symbolic sequence, its keys padded per call to
+        # whole vectors, against the unfused matmuls and softmax, tools/ab.py medians of 20:
+        # an exported BERT 29.1 / 15.1 ms against 29.2 / 16.4 at 1 / 2 threads, an exported T5,
+        # whose bias has a row per query, 21.0 / 11.9 against 18.7 / 10.6: not a win yet)
         return reject("a symbolic sequence length: the unfused kernels are faster")
     if mask is not None and graph.value(mask).type.dtype != m.root.outputs[0].type.dtype:
         return reject("the mask is not additive in the scores' dtype")

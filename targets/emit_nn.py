@@ -14,6 +14,7 @@ from tvm import relax
 
 from ember.compiler.ir import Node, TensorType
 from ember.targets.emit_common import (
+    TVM_DTYPE,
     Emitter,
     Lowering,
     R,
@@ -351,6 +352,42 @@ def _heads(x: relax.Expr, shape: list[Any], heads: int) -> relax.Expr:
 KEY_BLOCK = 16  # key positions a padded attention row holds a multiple of (AVX-512's fp32 lanes)
 
 
+def _pad_symbolic_keys(lw: Lowering, x: relax.Expr, value: float) -> relax.Expr:
+    """x's last axis (a symbolic key length S) padded with `value` to ceil(S / KEY_BLOCK) *
+    KEY_BLOCK entries: a length the schedule can prove whole vectors of."""
+    from tvm import te, tirx
+
+    def kernel_fn(t: Any) -> Any:
+        axis, n = len(t.shape) - 1, t.shape[-1]
+        fill = tirx.const(value, t.dtype)
+
+        def at(*i: Any) -> Any:
+            safe = [*i[:axis], tirx.min(i[axis], n - 1)]
+            return tirx.if_then_else(i[axis] < n, t[tuple(safe)], fill)
+
+        return te.compute([*t.shape[:axis], _whole_key_blocks(n)], at, name="key_pad")
+
+    return lw.emit(lw.kernels.call_te(kernel_fn, lw.emit(x), primfunc_name_hint="key_pad"))
+
+
+def _key_padding(lw: Lowering, keys: relax.Expr, dtype: str) -> relax.Expr:
+    """[ceil(S / KEY_BLOCK) * KEY_BLOCK]: 0 over the S keys of `keys` ([B, H, S, D]), -inf past them."""
+    from tvm import te, tirx
+
+    def kernel_fn(k: Any) -> Any:
+        n = k.shape[2]
+        return te.compute([_whole_key_blocks(n)], lambda j: tirx.Select(
+            j < n, tirx.const(0.0, dtype), tirx.const(float("-inf"), dtype)), name="key_padding")
+
+    return lw.emit(lw.kernels.call_te(kernel_fn, lw.emit(keys), primfunc_name_hint="key_padding"))
+
+
+def _whole_key_blocks(n: Any) -> Any:
+    from tvm import tirx
+
+    return tirx.floordiv(n + 2 * KEY_BLOCK - 1, 2 * KEY_BLOCK) * (2 * KEY_BLOCK)
+
+
 def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     """softmax(Q K^T * scale + bias) V (no KV cache, softcap or sliding window yet).
 
@@ -388,7 +425,11 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     # ragged tail; P @ V reads only the real keys.
     pad = (-kv_static) % KEY_BLOCK if isinstance(kv_static, int) and kv_static > KEY_BLOCK else 0
     keys = R.nn.pad(k, [0, 0, 0, 0, 0, pad, 0, 0]) if pad else k
-    scores = R.multiply(R.matmul(q, R.permute_dims(keys, [0, 1, 3, 2])), scalar(scale, t))
+    # A symbolic key length (a text model exported with a dynamic sequence) is padded the same
+    # way, to a length the schedule proves whole vectors of (run-time padding, in the kernel).
+    symbolic = not isinstance(kv_static, int)
+    keys_t = _pad_symbolic_keys(lw, R.permute_dims(k, [0, 1, 3, 2]), 0.0) if symbolic else R.permute_dims(keys, [0, 1, 3, 2])
+    scores = R.multiply(R.matmul(q, keys_t), scalar(scale, t))
     zero, minus_inf = scalar(0.0, t), scalar(float("-inf"), t)
     bias = None
     if len(a) > 3 and a[3] is not None:
@@ -401,6 +442,17 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if bias is not None:
         bias = lw.emit(bias)
     added = bias  # what the scores get: the bias, over the padded keys when there are any
+    if symbolic:
+        bias_width = None
+        if len(a) > 3 and a[3] is not None:
+            bias_width = in_type(lw, node, 3).shape[-1]
+        if at["is_causal"]:
+            bias_width = kv_static
+        if bias is not None and bias_width == kv_static:
+            added = _pad_symbolic_keys(lw, bias, float("-inf"))
+        else:  # no bias, or one broadcast along the keys: add -inf over the padding
+            padding = _key_padding(lw, k, TVM_DTYPE[t.dtype])
+            added = padding if bias is None else R.add(bias, padding)
     if pad:
         bias_rank, bias_width = 0, None
         if len(a) > 3 and a[3] is not None:
@@ -416,10 +468,14 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     probs = R.nn.softmax(scores if added is None else R.add(scores, added), axis=-1)
     if bias is not None:
         # (TVM's max starts from the lowest finite value, so an all -inf row reduces to that)
-        blocked = R.less_equal(R.max(bias, [-1], True), scalar(-1e30 if t.dtype in ("f32", "f64") else -3e4, t))
+        # (over a symbolic key length, the padded bias: whole vectors, and the padding's -inf
+        # leaves the max of every row that has a real key allowed as it was)
+        blocked = R.less_equal(R.max(added if symbolic else bias, [-1], True), scalar(-1e30 if t.dtype in ("f32", "f64") else -3e4, t))
         probs = R.where(blocked, zero, probs)
     if pad:
         probs = R.strided_slice(probs, axes=[3], begin=[0], end=[kv_static])
+    elif symbolic:  # (the padded keys' probabilities are 0: V padded with zeros to match)
+        v = R.permute_dims(_pad_symbolic_keys(lw, R.permute_dims(v, [0, 1, 3, 2]), 0.0), [0, 1, 3, 2])
     y = R.matmul(probs, v)
     if q_t.rank == 3:
         y = R.reshape(R.permute_dims(y, [0, 2, 1, 3]), lw.shape(t))

@@ -19,11 +19,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import tvm_ffi
 from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ember.targets import sched_common as sc
+from ember.targets.lowering import FULL_TILES
 from ember.targets.sched_matmul import match
+
+# (Batch x) heads from which the row blocks of a symbolic sequence stay out of the parallel loop
+# (one thread without the row predicate beat two with it: 3-4x per FMA)
+FULL_TILE_HEADS = 4
 
 
 def _is_matmul(sch: s_tir.Schedule, info: Any) -> bool:
@@ -144,15 +150,21 @@ class Attention:
         sch.unroll(jv)
 
         # Softmax's max and sum as `lanes` partial results (rfactor needs them still at the root).
+        # Reductions before Q K^T that read only the inputs (the bias's row max, which finds the
+        # rows masked everywhere) are computed per row block too: at the root they ran as one
+        # serial scalar pass over T5's [B, 6, S, S] position bias.
+        order = [sch.get(blk).name_hint for blk in sch.get_child_blocks(sc.root_block(sch))]
+        early = [n for n in order[:order.index(qk.name)] if n not in roots]
         partials: set[str] = set()
-        for b in row_reductions:
-            rf = sc.rfactor_row(sch, sch.get_sblock(b.name), lanes)
+        for name in [*(b.name for b in row_reductions), *early]:
+            rf = sc.rfactor_row(sch, sch.get_sblock(name), lanes)
             if rf is not None:
                 partials.add(sch.get(rf).name_hint)
         order = [sch.get(blk).name_hint for blk in sch.get_child_blocks(sc.root_block(sch))]
 
         # Everything between the matmuls (and Q K^T itself) per row block, consumers first.
-        producers = [n for n in order[order.index(qk.name): order.index(pv.name)] if n not in roots]
+        first = min([order.index(qk.name), *(order.index(n) for n in order if n in early or n in partials)])
+        producers = [n for n in order[first: order.index(pv.name)] if n not in roots]
         for name in reversed(producers):
             sch.compute_at(sch.get_sblock(name), io, preserve_unit_loops=True)
         qk_k = None
@@ -164,10 +176,11 @@ class Attention:
                 # (.., ii, j, k): k outermost of the three, key positions j vectorized
                 ii, j, k = loops[-3:]
                 extent = sc.static_extent(sch, j)
-                if extent and extent % lanes == 0:
+                if (extent is None or extent > 0) and sc.divisible(sch, j, lanes):
                     # a register tile of ti rows x nk key vectors, k innermost: each K^T vector
-                    # loaded feeds ti FMAs and the scores leave the registers once
-                    nk = 2 if (extent // lanes) % 2 == 0 else 1
+                    # loaded feeds ti FMAs and the scores leave the registers once (a symbolic
+                    # key length is padded to whole vectors: emit_nn.KEY_BLOCK)
+                    nk = 2 if sc.divisible(sch, j, 2 * lanes) else 1
                     jo2, jv2, jl2 = sch.split(j, [None, nk, lanes])
                     sch.reorder(jo2, k, ii, jv2, jl2)
                     tile = sch.cache_write(block, 0, "global")
@@ -197,9 +210,22 @@ class Attention:
         # Batch and head loops join the parallel loop, symbolic or not: with only the query
         # row blocks parallel, every head forked and joined the threads again.
         fused = bool(batch_loops)
-        outer = sch.fuse(*batch_loops, io) if fused else io
+        heads = 1
+        for b in batch_loops:
+            heads *= sc.static_extent(sch, b) or 1
+        if fused and not isinstance(con.i.dom, int) and heads >= FULL_TILE_HEADS:
+            # Symbolic query rows: the row blocks stay a loop of their own inside the parallel
+            # (batch, head) loop, split at run time into full blocks without the row predicate
+            # and the last one (lowering.split_full_tiles); fused into the parallel loop, every
+            # FMA of Q K^T and P V ran behind `row < S`.
+            outer = sch.fuse(*batch_loops) if len(batch_loops) > 1 else batch_loops[0]
+            sch.annotate(io, FULL_TILES, ti)
+            k_at = 3  # (outer, io, jo, k, ii, jv, jl)
+            _fold_row_buffers(sch, io, con.i.dom, ti)
+        else:
+            outer = sch.fuse(*batch_loops, io) if fused else io
+            k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jv, jl)
         sc.parallel(sch, outer)
-        k_at = 2 if fused else len(batch_loops) + 2  # (outer.., io, jo, k, ii, jv, jl)
         for name in keep - set(producers) - {pv.name}:
             try:
                 block = sch.get_sblock(name)
@@ -215,6 +241,40 @@ class Attention:
         pv_block = sch.get_sblock(pv.name)
         sch.decompose_reduction(pv_block, sch.get_loops(pv_block)[k_at])
         return sch
+
+
+def _fold_row_buffers(sch: s_tir.Schedule, io: Any, rows: Any, ti: int) -> None:
+    """Every buffer that the blocks under the row-block loop `io` write over the query rows
+    ([B, H, S, keys], the row maxima and sums, their partials) folded onto one block of `ti`
+    rows. TVM 0.27 compacts such a buffer to the block's rows only where the sizes are static;
+    over a symbolic sequence the scores, exps and probabilities stayed [B, H, S, S] buffers on
+    the heap (2.6x slower than the kernel specialized to the same length)."""
+    func = sch.mod["main"]
+    names: list[str] = []
+    tvm_ffi.structural_walk(func.body, [(s_tir.SBlock, lambda b: names.append(b.name_hint))])
+    under = [n for n in names if n != "root" and any(sch.get(lp).same_as(sch.get(io)) for lp in sch.get_loops(sch.get_sblock(n)))]
+    for name in under:
+        block = sch.get_sblock(name)
+        for n, (buf, _) in enumerate(sc.writes(sch, block)):
+            if sc.param_index(func, buf) is not None:
+                continue
+            axes = [a for a, d in enumerate(buf.shape) if tvm_ffi.structural_equal(d, rows)]
+            if len(axes) != 1:
+                continue
+            try:
+                sch.transform_layout(block, ("write", n), _row_fold(axes[0], ti), assume_injective_transform=True)
+            except Exception:  # (left as it is: correct, only larger)
+                continue
+
+
+def _row_fold(at: int, ti: int) -> Any:
+    """[.., i, rest..] -> [i % ti, rest..] (axis `at` the query rows)."""
+
+    def index_map(*idx: Any) -> list[Any]:
+        i = idx[at]
+        return [i % tirx.const(ti, str(i.ty.dtype)), *idx[at + 1:]]
+
+    return index_map
 
 
 def _fold(rows: int, cols: int, c_axes: tuple[int, int]) -> Any:

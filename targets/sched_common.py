@@ -339,6 +339,10 @@ def vectorize_row(sch: s_tir.Schedule, loop: Any, lanes: int, symbolic: bool = F
     on int32 loops; elsewhere only extents `lanes` divides are vectorized. With `symbolic`, a
     loop of symbolic extent too (whole vectors, the tail split off). Whether it was."""
     extent = static_extent(sch, loop)
+    if extent is None and divisible(sch, loop, lanes):  # (whole vectors by construction)
+        _, lane = sch.split(loop, [None, lanes])
+        sch.vectorize(lane)
+        return True
     if extent is None and symbolic:
         outer, lane = sch.split(loop, [None, lanes])
         sch.annotate(outer, "pragma_loop_partition_hint", 1)
@@ -353,6 +357,15 @@ def vectorize_row(sch: s_tir.Schedule, loop: Any, lanes: int, symbolic: bool = F
     return True
 
 
+def divisible(sch: s_tir.Schedule, loop: Any, factor: int) -> bool:
+    """Whether `factor` provably divides a loop's extent, static or symbolic (a key length
+    padded to ceil(S / 16) * 16 is divisible by 16)."""
+    from tvm import sym
+
+    extent = sch.get(loop).extent
+    return bool(sym.Analyzer().can_prove_equal(tirx.floormod(extent, factor), 0))
+
+
 def rfactor_row(sch: s_tir.Schedule, block: Any, lanes: int) -> Any | None:
     """A reduction over its innermost static loop as `lanes` partial results (rfactor): the
     partial block, or None where the reduction is left as it is. Only extents `lanes` divides:
@@ -361,7 +374,7 @@ def rfactor_row(sch: s_tir.Schedule, block: Any, lanes: int) -> Any | None:
     before any compute_at, then vectorize_partials once the blocks are where they run."""
     inner = sch.get_loops(block)[-1]
     extent = static_extent(sch, inner)
-    if not extent or extent < 2 * lanes or extent % lanes:
+    if (extent is not None and extent < 2 * lanes) or not divisible(sch, inner, lanes):
         return None
     _, lane = sch.split(inner, [None, lanes])
     return sch.rfactor(lane, len(writes(sch, block)[0][1]))  # lanes innermost in the buffer
@@ -384,7 +397,13 @@ def vectorize_inner(sch: s_tir.Schedule, block: Any, lanes: int, cores: int = 1,
         return
     inner = static_extent(sch, loops[-1])
     vec = largest_divisor(inner, [lanes * 4, lanes * 2, lanes, lanes // 2, lanes // 4]) if inner else 1
-    if vec > 1:
+    if inner is None and divisible(sch, loops[-1], lanes):
+        # a symbolic length padded to whole vectors: vectorized, its outer loop kept out of the
+        # parallel loop (fused, every vector paid 64-bit divisions by the symbolic extent)
+        _, lane = sch.split(loops[-1], [None, lanes])
+        sch.vectorize(lane)
+        loops = sch.get_loops(block)[:-2]
+    elif vec > 1:
         _, lane = sch.split(loops[-1], [None, vec])
         sch.vectorize(lane)
         loops = sch.get_loops(block)[:-1]

@@ -69,3 +69,40 @@ def test_heads_and_symbolic_batch_are_one_parallel_loop(rng: np.random.Generator
     extents = re.findall(r"T\.parallel\(([^)]*)\)", text)
     # (the other parallel loop is K's transposed copy at the root)
     assert "B * T.int64(24" in extents, extents  # B x 4 heads x 6 blocks of 4 query rows
+
+
+@pytest.mark.parametrize(("heads", "mask", "causal"), [(4, None, 0), (6, "float", 0), (4, "bool", 1), (2, "keys", 0), (8, "float", 1)])
+def test_attention_over_a_symbolic_sequence(rng: np.random.Generator, heads: int, mask: str | None, causal: int) -> None:
+    """A dynamic sequence length S (a text model's export): the keys, the values and the bias
+    are padded in the kernel to whole key blocks (emit_nn.KEY_BLOCK; the padding's scores are
+    -inf), the row blocks are split at run time into full ones without the row predicate and
+    the last one, and the row buffers are folded onto one block. Right at lengths below, at and
+    past a block, and for rows masked everywhere (which give 0)."""
+    shape = ["B", heads, "S", 16]
+    inputs = [("q", F, shape), ("k", F, shape), ("v", F, shape)]
+    names = ["q", "k", "v"]
+    if mask == "keys":  # an additive padding mask broadcast over heads and rows, as BERT's
+        inputs.append(("m", F, ["B", 1, 1, "S"]))
+        names.append("m")
+    elif mask is not None:
+        inputs.append(("m", T.BOOL if mask == "bool" else F, ["S", "S"]))
+        names.append("m")
+    nodes = [helper.make_node("Attention", names, ["out"], name="out", is_causal=causal)]
+    model = onnx_model(nodes, inputs, opset=23)
+
+    def fix(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        if mask == "bool":
+            feeds["m"] = rng.random(feeds["m"].shape) < 0.7
+            feeds["m"][:, 0] = True
+        elif mask == "keys":  # the last keys masked out, and every key of the last batch row
+            feeds["m"][...] = 0.0
+            feeds["m"][..., -3:] = -np.inf
+            feeds["m"][-1] = -np.inf
+
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = check_graph(graph, rng, [{"B": 1, "S": 1}, {"B": 2, "S": 7}, {"B": 1, "S": 32}, {"B": 2, "S": 45}, {"B": 1, "S": 130}],
+                        fix=fix, atol=ATOL)
+    assert "Attention" in built.rules.values(), built.rules
+    text = "\n".join(f.script() for gv, f in built.module.functions_items() if "attention" in gv.name_hint)
+    if heads >= 4:
+        assert "ember_full_tiles" in text, text[:2000]
