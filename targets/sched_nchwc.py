@@ -358,9 +358,16 @@ class ConvNCHWc:
         # convs had 13 MB of partial sums a panel, the model 0.89 -> 1.06x onnxruntime. And only
         # where the FMAs outrun L2: on a Zen 4, whose AVX-512 FMAs run at half rate, chunks
         # cost ResNet-18 0.98 -> 1.12x onnxruntime and ResNet-50 0.96 -> 1.00x at 2 threads)
+        # One row of output (a conv1d along a signal) whose activations outweigh its weight:
+        # threads take the column tiles, each computing every channel panel, so a tile's input
+        # is read once and the weight stays in L2. With the panels parallel and outermost, each
+        # panel streamed the whole input from memory: wav2vec2's 256 -> 256 stride-2 convs over
+        # 12800 and 6400 samples (13 and 6.5 MB) ran at 49-51% of peak at 1 thread.
+        one_row = y is None or (isinstance(y.dom, int) and y.dom == 1)
+        columns = not banded and one_row and f is not None and heavier and bool(sc.knob(func, "columns", 1))
         rows = _typical(y, TYPICAL_SIDE)
         chunks_pay = sc.full_rate_fma(target) if sc.knob(func, "kb") is None else sc.knob(func, "kb") != 0
-        if not banded and f is not None and cob // nv >= sc.num_cores(target) and not symbolic and chunks_pay:
+        if not banded and not columns and f is not None and cob // nv >= sc.num_cores(target) and not symbolic and chunks_pay:
             block_bytes = nv * _extent(ry) * kw * _extent(rci) * _extent(o) * 4  # one input block's weight
             pixels = _typical(n, 1) * rows * _extent(x)
             tiles = _typical(n, 1) * rows * -(-_extent(x) // xr)
@@ -374,18 +381,23 @@ class ConvNCHWc:
                 blocked = None
             if blocked is not None:
                 return blocked
+        tile_at = xo
         if banded:  # (the rows are split into bands below, after the write-back is placed)
             _order(sch, _loop(n), y.loop_rv, fo, xo, *reds, xi, fv, o.loop_rv)
+        elif columns:
+            _order(sch, _loop(n), _loop(y), xo, fo, *reds, xi, fv, o.loop_rv)
+            outer = [xo]
+            tile_at = fo
         else:
             # each panel's weights serve every image of the batch before the next panel
             # (batch 8: ResNet-18 112.5 -> 107.2 ms, ResNet-50 271.5 -> 267.3 ms at 2 threads)
             _order(sch, fo, _loop(n), _loop(y), xo, *reds, xi, fv, o.loop_rv)
             outer = [fo, _loop(n), _loop(y)]
         acc = sch.cache_write(anchor.block_rv, 0, "local")
-        sch.reverse_compute_at(acc, xo)
+        sch.reverse_compute_at(acc, tile_at)
         if symbolic:
             _fold_tile(sch, anchor.block_rv, (1, 3), xr, nv)
-        _write_back(sch, acc, xo, epilogue, lanes, sc.num_cores(target))
+        _write_back(sch, acc, tile_at, epilogue, lanes, sc.num_cores(target))
         if banded:
             # Split into bands only now, so the write-back (with the epilogue inlined) gets the
             # split's row predicate too (see sched_conv.ConvBlocked).
@@ -418,7 +430,7 @@ class ConvNCHWc:
         per tile, pixels per tile, bands of rows or channel panels, how many bands, input
         channel blocks per chunk of a panel's weight (0: one pass)."""
         cores = sc.num_cores(target)
-        return {"nv": [1, 2, 4], "xr": [4, 6, 7, 8, 12, 14, 16], "banded": [0, 1],
+        return {"nv": [1, 2, 4], "xr": [4, 6, 7, 8, 12, 14, 16], "banded": [0, 1], "columns": [0, 1],
                 "bands": sorted({cores, 2 * cores, 4 * cores, 7, 8, 14}), "kb": [0, 1, 2, 4, 8, 16]}
 
 

@@ -268,6 +268,31 @@ def test_conv1d_stacks_run_blocked(case: int, target: str, rng: np.random.Genera
     assert "conv_nchwc_rf" not in built.module.script()
 
 
+
+@pytest.mark.parametrize("length", [4001, "T"])
+def test_conv1d_along_a_long_signal_is_parallel_over_column_tiles(length: object, rng: np.random.Generator) -> None:
+    """A 256 -> 256 stride-2 conv1d over 4001 samples (wav2vec2's feature extractor): its
+    activations outweigh its weight, so the threads take column tiles, each over every channel
+    panel, and a tile's input is read once. With the 8 channel panels parallel and outermost,
+    each streamed the whole input from memory (49-51% of peak at 1 thread). Static and
+    symbolic lengths; the answers are the interpreter's."""
+    import re
+
+    inits: dict = {}
+    nodes = [conv("c0", "x", 256, 256, rng, inits, k=(3,), strides=[2]), helper.make_node("Gelu", ["c0"], ["y"])]
+    model = onnx_model(nodes, [("x", F, [1, 256, length])], inits)
+    graph, built = _build(model, "cpu")
+    for t in (4001,) if length == 4001 else (4001, 37):
+        feeds = {"x": rng.standard_normal((1, 256, t)).astype(np.float32)}
+        compare(run_vm(built, graph, feeds), interp.run(graph, feeds), f"length {t}", atol=ATOL)
+    kernel = next(name for name, rule in built.rules.items() if rule == "ConvNCHWc")
+    text = next(f.script() for gv, f in built.module.functions_items() if gv.name_hint == kernel)
+    extent = re.search(r"in T\.parallel\((.*)", text).group(1)  # (the first parallel loop)
+    if length == 4001:
+        assert extent.startswith("T.int64(200)"), extent  # 2000 columns in tiles of 10, not 8 panels
+    else:
+        assert extent.startswith("(T_1 - T.int64(3)) // T.int64(16)"), extent  # the column tiles
+
 INSTANCE_NORMS = [  # (input dims, batches, sizes): the symbolic dims' values the model runs at
     (["B", 8, "T"], (1, 2), {"T": (23, 64, 301)}),  # a speech model's first conv layer
     ([1, 8, 57], (1,), {}),
