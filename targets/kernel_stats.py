@@ -129,10 +129,23 @@ def _unscheduled(mod: Any, target: Any, dims: Mapping[str, int] | None) -> dict[
 
 
 def _bound(func: Any, dims: Mapping[str, int]) -> Any:
-    """A PrimFunc with its scalar params named as symbolic dims set to their values."""
-    values = {p: tvm.tirx.IntImm(str(p.ty.dtype), int(dims[p.name])) for p in func.params
-              if p.name in dims and isinstance(p.ty, tvm.ir.PrimType)}
-    return func.specialize(values) if values else func
+    """A PrimFunc with its symbolic dims (scalar params and the vars of its buffers' shapes
+    named as dims) set to their values: a copy for counting, not for building. (Binding the
+    scalar params alone left the shapes of every kernel that takes no such param at 1: a model
+    with one call_te kernel over a symbolic size reported all its kernels' FLOPs so.)"""
+    import tvm_ffi
+
+    def value(var: Any) -> Any:
+        if var.name in dims and str(var.ty.dtype).startswith("int"):
+            return tvm.tirx.IntImm(str(var.ty.dtype), int(dims[var.name]))
+        return var
+
+    try:
+        return tvm_ffi.structural_map(func, [(tvm.ir.expr.Var, value)])
+    except Exception:  # (the scalar params only)
+        values = {p: tvm.tirx.IntImm(str(p.ty.dtype), int(dims[p.name])) for p in func.params
+                  if p.name in dims and isinstance(p.ty, tvm.ir.PrimType)}
+        return func.specialize(values) if values else func
 
 
 def kernel_stats(graph: Graph, built: Built, dims: Mapping[str, int] | None = None) -> list[KernelStats]:

@@ -106,3 +106,33 @@ def test_attention_over_a_symbolic_sequence(rng: np.random.Generator, heads: int
     text = "\n".join(f.script() for gv, f in built.module.functions_items() if "attention" in gv.name_hint)
     if heads >= 4:
         assert "ember_full_tiles" in text, text[:2000]
+
+
+def test_counts_over_a_symbolic_sequence_are_the_samples(tmp_path: object, rng: np.random.Generator) -> None:
+    """The manifest's per-kernel counts (`ember profile`) of a model whose attention pads its
+    keys in a call_te kernel over a symbolic length: every kernel counted at the sample's
+    dims. (Such a kernel keeps the shapes it was made with, so the counts bind each kernel's
+    own; the dims of the kernels without a scalar param for them counted as 1: the projection
+    below read 2 * 1 * 1 * 64 * 48 FLOPs.)"""
+    import json
+    from pathlib import Path
+
+    import onnx
+
+    from ember.compiler.driver import compile_model
+
+    shape = ["B", 4, "S", 16]
+    nodes = [helper.make_node("Attention", ["q", "k", "v"], ["a"], name="a"),
+             helper.make_node("Transpose", ["a"], ["t"], name="t", perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["t", "flat"], ["r"], name="r"), helper.make_node("MatMul", ["r", "w"], ["out"], name="out")]
+    inits = {"flat": np.array([0, 0, 64], np.int64), "w": rng.standard_normal((64, 48)).astype(np.float32)}
+    model = onnx_model(nodes, [("q", F, shape), ("k", F, shape), ("v", F, shape)], inits, opset=23)
+    path = Path(str(tmp_path)) / "m.onnx"
+    onnx.save(model, str(path))
+    sample = {n: rng.standard_normal((1, 4, 40, 16)).astype(np.float32) for n in "qkv"}
+    art = compile_model(path, Path(str(tmp_path)) / "m.ember", sample=sample).path
+    kernels = {k["name"]: k for k in json.loads((Path(art) / "manifest.json").read_text())["kernels"]}
+    matmul = next(k for name, k in kernels.items() if "matmul" in name and k["rule"] == "Matmul")
+    assert matmul["flops"] == 2 * 40 * 64 * 48, kernels
+    attention = next(k for k in kernels.values() if k["rule"] == "Attention")
+    assert attention["flops"] >= 2 * 2 * 4 * 40 * 40 * 16, kernels  # (Q K^T and P V at least)
