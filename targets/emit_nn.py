@@ -350,11 +350,15 @@ def _heads(x: relax.Expr, shape: list[Any], heads: int) -> relax.Expr:
 
 
 KEY_BLOCK = 16  # key positions a padded attention row holds a multiple of (AVX-512's fp32 lanes)
+# Over a symbolic key length: two vectors, so that Q K^T's register tile of 4 rows x 2 key
+# vectors always divides the padded length
+SYMBOLIC_KEY_BLOCK = 2 * KEY_BLOCK
 
 
 def _pad_symbolic_keys(lw: Lowering, x: relax.Expr, value: float) -> relax.Expr:
-    """x's last axis (a symbolic key length S) padded with `value` to ceil(S / KEY_BLOCK) *
-    KEY_BLOCK entries: a length the schedule can prove whole vectors of."""
+    """x's last axis (a symbolic key length S) padded with `value` to ceil(S /
+    SYMBOLIC_KEY_BLOCK) * SYMBOLIC_KEY_BLOCK entries: a length the schedule can prove whole
+    vectors of."""
     from tvm import te, tirx
 
     def kernel_fn(t: Any) -> Any:
@@ -371,7 +375,8 @@ def _pad_symbolic_keys(lw: Lowering, x: relax.Expr, value: float) -> relax.Expr:
 
 
 def _key_padding(lw: Lowering, keys: relax.Expr, dtype: str) -> relax.Expr:
-    """[ceil(S / KEY_BLOCK) * KEY_BLOCK]: 0 over the S keys of `keys` ([B, H, S, D]), -inf past them."""
+    """[ceil(S / SYMBOLIC_KEY_BLOCK) * SYMBOLIC_KEY_BLOCK]: 0 over the S keys of `keys`
+    ([B, H, S, D]), -inf past them."""
     from tvm import te, tirx
 
     def kernel_fn(k: Any) -> Any:
@@ -385,7 +390,7 @@ def _key_padding(lw: Lowering, keys: relax.Expr, dtype: str) -> relax.Expr:
 def _whole_key_blocks(n: Any) -> Any:
     from tvm import tirx
 
-    return tirx.floordiv(n + 2 * KEY_BLOCK - 1, 2 * KEY_BLOCK) * (2 * KEY_BLOCK)
+    return tirx.floordiv(n + SYMBOLIC_KEY_BLOCK - 1, SYMBOLIC_KEY_BLOCK) * SYMBOLIC_KEY_BLOCK
 
 
 def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
@@ -426,8 +431,11 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     pad = (-kv_static) % KEY_BLOCK if isinstance(kv_static, int) and kv_static > KEY_BLOCK else 0
     keys = R.nn.pad(k, [0, 0, 0, 0, 0, pad, 0, 0]) if pad else k
     # A symbolic key length (a text model exported with a dynamic sequence) is padded the same
-    # way, to a length the schedule proves whole vectors of (run-time padding, in the kernel).
-    symbolic = not isinstance(kv_static, int)
+    # way, to a length the schedule proves whole vectors of (run-time padding, in the kernel),
+    # where a bias spans the same keys or broadcasts along them (one along a key axis of
+    # another name stays unpadded: its padding could not be proven to match).
+    mask_width = in_type(lw, node, 3).shape[-1] if len(a) > 3 and a[3] is not None else 1
+    symbolic = not isinstance(kv_static, int) and mask_width in (1, kv_static)
     keys_t = _pad_symbolic_keys(lw, R.permute_dims(k, [0, 1, 3, 2]), 0.0) if symbolic else R.permute_dims(keys, [0, 1, 3, 2])
     scores = R.multiply(R.matmul(q, keys_t), scalar(scale, t))
     zero, minus_inf = scalar(0.0, t), scalar(float("-inf"), t)
@@ -443,11 +451,7 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         bias = lw.emit(bias)
     added = bias  # what the scores get: the bias, over the padded keys when there are any
     if symbolic:
-        bias_width = None
-        if len(a) > 3 and a[3] is not None:
-            bias_width = in_type(lw, node, 3).shape[-1]
-        if at["is_causal"]:
-            bias_width = kv_static
+        bias_width = kv_static if at["is_causal"] else mask_width
         if bias is not None and bias_width == kv_static:
             added = _pad_symbolic_keys(lw, bias, float("-inf"))
         else:  # no bias, or one broadcast along the keys: add -inf over the padding

@@ -427,8 +427,9 @@ class ConvNCHWc:
 
     def knob_space(self, func: tirx.PrimFunc, target: Target) -> dict[str, list[int]]:
         """What the tuner may try (values a kernel cannot take make `apply` decline): vectors
-        per tile, pixels per tile, bands of rows or channel panels, how many bands, input
-        channel blocks per chunk of a panel's weight (0: one pass)."""
+        per tile, pixels per tile, bands of rows or channel panels, column tiles or channel
+        panels for one row of output, how many bands, input channel blocks per chunk of a
+        panel's weight (0: one pass)."""
         cores = sc.num_cores(target)
         return {"nv": [1, 2, 4], "xr": [4, 6, 7, 8, 12, 14, 16], "banded": [0, 1], "columns": [0, 1],
                 "bands": sorted({cores, 2 * cores, 4 * cores, 7, 8, 14}), "kb": [0, 1, 2, 4, 8, 16]}

@@ -136,3 +136,4 @@ def test_counts_over_a_symbolic_sequence_are_the_samples(tmp_path: object, rng: 
     assert matmul["flops"] == 2 * 40 * 64 * 48, kernels
     attention = next(k for k in kernels.values() if k["rule"] == "Attention")
     assert attention["flops"] >= 2 * 2 * 4 * 40 * 40 * 16, kernels  # (Q K^T and P V at least)
+
