@@ -45,7 +45,7 @@ import logging
 import math
 from typing import Any
 
-from tvm import s_tir, sym, tirx
+from tvm import s_tir, tirx
 from tvm.target import Target
 
 from ember.targets import sched_common as sc
@@ -270,8 +270,7 @@ class WinogradNCHWc:
         nv, cap = _vectors(func, sc.static_extent(sch, loops[2]), regs)
         count = sc.static_extent(sch, loops[3])
         if count is None:  # (tiles counted at run time, in whole blocks: the largest up to cap that divides them)
-            extent, analyzer = sch.get(loops[3]).extent, sym.Analyzer()
-            count = next(c for c in range(cap, 0, -1) if analyzer.can_prove(tirx.floormod(extent, c) == 0))
+            count = next(c for c in range(cap, 0, -1) if sc.divisible(sch, loops[3], c))
         xr = sc.knob(func, "xr", _column_block(count, cap))
         e1, e2, fo, rc = cls._register_tile(sch, block, loops, nv, xr)
         sc.parallel(sch, sch.fuse(e1, e2, fo))
