@@ -8,8 +8,33 @@ are kept as readable expressions (`N+1`, `(N)//2`) without further algebra.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 Dim = int | str
+
+# Pairs of dims that shape inference took to be equal (two different symbols broadcast
+# against each other, a symbol against a static size, a matmul's inner dims), collected while
+# a `recording()` block is open: the importer unifies the input dims they name.
+_RECORDS: list[list[tuple[Dim, Dim]]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[tuple[Dim, Dim]]]:
+    """Collect the (a, b) pairs of dims that inference assumes equal inside the block."""
+    found: list[tuple[Dim, Dim]] = []
+    _RECORDS.append(found)
+    try:
+        yield found
+    finally:
+        _RECORDS.remove(found)
+
+
+def assume_equal(a: Dim, b: Dim) -> None:
+    """Note that inference took `a` and `b` (not both static) to be the same size."""
+    if a != b and not (isinstance(a, int) and isinstance(b, int)):
+        for found in _RECORDS:
+            found.append((a, b))
 
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -164,7 +189,8 @@ def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
     """Numpy-style multidirectional broadcasting of (possibly symbolic) shapes.
 
     Raises ValueError for two different static dims neither of which is 1. Two different
-    symbolic dims are assumed equal (the first wins), as ONNX shape inference does.
+    symbolic dims are assumed equal (the first wins), as ONNX shape inference does, and a
+    symbol against a static size takes that size; both are noted (`assume_equal`).
     """
     rank = max((len(s) for s in shapes), default=0)
     out: list[Dim] = []
@@ -179,9 +205,11 @@ def broadcast(*shapes: tuple[Dim, ...]) -> tuple[Dim, ...]:
                 continue
             if dim == 1:
                 dim = d
-            elif isinstance(d, int) and isinstance(dim, int):
+                continue
+            if isinstance(d, int) and isinstance(dim, int):
                 raise ValueError(f"shapes {list(shapes)} do not broadcast (axis {axis}: {dim} vs {d})")
-            elif isinstance(dim, str) and isinstance(d, int):
+            assume_equal(dim, d)
+            if isinstance(dim, str) and isinstance(d, int):
                 dim = d  # a static size pins the symbol
         out.append(dim)
     return tuple(out)

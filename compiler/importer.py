@@ -4,6 +4,14 @@ Reads a model (with external data), checks it, lists every unsupported operator 
 turns initializers and Constant nodes into constants, rewrites old-opset forms into the
 canonical (newest) form through each op's `upgrade`, makes attribute defaults explicit and
 types every value with ember's own inference rules.
+
+Input dims that the graph makes equal are unified: an exporter often names each input's
+dims on its own (`ids: [ids_dynamic_axes_1, ids_dynamic_axes_2]`, `mask: [mask_dynamic_axes_1,
+mask_dynamic_axes_2]`), and where the graph then broadcasts one against the other (the mask
+added to the attention scores) or contracts them in a matmul, the model is only valid when
+they are the same size. Such an input dim is renamed to the first input dim (or static size)
+it meets, so that every shape downstream is written in one name and the run-time check of
+the inputs says when they differ.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import onnx
 import onnx.version_converter
 from onnx import numpy_helper
 
+from ember.compiler import dims as dimlib
 from ember.compiler import dtypes
 from ember.compiler.dims import Dim
 from ember.compiler.errors import EmberError, InferError, InvalidModelError, UnsupportedModelError
@@ -160,13 +169,66 @@ def import_proto(model: onnx.ModelProto, where: str = "model", dims: Mapping[str
         raise UnsupportedModelError(
             f"{where}: {len(missing)} unsupported operator(s):\n" + "\n".join(missing)
         )
-    importer = _Importer(opset, where, dims or {})
+    bound: dict[str, Dim] = dict(dims or {})
+    for _ in range(MAX_UNIFY_ROUNDS):
+        with dimlib.recording() as assumed:
+            graph = _import_graph(model, opset, where, bound)
+        renames = unified_input_dims(graph, assumed)
+        if not renames:
+            return graph
+        for old, new in renames.items():
+            log.info("%s: input dim %s is taken as %s (the graph needs them equal)", where, old, new)
+        bound = {**{k: renames.get(v, v) if isinstance(v, str) else v for k, v in bound.items()}, **renames}
+    return graph
+
+
+# Unifying dims can expose another equality only through a renamed dim: a few rounds suffice.
+MAX_UNIFY_ROUNDS = 4
+
+
+def _import_graph(model: onnx.ModelProto, opset: int, where: str, dims: Mapping[str, Dim]) -> Graph:
+    importer = _Importer(opset, where, dims)
     try:
         return importer.graph(model.graph, parent=None, top=True)
     except EmberError:
         raise
     except Exception as err:  # a malformed graph the checker let through
         raise InvalidModelError(f"{where}: cannot import: {type(err).__name__}: {err}") from None
+
+
+def unified_input_dims(graph: Graph, assumed: Sequence[tuple[Dim, Dim]]) -> dict[str, Dim]:
+    """Input dims to rename, from the pairs of dims inference took to be equal: each class of
+    equal dims (joined through any dim, expressions included) maps its input symbols to its
+    static size if it has one, else to the input symbol that comes first in the inputs."""
+    order: dict[str, int] = {}
+    for value in graph.inputs:
+        for d in value.type.shape:
+            if isinstance(d, str):
+                order.setdefault(d, len(order))
+    parent: dict[Dim, Dim] = {}
+
+    def find(d: Dim) -> Dim:
+        while parent.get(d, d) != d:
+            d = parent[d]
+        return d
+
+    for a, b in assumed:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[ra] = rb
+    classes: dict[Dim, list[Dim]] = {}
+    for d in list(parent):
+        classes.setdefault(find(d), []).append(d)
+    renames: dict[str, Dim] = {}
+    for root, members in classes.items():
+        members = list(dict.fromkeys([root, *members]))
+        static = [d for d in members if isinstance(d, int)]
+        symbols = sorted((d for d in members if isinstance(d, str) and d in order), key=order.__getitem__)
+        if len(set(static)) > 1 or not symbols:
+            continue  # sizes that cannot agree are inference's error to report; no input dim to rename
+        target: Dim = static[0] if static else symbols[0]
+        renames.update({s: target for s in symbols if s != target})
+    return renames
 
 
 _SYMBOL = re.compile(r"[^A-Za-z0-9_]+")

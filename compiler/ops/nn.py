@@ -541,6 +541,7 @@ def matmul_shape(a: tuple[Dim, ...], b: tuple[Dim, ...]) -> tuple[Dim, ...]:
     k1, k2 = a2[-1], b2[-2]
     if isinstance(k1, int) and isinstance(k2, int) and k1 != k2:
         raise ValueError(f"MatMul inner dims differ: {list(a)} @ {list(b)}")
+    dims.assume_equal(k1, k2)
     out = dims.broadcast(a2[:-2], b2[:-2]) + (a2[-2], b2[-1])
     if len(a) == 1:
         out = out[:-2] + out[-1:]

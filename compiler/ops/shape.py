@@ -257,6 +257,7 @@ def _concat_infer(ctx: InferCtx) -> list[TensorType]:
                 continue
             if isinstance(d, int) and isinstance(shape[i], int):
                 raise ValueError(f"Concat inputs differ on axis {i}: {first} vs {t}")
+            dims.assume_equal(shape[i], d)
             if isinstance(d, int):  # a static size pins the symbol
                 shape[i] = d
     shape[axis] = total

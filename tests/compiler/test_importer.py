@@ -139,3 +139,26 @@ def test_inspect_reports_cost(tmp_path: Path) -> None:
     assert "MatMul" in result.output and "(costs are per unit of batch)" in result.output
     macs_line = next(line for line in result.output.splitlines() if line.startswith("MatMul"))
     assert macs_line.split()[2] == "32"  # 8x4 MACs per batch item
+
+
+def test_input_dims_the_graph_makes_equal_are_unified() -> None:
+    """Dims an exporter named per input (`ids: [ids_1, ids_2]`, `mask: [mask_1, mask_2]`) that
+    the graph broadcasts against each other, contracts in a matmul or joins in a Concat are
+    renamed to the first input's name, or to the static size they meet; dims the graph never
+    ties (the mask's batch, read only through a Gather) keep their own names."""
+    w = np.ones((8, 4), np.float32)
+    model = make_model(
+        [
+            helper.make_node("Add", ["a", "b"], ["ab"]),  # b's dims broadcast against a's
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),  # x's inner dim meets the weight's 8
+            helper.make_node("Concat", ["ab", "c"], ["abc"], axis=0),  # c's columns must be a's
+            helper.make_node("Shape", ["d"], ["dshape"]),
+        ],
+        [("a", T.FLOAT, ["N", "S"]), ("b", T.FLOAT, [1, "S_b"]), ("c", T.FLOAT, ["C", "S_c"]),
+         ("x", T.FLOAT, ["N", "K"]), ("d", T.FLOAT, ["D"])],
+        [("abc", T.FLOAT, ["N+C", "S"]), ("xw", T.FLOAT, ["N", 4]), ("dshape", T.INT64, [1])],
+        {"w": w},
+    )
+    graph = import_proto(model)
+    assert [str(v.type) for v in graph.inputs] == ["f32[N,S]", "f32[1,S]", "f32[C,S]", "f32[N,8]", "f32[D]"]
+    assert str(graph.value("abc").type) == "f32[N+C,S]"

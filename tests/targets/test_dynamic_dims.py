@@ -17,6 +17,7 @@ from onnx import helper
 from ember.compiler.driver import compile_model
 from ember.compiler.errors import EmberError
 from ember.runtime import load
+from ember.runtime.model import RuntimeInputError
 
 RTOL, ATOL = 1e-4, 1e-4
 
@@ -75,3 +76,45 @@ def test_a_model_no_generated_sample_runs_asks_for_one(tmp_path: Path, rng: np.r
     x = rng.standard_normal((1, 60, 8)).astype(np.float32)
     compile_model(tmp_path / "m.onnx", tmp_path / "m.ember", sample={"x": x})
     np.testing.assert_allclose(load(tmp_path / "m.ember")(x=x)["y"], np.maximum(x, 0), rtol=RTOL, atol=ATOL)
+
+
+def masked_attention(mask_dims: list, heads: int = 2) -> onnx.ModelProto:
+    """Attention over a sequence `S` with an additive mask whose dims an exporter named on their
+    own (`mask: [MB, 1, 1, M]`, torch's dynamic_axes given as lists): the graph is only valid
+    with MB == B and M == S."""
+    inits = {"scale": np.array(0.25, np.float32)}
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+             helper.make_node("Add", ["mask", "scaled"], ["biased"]),  # the mask first: its names come first
+             helper.make_node("Softmax", ["biased"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    qkv = [(name, T.FLOAT, ["B", heads, "S", 16]) for name in ("q", "k", "v")]
+    return make_model(nodes, [*qkv, ("mask", T.FLOAT, mask_dims)], [("y", T.FLOAT, ["B", heads, "S", 16])], inits, opset=17)
+
+
+@pytest.mark.parametrize("passes", [None, "fold_constants,dce"], ids=["fused", "unfused"])
+def test_a_mask_with_dims_named_apart_from_the_keys_compiles_and_runs(tmp_path: Path, rng: np.random.Generator,
+                                                                     passes: str | None) -> None:
+    """The importer renames the mask's dims to the queries' (the Add needs them equal); before,
+    TVM refused the broadcast of two unrelated symbols ("emit_te now only supports Tensor that
+    has ShapeExpr shape", or R.add left in a primitive function). Fused (one Attention kernel)
+    and unfused, at lengths the compile never saw, against onnxruntime; a mask of another
+    length is one clear error."""
+    model = masked_attention(["MB", 1, 1, "M"])
+    onnx.save(model, tmp_path / "att.onnx")
+
+    def feeds(b: int, s: int, m: int | None = None) -> dict[str, np.ndarray]:
+        out = {n: rng.standard_normal((b, 2, s, 16)).astype(np.float32) for n in ("q", "k", "v")}
+        out["mask"] = np.where(rng.random((b, 1, 1, m or s)) < 0.3, -1e4, 0).astype(np.float32)
+        return out
+
+    compile_model(tmp_path / "att.onnx", tmp_path / "att.ember", sample=feeds(2, 37), passes=passes)
+    artifact = load(tmp_path / "att.ember")
+    assert [list(i.shape) for i in artifact.inputs] == [["B", 2, "S", 16]] * 3 + [["B", 1, 1, "S"]]
+    for b, s in ((1, 5), (3, 64), (2, 130)):
+        f = feeds(b, s)
+        np.testing.assert_allclose(artifact(**f)["y"], run_onnxruntime(model, f)["y"], rtol=RTOL, atol=ATOL,
+                                   err_msg=f"B={b} S={s}")
+    with pytest.raises(RuntimeInputError, match=r"input 'mask': dim S is 9 here but 8 in another input"):
+        artifact(**feeds(1, 8, 9))
