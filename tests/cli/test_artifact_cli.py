@@ -145,7 +145,7 @@ def test_specializations_run_when_their_dims_match(tiny: Path, tmp_path: Path, r
     ("shapes", "want"),
     [
         ((["B", 6], ["B", 6]), [{"B": 1}]),  # batch dims only (shared by two inputs): batch 1 by default
-        ((["B", 6], ["C", 6]), [{"B": 1, "C": 1}]),
+        ((["B", 6], ["C", 6]), [{"B": 1, "C": 1}]),  # two batch dims the graph never ties
         ((["B", 6], ["B", "S"]), []),  # a sequence length: no value is a safe guess
         (([2, 6], [2, 6]), []),  # static
     ],
@@ -154,8 +154,8 @@ def test_default_specializations(shapes: tuple, want: list) -> None:
     from ember.compiler.driver import default_specializations
     from ember.compiler.importer import import_proto
 
-    model = make_model([helper.make_node("Add", ["x", "z"], ["y"])],
-                       [("x", T.FLOAT, shapes[0]), ("z", T.FLOAT, shapes[1])], [("y", T.FLOAT, [])], {})
+    model = make_model([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Relu", ["z"], ["w"])],
+                       [("x", T.FLOAT, shapes[0]), ("z", T.FLOAT, shapes[1])], [("y", T.FLOAT, []), ("w", T.FLOAT, [])], {})
     graph = import_proto(model)
     assert default_specializations(graph) == want
     # the caller's sample stands for the deployment: its batch is the one specialized
