@@ -500,3 +500,29 @@ def test_an_artifact_recompiled_in_place_loads_its_new_library(tmp_path: Path) -
         onnx.save(model, tmp_path / "m.onnx")
         compile_model(tmp_path / "m.onnx", tmp_path / "m.ember")
         np.testing.assert_array_equal(load(tmp_path / "m.ember")(x=x)["i"], [list(range(7, 7 - k, -1))])
+
+
+def test_a_float16_model_is_checked_at_float16_tolerance(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A model computed in float16 (conv, layer norm, softmax) compiles with the default
+    tolerance: its output carries 10 bits, so the checks take it at rtol 1e-2 / atol 1e-3
+    (check.HALF_TOLERANCE) and say so; at float32's 1e-3 / 1e-4 an honest float16 model failed
+    to compile. The artifact agrees with onnxruntime at that tolerance."""
+    from ember.runtime.check import HALF_TOLERANCE, compare
+
+    half = np.float16
+    inits = {"w": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(half), "b": rng.standard_normal(8).astype(half),
+             "scale": np.ones(8, half), "bias": np.zeros(8, half)}
+    model = make_model([helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+                        helper.make_node("Transpose", ["c"], ["t"], perm=[0, 2, 3, 1]),
+                        helper.make_node("LayerNormalization", ["t", "scale", "bias"], ["n"], axis=-1),
+                        helper.make_node("Softmax", ["n"], ["y"], axis=-1)],
+                       [("x", T.FLOAT16, ["N", 3, 16, 16])], [("y", T.FLOAT16, ["N", 16, 16, 8])], inits)
+    lines: list[str] = []
+    compile_model(_save(model, tmp_path / "half.onnx"), tmp_path / "half.ember", verify=True, echo=lines.append)
+    assert any("ok (float16: rtol 0.01, atol 0.001)" in line for line in lines), lines
+    x = rng.standard_normal((2, 3, 16, 16)).astype(half)
+    got = load(tmp_path / "half.ember")(x=x)
+    want = interp.run(import_model(tmp_path / "half.onnx"), {"x": x})
+    assert got["y"].dtype == np.float16
+    assert all(c.ok and c.widened for c in compare(got, want)), compare(got, want)
+    assert not all(c.ok for c in compare(got, {"y": want["y"] + np.float16(2 * HALF_TOLERANCE["float16"]["atol"])}))
