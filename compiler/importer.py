@@ -362,6 +362,8 @@ class _Importer:
                 node = infer_node(node, scope)
             except InferError as err:
                 raise InferError(f"{self.where}: node {label}: {err}") from None
+            if onode.domain in ONNX_DOMAINS:  # after the op's own checks, whose messages say more
+                self._check_type_params(onode, scope, label)
             for value in node.outputs:
                 scope.types[value.name] = value.type
             nodes.append(node)
@@ -370,6 +372,33 @@ class _Importer:
             if scope.lookup_type(name) is None:
                 raise InvalidModelError(f"{self.where}: graph output {name!r} is never computed")
         return Graph(tuple(inputs), tuple(nodes), outputs, tuple(consts.values()), name="main" if top else (proto.name or "body"))
+
+    def _check_type_params(self, onode: onnx.NodeProto, scope: Scope, label: str) -> None:
+        """Inputs that the operator's schema binds to one type parameter have one dtype
+        (LayerNormalization's X, Scale and B are all T): onnxruntime refuses such a model on
+        load, and a kernel built from it would read one operand in the wrong dtype."""
+        try:
+            schema = onnx.defs.get_schema(onode.op_type, self.opset, "")
+        except onnx.defs.SchemaError:
+            return
+        bound: dict[str, tuple[str, str]] = {}
+        formal = list(schema.inputs)
+        for i, name in enumerate(onode.input):
+            if not name or not formal:
+                continue
+            param = formal[min(i, len(formal) - 1)]
+            if i >= len(formal) and param.option != onnx.defs.OpSchema.FormalParameterOption.Variadic:
+                continue
+            t = scope.lookup_type(name)
+            if t is None:
+                continue
+            first = bound.setdefault(param.type_str, (param.name, t.dtype))
+            if first[1] != t.dtype:
+                where = f"node {label}" + (f" ({onode.op_type})" if onode.name else "")
+                raise InvalidModelError(
+                    f"{self.where}: {where}: input {param.name} ({name!r}) is {t.dtype} but "
+                    f"{first[0]} is {first[1]}; the operator needs them of one type ({param.type_str}). onnxruntime refuses "
+                    "this model as well: re-export it, or cast the inputs to one type")
 
     def _unshadowed(self, proto: onnx.GraphProto, parent: Scope) -> onnx.GraphProto:
         """The subgraph with values that shadow an enclosing graph's renamed (ember's IR keeps

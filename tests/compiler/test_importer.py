@@ -162,3 +162,19 @@ def test_input_dims_the_graph_makes_equal_are_unified() -> None:
     graph = import_proto(model)
     assert [str(v.type) for v in graph.inputs] == ["f32[N,S]", "f32[1,S]", "f32[C,S]", "f32[N,8]", "f32[D]"]
     assert str(graph.value("abc").type) == "f32[N+C,S]"
+
+
+def test_inputs_of_one_type_parameter_in_two_dtypes_are_refused() -> None:
+    """LayerNormalization's X, Scale and B are all T: an f32 X with f16 weights (what torch
+    exports for a BERT cast to half, whose attention output returns to f32) is refused with the
+    node and both dtypes named, as onnxruntime refuses it on load (before, the build failed with
+    TVM's traceback)."""
+    model = make_model(
+        [helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["y"], name="ln", axis=-1)],
+        [("x", T.FLOAT, ["N", 8])],
+        [("y", T.FLOAT, ["N", 8])],
+        {"scale": np.ones(8, np.float16), "bias": np.zeros(8, np.float16)},
+    )
+    with pytest.raises(InvalidModelError, match=r"node ln \(LayerNormalization\): input Scale \('scale'\) is f16 but X is "
+                                                r"f32; the operator needs them of one type \(T\)"):
+        import_proto(model)
