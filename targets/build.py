@@ -300,7 +300,13 @@ def build(graph: Graph, target: TargetSpec, tune: tuning.TuneOptions | None = No
     stats: dict[str, float] = {}
     start = time.perf_counter()
     lanes = block_lanes(target) if blocked else 0
-    mod = to_relax(graph, lanes, winograd=winograd, sample_dims=sample_dims)
+    try:
+        mod = to_relax(graph, lanes, winograd=winograd, sample_dims=sample_dims)
+    except EmberError:
+        raise
+    except Exception as err:  # Relax refusing what an emitter built: one message, not TVM's traceback
+        raise EmberError(f"cannot lower the model to TVM for {target.name}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:400] if str(err) else ''}") from None
     stats["lower_s"] = time.perf_counter() - start
     tvm_target = tvm.target.Target(target.tvm_target())
     start = time.perf_counter()

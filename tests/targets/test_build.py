@@ -72,6 +72,17 @@ def test_op_without_code_generator_is_named() -> None:
         build(graph, resolve_target("cpu"))
 
 
+def test_what_relax_refuses_while_lowering_is_one_error() -> None:
+    """An f32 LayerNormalization with f16 weights (the importer refuses it, a hand-written graph
+    need not): Relax's TypeError becomes one EmberError naming it, not TVM's traceback."""
+    from ember.compiler.errors import EmberError
+
+    graph = parse_graph("graph main(%x: f32[2,6]) -> (%y: f32[2,6]) {\n  const %g: f16[6] = [1, 1, 1, 1, 1, 1]\n"
+                        "  %y: f32[2,6] = LayerNormalization(%x, %g, %g) {axis=-1}\n  return %y\n}\n")
+    with pytest.raises(EmberError, match=r"^cannot lower the model to TVM for cpu: TypeError: .*layer_norm"):
+        build(graph, resolve_target("cpu"))
+
+
 @pytest.mark.parametrize(
     "line",
     [
