@@ -160,7 +160,14 @@ def floordiv(a: Dim, b: Dim) -> Dim:
             for s in pb[1]:
                 syms.remove(s)
             return _join(pa[0] // pb[0], tuple(syms))
-    return f"{_wrap(a)}//{_wrap(b)}"
+    return f"{_wrap(a)}//{_divisor(b)}"
+
+
+def _divisor(dim: Dim) -> str:
+    """A dim written as the right operand of `//`: a product is parenthesized too
+    (`x//(64*N)`, not `x//64*N`, which Python reads as `(x//64)*N`)."""
+    text = str(dim)
+    return text if isinstance(dim, int) or _SYMBOL.match(text) or _enclosed(text) else f"({text})"
 
 
 def ceildiv(a: Dim, b: Dim) -> Dim:

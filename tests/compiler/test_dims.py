@@ -17,9 +17,20 @@ from ember.compiler import dims
     ("3*N", 2, "3*N//2"),  # not exact: kept as an expression ((3*N)//2)
     ("N+1", "N", "(N+1)//N"),
     (12, 5, 2),
+    # a product divisor is parenthesized: `64*S*M//64*B` reads as ((64*S*M)//64)*B, which made
+    # the -1 of Whisper's cross-attention view(bsz, -1, heads, head_dim) 128 where it is 32
+    ("64*S*M", "64*B", "64*S*M//(64*B)"),
+    ("X", "2*N", "X//(2*N)"),
 ])
 def test_floordiv(a: dims.Dim, b: dims.Dim, want: dims.Dim) -> None:
     assert dims.floordiv(a, b) == want
+
+
+def test_quotients_evaluate_as_written() -> None:
+    """Each printed quotient evaluates to the integer quotient (dims.evaluate is Python's eval)."""
+    at = {"S": 32, "M": 2, "B": 2, "X": 37, "N": 3}
+    assert dims.evaluate(dims.floordiv("64*S*M", "64*B"), at) == 64 * 32 * 2 // (64 * 2)
+    assert dims.evaluate(dims.ceildiv("X", "2*N"), at) == -(-37 // 6)
 
 
 def test_quotient_of_a_built_product_is_exact() -> None:

@@ -118,3 +118,23 @@ def test_a_mask_with_dims_named_apart_from_the_keys_compiles_and_runs(tmp_path: 
                                    err_msg=f"B={b} S={s}")
     with pytest.raises(RuntimeInputError, match=r"input 'mask': dim S is 9 here but 8 in another input"):
         artifact(**feeds(1, 8, 9))
+
+
+def test_a_reshape_whose_minus_one_divides_by_a_product_of_dims(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Whisper's cross-attention as the dynamo exporter writes it: the encoder states [M, S, 64]
+    viewed as [B, -1, 4, 16] with B the decoder's batch, another symbol. The -1 is
+    64*M*S//(64*B); written without the parentheses it read ((64*M*S)//64)*B, 128 rows where
+    there are 32, and the model's answers were wrong."""
+    nodes = [helper.make_node("Shape", ["y"], ["b"], start=0, end=1),
+             helper.make_node("Concat", ["b", "rest"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["r"]),
+             helper.make_node("Transpose", ["r"], ["out"], perm=[0, 2, 1, 3])]
+    model = make_model(nodes, [("x", T.FLOAT, ["M", "S", 64]), ("y", T.INT64, ["B", "L"])],
+                       [("out", T.FLOAT, ["B", 4, "n", 16])], {"rest": np.array([-1, 4, 16], np.int64)})
+    onnx.save(model, tmp_path / "view.onnx")
+    compile_model(tmp_path / "view.onnx", tmp_path / "view.ember",
+                  sample={"x": rng.standard_normal((2, 32, 64)).astype(np.float32), "y": np.ones((2, 3), np.int64)})
+    artifact = load(tmp_path / "view.ember")
+    for m, s in ((2, 32), (3, 5)):
+        f = {"x": rng.standard_normal((m, s, 64)).astype(np.float32), "y": np.ones((m, 2), np.int64)}
+        np.testing.assert_array_equal(artifact(**f)["out"], run_onnxruntime(model, f)["out"])
