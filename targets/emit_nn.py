@@ -471,10 +471,14 @@ def _attention(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
             added = padding if bias is None else R.add(bias, padding)
     probs = R.nn.softmax(scores if added is None else R.add(scores, added), axis=-1)
     if bias is not None:
-        # (TVM's max starts from the lowest finite value, so an all -inf row reduces to that)
-        # (over a symbolic key length, the padded bias: whole vectors, and the padding's -inf
-        # leaves the max of every row that has a real key allowed as it was)
-        blocked = R.less_equal(R.max(added if symbolic else bias, [-1], True), scalar(-1e30 if t.dtype in ("f32", "f64") else -3e4, t))
+        # A row is masked everywhere when none of its bias entries is above -inf: the row max
+        # of (bias > -inf) as 0 / 1. (Not the bias's own max against a threshold: TVM's max
+        # starts from the lowest finite value, so an all -inf row and a row of the lowest
+        # finite value, transformers' padding mask, reduce alike, and the latter must give
+        # softmax's uniform row, as the graph fused here and onnxruntime do.) Over a symbolic
+        # key length, the padded bias: whole vectors, the padding's -inf changing no row.
+        allowed = R.astype(R.greater(added if symbolic else bias, minus_inf), TVM_DTYPE[t.dtype])
+        blocked = R.less(R.max(allowed, [-1], True), scalar(0.5, t))
         probs = R.where(blocked, zero, probs)
     if pad:
         probs = R.strided_slice(probs, axes=[3], begin=[0], end=[kv_static])

@@ -137,3 +137,52 @@ def test_counts_over_a_symbolic_sequence_are_the_samples(tmp_path: object, rng: 
     attention = next(k for k in kernels.values() if k["rule"] == "Attention")
     assert attention["flops"] >= 2 * 2 * 4 * 40 * 40 * 16, kernels  # (Q K^T and P V at least)
 
+
+
+def test_rows_masked_with_the_lowest_float_stay_uniform(rng: np.random.Generator) -> None:
+    """transformers' padding mask is finfo(float32).min, not -inf: a query row masked with it
+    everywhere (a left-padded batch row) is softmax's uniform row in the graph the fuser turns
+    into Attention, and in onnxruntime; only rows of -inf everywhere are 0 (ONNX Attention's
+    convention). Before, every row whose bias peaked below -1e30 was zeroed: an HF decoder fed
+    a left-padded batch failed its compile check (logits 0.36 off)."""
+    from conftest import run_onnxruntime
+
+    shape = ["B", 2, 13, 8]
+    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Mul", ["s", "c"], ["sc"]),
+             helper.make_node("Add", ["sc", "m"], ["sm"]),
+             helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    model = onnx_model(nodes, [("q", F, shape), ("k", F, shape), ("v", F, shape), ("m", F, ["B", 1, 13, 13])],
+                       {"c": np.array(0.35, np.float32)}, opset=17)
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    assert [n.op for n in graph.nodes if n.op == "Attention"] == ["Attention"]
+
+    def fix(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        feeds["m"][...] = np.where(rng.random(feeds["m"].shape) < 0.3, np.finfo(np.float32).min, 0.0)
+        feeds["m"][..., 0, :] = np.finfo(np.float32).min  # the first query row masked everywhere
+        want = run_onnxruntime(model, feeds)["y"]
+        np.testing.assert_allclose(want[..., 0, :], np.broadcast_to(feeds["v"].mean(axis=2), want[..., 0, :].shape),
+                                   rtol=1e-5, atol=1e-6)
+
+    built = compiled(model, rng, fix)
+    assert "Attention" in built.rules.values(), built.rules
+
+
+def test_attention_op_rows_of_lowest_float_and_of_minus_inf(rng: np.random.Generator) -> None:
+    """ONNX Attention over a symbolic sequence (its keys padded in the kernel): a row whose
+    mask is the lowest float everywhere is uniform, a row of -inf everywhere is 0, as the
+    interpreter (onnx's reference) has them."""
+    shape = ["B", 4, "S", 16]
+    nodes = [helper.make_node("Attention", ["q", "k", "v", "m"], ["out"], name="out")]
+    model = onnx_model(nodes, [("q", F, shape), ("k", F, shape), ("v", F, shape), ("m", F, ["S", "S"])], opset=23)
+
+    def fix(feeds: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+        feeds["m"][...] = 0.0
+        feeds["m"][0, :] = np.finfo(np.float32).min
+        feeds["m"][-1, :] = -np.inf
+
+    graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = check_graph(graph, rng, [{"B": 1, "S": 5}, {"B": 2, "S": 40}], fix=fix, atol=ATOL)
+    assert "Attention" in built.rules.values(), built.rules
