@@ -245,7 +245,20 @@ def _expand(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 
 def _tile(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    return [R.tile(a[0], static_ints(lw, node, 1, "repeats"))]
+    """Tile; repeats computed from the data (DeBERTa's `pos_key.repeat(batch * heads //
+    span, 1, 1)`: a Shape of a symbolic-batch tensor) as a broadcast of the input viewed as
+    [1, d0, 1, d1, ...] to [r0, d0, r1, d1, ...], reshaped to [r0 * d0, ...]: the repeats are
+    the output's dims over the input's where inference knows them, else read at run time."""
+    if lw.const_of(node.inputs[1]) is not None:
+        return [R.tile(a[0], static_ints(lw, node, 1, "repeats"))]
+    t, y = in_type(lw, node, 0), out_type(node)
+    dims = lw.shape(t)
+    reps = [o // d for o, d in zip(lw.shape(y), dims)] if dyn.resolves(lw, y) else dyn.runtime_ints(lw, a[1], t.rank)
+    if t.rank == 0:
+        return [a[0]]
+    view = [v for d in dims for v in (1, d)]
+    spread = [v for r, d in zip(reps, dims) for v in (r, d)]
+    return [R.reshape(R.broadcast_to(R.reshape(a[0], view), spread), [r * d for r, d in zip(reps, dims)])]
 
 
 def _constant_of_shape(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:

@@ -108,3 +108,21 @@ def test_slices_with_starts_and_ends_from_the_data(tmp_path: Path, rng: np.rando
              {"x": rng.standard_normal((2, 4)).astype(np.float32), "lens": _i64(7, 1, 1), "neg": _i64(-9)},
              {"x": rng.standard_normal((2, 6)).astype(np.float32), "lens": _i64(0, 0, 0), "neg": _i64(2)}]
     _check(tmp_path, model, feeds)
+
+
+def test_tile_with_repeats_from_a_shape_and_from_the_data(tmp_path: Path, rng: np.random.Generator) -> None:
+    """DeBERTa's `pos_key.repeat(query.size(0) // span, 1, 1)`: repeats built from a Shape of a
+    symbolic-batch tensor (inference knows the output, [N, 6, 4]), and repeats read from an
+    input tensor (known only at run time). Before, both refused to compile ("repeats must be
+    constant")."""
+    inits = {"ones": _i64(1, 1), "p": rng.standard_normal((1, 6, 4)).astype(np.float32)}
+    nodes = [helper.make_node("Shape", ["x"], ["n"], start=0, end=1),
+             helper.make_node("Concat", ["n", "ones"], ["reps"], axis=0),
+             helper.make_node("Tile", ["p", "reps"], ["tiled"]),
+             helper.make_node("Add", ["x", "tiled"], ["y"]),
+             helper.make_node("Tile", ["z", "r"], ["w"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 6, 4]), ("z", T.FLOAT, [2, "K"]), ("r", I64, [2])],
+                       [("y", T.FLOAT, ["N", 6, 4]), ("w", T.FLOAT, ["a", "b"])], inits)
+    _check(tmp_path, model, [{"x": rng.standard_normal((n, 6, 4)).astype(np.float32),
+                              "z": rng.standard_normal((2, k)).astype(np.float32), "r": _i64(*reps)}
+                             for n, k, reps in ((3, 5, (2, 3)), (1, 2, (1, 1)), (5, 1, (4, 0)))])
