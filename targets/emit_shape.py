@@ -76,8 +76,10 @@ def _split(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     sizes = [v.type.shape[axis] for v in node.outputs]
     if not all(isinstance(s, int) for s in sizes):
         raise refuse(node, "a split with symbolic part sizes")
+    if len(node.outputs) == 1:  # (torch's split of a batch of 1: TVM types a 1-way split as a tensor)
+        return [a[0]]
     indices = [int(i) for i in np.cumsum(sizes)[:-1]]
-    tup = lw.emit(R.split(a[0], indices if indices else 1, axis=axis))
+    tup = lw.emit(R.split(a[0], indices, axis=axis))
     return [lw.emit(relax.TupleGetItem(tup, i)) for i in range(len(node.outputs))]
 
 

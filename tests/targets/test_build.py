@@ -95,11 +95,13 @@ def test_what_relax_refuses_while_lowering_is_one_error() -> None:
         "%y: f32[1,4,6] = ReduceMean(%x4, %ax) {keepdims=0}",
         "%y: f32[1,4,6,6] = LayerNormalization(%x4, %g, %g) {axis=-1}",
         "%y: f32[1,4,6,6] = Clip(%x4, %lo, %hi)",
+        "%y: f32[1,4,6,6] = Split(%x4, %one) {axis=0}",  # one part (torch's split of a batch of 1)
     ],
 )
 def test_single_ops_match_the_interpreter(line: str, rng: np.random.Generator) -> None:
     text = f"""graph main(%x: f32[1,3,6,6], %x4: f32[1,4,6,6]) -> (%y: {line.split(': ', 1)[1].split(' = ')[0]}) {{
   const %ax: i64[1] = [3]
+  const %one: i64[1] = [1]
   const %g: f32[6] = [1.0, 2.0, 0.5, 1.5, 1.0, 0.25]
   const %hi: f32[] = 0.5
   const %lo: f32[] = -0.5
