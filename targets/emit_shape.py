@@ -95,8 +95,13 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(len(starts)))
     steps = static_ints(lw, node, 4, "steps") if has_input(node, 4) else [1] * len(starts)
     axes = [ax % t.rank for ax in axes]
-    big = 2**62  # INT64_MAX/MIN stand for "to the end"; keep clear of overflow in TVM's arithmetic
-    clamp = [(min(max(s, -big), big), min(max(e, -big), big)) for s, e in zip(starts, ends)]
+    # INT64_MAX/MIN stand for "to the end": clamped to the dim, or over a symbolic dim to
+    # 2**31 - 1 (2**62 overflowed TVM's folding of the slice's byte extent: 2**62 * 4 bytes)
+    clamp = []
+    for ax, s, e in zip(axes, starts, ends):
+        dim = t.shape[ax]
+        big = dim + 1 if isinstance(dim, int) else 2**31 - 1
+        clamp.append((min(max(s, -big), big), min(max(e, -big), big)))
     return [R.strided_slice(a[0], axes, [s for s, _ in clamp], [e for _, e in clamp], steps)]
 
 

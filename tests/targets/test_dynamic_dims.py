@@ -138,3 +138,28 @@ def test_a_reshape_whose_minus_one_divides_by_a_product_of_dims(tmp_path: Path, 
     for m, s in ((2, 32), (3, 5)):
         f = {"x": rng.standard_normal((m, s, 64)).astype(np.float32), "y": np.ones((m, 2), np.int64)}
         np.testing.assert_array_equal(artifact(**f)["out"], run_onnxruntime(model, f)["out"])
+
+
+@pytest.mark.parametrize("steps", [1, -1])
+def test_slices_to_the_end_of_a_symbolic_dim(tmp_path: Path, rng: np.random.Generator, steps: int) -> None:
+    """`offsets[:, None]` of torchvision's batched_nms: a Slice to INT64_MAX (INT64_MIN going
+    backwards) over a symbolic length, then broadcast against [n, 4]. The bound was clamped to
+    2**62, whose byte extent (x 4) overflowed TVM's int64 folding: the build failed."""
+    big = np.iinfo(np.int64).max
+    starts, ends = ([0], [big]) if steps == 1 else ([-1], [-big - 1])
+    inits = {"starts": np.array(starts, np.int64), "ends": np.array(ends, np.int64), "axes": np.array([0], np.int64),
+             "steps": np.array([steps], np.int64), "one": np.array([1], np.int64)}
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes", "steps"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "one"], ["u"]),
+             helper.make_node("Add", ["u", "b"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["n"]), ("b", T.FLOAT, ["n", 4])], [("y", T.FLOAT, ["n", 4])], inits)
+    onnx.save(model, tmp_path / "s.onnx")
+
+    def feeds(n: int) -> dict[str, np.ndarray]:
+        return {"x": rng.standard_normal(n).astype(np.float32), "b": rng.standard_normal((n, 4)).astype(np.float32)}
+
+    compile_model(tmp_path / "s.onnx", tmp_path / "s.ember", sample=feeds(7))
+    artifact = load(tmp_path / "s.ember")
+    for n in (1, 7, 30):
+        f = feeds(n)
+        np.testing.assert_array_equal(artifact(**f)["y"], run_onnxruntime(model, f)["y"])
