@@ -25,6 +25,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
+from ember.compiler import dtypes
+from ember.compiler.infer import MAX_TRACKED
 from ember.compiler.ir import Const, Graph, Namer, Node, Value, free_names
 from ember.compiler.rewrite import PassResult, Rejection, count, without_unused_consts
 
@@ -76,6 +78,8 @@ class _Grouper:
                 return "a view whose shape is computed at run time"
         elif node.op not in ELEMENTWISE:
             return "not an elementwise op"
+        if shape_arithmetic(node):
+            return SHAPE_ARITHMETIC
         if i in self.taken:
             return "already in another group"
         if len(node.outputs) != 1:
@@ -130,6 +134,18 @@ class _Grouper:
         return committed
 
 
+SHAPE_ARITHMETIC = "shape arithmetic (an integer vector of at most MAX_TRACKED entries) stays unfused: inference " \
+    "follows its contents, which give later shapes, through the op itself and not through a Fused node"
+
+
+def shape_arithmetic(node: Node) -> bool:
+    """Whether a node computes a small integer vector or scalar (Shape -> Gather -> Mul -> ...):
+    its contents are what inference tracks to type the Reshape or ConstantOfShape it feeds."""
+    t = node.outputs[0].type
+    return (t.dtype in dtypes.INTS or t.dtype == "bool") and t.rank <= 1 and all(isinstance(d, int) for d in t.shape) \
+        and int(np.prod(t.shape)) <= MAX_TRACKED
+
+
 def _label(nodes: list[Node]) -> str:
     return "_".join(n.op.lower() for n in nodes)[:64]
 
@@ -171,6 +187,9 @@ def fuse(graph: Graph) -> PassResult:
     for kinds in (ANCHORS, ELEMENTWISE):  # anchors claim their epilogues first
         for i, node in enumerate(graph.nodes):
             if node.op not in kinds or i in grouper.taken or len(node.outputs) != 1:
+                continue
+            if shape_arithmetic(node):
+                grouper.rejections.append(_reject(node, SHAPE_ARITHMETIC))
                 continue
             if node.outputs[0].name in grouper.outputs:
                 continue

@@ -174,6 +174,26 @@ NO_CHANGE = {
   return %y
 }
 """, "group: %v (Reshape): not added to the group of %m: a view whose shape is computed at run time"),
+    # shape arithmetic (torchvision's anchor count H*W*3): fused, the ConstantOfShape's type
+    # would lose what inference knows of n's contents and the verifier refused the graph
+    "shape_arithmetic": ("""graph main(%x: f32[3,H,W]) -> (%y: f32[3*H*W]) {
+  const %i1: i64[] = 1
+  const %i2: i64[] = 2
+  const %three: i64[] = 3
+  const %zero: i64[1] = [0]
+  %s: i64[3] = Shape(%x)
+  %h: i64[] = Gather(%s, %i1)
+  %w: i64[] = Gather(%s, %i2)
+  %hw: i64[] = Mul(%h, %w)
+  %hw3: i64[] = Mul(%hw, %three)
+  %n: i64[1] = Unsqueeze(%hw3, %zero)
+  %z: f32[3*H*W] = ConstantOfShape(%n)
+  %f: f32[3*H*W] = Reshape(%x, %n)
+  %y: f32[3*H*W] = Add(%f, %z)
+  return %y
+}
+""", "group: %hw (Mul): shape arithmetic (an integer vector of at most MAX_TRACKED entries) stays unfused: inference "
+        "follows its contents, which give later shapes, through the op itself and not through a Fused node"),
 }
 
 
