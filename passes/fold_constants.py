@@ -8,6 +8,10 @@ than MAX_FOLD_BYTES stay nodes, so that a small constant expanded into a huge te
 materialised in the artifact: each is a rejection (`ember explain fold_constants`), and is
 counted as `too_large` in the stats of a run that folded something else (a run that only
 declined is no change, so a second run still has empty stats).
+
+After a round that folded something the graph is retyped (a Pad whose pads torch computes
+through a rank-2 tensor had fresh dims until the pads became a constant) and folded again,
+since the now static shapes fold in turn, until a round folds nothing (at most MAX_ROUNDS).
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ from __future__ import annotations
 import numpy as np
 
 from ember.compiler import dtypes
-from ember.compiler.infer import tracked_values
+from ember.compiler.infer import retype, tracked_values
 from ember.compiler.interp import run
 from ember.compiler.ir import Const, Graph, Node
 from ember.compiler.rewrite import PassResult, Rejection, count
 
 MAX_FOLD_BYTES = 16 * 1024 * 1024
+MAX_ROUNDS = 8
 # Ops whose result depends on more than their inputs.
 NOT_FOLDABLE = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial"})
 
@@ -33,7 +38,23 @@ def _eval(node: Node, consts: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 
 def fold_constants(graph: Graph) -> PassResult:
-    """Replace constant-computable node outputs by constants (same names)."""
+    """Replace constant-computable node outputs by constants (same names), retyping and
+    folding again while a round folds something."""
+    stats: dict[str, int] = {}
+    rejections: list[Rejection] = []
+    for _ in range(MAX_ROUNDS):
+        result = _fold_round(graph)
+        rejections = result.rejections
+        if not result.stats:
+            break
+        for key, n in result.stats.items():
+            count(stats, key, n)
+        graph = retype(result.graph)
+    return PassResult(graph, stats, rejections)
+
+
+def _fold_round(graph: Graph) -> PassResult:
+    """One pass over the nodes, in order."""
     stats: dict[str, int] = {}
     rejections: list[Rejection] = []
     consts = {c.name: c.data for c in graph.consts}

@@ -37,6 +37,38 @@ def test_shape_gather_concat_reshape_chain_vanishes(rng: np.random.Generator) ->
     assert result.stats == {"shapes_folded": 3}
 
 
+def test_shapes_made_static_by_a_fold_fold_in_the_next_round(rng: np.random.Generator) -> None:
+    """torch's F.pad computes its pads through a rank-2 tensor, whose contents inference does
+    not follow: the Pad's output has fresh dims until the pads fold. The graph is then retyped
+    (before, the verifier refused the stale [y_0, y_1]) and folded again: the Shape of the
+    padded tensor and its product fold in the second round."""
+    before = """graph main(%x: f32[3,4]) -> (%z: f32[z_0]) {
+  const %m1: i64[1] = [-1]
+  const %p2: i64[2,2] = [0, 1, 0, 1]
+  %pt: i64[2,2] = Transpose(%p2) {perm=[1,0]}
+  %pads: i64[4] = Reshape(%pt, %m1)
+  %y: f32[y_0,y_1] = Pad(%x, %pads)
+  %s: i64[2] = Shape(%y)
+  %n: i64[1] = ReduceProd(%s)
+  %z: f32[z_0] = Reshape(%y, %n)
+  return %z
+}
+"""
+    expected = """graph main(%x: f32[3,4]) -> (%z: f32[20]) {
+  const %m1: i64[1] = [-1]
+  const %n: i64[1] = [20]
+  const %p2: i64[2,2] = [0, 1, 0, 1]
+  const %pads: i64[4] = [0, 0, 1, 1]
+  const %pt: i64[2,2] = [0, 0, 1, 1]
+  const %s: i64[2] = [4, 5]
+  %y: f32[4,5] = Pad(%x, %pads)
+  %z: f32[20] = Reshape(%y, %n)
+  return %z
+}
+"""
+    assert check_pass("fold_constants", before, expected, rng).stats == {"nodes_folded": 3, "shapes_folded": 1}
+
+
 def test_constant_float_math_is_evaluated_by_the_interpreter(rng: np.random.Generator) -> None:
     before = """graph main(%x: f32[3]) -> (%y: f32[3]) {
   const %a: f32[3] = [1.0, 2.0, 4.0]
