@@ -319,6 +319,8 @@ def _range(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 def _pad(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     t = in_type(lw, node, 0)
+    if lw.const_of(node.inputs[1]) is None:
+        return [_pad_from_data(lw, node, a)]
     pads = static_ints(lw, node, 1, "pads")
     axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(t.rank))
     width = [0] * (2 * t.rank)
@@ -339,6 +341,44 @@ def _pad(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if mode not in ("constant", "reflect"):
         raise refuse(node, f"mode {mode!r}")
     return [R.nn.pad(a[0], width, mode, value)]
+
+
+def _pad_from_data(lw: Lowering, node: Node, a: list[Any]) -> relax.Expr:
+    """A constant-mode Pad whose pads the model computes (Swin's patch merging pads H % 2 and
+    W % 2 of a dynamic image; a detector pads to a multiple of its stride): the pads read at
+    run time, then one kernel that reads x[i - before] inside x and the pad value outside (a
+    negative pad crops)."""
+    from tvm import te
+
+    t = in_type(lw, node, 0)
+    if node.attrs["mode"] != "constant":
+        raise refuse(node, f"mode {node.attrs['mode']!r} with pads computed at run time")
+    axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(t.rank))
+    values = dyn.runtime_ints(lw, a[1], 2 * len(axes))
+    zero = tirx.IntImm("int64", 0)
+    before, after = [zero] * t.rank, [zero] * t.rank
+    for i, ax in enumerate(axes):
+        before[ax % t.rank], after[ax % t.rank] = values[i], values[i + len(axes)]
+    fill = 0.0
+    if has_input(node, 2):
+        c = lw.const_of(node.inputs[2])
+        if c is None:
+            raise LoweringError(f"node {node.name!r} (Pad): the pad value must be constant for code generation")
+        fill = np.asarray(c).reshape(-1)[0].item() if np.asarray(c).size else 0.0
+
+    def kernel_fn(x: Any) -> Any:
+        dims = list(x.shape)
+        value = tirx.const(fill, x.dtype)
+
+        def at(*i: Any) -> Any:
+            src = [j - b for j, b in zip(i, before)]
+            inside = tirx.all(*[tirx.all(s >= 0, s < d) for s, d in zip(src, dims)])
+            safe = [tirx.max(tirx.min(s, d - 1), 0) for s, d in zip(src, dims)]
+            return tirx.if_then_else(inside, x[tuple(safe)], value)
+
+        return te.compute([d + b + e for d, b, e in zip(dims, before, after)], at, name="pad")
+
+    return lw.emit(lw.kernels.call_te(kernel_fn, lw.emit(a[0]), primfunc_name_hint="pad_from_data"))
 
 
 def _edge_pad(lw: Lowering, node: Node, x: relax.Expr, width: list[int]) -> relax.Expr:

@@ -113,8 +113,12 @@ def _trailing_infer(ctx: InferCtx) -> list[TensorType]:
     x = _check_floats(ctx)
     axis = norm_axis(ctx.attrs["axis"], x.rank)
     for t in ctx.types[1:]:
-        if t is not None and dims.broadcast(t.shape, x.shape) != x.shape:
+        if t is None:
+            continue
+        shape = dims.broadcast(t.shape, x.shape)  # (a symbolic normalized dim takes the weight's size)
+        if len(shape) != x.rank:
             raise ValueError(f"{ctx.op} scale/bias {t} must broadcast to the input {x} (normalized from axis {axis})")
+        x = TensorType(x.dtype, shape)
     stat = TensorType(ctx.attrs["stash_type"], x.shape[:axis] + (1,) * (x.rank - axis))
     return [x, stat, stat][: max(ctx.num_outputs, 1)]
 

@@ -126,3 +126,26 @@ def test_tile_with_repeats_from_a_shape_and_from_the_data(tmp_path: Path, rng: n
     _check(tmp_path, model, [{"x": rng.standard_normal((n, 6, 4)).astype(np.float32),
                               "z": rng.standard_normal((2, k)).astype(np.float32), "r": _i64(*reps)}
                              for n, k, reps in ((3, 5, (2, 3)), (1, 2, (1, 1)), (5, 1, (4, 0)))])
+
+
+def test_pad_with_pads_from_the_data(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Pads the model computes: Swin's patch merging pads W % 2 and H % 2 of a dynamic image
+    (torch's F.pad export: Shape -> Mod -> Concat), then a LayerNorm over the channels, whose
+    dim the padded tensor carries as a fresh symbol (inference takes the weight's size); and
+    pads read from an input, negative ones cropping, over two axes. Before, "pads must be
+    constant"."""
+    inits = {"i1": _i64(1), "i2": _i64(2), "two": _i64(2), "zeros": _i64(0, 0, 0, 0, 0), "z1": _i64(0),
+             "scale": rng.standard_normal(16).astype(np.float32), "bias": rng.standard_normal(16).astype(np.float32),
+             "axes": _i64(1, 2)}
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "i1"], ["h"]), helper.make_node("Gather", ["s", "i2"], ["w"]),
+             helper.make_node("Mod", ["h", "two"], ["hp"]), helper.make_node("Mod", ["w", "two"], ["wp"]),
+             helper.make_node("Concat", ["zeros", "hp", "wp", "z1"], ["pads"], axis=0),
+             helper.make_node("Pad", ["x", "pads"], ["padded"]),
+             helper.make_node("LayerNormalization", ["padded", "scale", "bias"], ["y"], axis=-1),
+             helper.make_node("Pad", ["u", "p", "", "axes"], ["v"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["B", "H", "W", 16]), ("u", T.FLOAT, [2, "K", "L"]), ("p", I64, [4])],
+                       [("y", T.FLOAT, ["B", "Hp", "Wp", 16]), ("v", T.FLOAT, [2, "a", "b"])], inits, opset=18)
+    _check(tmp_path, model, [{"x": rng.standard_normal((b, h, w, 16)).astype(np.float32),
+                              "u": rng.standard_normal((2, k, k + 1)).astype(np.float32), "p": _i64(*p)}
+                             for b, h, w, k, p in ((1, 7, 8, 5, (1, 0, 2, 3)), (2, 9, 11, 3, (0, -1, -1, 2)), (1, 4, 5, 6, (0, 0, 0, 0)))])
