@@ -181,6 +181,25 @@ def refuse(node: Node, what: str) -> LoweringError:
     return LoweringError(f"node {node.name!r} ({node.op}): {what} is not lowered yet")
 
 
+# Ops whose operands broadcast against each other (numpy's rules).
+BROADCASTING = frozenset({
+    "Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "And", "Or", "Xor", "Equal", "Greater",
+    "Less", "GreaterOrEqual", "LessOrEqual", "Where", "PRelu", "BitShift", "BitwiseAnd", "BitwiseOr", "BitwiseXor",
+})
+
+
+def broadcast_refined(t: TensorType, out: TensorType) -> TensorType | None:
+    """An operand's type with each dim that is written differently from the broadcast
+    output's (neither being 1: inference took them to be equal) replaced by the output's;
+    None when every dim already agrees."""
+    if t.rank == 0 or t.rank > out.rank:
+        return None
+    ends = out.shape[out.rank - t.rank:]
+    if all(d == o or d == 1 or o == 1 for d, o in zip(t.shape, ends)):
+        return None
+    return TensorType(t.dtype, tuple(d if d == 1 or o == 1 else o for d, o in zip(t.shape, ends)))
+
+
 def unary(fn: Callable[[relax.Expr], relax.Expr]) -> Emitter:
     """An emitter applying a one-operand Relax op."""
     return lambda lw, node, a: [fn(a[0])]

@@ -20,10 +20,11 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 
 from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
@@ -42,7 +43,16 @@ from ember.targets import (
     emit_signal,
     emit_vision,
 )
-from ember.targets.emit_common import TVM_DTYPE, Emitter, Lowering, LoweringError, R, const
+from ember.targets.emit_common import (
+    BROADCASTING,
+    TVM_DTYPE,
+    Emitter,
+    Lowering,
+    LoweringError,
+    R,
+    broadcast_refined,
+    const,
+)
 
 
 def _merge(*tables: dict[str, Emitter]) -> dict[str, Emitter]:
@@ -228,10 +238,42 @@ def lower_node(lw: Lowering, node: Node) -> None:
         lw.values[value.name] = expr
 
 
+def _aligned(lw: Lowering, node: Node, args: list[relax.Expr | None]) -> list[relax.Expr | None]:
+    """A broadcasting op's operands, each whose dim is written differently from the output's
+    (an FPN's `lateral + upsample(x)`: h against 2*((h+1)//2), which inference took to be
+    equal) read at the output's dims first: Relax cannot prove the two equal, left the op
+    unlegalized and the build failed. The read is a kernel inlined into the op's, its
+    indices clamped into the operand (a size that differs at run time, which onnxruntime
+    refuses, reads no memory outside it)."""
+    out = node.outputs[0].type
+    for i, name in enumerate(node.inputs):
+        if not name or args[i] is None or name in lw.blocked or name not in lw.types:
+            continue
+        refined = broadcast_refined(lw.types[name], out)
+        if refined is None:
+            continue
+        try:
+            target = lw.shape(refined)
+        except LoweringError:
+            continue
+        args[i] = lw.emit(lw.kernels.call_te(_clamped_read, lw.emit(args[i]), target, primfunc_name_hint="aligned"))
+    return args
+
+
+def _clamped_read(x: te.Tensor, shape: list) -> te.Tensor:
+    """x read at `shape` (x's own dims or ones where they differ only in how they are written)."""
+    def at(*i: Any) -> Any:
+        return x[tuple(j if d == 1 else tirx.min(j, d - 1) for j, d in zip(i, x.shape))]
+
+    return te.compute(shape, at, name="aligned")
+
+
 def emit(lw: Lowering, node: Node) -> list[relax.Expr]:
     """The Relax expressions of a node's outputs, from its op's emitter."""
     skip = SHAPE_OPERANDS.get(node.op, ())
     args = [None if i in skip else lw.arg(n) for i, n in enumerate(node.inputs)]
+    if node.op in BROADCASTING and len(node.outputs) == 1:
+        args = _aligned(lw, node, args)
     try:
         return list(EMITTERS[node.op](lw, node, args))
     except LoweringError:

@@ -163,3 +163,23 @@ def test_slices_to_the_end_of_a_symbolic_dim(tmp_path: Path, rng: np.random.Gene
     for n in (1, 7, 30):
         f = feeds(n)
         np.testing.assert_array_equal(artifact(**f)["y"], run_onnxruntime(model, f)["y"])
+
+
+def test_an_fpn_sum_of_a_map_and_its_upsampled_pool(tmp_path: Path, rng: np.random.Generator) -> None:
+    """DBNet's / a U-Net's top-down `lateral + upsample(x, scale 2)` over a dynamic image: the
+    upsampled map's height is 2*((h+1)//2), which inference takes to be h. The operand is read
+    at the output's dims (an inlined kernel): before, Relax could not prove the two equal and
+    the build failed ("Only call_tir ... supported in primitive function, but got: R.add")."""
+    nodes = [helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1),
+             helper.make_node("Resize", ["p", "", "scales"], ["u"], mode="nearest"),
+             helper.make_node("Add", ["x", "u"], ["s"]),
+             helper.make_node("Relu", ["s"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 4, "H", "W"])], [("y", T.FLOAT, ["N", 4, "H", "W"])],
+                       {"scales": np.array([1, 1, 2, 2], np.float32)})
+    onnx.save(model, tmp_path / "fpn.onnx")
+    compile_model(tmp_path / "fpn.onnx", tmp_path / "fpn.ember",
+                  sample={"x": rng.standard_normal((1, 4, 16, 16)).astype(np.float32)})
+    artifact = load(tmp_path / "fpn.ember")
+    for shape in ((1, 4, 16, 16), (2, 4, 24, 40)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
