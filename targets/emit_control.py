@@ -100,6 +100,15 @@ def _branch(lw: Lowering, graph: Graph, name: str) -> relax.Expr:
     sub, inner = _sub_lowering(lw, graph)
     args = [lw.arg(n) for n in reads]
     params = [relax.Var(n, arg.ty) for n, arg in zip(reads, args)]
+    # A dim that reaches the branch only inside an expression (a tensor of m1 + m2 rows, two
+    # NonZero counts concatenated) comes as a shape argument: the branch's kernels take m1
+    # and m2, which a function cannot bind from a tensor of m1 + m2 rows.
+    from ember.targets.fused import unbound_vars
+
+    unbound = unbound_vars([p.ty for p in params])
+    if unbound:
+        params.append(relax.Var("dims", relax.ShapeType(unbound)))
+        args.append(relax.ShapeExpr(unbound))
     flow = any(n.op in ("If", "Loop") for n in graph.nodes)
     # (the attribute keeps identical branches two functions: the builder merges equal ones)
     with sub.function(name, params, attrs={"ember.branch": name}, private=True):

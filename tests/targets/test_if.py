@@ -92,3 +92,25 @@ def test_values_computed_before_the_if_read_by_both_branches_and_after_it(tmp_pa
     model = make_model(nodes, [("x", T.FLOAT, ["N", 64])], [("z", T.FLOAT, ["N", 64])], inits)
     feeds = [{"x": (np.abs(rng.standard_normal((n, 64))) * sign).astype(np.float32)} for n in (1, 5) for sign in (1, -1)]
     _check(model, tmp_path, feeds)
+
+
+def test_a_branch_reading_a_tensor_of_two_run_time_counts(tmp_path: Path, rng: np.random.Generator) -> None:
+    """SSD's postprocess: per-class detections kept by NonZero, concatenated (m1 + m2 rows), then
+    `if boxes.numel() == 0` reads them. The branch function now also takes m1 and m2 as a shape
+    argument; before, TVM could not bind them from a tensor of m1 + m2 rows ("PrimExpr a_nz_1 +
+    b_nz_1 is not computed")."""
+    nodes = []
+    for k in ("a", "b"):
+        nodes += [helper.make_node("Greater", [k, "thr"], [f"{k}_m"]), helper.make_node("NonZero", [f"{k}_m"], [f"{k}_nz"]),
+                  helper.make_node("Reshape", [f"{k}_nz", "flat"], [f"{k}_i"]),
+                  helper.make_node("Gather", [k, f"{k}_i"], [f"{k}_v"], axis=0)]
+    then = _graph("then", [helper.make_node("Relu", ["cat"], ["t"])], ["t"])
+    other = _graph("else", [helper.make_node("Neg", ["cat"], ["e"])], ["e"])
+    nodes += [helper.make_node("Concat", ["a_v", "b_v"], ["cat"], axis=0),
+              helper.make_node("ReduceSum", ["cat"], ["s"], keepdims=0), helper.make_node("Greater", ["s", "two"], ["c"]),
+              helper.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    inits = {"thr": np.array(0.5, np.float32), "two": np.array(2.0, np.float32), "flat": np.array([-1], np.int64)}
+    model = make_model(nodes, [("a", T.FLOAT, ["n"]), ("b", T.FLOAT, ["n"])], [("y", T.FLOAT, ["k"])], inits)
+    feeds = [{"a": rng.random(n).astype(np.float32) * scale, "b": rng.random(n).astype(np.float32) * scale}
+             for n, scale in ((10, 1.0), (3, 1.0), (6, 0.4))]  # the last: no value kept, the else branch
+    _check(model, tmp_path, feeds)
