@@ -95,14 +95,43 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     axes = static_ints(lw, node, 3, "axes") if has_input(node, 3) else list(range(len(starts)))
     steps = static_ints(lw, node, 4, "steps") if has_input(node, 4) else [1] * len(starts)
     axes = [ax % t.rank for ax in axes]
-    # INT64_MAX/MIN stand for "to the end": clamped to the dim, or over a symbolic dim to
-    # 2**31 - 1 (2**62 overflowed TVM's folding of the slice's byte extent: 2**62 * 4 bytes)
-    clamp = []
-    for ax, s, e in zip(axes, starts, ends):
+    # Bounds past the dim (torch writes INT64_MAX / INT64_MIN for "to the end") become the dim
+    # itself, symbolic or not: a constant stand-in reached TVM's arithmetic (2**62 * 4 bytes
+    # overflowed int64; 2**31 - 1 left min(2**31 - 1, N) in every shape after it, and a
+    # matmul over that length allocated for the bound). A whole axis is no slice at all, and
+    # a whole axis backwards (torch.flip) is a flip.
+    y, sliced = a[0], []
+    for ax, s, e, step in zip(axes, starts, ends, steps):
         dim = t.shape[ax]
-        big = dim + 1 if isinstance(dim, int) else 2**31 - 1
-        clamp.append((min(max(s, -big), big), min(max(e, -big), big)))
-    return [R.strided_slice(a[0], axes, [s for s, _ in clamp], [e for _, e in clamp], steps)]
+        d = lw.dim(dim)
+        past = _past_bound(dim)
+        if step > 0:
+            if s == 0 and past(e) and e > 0:
+                continue
+            begin = (d if s > 0 else 0) if past(s) else s
+            end = (d if e > 0 else 0) if past(e) else e
+        else:
+            if step == -1 and (s == -1 or (past(s) and s > 0)) and past(e) and e < 0:
+                y = R.flip(y, ax)
+                continue
+            begin = (d - 1 if s > 0 else -d - 1) if past(s) else s
+            end = (d if e > 0 else -d - 1) if past(e) else e
+        sliced.append((ax, begin, end, step))
+    if not sliced:
+        return [y]
+    return [R.strided_slice(y, [v[0] for v in sliced], [v[1] for v in sliced], [v[2] for v in sliced], [v[3] for v in sliced])]
+
+
+# A slice bound at least this large over a symbolic dim means "to the end" (no tensor is
+# 2**31 long along one axis; exporters write INT64_MAX / INT64_MIN or INT32_MAX).
+_BOUND = 2**31 - 1
+
+
+def _past_bound(dim: Any) -> Any:
+    """Whether a slice bound lies past either end of a dim (for a symbolic dim: |v| >= _BOUND)."""
+    if isinstance(dim, int):
+        return lambda v: v > dim or v < -dim - 1
+    return lambda v: abs(v) >= _BOUND
 
 
 def _index_dim(lw: Lowering, size: Any, minus: int = 0) -> relax.Expr:

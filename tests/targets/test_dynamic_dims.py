@@ -183,3 +183,24 @@ def test_an_fpn_sum_of_a_map_and_its_upsampled_pool(tmp_path: Path, rng: np.rand
     for shape in ((1, 4, 16, 16), (2, 4, 24, 40)):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize(("start", "end", "step"), [(0, np.iinfo(np.int64).max, 1), (-1, -np.iinfo(np.int64).max, -1),
+                                                    (2, np.iinfo(np.int64).max, 1)])
+def test_a_slice_to_the_end_of_a_symbolic_axis_feeding_a_matmul(tmp_path: Path, rng: np.random.Generator,
+                                                              start: int, end: int, step: int) -> None:
+    """x[:, a:] and torch.flip (start -1, end -INT64_MAX, step -1) over a symbolic axis, then
+    x @ x^T: the bound is the dim itself. A constant stand-in (2**31 - 1) left min(2**31 - 1, N)
+    in the shapes after it and the matmul allocated for that length (std::bad_alloc)."""
+    inits = {"s": np.array([start], np.int64), "e": np.array([end], np.int64), "ax": np.array([1], np.int64),
+             "st": np.array([step], np.int64)}
+    nodes = [helper.make_node("Slice", ["x", "s", "e", "ax", "st"], ["xs"]),
+             helper.make_node("Transpose", ["xs"], ["xt"], perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["xs", "xt"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["B", "N", 16])], [("y", T.FLOAT, ["B", "F", "F"])], inits)
+    onnx.save(model, tmp_path / "s.onnx")
+    compile_model(tmp_path / "s.onnx", tmp_path / "s.ember", sample={"x": rng.standard_normal((2, 14, 16)).astype(np.float32)})
+    artifact = load(tmp_path / "s.ember")
+    for b, n in ((2, 14), (1, 3), (3, 40)):
+        x = rng.standard_normal((b, n, 16)).astype(np.float32)
+        np.testing.assert_allclose(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
