@@ -188,10 +188,16 @@ BROADCASTING = frozenset({
 })
 
 
-def broadcast_refined(t: TensorType, out: TensorType) -> TensorType | None:
+def broadcast_refined(t: TensorType, out: TensorType, matmul: bool = False) -> TensorType | None:
     """An operand's type with each dim that is written differently from the broadcast
     output's (neither being 1: inference took them to be equal) replaced by the output's;
-    None when every dim already agrees."""
+    None when every dim already agrees. `matmul`: a MatMul operand, whose batch dims (all
+    but the last two) broadcast against the output's."""
+    if matmul:
+        if t.rank < 3 or out.rank < 3:
+            return None
+        batch = broadcast_refined(TensorType(t.dtype, t.shape[:-2]), TensorType(out.dtype, out.shape[:-2]))
+        return None if batch is None else TensorType(t.dtype, batch.shape + t.shape[-2:])
     if t.rank == 0 or t.rank > out.rank:
         return None
     ends = out.shape[out.rank - t.rank:]

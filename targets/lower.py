@@ -93,6 +93,17 @@ IN_MAIN = frozenset({
 })
 
 
+# Operands some emitters read as values at run time when they are not constants (a Tile's
+# repeats, a Pad's pads): such a node is emitted in `main`, since reading a tensor into shape
+# values cannot sit in a primitive function.
+RUN_TIME_VALUES: dict[str, int] = {"Tile": 1, "Pad": 1}
+
+
+def _reads_values(lw: Lowering, node: Node) -> bool:
+    i = RUN_TIME_VALUES.get(node.op)
+    return i is not None and len(node.inputs) > i and bool(node.inputs[i]) and lw.const_of(node.inputs[i]) is None
+
+
 def missing_emitters(graph: Graph) -> list[str]:
     """'Op: node, node' lines for nodes the code generator cannot lower (Fused bodies included)."""
     found: dict[str, list[str]] = {}
@@ -222,7 +233,7 @@ def lower_node(lw: Lowering, node: Node) -> None:
         outs = [_contents_expr(lw, node)]
     else:
         group = None
-        if not lw.primitive and len(node.outputs) == 1 and node.op not in IN_MAIN:
+        if not lw.primitive and len(node.outputs) == 1 and node.op not in IN_MAIN and not _reads_values(lw, node):
             group = single_node_group(lw, node)
         built = primitive_function(lw, group) if group is not None else None
         if group is not None and built is not None and computes(built[0]):
@@ -249,7 +260,7 @@ def _aligned(lw: Lowering, node: Node, args: list[relax.Expr | None]) -> list[re
     for i, name in enumerate(node.inputs):
         if not name or args[i] is None or name in lw.blocked or name not in lw.types:
             continue
-        refined = broadcast_refined(lw.types[name], out)
+        refined = broadcast_refined(lw.types[name], out, matmul=node.op == "MatMul")
         if refined is None:
             continue
         try:
@@ -272,7 +283,7 @@ def emit(lw: Lowering, node: Node) -> list[relax.Expr]:
     """The Relax expressions of a node's outputs, from its op's emitter."""
     skip = SHAPE_OPERANDS.get(node.op, ())
     args = [None if i in skip else lw.arg(n) for i, n in enumerate(node.inputs)]
-    if node.op in BROADCASTING and len(node.outputs) == 1:
+    if (node.op in BROADCASTING or node.op == "MatMul") and len(node.outputs) == 1:
         args = _aligned(lw, node, args)
     try:
         return list(EMITTERS[node.op](lw, node, args))

@@ -149,3 +149,18 @@ def test_pad_with_pads_from_the_data(tmp_path: Path, rng: np.random.Generator) -
     _check(tmp_path, model, [{"x": rng.standard_normal((b, h, w, 16)).astype(np.float32),
                               "u": rng.standard_normal((2, k, k + 1)).astype(np.float32), "p": _i64(*p)}
                              for b, h, w, k, p in ((1, 7, 8, 5, (1, 0, 2, 3)), (2, 9, 11, 3, (0, -1, -1, 2)), (1, 4, 5, 6, (0, 0, 0, 0)))])
+
+
+def test_tile_with_repeats_from_a_run_time_scalar_feeding_a_matmul(tmp_path: Path, rng: np.random.Generator) -> None:
+    """DeBERTa's `pos_key.repeat(query.size(0) // span, 1, 1) @ ...` with the span a run-time
+    scalar: the Tile reads its repeats in `main` (not inside a kernel, where reading a tensor
+    into shape values cannot sit) and the MatMul reads the tiled operand at its own batch dims
+    (B, which inference takes the tile count to be)."""
+    nodes = [helper.make_node("Shape", ["x"], ["sh"]), helper.make_node("Gather", ["sh", "i0"], ["b"], axis=0),
+             helper.make_node("Div", ["b", "span"], ["q"]), helper.make_node("Unsqueeze", ["q", "ax0"], ["q1"]),
+             helper.make_node("Concat", ["q1", "ones"], ["reps"], axis=0),
+             helper.make_node("Tile", ["p", "reps"], ["pt"]), helper.make_node("MatMul", ["x", "pt"], ["y"])]
+    inits = {"i0": np.array(0, np.int64), "ax0": _i64(0), "ones": _i64(1, 1), "p": rng.standard_normal((1, 4, 6)).astype(np.float32)}
+    model = make_model(nodes, [("x", T.FLOAT, ["B", 6, 4]), ("span", I64, [])], [("y", T.FLOAT, ["B", 6, 6])], inits)
+    _check(tmp_path, model, [{"x": rng.standard_normal((b, 6, 4)).astype(np.float32), "span": np.array(1, np.int64)}
+                             for b in (4, 1, 7)])
