@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ember.compiler.infer import retype
 from ember.compiler.ir import Graph
 from ember.compiler.pattern import Match, const, op, var
 from ember.compiler.rewrite import Builder, Outcome, PassResult, Rule, reject, rewrite_graph
@@ -143,5 +144,10 @@ RULES: tuple[Rule, ...] = (
 
 
 def simplify(graph: Graph) -> PassResult:
-    """Apply the identities above to a fixed point."""
-    return rewrite_graph(graph, RULES)
+    """Apply the identities above to a fixed point. A merged reshape chain is retyped: its
+    inferred dims may be written more simply than the chain's (p//512 for a window partition's
+    16*(p//(16*c))*c//512 over a dynamic size), and what reads it follows."""
+    result = rewrite_graph(graph, RULES)
+    if result.stats.get("reshape_chain"):
+        return PassResult(retype(result.graph), result.stats, result.rejections)
+    return result

@@ -220,3 +220,26 @@ def test_group_norm_reshapes_over_a_computed_length_are_removed() -> None:
                                          inits)
     graph = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
     assert [n.op for n in graph.nodes] == ["AveragePool", "InstanceNormalization"], [n.op for n in graph.nodes]
+
+
+def test_a_merged_reshape_chain_is_retyped(rng: np.random.Generator) -> None:
+    """A window partition over a dynamic size (transformers' Swin): merged, the reshape infers
+    p//512 where the chain had written 16*(p//(16*c))*c//512; the graph is retyped, as the
+    verifier compares dims as written (before, the pass failed its check)."""
+    before = """graph main(%x: f32[p], %z: f32[c]) -> (%y: f32[16*(p//(16*c))*c//512,16,32]) {
+  const %m1_16: i64[2] = [-1, 16]
+  const %s2: i64[3] = [-1, 16, 32]
+  %cs: i64[1] = Shape(%z)
+  %s1: i64[3] = Concat(%m1_16, %cs) {axis=0}
+  %r1: f32[p//(16*c),16,c] = Reshape(%x, %s1)
+  %y: f32[16*(p//(16*c))*c//512,16,32] = Reshape(%r1, %s2)
+  return %y
+}
+"""
+    expected = """graph main(%x: f32[p], %z: f32[c]) -> (%y: f32[p//512,16,32]) {
+  const %s2: i64[3] = [-1, 16, 32]
+  %y: f32[p//512,16,32] = Reshape(%x, %s2)
+  return %y
+}
+"""
+    assert check_pass("simplify", before, expected, rng, dims={"p": 1024, "c": 32}).stats == {"reshape_chain": 1}
