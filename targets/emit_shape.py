@@ -15,7 +15,7 @@ import numpy as np
 from tvm import relax, tirx
 
 from ember.compiler import dtypes
-from ember.compiler.ir import Node
+from ember.compiler.ir import Node, TensorType
 from ember.targets import emit_dynamic as dyn
 from ember.targets.emit_common import (
     TVM_DTYPE,
@@ -253,6 +253,12 @@ def _scatter_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if not isinstance(k, int):
         raise LoweringError(f"node {node.name!r} (ScatterND): the indices' last dim must be static for code generation")
     idx, valid = _bounded_indices(lw, node, a[1], list(t.shape[:k]), per_component=True)
+    # updates counted by another run-time dim than the indices (index_put of a boolean mask as
+    # the dynamo exporter writes it: NonZero's count against a ReduceSum's): equal at run time,
+    # checked there; TVM's scatter_nd wants the shapes provably equal.
+    want = TensorType(in_type(lw, node, 2).dtype, tuple(it.shape[:-1]) + tuple(t.shape[k:]))
+    if not lw.primitive and in_type(lw, node, 2).shape != want.shape:
+        a[2] = lw.bb.match_cast(lw.emit(a[2]), relax.TensorType(lw.shape(want), TVM_DTYPE[want.dtype]))
     if valid is None:
         return [R.scatter_nd(a[0], idx, a[2], reduction)]
     data, n = _with_spare(lw, a[0], t, 0)

@@ -164,3 +164,18 @@ def test_tile_with_repeats_from_a_run_time_scalar_feeding_a_matmul(tmp_path: Pat
     model = make_model(nodes, [("x", T.FLOAT, ["B", 6, 4]), ("span", I64, [])], [("y", T.FLOAT, ["B", 6, 6])], inits)
     _check(tmp_path, model, [{"x": rng.standard_normal((b, 6, 4)).astype(np.float32), "span": np.array(1, np.int64)}
                              for b in (4, 1, 7)])
+
+
+def test_scatter_nd_of_a_boolean_mask_as_dynamo_writes_it(tmp_path: Path, rng: np.random.Generator) -> None:
+    """wav2vec2's `hidden_states[~mask] = 0` from the dynamo exporter: ScatterND's indices from
+    NonZero, its updates Expand(0, ReduceSum(mask)): two run-time counts, equal only at run
+    time. The updates are cast to the indices' count (checked when it runs); before, TVM's
+    scatter_nd refused the unproven shapes."""
+    nodes = [helper.make_node("NonZero", ["m"], ["nz"]), helper.make_node("Transpose", ["nz"], ["idx"], perm=[1, 0]),
+             helper.make_node("Reshape", ["m", "flat"], ["mf"]), helper.make_node("Cast", ["mf"], ["mi"], to=I64),
+             helper.make_node("ReduceSum", ["mi"], ["cnt"], keepdims=1),
+             helper.make_node("Expand", ["zero", "cnt"], ["upd"]), helper.make_node("ScatterND", ["x", "idx", "upd"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["B", "T", 4]), ("m", T.BOOL, ["B", "T", 4])], [("y", T.FLOAT, ["B", "T", 4])],
+                       {"flat": _i64(-1), "zero": np.array(0.0, np.float32)})
+    _check(tmp_path, model, [{"x": rng.standard_normal((b, t, 4)).astype(np.float32), "m": rng.random((b, t, 4)) < p}
+                             for b, t, p in ((2, 6, 0.3), (1, 9, 0.0), (3, 4, 1.0))])
