@@ -94,14 +94,14 @@ IN_MAIN = frozenset({
 
 
 # Operands some emitters read as values at run time when they are not constants (a Tile's
-# repeats, a Pad's pads): such a node is emitted in `main`, since reading a tensor into shape
-# values cannot sit in a primitive function.
-RUN_TIME_VALUES: dict[str, int] = {"Tile": 1, "Pad": 1}
+# repeats, a Pad's pads, a Slice's starts and ends): such a node is emitted in `main`, since
+# reading a tensor into shape values cannot sit in a primitive function.
+RUN_TIME_VALUES: dict[str, tuple[int, ...]] = {"Tile": (1,), "Pad": (1,), "Slice": (1, 2)}
 
 
 def _reads_values(lw: Lowering, node: Node) -> bool:
-    i = RUN_TIME_VALUES.get(node.op)
-    return i is not None and len(node.inputs) > i and bool(node.inputs[i]) and lw.const_of(node.inputs[i]) is None
+    return any(i < len(node.inputs) and node.inputs[i] and lw.const_of(node.inputs[i]) is None
+               for i in RUN_TIME_VALUES.get(node.op, ()))
 
 
 def missing_emitters(graph: Graph) -> list[str]:

@@ -179,3 +179,14 @@ def test_scatter_nd_of_a_boolean_mask_as_dynamo_writes_it(tmp_path: Path, rng: n
                        {"flat": _i64(-1), "zero": np.array(0.0, np.float32)})
     _check(tmp_path, model, [{"x": rng.standard_normal((b, t, 4)).astype(np.float32), "m": rng.random((b, t, 4)) < p}
                              for b, t, p in ((2, 6, 0.3), (1, 9, 0.0), (3, 4, 1.0))])
+
+
+def test_a_slice_whose_bounds_are_shape_arithmetic(tmp_path: Path, rng: np.random.Generator) -> None:
+    """rel_pos[:, :x.shape[1]] (DeBERTa's relative positions, Whisper's decoder from the dynamo
+    exporter): inference knows the output's dims, so the node looked like a kernel of its own,
+    yet its end is read at run time, which cannot sit inside a kernel (TVM refused
+    R.tensor_to_shape in a primitive function)."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"], start=1, end=2),
+             helper.make_node("Slice", ["x", "zero", "s", "one"], ["cols"]), helper.make_node("Relu", ["cols"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", "M"])], [("y", T.FLOAT, ["N", "M"])], {"one": _i64(1), "zero": _i64(0)})
+    _check(tmp_path, model, [{"x": rng.standard_normal((n, m)).astype(np.float32)} for n, m in ((5, 5), (1, 3), (12, 7))])
