@@ -106,7 +106,7 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         d = lw.dim(dim)
         past = _past_bound(dim)
         if step > 0:
-            if s == 0 and past(e) and e > 0:
+            if step == 1 and s == 0 and past(e) and e > 0:
                 continue
             begin = (d if s > 0 else 0) if past(s) else s
             end = (d if e > 0 else 0) if past(e) else e
