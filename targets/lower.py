@@ -96,7 +96,7 @@ IN_MAIN = frozenset({
 # Operands some emitters read as values at run time when they are not constants (a Tile's
 # repeats, a Pad's pads, a Slice's starts and ends): such a node is emitted in `main`, since
 # reading a tensor into shape values cannot sit in a primitive function.
-RUN_TIME_VALUES: dict[str, tuple[int, ...]] = {"Tile": (1,), "Pad": (1,), "Slice": (1, 2)}
+RUN_TIME_VALUES: dict[str, tuple[int, ...]] = {"Tile": (1,), "Pad": (1,), "Slice": (1, 2), "Resize": (3,)}
 
 
 def _reads_values(lw: Lowering, node: Node) -> bool:

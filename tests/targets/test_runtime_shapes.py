@@ -190,3 +190,24 @@ def test_a_slice_whose_bounds_are_shape_arithmetic(tmp_path: Path, rng: np.rando
              helper.make_node("Slice", ["x", "zero", "s", "one"], ["cols"]), helper.make_node("Relu", ["cols"], ["y"])]
     model = make_model(nodes, [("x", T.FLOAT, ["N", "M"])], [("y", T.FLOAT, ["N", "M"])], {"one": _i64(1), "zero": _i64(0)})
     _check(tmp_path, model, [{"x": rng.standard_normal((n, m)).astype(np.float32)} for n, m in ((5, 5), (1, 3), (12, 7))])
+
+
+def test_resize_to_sizes_computed_from_floats(tmp_path: Path, rng: np.random.Generator) -> None:
+    """torchvision's detection transform: Resize to sizes = Concat(Shape(x)[:2], Cast(Floor(h *
+    scale)), ...), which inference does not follow: the sizes are read at run time and N, C
+    checked there to be the input's. Before: "resizing other than the spatial axes"."""
+    nodes = [helper.make_node("Shape", ["x"], ["nc"], start=0, end=2), helper.make_node("Shape", ["x"], ["hw"], start=2, end=4),
+             helper.make_node("Cast", ["hw"], ["hwf"], to=T.FLOAT), helper.make_node("Mul", ["hwf", "scale"], ["hws"]),
+             helper.make_node("Floor", ["hws"], ["hwr"]), helper.make_node("Cast", ["hwr"], ["hwi"], to=I64),
+             helper.make_node("Concat", ["nc", "hwi"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear")]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 3, "H", "W"])], [("y", T.FLOAT, ["N", 3, "h", "w"])],
+                       {"scale": np.array([1.5, 0.75], np.float32)})
+    onnx.save(model, tmp_path / "m.onnx")
+    compile_model(tmp_path / "m.onnx", tmp_path / "m.ember", sample={"x": rng.standard_normal((1, 3, 20, 24)).astype(np.float32)})
+    artifact = load(tmp_path / "m.ember")
+    for shape in ((1, 3, 20, 24), (2, 3, 13, 40)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        got, want = artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # (interpolation weights rounded differently)
