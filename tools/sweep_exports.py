@@ -99,6 +99,15 @@ IDS_MASK = IDS_MASK_TYPES[:2]
 VIT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
 
 
+def _mask(batch: int, length: int, left: int = 0, right: int = 0) -> Any:
+    """An int64 attention mask of ones whose row 2 has `left` leading and `right` trailing pads."""
+    import torch
+
+    mask = torch.ones(batch, length, dtype=torch.int64)
+    mask[1, :left] = mask[1, length - right:] = 0
+    return mask
+
+
 def _past(infix: str) -> tuple[list[str], list[str], dict[str, Any]]:
     """Names and axes of a 2-layer self-attention cache: `past_key_values.{i}{infix}.key` in, `present...` out."""
     kv = [f"{i}{infix}.{t}" for i in range(2) for t in ("key", "value")]
@@ -131,9 +140,7 @@ def gpt2() -> Case:
         return (out.logits, *_presents(out.past_key_values))
 
     def make(batch: int, seq: int, past: int) -> tuple:
-        mask = torch.ones(batch, past + seq, dtype=torch.int64)
-        mask[1, :3] = 0
-        return (torch.randint(0, 1000, (batch, seq)), mask, *(torch.randn(batch, 4, past, 16) for _ in range(4)))
+        return (torch.randint(0, 1000, (batch, seq)), _mask(batch, past + seq, left=3), *(torch.randn(batch, 4, past, 16) for _ in range(4)))
 
     past_in, past_out, past_axes = _past("")
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}, "logits": {0: "batch", 1: "seq"}}
@@ -150,9 +157,7 @@ def _causal_lm(arch: str) -> Case:
                                                        use_cache=False, **extra), f"{arch}ForCausalLM")
 
     def make(batch: int, seq: int) -> tuple:
-        mask = torch.ones(batch, seq, dtype=torch.int64)
-        mask[1, :3] = 0
-        return torch.randint(0, 1000, (batch, seq)), mask
+        return torch.randint(0, 1000, (batch, seq)), _mask(batch, seq, left=3)
 
     names = ["input_ids", "attention_mask"]
     return Case(_call(model, lambda m, i, a: m(input_ids=i, attention_mask=a, use_cache=False).logits), make(2, 9), names,
@@ -170,10 +175,9 @@ def _encoder(config: Callable[[Any], Any], model_cls: str, names: list[str] = ID
     keys = ("input_ids", "attention_mask", "token_type_ids")
 
     def make(batch: int, seq: int) -> tuple:
-        ids = torch.randint(3, 1000, (batch, seq))
-        mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-        ids[1, -3:], mask[1, -3:], types[:, seq // 2:] = pad_id, 0, 1
-        return (ids, mask, types)[:len(names)]
+        ids, types = torch.randint(3, 1000, (batch, seq)), torch.zeros(batch, seq, dtype=torch.int64)
+        ids[1, -3:], types[:, seq // 2:] = pad_id, 1
+        return (ids, _mask(batch, seq, right=3), types)[:len(names)]
 
     axes = axes or {n: {0: "batch", 1: "seq"} for n in [*names, "out"]}
     return Case(_call(model, lambda m, *xs: m(**dict(zip(keys, xs)))[0]), make(2, 11), names, ["out"], axes, make(2, 24))
@@ -187,9 +191,7 @@ def _seq2seq(config: Callable[[Any], Any], model_cls: str) -> Case:
     names = ["input_ids", "attention_mask", "decoder_input_ids", "decoder_attention_mask"]
 
     def make(batch: int, src: int, tgt: int) -> tuple:
-        mask, dec_mask = torch.ones(batch, src, dtype=torch.int64), torch.ones(batch, tgt, dtype=torch.int64)
-        mask[1, -4:], dec_mask[1, -2:] = 0, 0
-        return torch.randint(3, 1000, (batch, src)), mask, torch.randint(3, 1000, (batch, tgt)), dec_mask
+        return torch.randint(3, 1000, (batch, src)), _mask(batch, src, right=4), torch.randint(3, 1000, (batch, tgt)), _mask(batch, tgt, right=2)
 
     axes = {n: {0: "batch", 1: "src" if i < 2 else "tgt"} for i, n in enumerate(names)} | {"logits": {0: "batch", 1: "tgt"}}
     return Case(_call(model, lambda m, *xs: m(**dict(zip(names, xs)), use_cache=False).logits), make(2, 13, 6), names,
@@ -228,9 +230,9 @@ def _speech(config: Callable[[Any], Any], model_cls: str, masked: bool) -> Case:
     names = ["input_values", "attention_mask"][:1 + masked]
 
     def make(batch: int, samples: int) -> tuple:
-        x, mask = torch.randn(batch, samples), torch.ones(batch, samples, dtype=torch.int64)
-        x[1, -samples // 4:], mask[1, -samples // 4:] = 0, 0
-        return (x, mask)[:len(names)]
+        x = torch.randn(batch, samples)
+        x[1, -samples // 4:] = 0
+        return (x, _mask(batch, samples, right=samples // 4))[:len(names)]
 
     axes = {n: {0: "batch", 1: "samples"} for n in names} | {"out": {0: "batch", 1: "frames"}}
     return Case(_call(model, lambda m, *xs: m(*xs)[0]), make(2, 1600), names, ["out"], axes, make(2, 2720))
@@ -416,7 +418,8 @@ MODELS: dict[str, Callable[[], Case]] = {
     "llama": lambda: _causal_lm("Llama"),
     "qwen2": lambda: _causal_lm("Qwen2"),
     "mistral": lambda: _causal_lm("Mistral"),
-    "distilbert": lambda: _encoder(lambda t: t.DistilBertConfig(vocab_size=1000, dim=64, n_layers=2, n_heads=4, hidden_dim=128), "DistilBertModel", IDS_MASK),
+    "distilbert": lambda: _encoder(lambda t: t.DistilBertConfig(vocab_size=1000, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+                                                                max_position_embeddings=128), "DistilBertModel", IDS_MASK),
     "roberta": lambda: _encoder(lambda t: t.RobertaConfig(**TEXT, pad_token_id=1), "RobertaModel", pad_id=1),
     "albert": lambda: _encoder(lambda t: t.AlbertConfig(**TEXT, embedding_size=32), "AlbertModel"),
     "deberta_v2": lambda: _encoder(lambda t: t.DebertaV2Config(**TEXT, relative_attention=True, position_buckets=32, max_relative_positions=64,
@@ -446,7 +449,8 @@ MODELS: dict[str, Callable[[], Case]] = {
                            ["logits"], 128),
     "levit": lambda: _image("LevitForImageClassification", lambda t: t.LevitConfig(
         image_size=128, hidden_sizes=[32, 48, 64], num_attention_heads=[1, 2, 2], depths=[1, 1, 1], key_dim=[8, 8, 8], num_labels=10), ["logits"], 128),
-    "dinov2": lambda: _image("Dinov2Model", lambda t: t.Dinov2Config(**VIT | {"intermediate_size": None}, image_size=112, patch_size=14, mlp_ratio=2),
+    "dinov2": lambda: _image("Dinov2Model", lambda t: t.Dinov2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                                                                     image_size=112, patch_size=14),
                              ["last_hidden_state", "pooler_output"], 112, (140, 168), {"last_hidden_state": {0: "batch", 1: "tokens"}}),
     "swin": lambda: _image("SwinForImageClassification", lambda t: t.SwinConfig(image_size=128, patch_size=4, embed_dim=32, depths=[2, 2],
                                                                                 num_heads=[2, 4], window_size=4, num_labels=10), ["logits"], 128, (160, 160)),
@@ -491,12 +495,12 @@ def _run_ember(args: list[str], log: Path, timeout: float) -> tuple[int | None, 
     """`ember ARGS` in its own process group, killed whole after `timeout` s (exit None); its output goes to `log`."""
     proc = subprocess.Popen([EMBER, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        out, rc = proc.communicate(timeout=timeout)[0], proc.returncode
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
+        out, rc = proc.communicate()[0], None
     log.write_text(out)
-    return (None if proc.returncode == -signal.SIGKILL else proc.returncode), out
+    return rc, out
 
 
 def _max_abs(text: str) -> str:
@@ -516,8 +520,7 @@ def sweep(name: str, exporter: str, out: Path, timeout: float) -> tuple[list[str
     import onnx
 
     stem = out / (name if exporter == "torchscript" else f"{name}_dynamo")
-    model, artifact, sample, other = (stem.with_suffix(s) for s in (".onnx", ".ember", ".npz", ""))
-    other = Path(f"{other}_other.npz")
+    model, artifact, sample, other = (Path(f"{stem}{s}") for s in (".onnx", ".ember", ".npz", "_other.npz"))
     try:
         with open(f"{stem}.export.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             case = MODELS[name]()
