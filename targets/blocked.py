@@ -35,12 +35,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tvm
+import tvm.sym
 from tvm import relax, te, tirx
 
 from ember.compiler import dims as dim_values
 from ember.compiler.ir import Graph, Node, TensorType
 from ember.targets import winograd
-from ember.targets.emit_common import TVM_DTYPE, Lowering, R, const, in_type, out_type
+from ember.targets.emit_common import BROADCASTING, TVM_DTYPE, Lowering, R, broadcast_refined, const, in_type, out_type
 
 LAYOUT_ATTR = "ember_nchwc"  # block annotation of the blocked conv and depthwise computes
 
@@ -627,6 +629,28 @@ def _operand(lw: Lowering, name: str, like: TensorType, b: int) -> relax.Expr | 
     return to_blocked(x, shape, b) if per_channel else R.expand_dims(x, [-1])
 
 
+def _aligned(lw: Lowering, name: str, arg: Any, out: TensorType, b: int) -> Any:
+    """A blocked epilogue's operand whose dims are written differently from the output's (an
+    FPN's conv + upsample(x2): h against 2*((h+1)//2), taken to be equal) read at the output's
+    blocked dims, as lower._aligned does for plain operands."""
+    from ember.targets.lower import _clamped_read
+
+    if not name or arg is None or name not in lw.types or broadcast_refined(lw.types[name], out) is None:
+        return arg
+    arg = lw.emit(arg)
+    shape = getattr(getattr(arg, "ty", None), "shape", None)
+    if shape is None:
+        return arg
+    want = blocked_shape(lw.shape(out), b)
+    have = list(shape.values) if hasattr(shape, "values") else None
+    if have is None or len(have) != len(want):
+        return arg
+    analyzer = tvm.sym.Analyzer()
+    target = [h if (isinstance(h, tirx.IntImm) and h.value == 1) or analyzer.can_prove_equal(h, w) else w
+              for h, w in zip(have, want)]
+    return lw.emit(lw.kernels.call_te(_clamped_read, arg, target, primfunc_name_hint="aligned"))
+
+
 def lower_member(lw: Lowering, node: Node) -> None:
     """Emit one member of a blocked node (`plan` said it is lowerable): its output is blocked,
     except a global pool's."""
@@ -645,6 +669,8 @@ def lower_member(lw: Lowering, node: Node) -> None:
     else:
         b = block_of(out.type.shape[1], lw.plan.lanes)
         args = [_operand(lw, name, out.type, b) for name in node.inputs]
+        if node.op in BROADCASTING:
+            args = [_aligned(lw, name, arg, out.type, b) for name, arg in zip(node.inputs, args)]
         expr = EMITTERS[node.op](lw, node, args)[0]
     lw.values[out.name] = lw.emit(expr)
     lw.blocked[out.name] = block_of(out.type.shape[1], lw.plan.lanes)
