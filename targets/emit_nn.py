@@ -497,9 +497,11 @@ def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     """Resize of the two spatial axes of an NCHW tensor (N and C unscaled)."""
     at = node.attrs
     x, y = in_type(lw, node, 0), out_type(node)
-    size = None
-    if x.rank == 4 and x.shape[:2] != y.shape[:2] and len(a) > 3 and a[3] is not None and not lw.primitive \
-            and lw.const_of(node.inputs[3]) is None:
+    if x.rank != 4 or at["antialias"] or at.get("axes") is not None:
+        raise refuse(node, "resizing other than the spatial axes of a 4-d tensor, antialias or axes")
+    if x.shape[:2] == y.shape[:2]:
+        size = lw.shape(y)[2:]
+    elif len(a) > 3 and a[3] is not None and not lw.primitive and lw.const_of(node.inputs[3]) is None:
         # sizes the model computes in a way inference does not follow (a detector's transform
         # from float arithmetic; the dynamo exporter's (h-1)//2+1): read at run time, N and C
         # checked there to be the input's
@@ -508,15 +510,13 @@ def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         v = runtime_ints(lw, a[3], 4)
         lw.bb.match_cast(relax.ShapeExpr(v[:2]), relax.ShapeType([lw.dim(x.shape[0]), lw.dim(x.shape[1])]))
         size = v[2:]
-    elif x.rank != 4 or x.shape[:2] != y.shape[:2]:
-        raise refuse(node, "resizing other than the spatial axes of a 4-d tensor, antialias or axes")
-    if at["antialias"] or at.get("axes") is not None:
+    else:
         raise refuse(node, "resizing other than the spatial axes of a 4-d tensor, antialias or axes")
     mode = at["coordinate_transformation_mode"]
     if mode == "tf_crop_and_resize":
         raise refuse(node, "coordinate_transformation_mode 'tf_crop_and_resize'")
     rounding = at["nearest_mode"] if at["mode"] == "nearest" else ""
-    out = R.image.resize2d(a[0], size if size is not None else lw.shape(y)[2:], layout="NCHW", method=_RESIZE_MODES[at["mode"]],
+    out = R.image.resize2d(a[0], size, layout="NCHW", method=_RESIZE_MODES[at["mode"]],
                            coordinate_transformation_mode=mode, rounding_method=rounding,
                            cubic_alpha=at["cubic_coeff_a"], cubic_exclude=at["exclude_outside"],
                            extrapolation_value=at["extrapolation_value"])

@@ -59,18 +59,10 @@ class Skip(Exception):
 
 
 def _call(model: Any, fn: Callable[..., Any]) -> Any:
-    """A module whose forward(*inputs) is `fn(model, *inputs)`."""
-    import torch
+    """A module whose forward(*inputs) is `fn(model, *inputs)` (bench_exported's)."""
+    from bench_exported import _keep
 
-    class Call(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, *xs: Any) -> Any:
-            return fn(self.model, *xs)
-
-    return Call()
+    return _keep(model, fn)
 
 
 def _hf(config: Callable[[Any], Any], model_cls: str) -> Any:
