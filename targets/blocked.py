@@ -42,7 +42,17 @@ from tvm import relax, te, tirx
 from ember.compiler import dims as dim_values
 from ember.compiler.ir import Graph, Node, TensorType
 from ember.targets import winograd
-from ember.targets.emit_common import BROADCASTING, TVM_DTYPE, Lowering, R, broadcast_refined, const, in_type, out_type
+from ember.targets.emit_common import (
+    BROADCASTING,
+    TVM_DTYPE,
+    Lowering,
+    R,
+    broadcast_refined,
+    clamped_read,
+    const,
+    in_type,
+    out_type,
+)
 
 LAYOUT_ATTR = "ember_nchwc"  # block annotation of the blocked conv and depthwise computes
 
@@ -633,8 +643,6 @@ def _aligned(lw: Lowering, name: str, arg: Any, out: TensorType, b: int) -> Any:
     """A blocked epilogue's operand whose dims are written differently from the output's (an
     FPN's conv + upsample(x2): h against 2*((h+1)//2), taken to be equal) read at the output's
     blocked dims, as lower._aligned does for plain operands."""
-    from ember.targets.lower import _clamped_read
-
     if not name or arg is None or name not in lw.types or broadcast_refined(lw.types[name], out) is None:
         return arg
     arg = lw.emit(arg)
@@ -648,7 +656,7 @@ def _aligned(lw: Lowering, name: str, arg: Any, out: TensorType, b: int) -> Any:
     analyzer = tvm.sym.Analyzer()
     target = [h if (isinstance(h, tirx.IntImm) and h.value == 1) or analyzer.can_prove_equal(h, w) else w
               for h, w in zip(have, want)]
-    return lw.emit(lw.kernels.call_te(_clamped_read, arg, target, primfunc_name_hint="aligned"))
+    return lw.emit(lw.kernels.call_te(clamped_read, arg, target, primfunc_name_hint="aligned"))
 
 
 def lower_member(lw: Lowering, node: Node) -> None:

@@ -206,6 +206,17 @@ def broadcast_refined(t: TensorType, out: TensorType, matmul: bool = False) -> T
     return TensorType(t.dtype, tuple(d if d == 1 or o == 1 else o for d, o in zip(t.shape, ends)))
 
 
+def clamped_read(x: Any, shape: list) -> Any:
+    """A TE kernel: x read at `shape`, each index clamped into x (x's dims or ones where they
+    differ only in how they are written; a dim of 1 broadcasts)."""
+    from tvm import te
+
+    def at(*i: Any) -> Any:
+        return x[tuple(j if d == 1 else tirx.min(j, d - 1) for j, d in zip(i, x.shape))]
+
+    return te.compute(shape, at, name="aligned")
+
+
 def unary(fn: Callable[[relax.Expr], relax.Expr]) -> Emitter:
     """An emitter applying a one-operand Relax op."""
     return lambda lw, node, a: [fn(a[0])]

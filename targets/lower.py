@@ -20,11 +20,10 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax, tirx
 
 from ember.compiler import dtypes
 from ember.compiler.infer import tracked_values
@@ -51,6 +50,7 @@ from ember.targets.emit_common import (
     LoweringError,
     R,
     broadcast_refined,
+    clamped_read,
     const,
 )
 
@@ -267,16 +267,8 @@ def _aligned(lw: Lowering, node: Node, args: list[relax.Expr | None]) -> list[re
             target = lw.shape(refined)
         except LoweringError:
             continue
-        args[i] = lw.emit(lw.kernels.call_te(_clamped_read, lw.emit(args[i]), target, primfunc_name_hint="aligned"))
+        args[i] = lw.emit(lw.kernels.call_te(clamped_read, lw.emit(args[i]), target, primfunc_name_hint="aligned"))
     return args
-
-
-def _clamped_read(x: te.Tensor, shape: list) -> te.Tensor:
-    """x read at `shape` (x's own dims or ones where they differ only in how they are written)."""
-    def at(*i: Any) -> Any:
-        return x[tuple(j if d == 1 else tirx.min(j, d - 1) for j, d in zip(i, x.shape))]
-
-    return te.compute(shape, at, name="aligned")
 
 
 def emit(lw: Lowering, node: Node) -> list[relax.Expr]:

@@ -210,4 +210,4 @@ def test_resize_to_sizes_computed_from_floats(tmp_path: Path, rng: np.random.Gen
         x = rng.standard_normal(shape).astype(np.float32)
         got, want = artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"]
         assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # (interpolation weights rounded differently)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # (interpolation weights rounded differently)
