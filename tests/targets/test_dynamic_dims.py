@@ -209,3 +209,26 @@ def test_a_slice_to_the_end_of_a_symbolic_axis_feeding_a_matmul(tmp_path: Path, 
     for b, n in ((2, 14), (1, 3), (3, 40)) if axis_dim == "N" else ((2, 14), (1, 14)):
         x = rng.standard_normal((b, n, 16)).astype(np.float32)
         np.testing.assert_allclose(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
+
+
+def test_a_focus_layer_of_strided_slices_over_a_dynamic_image(tmp_path: Path, rng: np.random.Generator) -> None:
+    """YOLOv5's Focus: x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]
+    concatenated, then a conv, over a dynamic H, W (the slices' ends INT64_MAX). Each step-2
+    slice's length is the dim's expression; with the 2**31 - 1 stand-in its output failed the
+    next kernel's stride check at run time ("Mismatched xs.strides")."""
+    big = np.iinfo(np.int64).max
+    inits = {"axes": np.array([2, 3], np.int64), "steps": np.array([2, 2], np.int64), "ends": np.array([big, big], np.int64),
+             "w": (rng.standard_normal((8, 12, 1, 1)) * 0.3).astype(np.float32)}
+    nodes = []
+    for k, (i, j) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
+        inits[f"s{k}"] = np.array([i, j], np.int64)
+        nodes.append(helper.make_node("Slice", ["x", f"s{k}", "ends", "axes", "steps"], [f"p{k}"]))
+    nodes += [helper.make_node("Concat", ["p0", "p1", "p2", "p3"], ["cat"], axis=1),
+              helper.make_node("Conv", ["cat", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 3, "H", "W"])], [("y", T.FLOAT, ["N", 8, "h", "w"])], inits)
+    onnx.save(model, tmp_path / "focus.onnx")
+    compile_model(tmp_path / "focus.onnx", tmp_path / "focus.ember", sample={"x": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)})
+    artifact = load(tmp_path / "focus.ember")
+    for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_allclose(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
