@@ -294,10 +294,10 @@ def _tile(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if lw.const_of(node.inputs[1]) is not None:
         return [R.tile(a[0], static_ints(lw, node, 1, "repeats"))]
     t, y = in_type(lw, node, 0), out_type(node)
-    dims = lw.shape(t)
-    reps = [o // d for o, d in zip(lw.shape(y), dims)] if dyn.resolves(lw, y) else dyn.runtime_ints(lw, a[1], t.rank)
     if t.rank == 0:
         return [a[0]]
+    dims = lw.shape(t)
+    reps = [o // d for o, d in zip(lw.shape(y), dims)] if dyn.resolves(lw, y) else dyn.runtime_ints(lw, a[1], t.rank)
     view = [v for d in dims for v in (1, d)]
     spread = [v for r, d in zip(reps, dims) for v in (r, d)]
     return [R.reshape(R.broadcast_to(R.reshape(a[0], view), spread), [r * d for r, d in zip(reps, dims)])]
@@ -364,18 +364,23 @@ def _pad(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         width[2 * (ax % t.rank) + 1] = pads[i + len(axes)]
     if any(w < 0 for w in width):
         raise refuse(node, "negative padding (cropping)")
-    value = 0.0
-    if has_input(node, 2):
-        c = lw.const_of(node.inputs[2])
-        if c is None:
-            raise LoweringError(f"node {node.name!r} (Pad): the pad value must be constant for code generation")
-        value = float(np.asarray(c).reshape(-1)[0]) if np.asarray(c).size else 0.0
+    value = float(_pad_value(lw, node))
     mode = node.attrs["mode"]
     if mode == "edge":
         return [_edge_pad(lw, node, a[0], width)]
     if mode not in ("constant", "reflect"):
         raise refuse(node, f"mode {mode!r}")
     return [R.nn.pad(a[0], width, mode, value)]
+
+
+def _pad_value(lw: Lowering, node: Node) -> Any:
+    """A Pad's constant value (0 when the input is omitted or empty)."""
+    if not has_input(node, 2):
+        return 0.0
+    c = lw.const_of(node.inputs[2])
+    if c is None:
+        raise LoweringError(f"node {node.name!r} (Pad): the pad value must be constant for code generation")
+    return np.asarray(c).reshape(-1)[0].item() if np.asarray(c).size else 0.0
 
 
 def _pad_from_data(lw: Lowering, node: Node, a: list[Any]) -> relax.Expr:
@@ -394,12 +399,7 @@ def _pad_from_data(lw: Lowering, node: Node, a: list[Any]) -> relax.Expr:
     before, after = [zero] * t.rank, [zero] * t.rank
     for i, ax in enumerate(axes):
         before[ax % t.rank], after[ax % t.rank] = values[i], values[i + len(axes)]
-    fill = 0.0
-    if has_input(node, 2):
-        c = lw.const_of(node.inputs[2])
-        if c is None:
-            raise LoweringError(f"node {node.name!r} (Pad): the pad value must be constant for code generation")
-        fill = np.asarray(c).reshape(-1)[0].item() if np.asarray(c).size else 0.0
+    fill = _pad_value(lw, node)
 
     def kernel_fn(x: Any) -> Any:
         dims = list(x.shape)
