@@ -13,6 +13,20 @@ from contextlib import contextmanager
 
 Dim = int | str
 
+
+class Extent(str):
+    """A dim expression read off a tensor's shape (by Shape or Size): a size, so >= 0 whenever
+    the model runs, even where the expression alone could be negative (`(N-1)//2`). Carried as
+    a str (equal to and hashed as its text); arithmetic on it gives plain strs again."""
+
+    __slots__ = ()
+
+
+def extent(dim: Dim) -> Dim:
+    """`dim`, marked as a tensor extent when it is symbolic."""
+    return Extent(dim) if isinstance(dim, str) and not isinstance(dim, Extent) else dim
+
+
 # Pairs of dims that shape inference took to be equal (two different symbols broadcast
 # against each other, a symbol against a static size, a matmul's inner dims), collected while
 # a `recording()` block is open: the importer unifies the input dims they name.

@@ -96,8 +96,9 @@ _INT_LIKE = INT + BOOL
 
 
 def _nonneg(d: Dim) -> bool:
-    """True when a dim value is provably >= 0: symbols are dims, and +, *, // keep signs."""
-    return d >= 0 if isinstance(d, int) else "-" not in d
+    """True when a dim value is provably >= 0: a tensor's extent, or an expression of symbols
+    (dims) that +, *, // keep signs of."""
+    return d >= 0 if isinstance(d, int) else isinstance(d, dims.Extent) or "-" not in d
 
 
 def _signs(a: Dim, b: Dim) -> frozenset[int]:

@@ -68,7 +68,7 @@ def _shape_infer(ctx: InferCtx) -> list[TensorType]:
 def _shape_value(ctx: InferCtx) -> tuple[Dim, ...]:
     t = required(ctx)
     start, end = _shape_range(t.rank, ctx.attrs)
-    return tuple(t.shape[start:end])
+    return tuple(dims.extent(d) for d in t.shape[start:end])
 
 
 def _shape_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
@@ -524,7 +524,7 @@ OPS: list[OpDef] = [
     OpDef(name="Shape", infer=_shape_infer, ref=_shape_ref, value=_shape_value,
           attrs={"start": AttrSpec("int", 0), "end": AttrSpec("int", None)}),
     OpDef(name="Size", infer=lambda ctx: [TensorType("i64", ())], ref=_size_ref,
-          value=lambda ctx: (dims.numel(required(ctx).shape),)),
+          value=lambda ctx: (dims.extent(dims.numel(required(ctx).shape)),)),
     OpDef(name="Reshape", infer=_reshape_infer, ref=_reshape_ref, inputs=(2, 2), value=_same_contents,
           attrs={"allowzero": AttrSpec("int", 0)}),
     OpDef(name="Flatten", infer=_flatten_infer, ref=_flatten_ref, attrs={"axis": AttrSpec("int", 1)}),

@@ -113,6 +113,38 @@ graph main(%x: f32[N,S,8]) -> (%out: {dtype}[{count}]) {{
     assert tracked_values(graph).get("out") == expected
 
 
+def test_a_dim_written_with_a_minus_is_still_an_extent() -> None:
+    """torch exports `mask.expand(b, 1, -1, -1)` as Expand(m, Where(Equal(shape, -1), 1, shape)).
+    Over a conv's frame count (S-1 here, (((samples-5)//5-1)//2-1)//2 in wav2vec2) the
+    Equal was unknown, since the expression alone could be -1; read off a tensor's shape it is
+    a size. The Expand lost every dim, then a fused Attention failed to build (HuBERT,
+    wav2vec2 with an attention mask)."""
+    text = """\
+graph main(%x: f32[N,S,8], %m: bool[N,1,1,S-1]) -> (%y: bool[N,1,S-1,S-1]) {
+  const %i0: i64[1] = [0]
+  const %i2: i64[1] = [2]
+  const %minus1: i64[] = -1
+  const %one: i64[1] = [1]
+  const %ones: i64[4] = [1, 1, 1, 1]
+  const %start: i64[1] = [1]
+  const %end: i64[1] = [9223372036854775807]
+  const %ax: i64[1] = [1]
+  %f: f32[N,S-1,8] = Slice(%x, %start, %end, %ax)
+  %shape: i64[3] = Shape(%f)
+  %b: i64[1] = Gather(%shape, %i0)
+  %t: i64[1] = Gather(%shape, %i1)
+  %target: i64[4] = Concat(%b, %one, %t, %t) {axis=0}
+  %eq: bool[4] = Equal(%target, %minus1)
+  %where: i64[4] = Where(%eq, %ones, %target)
+  %y: bool[N,1,S-1,S-1] = Expand(%m, %where)
+  return %y
+}
+""".replace("%i1)", "%ax)")
+    graph = parse_graph(text)
+    assert print_graph(retype(graph)) == print_graph(graph)
+    assert tracked_values(retype(graph))["eq"] == (0, 0, 0, 0)
+
+
 def test_contents_feed_an_exact_reshape() -> None:
     # Reshape(x, [N * S, -1]) computed from Shape(x): the output keeps the symbolic product.
     text = """\
