@@ -171,6 +171,20 @@ SCALED = one_of(op("Mul", SCORES, const("c", scalar=True)), op("Div", SCORES, co
 ATTENTION = op("MatMul", op("Softmax", one_of(op("Add", SCALED, var("mask")), SCALED), name="softmax"), var("v"))
 
 
+def _mask_broadcasts_in(graph: Graph, mask: str, scores: str) -> bool:
+    """Whether an additive mask broadcasts into the scores without widening them: Attention's
+    output is sized by Q, K and V alone, so a mask dim that could make the sum larger than the
+    scores (one that is not 1 and not written as the scores' dim, where that dim is not a
+    static size above 1) must stay a plain Add."""
+    want, have = graph.value(scores).type.shape, graph.value(mask).type.shape
+    if len(have) > len(want):
+        return False
+    for w, d in zip(want[len(want) - len(have):], have):
+        if d != 1 and d != w and not (isinstance(w, int) and w > 1):
+            return False
+    return True
+
+
 def _attention(m: Match, b: Builder) -> Outcome:
     if any(m.type(k).rank != 4 for k in ("q", "kt", "v")):
         return reject("Q, K^T and V are not all 4-D [batch, heads, seq, head]")
@@ -178,6 +192,10 @@ def _attention(m: Match, b: Builder) -> Outcome:
         return reject("the softmax is not over the last axis")
     if "mask" in m.values and m.type("mask").dtype != m.root.outputs[0].type.dtype:
         return reject("the mask is not additive in the scores' dtype")
+    add = m.graph.producer(m.node("softmax").inputs[0])
+    if "mask" in m.values and add is not None and \
+            not _mask_broadcasts_in(m.graph, m["mask"], add.inputs[1] if add.inputs[0] == m["mask"] else add.inputs[0]):
+        return reject("the mask's dims could widen the scores")
     factor = float(m.const("c").reshape(-1)[0])
     if factor == 0:
         return reject("the scale is 0")
@@ -240,6 +258,8 @@ def _split_attention(m: Match, b: Builder) -> Outcome:
         return reject("a symbolic sequence length: the unfused kernels are faster")
     if mask is not None and graph.value(mask).type.dtype != m.root.outputs[0].type.dtype:
         return reject("the mask is not additive in the scores' dtype")
+    if mask is not None and not _mask_broadcasts_in(graph, mask, scores):
+        return reject("the mask's dims could widen the scores")
     k = b.op("Transpose", (kt,), {"perm": (0, 1, 3, 2)}, out=f"{kt}_bhsd")
     b.op("Attention", (q, k, m["v"]) + ((mask,) if mask is not None else ()), {"scale": scale}, out=m.root.outputs[0])
     return b.replace()

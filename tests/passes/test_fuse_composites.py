@@ -172,6 +172,20 @@ def _with_extra_output(text: str, value: str, shape: str) -> str:
     return text.replace("  return %y\n", f"  return %y, %{value}\n")
 
 
+# Heads from the mask alone (1 in Q, K and V, M in the mask): the sum is wider than the scores,
+# which Attention's output (sized by Q, K and V) cannot be
+SDPA_WIDENED = """graph main(%q: f32[1,1,5,4], %k: f32[1,5,1,4], %v: f32[1,1,5,4], %mask: f32[1,M,5,5]) -> (%y: f32[1,M,5,4]) {
+  const %scale: f32[] = 2.0
+  %kt: f32[1,1,4,5] = Transpose(%k) {perm=[0,2,3,1]}
+  %s: f32[1,1,5,5] = MatMul(%q, %kt)
+  %ss: f32[1,1,5,5] = Div(%s, %scale)
+  %sm: f32[1,M,5,5] = Add(%mask, %ss)
+  %p: f32[1,M,5,5] = Softmax(%sm)
+  %y: f32[1,M,5,4] = MatMul(%p, %v)
+  return %y
+}
+"""
+
 NO_CHANGE = {
     "gelu_with_a_shared_intermediate": (_with_extra_output(GELU_ERF, "e", "2,8"), "gelu_erf: %y (Mul): %e is a graph output"),
     "gelu_with_a_wrong_constant": (GELU_ERF.replace("= 0.5", "= 0.25"), "gelu_erf: %y (Mul): constant %half is not all 0.5"),
@@ -186,13 +200,14 @@ NO_CHANGE = {
                               "softmax: %y (Div): the max and the sum are not over the same single axis"),
     "attention_with_a_shared_score": (_with_extra_output(SDPA, "ss", "1,2,5,5"),
                                       "attention: %y (MatMul): %ss is a graph output"),
+    "attention_whose_mask_widens_the_scores": (SDPA_WIDENED, "attention: %y (MatMul): the mask's dims could widen the scores"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(NO_CHANGE))
 def test_composite_left_alone(case: str, rng: np.random.Generator) -> None:
     text, reason = NO_CHANGE[case]
-    check_pass("fuse_composites", text, text, rng, dims={"N": 2, "H": 3, "W": 5})
+    check_pass("fuse_composites", text, text, rng, dims={"N": 2, "H": 3, "W": 5, "M": 3})
     assert reason in reasons(PASSES["fuse_composites"](parse_graph(text)))
 
 
