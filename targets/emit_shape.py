@@ -16,6 +16,7 @@ from tvm import relax, tirx
 
 from ember.compiler import dtypes
 from ember.compiler.ir import Node, TensorType
+from ember.compiler.ops import shape as shape_ops
 from ember.targets import emit_dynamic as dyn
 from ember.targets.emit_common import (
     TVM_DTYPE,
@@ -100,7 +101,13 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     # overflowed int64; 2**31 - 1 left min(2**31 - 1, N) in every shape after it, and a
     # matmul over that length allocated for the bound). A whole axis is no slice at all, and
     # a whole axis backwards (torch.flip) is a flip.
-    y, sliced = a[0], []
+    #
+    # Over a symbolic axis whose sliced length inference knew, the slice is emitted as inference
+    # sized it (bounds inside the axis, the module docstring of compiler/ops/shape.py): a start
+    # counted from the end is d + s, the end is start + length * step, and TVM is told the
+    # bounds are in range. Its own clamping of `d` writes `if d < 0` into the shape, which a
+    # fused kernel cannot take (a sliding-window KV cache, `cat[:, :, -3:]`).
+    y, sliced, inbound = a[0], [], []
     for ax, s, e, step in zip(axes, starts, ends, steps):
         dim = t.shape[ax]
         d = lw.dim(dim)
@@ -116,10 +123,32 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
                 continue
             begin = (d - 1 if s > 0 else -d - 1) if past(s) else s
             end = (d if e > 0 else -d - 1) if past(e) else e
-        sliced.append((ax, begin, end, step))
-    if not sliced:
-        return [y]
-    return [R.strided_slice(y, [v[0] for v in sliced], [v[1] for v in sliced], [v[2] for v in sliced], [v[3] for v in sliced])]
+        length = None if isinstance(dim, int) else shape_ops.slice_length(dim, s, e, step)
+        if length is None and step > 0 and not isinstance(dim, int):
+            # a length only the run-time dim decides (min(3, d) for `cache[:, -3:]`): the
+            # bounds clamped here with min/max, not by TVM's `if d < 0`
+            begin = begin if past(s) else _clamp(d, s)
+            end = end if past(e) else _clamp(d, e)
+            inbound.append((ax, begin, tirx.max(end, begin), step))
+            continue
+        if length is None:
+            sliced.append((ax, begin, end, step))
+            continue
+        if isinstance(begin, int) and begin < 0:
+            begin = d + begin
+        if not isinstance(begin, int):
+            begin = tirx.max(begin, 0) if step > 0 else tirx.min(begin, d - 1)
+        inbound.append((ax, begin, begin + lw.dim(length) * step, step))
+    for group, assume in ((sliced, False), (inbound, True)):
+        if group:
+            y = R.strided_slice(y, [v[0] for v in group], [v[1] for v in group], [v[2] for v in group],
+                                [v[3] for v in group], assume_inbound=assume)
+    return [y]
+
+
+def _clamp(d: Any, v: int) -> Any:
+    """A forward slice's bound v (negative: from the end) clamped into [0, d]."""
+    return tirx.min(v, d) if v >= 0 else tirx.max(d + v, 0)
 
 
 # A slice bound at least this large over a symbolic dim means "to the end" (no tensor is

@@ -7,7 +7,7 @@ Reshape whose target is computed from `Shape(x)` gets an exact, possibly symboli
 Symbolic dims are sizes (>= 0) and are assumed to hold every index a slice names relative to
 them (`x[:, 1:]` of `S` gives `S-1`; `buffer[:, :S]` of 1024 gives `S`), as onnxruntime's
 symbolic shape inference does; a size that depends on clamping against an unknown dim
-(`x[:, :512]` of `S`) is a fresh symbol instead.
+(`x[:, :512]` of `S`, `cache[:, -3:]` of `P`: min(3, P)) is a fresh symbol instead.
 """
 
 from __future__ import annotations
@@ -387,13 +387,25 @@ def _position(index: Dim, d: Dim, step: int, is_end: bool) -> tuple[int, Dim] | 
     if index <= -FAR:
         return (0, 0) if step > 0 else (0, -1)
     if index < 0:
-        return (1, index)
+        # d + index: held when d is surely at least -index (`3+S`), or for -1 (an empty axis
+        # aside); `cache[:, -3:]` of a cache that may be shorter is min(3, d), a fresh symbol
+        return (1, index) if index == -1 or _at_least(d, -index) else None
     if step > 0 and is_end and index > 1:
         return None  # min(index, d); ending at 1 (keeping a first element) is kept, as onnxruntime does
     return (0, index)
 
 
-def _slice_length(d: Dim, start: Dim, end: Dim, step: int) -> Dim | None:
+def _at_least(d: Dim, n: int) -> bool:
+    """Whether a dim is surely >= n: an int, or a sum of a constant >= n and sizes (`3+S`)."""
+    if isinstance(d, int):
+        return d >= n
+    terms = d.split("+")
+    if "(" in d or any("-" in t for t in terms):
+        return False
+    return sum(int(t) for t in terms if t.isdigit()) >= n
+
+
+def slice_length(d: Dim, start: Dim, end: Dim, step: int) -> Dim | None:
     """The length of one sliced axis (None when it cannot be known before run time)."""
     if isinstance(d, int) and isinstance(start, int) and isinstance(end, int):
         return len(range(*_clamped(d, start, end, step)))
@@ -433,7 +445,7 @@ def _slice_infer(ctx: InferCtx) -> list[TensorType]:
         return [TensorType(t.dtype, tuple(ctx.fresh(0, i) if i in chosen else d for i, d in enumerate(t.shape)))]
     shape = list(t.shape)
     for axis, start, end, step in _slice_params(t.rank, starts, ends, axes, steps):
-        length = _slice_length(t.shape[axis], start, end, step)
+        length = slice_length(t.shape[axis], start, end, step)
         shape[axis] = ctx.fresh(0, axis) if length is None else length
     return [TensorType(t.dtype, tuple(shape))]
 

@@ -232,3 +232,28 @@ def test_a_focus_layer_of_strided_slices_over_a_dynamic_image(tmp_path: Path, rn
     for shape in ((1, 3, 32, 32), (2, 3, 48, 64)):
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_allclose(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
+
+
+def test_a_sliding_window_cache_keeps_its_last_entries(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Mistral's sliding-window KV cache from the dynamo exporter: the past and the new keys
+    concatenated, then `cat[:, :, -3:]` kept. The past may be shorter than the window (the
+    first steps of a generation): the kept length is min(3, P), a fresh dim, where inference
+    had assumed 3 and the artifact read past the cache (1303 off at P = 2). Over `kept + S`
+    TVM's own clamping wrote `if kept + S < 0` into the slice's shape, which a kernel cannot
+    take: the bounds are clamped with min/max instead."""
+    big = np.iinfo(np.int64).max
+    inits = {"start": np.array([-3], np.int64), "end": np.array([big], np.int64), "axis": np.array([2], np.int64),
+             "two": np.array(2.0, np.float32)}
+    nodes = [helper.make_node("Slice", ["past", "start", "end", "axis"], ["kept"]),
+             helper.make_node("Concat", ["kept", "k"], ["cat"], axis=2),
+             helper.make_node("Slice", ["cat", "start", "end", "axis"], ["window"]),
+             helper.make_node("Mul", ["window", "two"], ["y"])]
+    model = make_model(nodes, [("past", T.FLOAT, ["B", 2, "P", 16]), ("k", T.FLOAT, ["B", 2, "S", 16])],
+                       [("y", T.FLOAT, ["B", 2, "W", 16])], inits)
+    onnx.save(model, tmp_path / "cache.onnx")
+    sample = {"past": rng.standard_normal((1, 2, 5, 16)).astype(np.float32), "k": rng.standard_normal((1, 2, 2, 16)).astype(np.float32)}
+    compile_model(tmp_path / "cache.onnx", tmp_path / "cache.ember", sample=sample)
+    artifact = load(tmp_path / "cache.ember")
+    for b, p, s in ((1, 5, 2), (2, 3, 1), (3, 9, 7), (1, 2, 2), (2, 0, 4), (1, 1, 1)):
+        feeds = {"past": rng.standard_normal((b, 2, p, 16)).astype(np.float32), "k": rng.standard_normal((b, 2, s, 16)).astype(np.float32)}
+        np.testing.assert_array_equal(artifact(**feeds)["y"], run_onnxruntime(model, feeds)["y"])
