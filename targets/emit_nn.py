@@ -499,7 +499,9 @@ def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     x, y = in_type(lw, node, 0), out_type(node)
     if x.rank != 4 or at["antialias"] or at.get("axes") is not None:
         raise refuse(node, "resizing other than the spatial axes of a 4-d tensor, antialias or axes")
-    if x.shape[:2] == y.shape[:2]:
+    from ember.targets.emit_dynamic import resolves
+
+    if x.shape[:2] == y.shape[:2] and resolves(lw, y):
         size = lw.shape(y)[2:]
     elif len(a) > 3 and a[3] is not None and not lw.primitive and lw.const_of(node.inputs[3]) is None:
         # sizes the model computes in a way inference does not follow (a detector's transform

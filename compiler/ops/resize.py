@@ -96,7 +96,10 @@ def _resize_infer(ctx: InferCtx) -> list[TensorType]:
     sizes = ctx.const_or_value(3) if has_sizes else None
     run_time = sizes is None if has_sizes else scales is None or np.asarray(scales).size == 0
     if run_time:
-        out: list[Dim | None] = [None if i in axes else d for i, d in enumerate(t.shape)]  # run-time sizes/scales
+        # run-time sizes/scales: a 4-d NCHW resize keeps N and C (code generation checks so at
+        # run time), the axes resized are only known then
+        keep = {0, 1} if t.rank == 4 and ctx.attrs.get("axes") is None else set()
+        out: list[Dim | None] = [None if i in axes and i not in keep else d for i, d in enumerate(t.shape)]
     else:
         listed = None if scales is None or has_sizes else [float(s) for s in np.asarray(scales).reshape(-1)]
         out, _ = _output_shape(t.shape, listed, sizes, axes, ctx.attrs["keep_aspect_ratio_policy"])

@@ -211,3 +211,23 @@ def test_resize_to_sizes_computed_from_floats(tmp_path: Path, rng: np.random.Gen
         got, want = artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)  # (interpolation weights rounded differently)
+
+
+def test_resize_to_sizes_the_model_computes_keeps_its_channels(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The dynamo exporter's FPN (DBNet, DeepLabV3): an upsample to sizes Concat(Shape(a)[:2],
+    (h - 1) // 2 + 1), which inference does not follow, concatenated with the skip branch and
+    convolved. The run-time sizes still keep N and C (code generation checks them): with a
+    fresh channel dim the concat's channels were `c + 8` over a var that Relax knew to be 8,
+    and TVM's FuseTIR failed ("All shape inputs are expected to be single tirx var")."""
+    inits = {"w1": (rng.standard_normal((8, 4, 3, 3)) * 0.2).astype(np.float32),
+             "w2": (rng.standard_normal((6, 16, 3, 3)) * 0.2).astype(np.float32), "one": _i64(1), "two": _i64(2)}
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Shape", ["a"], ["nc"], start=0, end=2), helper.make_node("Shape", ["x"], ["hw"], start=2, end=4),
+             helper.make_node("Sub", ["hw", "one"], ["hw1"]), helper.make_node("Div", ["hw1", "two"], ["hw2"]),
+             helper.make_node("Add", ["hw2", "one"], ["hw3"]), helper.make_node("Concat", ["nc", "hw3"], ["sizes"], axis=0),
+             helper.make_node("Resize", ["a", "", "", "sizes"], ["up"], mode="nearest"),
+             helper.make_node("Concat", ["up", "a"], ["cat"], axis=1),
+             helper.make_node("Conv", ["cat", "w2"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 4, "H", "W"])], [("y", T.FLOAT, ["N", 6, "h", "w"])], inits)
+    _check(tmp_path, model, [{"x": rng.standard_normal(s).astype(np.float32)} for s in ((1, 4, 20, 24), (2, 4, 13, 40))])
