@@ -300,14 +300,27 @@ EMITTERS: dict[str, Emitter] = {"NonZero": _nonzero, "Compress": _compress, "Non
 def bind_type(lw: Lowering, expr: relax.Expr, t: Any) -> relax.Expr:
     """`expr` cast to ember's type `t`: dims known so far are checked at run time, run-time
     dims (`y_0`, where the branches' sizes differ) are bound to fresh tir.Vars."""
-    shape = []
-    for d in t.shape:
+    expr = lw.emit(expr)
+    known = getattr(getattr(expr.ty, "shape", None), "values", None)
+    known = list(known) if known is not None and len(known) == len(t.shape) else [None] * len(t.shape)
+    shape, hidden = [], False
+    for d, have in zip(t.shape, known):
         try:
             shape.append(lw.dim(d))
         except LoweringError:
-            lw.dims[d] = tirx.Var(d, "int64")
+            # A size Relax knows as a var or a constant (a channel count) is that; one it knows
+            # as an expression (a run-time pad's `h + v1 + v4`) gets a var of its own, bound from
+            # a value whose shape is hidden first: TVM's passes inline a var that a match_cast
+            # binds to a known expression, and FuseTIR then refused the expression in a fused
+            # kernel's shape arguments (RetinaNet, FCOS).
+            simple = isinstance(have, (tirx.Var, tirx.IntImm))
+            hidden = hidden or (have is not None and not simple)
+            lw.dims[d] = have if simple else tirx.Var(d, "int64")
             shape.append(lw.dims[d])
-    return lw.bb.match_cast(lw.emit(expr), relax.TensorType(shape, TVM_DTYPE[t.dtype]))
+    dtype = TVM_DTYPE[t.dtype]
+    if hidden:
+        expr = lw.bb.match_cast(expr, relax.TensorType(dtype=dtype, ndim=len(t.shape)))
+    return lw.bb.match_cast(expr, relax.TensorType(shape, dtype))
 
 
 # --- Shapes, lengths and counts read from the data ----------------------------------------------------

@@ -231,3 +231,23 @@ def test_resize_to_sizes_the_model_computes_keeps_its_channels(tmp_path: Path, r
              helper.make_node("Relu", ["c"], ["y"])]
     model = make_model(nodes, [("x", T.FLOAT, ["N", 4, "H", "W"])], [("y", T.FLOAT, ["N", 6, "h", "w"])], inits)
     _check(tmp_path, model, [{"x": rng.standard_normal(s).astype(np.float32)} for s in ((1, 4, 20, 24), (2, 4, 13, 40))])
+
+
+def test_pad_to_a_multiple_computed_in_floats_then_strided_kernels(tmp_path: Path, rng: np.random.Generator) -> None:
+    """torchvision's detection transform pads the image to a multiple of 32 with pads computed
+    in floats (ceil(h / 32) * 32 - h), which inference does not follow: the padded dims are
+    fresh, bound at run time. Relax knew them as `h + v1 + v5`, and its passes inlined the
+    fresh vars as that expression into the strided conv's and pool's shape arguments, which
+    FuseTIR refused ("All shape inputs are expected to be single tirx var"; RetinaNet, FCOS)."""
+    nodes = [helper.make_node("Shape", ["x"], ["hw"], start=2, end=4), helper.make_node("Cast", ["hw"], ["hwf"], to=T.FLOAT),
+             helper.make_node("Div", ["hwf", "k"], ["q"]), helper.make_node("Ceil", ["q"], ["qc"]),
+             helper.make_node("Mul", ["qc", "k"], ["full"]), helper.make_node("Cast", ["full"], ["fulli"], to=I64),
+             helper.make_node("Sub", ["fulli", "hw"], ["extra"]), helper.make_node("Concat", ["zeros6", "extra"], ["pads"], axis=0),
+             helper.make_node("Pad", ["x", "pads"], ["padded"]),
+             helper.make_node("Conv", ["padded", "w"], ["c"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])]
+    inits = {"k": np.array([32.0, 32.0], np.float32), "zeros6": np.zeros(6, np.int64),
+             "w": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)}
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 3, "H", "W"])], [("y", T.FLOAT, ["N", 8, "h", "w"])], inits)
+    _check(tmp_path, model, [{"x": rng.standard_normal(s).astype(np.float32)} for s in ((1, 3, 40, 50), (2, 3, 64, 33))])
