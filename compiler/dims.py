@@ -141,6 +141,10 @@ def add(a: Dim, b: Dim) -> Dim:
     pa, pb = _product(a), _product(b)
     if pa is not None and pb is not None and pa[1] and pa[1] == pb[1]:  # like terms: S + S = 2*S
         return _join(pa[0] + pb[0], pa[1])
+    if pa is not None and pb is not None and pa[1] and pb[1] and pa[0] == pb[0] and pa[0] > 1:
+        # a common coefficient comes out, 9*A + 9*B = 9*(A+B), so that a Reshape's -1 over a
+        # concatenation of anchors, 91*9*(A+B) // (9*(A+B)), cancels to 91 (RetinaNet's heads)
+        return mul(pa[0], f"({add(_join(1, pa[1]), _join(1, pb[1]))})")
     if isinstance(b, int) and b < 0:
         return f"{a}-{-b}"
     return f"{a}+{b}"

@@ -37,3 +37,21 @@ def test_quotient_of_a_built_product_is_exact() -> None:
     quarter = dims.floordiv(dims.floordiv("W", 2), 2)
     assert dims.floordiv(dims.mul(256, quarter), quarter) == 256
     assert dims.floordiv(dims.mul(quarter, "N"), quarter) == "N"
+
+
+def test_a_common_coefficient_comes_out_of_a_sum() -> None:
+    """RetinaNet's heads: 9 anchors a cell over three levels, concatenated, then a Reshape's -1
+    of 91 * 9*(A + B + C) elements over [9*(A + B + C), 91]. With the sum written 9*A+9*B+9*C
+    the quotient stayed a monster, and TVM's analyzer failed on the kernel that read it
+    ("Binding of variable rdiv ... conflicts")."""
+    levels = ["a1*b1", "a2*b2", "(h+1)//2"]
+    anchors: dims.Dim = 0
+    cells: dims.Dim = 0
+    for level in levels:
+        anchors = dims.add(anchors, dims.mul(9, level if "//" not in level else f"({level})"))
+        cells = dims.add(cells, level)
+    assert anchors == "9*(a1*b1+a2*b2+(h+1)//2)"
+    assert dims.floordiv(dims.mul(anchors, 91), anchors) == 91
+    assert dims.floordiv(dims.mul(91, anchors), dims.mul(9, f"({cells})")) == 91
+    assert dims.evaluate(anchors, {"a1": 2, "b1": 3, "a2": 1, "b2": 5, "h": 7}) == 9 * (6 + 5 + 4)
+    assert dims.add("2*H", "W") == "2*H+W"  # no common coefficient: as written
