@@ -270,7 +270,7 @@ def _scatter_elements(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr
     if valid is None:
         return [R.scatter_elements(a[0], idx, a[2], axis, reduction)]
     data, n = _with_spare(lw, a[0], t, axis)
-    idx = R.where(valid, idx, n)
+    idx = R.where(valid, idx, n) if isinstance(t.shape[axis], int) else _or_spare(lw, valid, idx, t.shape[axis], False)
     return [_without_spare(lw, R.scatter_elements(data, idx, a[2], axis, reduction), t, axis)]
 
 
@@ -291,8 +291,11 @@ def _scatter_nd(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     if valid is None:
         return [R.scatter_nd(a[0], idx, a[2], reduction)]
     data, n = _with_spare(lw, a[0], t, 0)
-    spare = R.multiply(const(np.eye(1, k, dtype=np.int64)[0]), n)  # ([n, 0, ...]: the spare row)
-    idx = R.where(R.expand_dims(valid, [-1]), idx, spare)
+    if isinstance(t.shape[0], int):
+        spare = R.multiply(const(np.eye(1, k, dtype=np.int64)[0]), n)  # ([n, 0, ...]: the spare row)
+        idx = R.where(R.expand_dims(valid, [-1]), idx, spare)
+    else:
+        idx = _or_spare(lw, valid, idx, t.shape[0], True)
     return [_without_spare(lw, R.scatter_nd(data, idx, a[2], reduction), t, 0)]
 
 
@@ -303,6 +306,22 @@ def _with_spare(lw: Lowering, x: relax.Expr, t: Any, axis: int) -> tuple[relax.E
     entry."""
     spare = R.zeros_like(R.strided_slice(x, [axis], [0], [1]))
     return lw.emit(R.concat([x, spare], axis=axis)), _index_dim(lw, t.shape[axis])
+
+
+def _or_spare(lw: Lowering, valid: relax.Expr, idx: relax.Expr, size: Any, components: bool) -> relax.Expr:
+    """Indices with the invalid ones sent to the spare entry of a symbolic `size` (its index
+    is that dim, a scalar Relax's `where` does not take): one kernel. `components`: ScatterND's
+    index rows, the spare row [size, 0, ...]."""
+    from tvm import te
+
+    def pick(v: Any, x: Any, n: Any) -> Any:
+        n = tirx.Cast("int64", n)
+        if components:
+            return te.compute(x.shape, lambda *i: tirx.Select(v(*i[:-1]), x(*i), tirx.Select(i[-1] == 0, n, tirx.const(0, "int64"))))
+        return te.compute(x.shape, lambda *i: tirx.Select(v(*i), x(*i), n))
+
+    return lw.kernels.call_te(pick, lw.emit(valid), lw.emit(R.astype(idx, "int64")), lw.dim(size),
+                              primfunc_name_hint="spare_index")
 
 
 def _without_spare(lw: Lowering, y: relax.Expr, t: Any, axis: int) -> relax.Expr:

@@ -130,3 +130,26 @@ def test_a_constant_index_out_of_range_refuses_the_model(op: str) -> None:
     node = helper.make_node(op, ["d", "i", "u"] if op == "ScatterND" else ["d", "i"], ["y"])
     with pytest.raises(EmberError, match=r"constant index 4 at \[0, 0\] is out of range for a dim of 4"):
         _build([node], inputs, {"i": np.array([[4]], np.int64)})
+
+
+def test_scatters_over_a_symbolic_axis_skip_out_of_range_updates(rng: np.random.Generator) -> None:
+    """The same over an axis of symbolic size (Faster R-CNN's RoI pooling scatters into a
+    tensor of as many rows as boxes were kept): the spare entry's index is that dim, a scalar
+    Relax's `where` refused ("requires argument 2 (x2) to be a tensor")."""
+    nodes = [helper.make_node("ScatterElements", ["d", "i", "u"], ["y"], axis=1),
+             helper.make_node("ScatterND", ["d2", "i2", "u2"], ["y2"])]
+    graph, built = _build(nodes, [("d", T.FLOAT, [3, "N"]), ("i", T.INT64, [3, 2]), ("u", T.FLOAT, [3, 2]),
+                                  ("d2", T.FLOAT, ["M", 4]), ("i2", T.INT64, [3, 1]), ("u2", T.FLOAT, [3, 4])])
+    data, data2 = rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((6, 4)).astype(np.float32)
+    updates, updates2 = rng.standard_normal((3, 2)).astype(np.float32), rng.standard_normal((3, 4)).astype(np.float32)
+    feeds = {"d": data, "i": np.array([[0, -1], [4, -5], [2, 3]], np.int64), "u": updates,
+             "d2": data2, "i2": np.array([[-1], [0], [2]], np.int64), "u2": updates2}
+    compare(run_vm(built, graph, feeds), interp.run(graph, feeds), "in range")
+    got = run_vm(built, graph, feeds | {"i": np.array([[5, 1], [-6, 2], [3, 99]], np.int64),
+                                        "i2": np.array([[6], [1], [-7]], np.int64)})
+    want = data.copy()
+    want[0, 1], want[1, 2], want[2, 3] = updates[0, 1], updates[1, 1], updates[2, 0]
+    np.testing.assert_array_equal(got["y"], want)
+    want2 = data2.copy()
+    want2[1] = updates2[1]
+    np.testing.assert_array_equal(got["y2"], want2)
