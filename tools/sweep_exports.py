@@ -454,8 +454,10 @@ MODELS: dict[str, Callable[[], Case]] = {
     # vision (torchvision)
     "ssdlite320": lambda: _tv_detector("ssdlite320_mobilenet_v3_large"),
     "fasterrcnn": lambda: _tv_detector("fasterrcnn_mobilenet_v3_large_320_fpn", 256, (224, 288), box_score_thresh=0.0),
-    "retinanet": lambda: _tv_detector("retinanet_resnet50_fpn", 192, (160, 224), min_size=192, max_size=224),
-    "fcos": lambda: _tv_detector("fcos_resnet50_fpn", 192, (160, 224), min_size=192, max_size=224),
+    # (score_thresh 0: random weights score below the default 0.05, and an empty detection
+    # list agrees with anything)
+    "retinanet": lambda: _tv_detector("retinanet_resnet50_fpn", 192, (160, 224), min_size=192, max_size=224, score_thresh=0.0),
+    "fcos": lambda: _tv_detector("fcos_resnet50_fpn", 192, (160, 224), min_size=192, max_size=224, score_thresh=0.0),
     "deeplabv3": lambda: _tv_segmenter("deeplabv3_mobilenet_v3_large"),
     "lraspp": lambda: _tv_segmenter("lraspp_mobilenet_v3_large"),
     "efficientnet_b0": lambda: _tv_classifier("efficientnet_b0"),
