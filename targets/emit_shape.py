@@ -102,43 +102,31 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     # matmul over that length allocated for the bound). A whole axis is no slice at all, and
     # a whole axis backwards (torch.flip) is a flip.
     #
-    # Over a symbolic axis whose sliced length inference knew, the slice is emitted as inference
-    # sized it (bounds inside the axis, the module docstring of compiler/ops/shape.py): a start
-    # counted from the end is d + s, the end is start + length * step, and TVM is told the
-    # bounds are in range. Its own clamping of `d` writes `if d < 0` into the shape, which a
-    # fused kernel cannot take (a sliding-window KV cache, `cat[:, :, -3:]`).
+    # Over a symbolic axis the slice is emitted forward (a negative step as a flip, then a
+    # forward slice of the flipped axis), its bounds clamped here with min/max, or, where
+    # inference knew the length, as inference placed them (the module docstring of
+    # compiler/ops/shape.py), the end start + length * step; TVM is told the bounds are in
+    # range. Its own clamping of a symbolic `d` writes `if d < 0` into the shape, which a fused
+    # kernel cannot take (a sliding-window KV cache, `cat[:, :, -3:]`), and its length of a
+    # negative step over a symbolic axis came out wrong.
     y, sliced, inbound = a[0], [], []
     for ax, s, e, step in zip(axes, starts, ends, steps):
         dim = t.shape[ax]
         d = lw.dim(dim)
         past = _past_bound(dim)
-        if step > 0:
-            if step == 1 and s == 0 and past(e) and e > 0:
-                continue
-            begin = (d if s > 0 else 0) if past(s) else s
-            end = (d if e > 0 else 0) if past(e) else e
-        else:
-            if step == -1 and (s == -1 or (past(s) and s > 0)) and past(e) and e < 0:
+        if step > 0 and step == 1 and s == 0 and past(e) and e > 0:
+            continue
+        if step < 0 and step == -1 and (s == -1 or (past(s) and s > 0)) and past(e) and e < 0:
+            y = R.flip(y, ax)
+            continue
+        if not isinstance(dim, int):
+            if step < 0:
                 y = R.flip(y, ax)
-                continue
-            begin = (d - 1 if s > 0 else -d - 1) if past(s) else s
-            end = (d if e > 0 else -d - 1) if past(e) else e
-        length = None if isinstance(dim, int) else shape_ops.slice_length(dim, s, e, step)
-        if length is None and step > 0 and not isinstance(dim, int):
-            # a length only the run-time dim decides (min(3, d) for `cache[:, -3:]`): the
-            # bounds clamped here with min/max, not by TVM's `if d < 0`
-            begin = begin if past(s) else _clamp(d, s)
-            end = end if past(e) else _clamp(d, e)
-            inbound.append((ax, begin, tirx.max(end, begin), step))
+            inbound.append((ax, *_forward_bounds(d, s, e, step, past, shape_ops.slice_length(dim, s, e, step), lw)))
             continue
-        if length is None:
-            sliced.append((ax, begin, end, step))
-            continue
-        if isinstance(begin, int) and begin < 0:
-            begin = d + begin
-        if not isinstance(begin, int):
-            begin = tirx.max(begin, 0) if step > 0 else tirx.min(begin, d - 1)
-        inbound.append((ax, begin, begin + lw.dim(length) * step, step))
+        begin, end, _ = shape_ops.clamped(dim, s, e, step)
+        end = max(end, begin) if step > 0 else min(end, begin)  # (an empty slice: TVM's length went negative)
+        sliced.append((ax, begin, -dim - 1 if end < 0 else end, step))  # (TVM reads -1 as the last entry)
     for group, assume in ((sliced, False), (inbound, True)):
         if group:
             y = R.strided_slice(y, [v[0] for v in group], [v[1] for v in group], [v[2] for v in group],
@@ -146,9 +134,27 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [y]
 
 
-def _clamp(d: Any, v: int) -> Any:
-    """A forward slice's bound v (negative: from the end) clamped into [0, d]."""
-    return tirx.min(v, d) if v >= 0 else tirx.max(d + v, 0)
+def _forward_bounds(d: Any, s: int, e: int, step: int, past: Any, length: Any, lw: Lowering) -> tuple[Any, Any, int]:
+    """(begin, end, stride > 0) of a slice of a symbolic axis d, forward: for a negative step,
+    along the flipped axis (index i of x is d - 1 - i of the flip). Bounds past the axis are its
+    ends; others are clamped into it as ONNX clamps them (a backward start into [0, d - 1], its
+    end into [-1, d - 1]), or placed as inference placed them where it knew the `length`."""
+    hi = d if step > 0 else d - 1  # where a bound may lie, before any flip: [lo, hi]
+
+    def place(v: int, lo: int) -> Any:
+        if past(v):
+            return hi if v > 0 else lo
+        if length is not None:  # inside the axis, as inference assumed
+            return v if v >= 0 else d + v
+        return tirx.min(v, hi) if v >= 0 else tirx.max(d + v, lo)
+
+    begin, end = place(s, 0), place(e, 0 if step > 0 else -1)
+    if step < 0:
+        begin, end = d - 1 - begin, d - 1 - end
+    k = abs(step)
+    if length is not None:
+        return begin, begin + lw.dim(length) * k, k
+    return begin, tirx.max(end, begin), k
 
 
 # A slice bound at least this large over a symbolic dim means "to the end" (no tensor is

@@ -380,17 +380,17 @@ def _position(index: Dim, d: Dim, step: int, is_end: bool) -> tuple[int, Dim] | 
     if isinstance(index, str):
         return (0, index) if "-" not in index else None  # a symbolic size, >= 0
     if isinstance(d, int):
-        lo, hi = (0, d) if step > 0 else (-1, d - 1)
+        lo, hi = (0, d) if step > 0 else (-1 if is_end else 0, d - 1)
         return (0, min(max(index + d if index < 0 else index, lo), hi))
     if index >= FAR:
         return (1, 0) if step > 0 else (1, -1)
     if index <= -FAR:
-        return (0, 0) if step > 0 else (0, -1)
+        return (0, 0) if step > 0 or not is_end else (0, -1)
     if index < 0:
         # d + index: held when d is surely at least -index (`3+S`), or for -1 (an empty axis
         # aside); `cache[:, -3:]` of a cache that may be shorter is min(3, d), a fresh symbol
         return (1, index) if index == -1 or _at_least(d, -index) else None
-    if step > 0 and is_end and index > 1:
+    if (step > 0 and is_end and index > 1) or (step < 0 and index > 1):
         return None  # min(index, d); ending at 1 (keeping a first element) is kept, as onnxruntime does
     return (0, index)
 
@@ -408,7 +408,7 @@ def _at_least(d: Dim, n: int) -> bool:
 def slice_length(d: Dim, start: Dim, end: Dim, step: int) -> Dim | None:
     """The length of one sliced axis (None when it cannot be known before run time)."""
     if isinstance(d, int) and isinstance(start, int) and isinstance(end, int):
-        return len(range(*_clamped(d, start, end, step)))
+        return len(range(*clamped(d, start, end, step)))
     first, last = _position(start, d, step, False), _position(end, d, step, True)
     if first is None or last is None:
         return None
@@ -424,9 +424,15 @@ def slice_length(d: Dim, start: Dim, end: Dim, step: int) -> Dim | None:
     return span if abs(step) == 1 else dims.ceildiv(span, abs(step))
 
 
-def _clamped(length: int, start: int, end: int, step: int) -> tuple[int, int, int]:
-    """ONNX's clamping of one axis's bounds, as Python's slice.indices does it."""
-    return slice(start, end, step).indices(length)
+def clamped(length: int, start: int, end: int, step: int) -> tuple[int, int, int]:
+    """ONNX's clamping of one axis's bounds: negative ones count from the end; a start goes
+    into [0, length] (forward) or [0, length - 1] (backward), an end into [0, length] or
+    [-1, length - 1]. (Python's slice.indices puts a backward start below 0 at -1, which
+    takes nothing; ONNX and onnxruntime take element 0.)"""
+    start, end = (v + length if v < 0 else v for v in (start, end))
+    if step > 0:
+        return min(max(start, 0), length), min(max(end, 0), length), step
+    return min(max(start, 0), length - 1), min(max(end, -1), length - 1), step
 
 
 def _slice_inputs(ctx: InferCtx) -> tuple[Sequence[Dim] | None, ...]:
@@ -458,7 +464,7 @@ def _slice_value(ctx: InferCtx) -> tuple[Dim, ...] | None:
     if not all(isinstance(v, int) for v in (*starts, *ends, *(steps or ()))):
         return None
     ((_, start, end, step),) = _slice_params(1, starts, ends, axes, steps)
-    return tuple(data[i] for i in range(*_clamped(len(data), int(start), int(end), step)))
+    return tuple(data[i] for i in range(*clamped(len(data), int(start), int(end), step)))
 
 
 def _slice_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
@@ -468,7 +474,7 @@ def _slice_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     steps = int_list(inputs[4]) if len(inputs) > 4 and inputs[4] is not None else None
     index = [slice(None)] * x.ndim
     for axis, start, end, step in _slice_params(x.ndim, int_list(inputs[1]), int_list(inputs[2]), axes, steps):
-        lo, hi, step = _clamped(x.shape[axis], int(start), int(end), step)
+        lo, hi, step = clamped(x.shape[axis], int(start), int(end), step)
         # slice.indices() gives stop=-1 for "before index 0" with a negative step, which a
         # slice object would read as "the last element": use None there.
         index[axis] = slice(lo, None if hi < 0 else hi, step)

@@ -257,3 +257,31 @@ def test_a_sliding_window_cache_keeps_its_last_entries(tmp_path: Path, rng: np.r
     for b, p, s in ((1, 5, 2), (2, 3, 1), (3, 9, 7), (1, 2, 2), (2, 0, 4), (1, 1, 1)):
         feeds = {"past": rng.standard_normal((b, 2, p, 16)).astype(np.float32), "k": rng.standard_normal((b, 2, s, 16)).astype(np.float32)}
         np.testing.assert_array_equal(artifact(**feeds)["y"], run_onnxruntime(model, feeds)["y"])
+
+
+_BIG = np.iinfo(np.int64).max
+
+
+@pytest.mark.parametrize(("start", "end", "step"), [
+    (-1, -_BIG, -2), (-2, -_BIG, -1), (-1, 0, -1), (5, 1, -1), (-3, -_BIG, -3), (0, _BIG, 3), (-4, _BIG, 1), (-_BIG, -_BIG, -1),
+])
+def test_slices_of_a_symbolic_axis_agree_at_sizes_that_clamp_them(start: int, end: int, step: int, tmp_path: Path,
+                                                                  rng: np.random.Generator) -> None:
+    """Either step's sign, bounds counted from the end or past it, over an axis of 9, 6, 2 and 1:
+    ONNX clamps a backward start into [0, d - 1] (onnxruntime takes element 0 where Python's
+    slice takes nothing). Before: x[:, -1:0:-1] failed to build, x[:, ::-2] failed at run time
+    (Mismatched strides), and x[:, -2::-1], x[:, 5:1:-1], x[:, ::-3] and x[:, -4:] returned
+    wrong lengths once the axis was shorter than a bound."""
+    inits = {"s": np.array([start], np.int64), "e": np.array([end], np.int64), "a": np.array([1], np.int64),
+             "st": np.array([step], np.int64)}
+    nodes = [helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["B", "S"])], [("y", T.FLOAT, ["B", "K"])], inits)
+    onnx.save(model, tmp_path / "slice.onnx")
+    compile_model(tmp_path / "slice.onnx", tmp_path / "slice.ember", sample={"x": rng.standard_normal((2, 9)).astype(np.float32)})
+    artifact = load(tmp_path / "slice.ember")
+    for n in (9, 6, 2, 1):
+        x = rng.standard_normal((2, n)).astype(np.float32)
+        want = run_onnxruntime(model, {"x": x})["y"]
+        got = artifact(x=x)["y"]
+        assert got.shape == want.shape, (n, got.shape, want.shape)
+        np.testing.assert_array_equal(got, want)
