@@ -192,10 +192,11 @@ def _attention(m: Match, b: Builder) -> Outcome:
         return reject("the softmax is not over the last axis")
     if "mask" in m.values and m.type("mask").dtype != m.root.outputs[0].type.dtype:
         return reject("the mask is not additive in the scores' dtype")
-    add = m.graph.producer(m.node("softmax").inputs[0])
-    if "mask" in m.values and add is not None and \
-            not _mask_broadcasts_in(m.graph, m["mask"], add.inputs[1] if add.inputs[0] == m["mask"] else add.inputs[0]):
-        return reject("the mask's dims could widen the scores")
+    if "mask" in m.values:
+        add = m.graph.producer(m.node("softmax").inputs[0])  # (the pattern's Add: scores + mask)
+        scores = add.inputs[1] if add.inputs[0] == m["mask"] else add.inputs[0]
+        if not _mask_broadcasts_in(m.graph, m["mask"], scores):
+            return reject("the mask's dims could widen the scores")
     factor = float(m.const("c").reshape(-1)[0])
     if factor == 0:
         return reject("the scale is 0")

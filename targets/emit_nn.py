@@ -499,7 +499,7 @@ def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     x, y = in_type(lw, node, 0), out_type(node)
     if x.rank != 4 or at["antialias"] or at.get("axes") is not None:
         raise refuse(node, "resizing other than the spatial axes of a 4-d tensor, antialias or axes")
-    from ember.targets.emit_dynamic import resolves
+    from ember.targets.emit_dynamic import resolves, runtime_ints
 
     if x.shape[:2] == y.shape[:2] and resolves(lw, y):
         size = lw.shape(y)[2:]
@@ -507,8 +507,6 @@ def _resize(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
         # sizes the model computes in a way inference does not follow (a detector's transform
         # from float arithmetic; the dynamo exporter's (h-1)//2+1): read at run time, N and C
         # checked there to be the input's
-        from ember.targets.emit_dynamic import runtime_ints
-
         v = runtime_ints(lw, a[3], 4)
         lw.bb.match_cast(relax.ShapeExpr(v[:2]), relax.ShapeType([lw.dim(x.shape[0]), lw.dim(x.shape[1])]))
         size = v[2:]

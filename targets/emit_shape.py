@@ -112,17 +112,16 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     y, sliced, inbound = a[0], [], []
     for ax, s, e, step in zip(axes, starts, ends, steps):
         dim = t.shape[ax]
-        d = lw.dim(dim)
         past = _past_bound(dim)
-        if step > 0 and step == 1 and s == 0 and past(e) and e > 0:
+        if step == 1 and s == 0 and past(e) and e > 0:
             continue
-        if step < 0 and step == -1 and (s == -1 or (past(s) and s > 0)) and past(e) and e < 0:
+        if step == -1 and (s == -1 or (past(s) and s > 0)) and past(e) and e < 0:
             y = R.flip(y, ax)
             continue
         if not isinstance(dim, int):
             if step < 0:
                 y = R.flip(y, ax)
-            inbound.append((ax, *_forward_bounds(d, s, e, step, past, shape_ops.slice_length(dim, s, e, step), lw)))
+            inbound.append((ax, *_forward_bounds(lw, dim, s, e, step)))
             continue
         begin, end, _ = shape_ops.clamped(dim, s, e, step)
         end = max(end, begin) if step > 0 else min(end, begin)  # (an empty slice: TVM's length went negative)
@@ -134,11 +133,12 @@ def _slice(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
     return [y]
 
 
-def _forward_bounds(d: Any, s: int, e: int, step: int, past: Any, length: Any, lw: Lowering) -> tuple[Any, Any, int]:
-    """(begin, end, stride > 0) of a slice of a symbolic axis d, forward: for a negative step,
+def _forward_bounds(lw: Lowering, dim: str, s: int, e: int, step: int) -> tuple[Any, Any, int]:
+    """(begin, end, stride > 0) of a slice of a symbolic axis, forward: for a negative step,
     along the flipped axis (index i of x is d - 1 - i of the flip). Bounds past the axis are its
     ends; others are clamped into it as ONNX clamps them (a backward start into [0, d - 1], its
-    end into [-1, d - 1]), or placed as inference placed them where it knew the `length`."""
+    end into [-1, d - 1]), or placed as inference placed them where it knew the length."""
+    d, past, length = lw.dim(dim), _past_bound(dim), shape_ops.slice_length(dim, s, e, step)
     hi = d if step > 0 else d - 1  # where a bound may lie, before any flip: [lo, hi]
 
     def place(v: int, lo: int) -> Any:

@@ -390,8 +390,10 @@ def _position(index: Dim, d: Dim, step: int, is_end: bool) -> tuple[int, Dim] | 
         # d + index: held when d is surely at least -index (`3+S`), or for -1 (an empty axis
         # aside); `cache[:, -3:]` of a cache that may be shorter is min(3, d), a fresh symbol
         return (1, index) if index == -1 or _at_least(d, -index) else None
-    if (step > 0 and is_end and index > 1) or (step < 0 and index > 1):
-        return None  # min(index, d); ending at 1 (keeping a first element) is kept, as onnxruntime does
+    if index > 1 and (step < 0 or is_end):
+        # min(index, d) forward, min(index, d - 1) backward; ending at 1 (keeping a first
+        # element) is kept, as onnxruntime does
+        return None
     return (0, index)
 
 
