@@ -368,7 +368,13 @@ def reshape_from_data(lw: Lowering, node: Node, x: relax.Expr, shape: relax.Expr
     minus = R.equal(s, const(np.array(-1, np.int64)))
     known = R.prod(R.where(minus, const(np.array(1, np.int64)), s))
     s = lw.emit(R.where(minus, R.floor_divide(numel, R.maximum(known, const(np.array(1, np.int64)))), s))
-    return bind_type(lw, R.reshape(x, runtime_ints(lw, s, r)), y)
+    # A view, not a kernel: a copy to dims read at run time indexes its input by divisions by
+    # symbolic sizes, which TVM took 50-70 s to build per kernel (MobileViT's patch reshapes)
+    # and its view rewrite does not recognise.
+    values = runtime_ints(lw, s, r)
+    view = relax.op.call_pure_packed("vm.builtin.reshape", lw.emit(x), relax.ShapeExpr(values),
+                                     ty_args=[relax.TensorType(values, TVM_DTYPE[y.dtype])])
+    return bind_type(lw, view, y)
 
 
 def expand_from_data(lw: Lowering, node: Node, x: relax.Expr, shape: relax.Expr) -> relax.Expr:

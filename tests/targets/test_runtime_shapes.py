@@ -251,3 +251,25 @@ def test_pad_to_a_multiple_computed_in_floats_then_strided_kernels(tmp_path: Pat
              "w": (rng.standard_normal((8, 3, 3, 3)) * 0.3).astype(np.float32)}
     model = make_model(nodes, [("x", T.FLOAT, ["N", 3, "H", "W"])], [("y", T.FLOAT, ["N", 8, "h", "w"])], inits)
     _check(tmp_path, model, [{"x": rng.standard_normal(s).astype(np.float32)} for s in ((1, 3, 40, 50), (2, 3, 64, 33))])
+
+
+def test_a_reshape_to_dims_read_at_run_time_is_a_view(tmp_path: Path, rng: np.random.Generator) -> None:
+    """MobileViT's patch reshapes: the target is computed from the data, the input's dims are
+    expressions of the image size. As a copy kernel, its indices divided by symbolic sizes and
+    TVM took 50-70 s to build each one (the model's compile ran past 900 s); now it is a view
+    of its input (no kernel), and a target of another element count is an error, not a read
+    past the tensor."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Cast", ["s"], ["sf"], to=T.FLOAT),
+             helper.make_node("Div", ["sf", "two"], ["hf"]), helper.make_node("Ceil", ["hf"], ["h"]),
+             helper.make_node("Cast", ["h"], ["hi"], to=I64),
+             helper.make_node("Mul", ["hi", "factor"], ["target"]), helper.make_node("Reshape", ["x", "target"], ["y"])]
+    model = make_model(nodes, [("x", T.FLOAT, ["N", 8, "H"])], [("y", T.FLOAT, ["A", "B", "C"])],
+                       {"two": np.array([1.0, 2.0, 2.0], np.float32), "factor": _i64(1, 1, 4)})
+    onnx.save(model, tmp_path / "m.onnx")
+    compile_model(tmp_path / "m.onnx", tmp_path / "m.ember", sample={"x": rng.standard_normal((2, 8, 6)).astype(np.float32)})
+    artifact = load(tmp_path / "m.ember")
+    for shape in ((2, 8, 6), (3, 8, 10)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(artifact(x=x)["y"], run_onnxruntime(model, {"x": x})["y"])
+    with pytest.raises(Exception, match="View with shape"):
+        artifact(x=rng.standard_normal((2, 8, 5)).astype(np.float32))  # [N, 4, ceil(H / 2) * 4]: 96 elements of 80
