@@ -477,8 +477,8 @@ def _slice_ref(inputs: Arrays, attrs: Attrs, ctx: EvalCtx) -> list[np.ndarray]:
     index = [slice(None)] * x.ndim
     for axis, start, end, step in _slice_params(x.ndim, int_list(inputs[1]), int_list(inputs[2]), axes, steps):
         lo, hi, step = clamped(x.shape[axis], int(start), int(end), step)
-        # slice.indices() gives stop=-1 for "before index 0" with a negative step, which a
-        # slice object would read as "the last element": use None there.
+        # `clamped` gives end -1 for "before index 0" with a negative step, which a slice
+        # object would read as "the last element": use None there.
         index[axis] = slice(lo, None if hi < 0 else hi, step)
     return [x[tuple(index)]]
 
