@@ -105,7 +105,9 @@ class RowReduce:
         for name in order[:-1]:
             block = sch.get_sblock(name)
             loops = sch.get_loops(block)
-            if name in rfs or name in partials:  # (.., ci, co) -> (.., co, ci), ci vectorized
+            if name in rfs:
+                _lanes_innermost(sch, block, r)
+            elif name in partials:  # (.., ci, co) -> (.., co, ci), ci vectorized
                 sch.reorder(loops[-1], loops[-2])
                 sch.vectorize(sch.get_loops(block)[-1])
                 vectors = sch.get_loops(block)[-2]
@@ -125,6 +127,50 @@ class RowReduce:
         if first is not None:
             _ragged_rfactor(sch, sch.get_sblock(first), lanes)
         return sch
+
+
+def _lanes_innermost(sch: s_tir.Schedule, block: Any, rows: Any) -> None:
+    """A partial-sum block of rfactor (its lane axis first, as rfactor(ci, 0) lays it out),
+    computed under the rows loop: the reduction's loop, then the lanes innermost, vectorized;
+    unit loops outside both. compute_at does not make the loops in the block's axis order: a
+    LayerNorm over [1, 197, 384] came out (lanes, reduction, row of 1), and swapping the last
+    two vectorized the unit loop, leaving 16 scalar sums with a stride of 16 per row."""
+    under = sch.get_loops(block)
+    start = next(i for i, lp in enumerate(under) if sch.get(lp).same_as(sch.get(rows))) + 1
+    under = under[start:]
+    binding = dict(zip([iv.var for iv in sch.get(block).iter_vars], _iter_values(sch, block)))
+    ivs = sch.get(block).iter_vars
+    lane_value = binding[ivs[0].var]
+    reduce_value = next(binding[iv.var] for iv in ivs if int(iv.iter_type) == 2)
+
+    def loop_of(value: Any) -> Any | None:
+        return next((lp for lp in under if isinstance(value, tirx.Var) and sch.get(lp).loop_var.same_as(value)), None)
+
+    lane, red = loop_of(lane_value), loop_of(reduce_value)
+    if lane is None or red is None:  # (bindings not plain loop variables: as before)
+        sch.reorder(under[-1], under[-2])
+        sch.vectorize(sch.get_loops(block)[-1])
+        return
+    units = [lp for lp in under if not sch.get(lp).same_as(sch.get(lane)) and not sch.get(lp).same_as(sch.get(red))]
+    if any(sc.static_extent(sch, lp) != 1 for lp in units):
+        sch.reorder(under[-1], under[-2])
+        sch.vectorize(sch.get_loops(block)[-1])
+        return
+    sch.reorder(*units, red, lane)
+    sch.vectorize(lane)
+
+
+def _iter_values(sch: s_tir.Schedule, block: Any) -> list[Any]:
+    """The loop expressions a block's axes are bound to (its SBlockRealize's iter_values)."""
+    found: list[Any] = []
+    target = sch.get(block)
+
+    def visit(realize: s_tir.SBlockRealize) -> None:
+        if realize.block.same_as(target):
+            found.extend(realize.iter_values)
+
+    tvm_ffi.structural_walk(sch.mod["main"].body, [(s_tir.SBlockRealize, visit)])
+    return found
 
 
 def _reduces(sch: s_tir.Schedule, block: Any) -> bool:
