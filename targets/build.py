@@ -121,14 +121,17 @@ def schedule_with(rule: Any, func: Any, target: tvm.target.Target, knobs: dict[s
 
 # A kernel whose work is this small runs on the calling thread: a parallel launch costs
 # microseconds, and on a busy machine a descheduled worker stalls the whole kernel. Below
-# SERIAL_FLOPS always; below COMPUTE_SERIAL_FLOPS when it also touches under SERIAL_BYTES, a
-# compute-bound few microseconds (the batch-3 digits CNN: 0.042 -> 0.034 ms; MobileNetV2, from
-# its small 7x7 and 14x14 kernels: 4.04 -> 3.73 ms). A plain 4 MFLOP threshold also made the
-# depthwise convs serial, which stream far more bytes for their FLOPs (MobileNetV2 4.26 -> 4.40).
+# COMPUTE_SERIAL_FLOPS when it also touches under SERIAL_BYTES: a compute-bound few
+# microseconds (the batch-3 digits CNN: 0.042 -> 0.034 ms; MobileNetV2, from its small 7x7 and
+# 14x14 kernels: 4.04 -> 3.73 ms). A plain 4 MFLOP threshold also made the depthwise convs
+# serial, which stream far more bytes for their FLOPs (MobileNetV2 4.26 -> 4.40). Kernels under
+# 1 MFLOP were once serial whatever their bytes: a LayerNorm over ViT-S's [1, 197, 384] counts
+# 0.6 MFLOP but reads and writes 600 KB, 21 us a call on one thread against 14 us on two (its 25
+# calls: 0.59 -> 0.36 ms; MiniLM's 13: 0.18 -> 0.15 ms; MobileNetV2 and ResNet-18 within 2%
+# either way, tools/ab.py at 2 threads).
 # (Serial kernels were once blamed for the deploy bundle's segfaults; the cause was the bundle
 # loader handing TVM numpy memory that was not 64-byte aligned, which any kernel whose aligned
 # vector loads read an input straight away can trip: runtime/bundle_run.py now aligns inputs.)
-SERIAL_FLOPS = 1 << 20
 COMPUTE_SERIAL_FLOPS = 4 << 20
 SERIAL_BYTES = 256 << 10
 
@@ -147,7 +150,7 @@ def _mark_small(func: Any) -> Any:
     except Exception:
         return func
     size = sum(int(np.prod(shape)) * dtype_bytes(str(p.ty.dtype)) for shape, p in zip(shapes, func.params) if shape)
-    small = 0 < work < SERIAL_FLOPS or (0 < work < COMPUTE_SERIAL_FLOPS and size < SERIAL_BYTES)
+    small = 0 < work < COMPUTE_SERIAL_FLOPS and size < SERIAL_BYTES
     return func.with_attr(SERIAL_ATTR, True) if small else func
 
 

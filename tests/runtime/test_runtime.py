@@ -437,16 +437,17 @@ def test_bundle_loader_aligns_inputs_for_tvm() -> None:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the bundle loader is for Linux boards")
 def test_bundle_loader_runs_serial_kernels_on_misaligned_inputs(tmp_path: Path) -> None:
-    # A small static kernel is marked serial (build.SERIAL_FLOPS): its vector loads of the input are
-    # aligned (vmovaps), so the bundle loader once segfaulted on inputs numpy had put at an address
-    # not 32/64-byte aligned (the x86 bundle's self-check crashed about half the time).
-    from ember.targets.build import SERIAL_FLOPS
+    # A small static kernel is marked serial (build.COMPUTE_SERIAL_FLOPS, SERIAL_BYTES): its
+    # vector loads of the input are aligned (vmovaps), so the bundle loader once segfaulted on
+    # inputs numpy had put at an address not 32/64-byte aligned (the x86 bundle's self-check
+    # crashed about half the time).
+    from ember.targets.build import COMPUTE_SERIAL_FLOPS
 
     model = make_model([helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Mul", ["r", "x"], ["y"])],
                        [("x", T.FLOAT, [4, 64])], [("y", T.FLOAT, [4, 64])])
     art = compile_model(_save(model, tmp_path / "tiny.onnx"), tmp_path / "tiny.ember").path
     kernels = json.loads((art / "manifest.json").read_text())["kernels"]
-    assert all(0 < k["flops"] < SERIAL_FLOPS for k in kernels), kernels
+    assert all(0 < k["flops"] < COMPUTE_SERIAL_FLOPS for k in kernels), kernels
     script = textwrap.dedent(f"""
         import numpy as np
         from ember.runtime import bundle_run
