@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -244,6 +245,7 @@ def compile_model(
         "library": LIBRARY,
         "inputs": [_spec(v) for v in graph.inputs],
         "outputs": [_spec(v) for v in graph.output_values],
+        "dim_checks": dim_checks(optimized),
         "pipeline": pipeline,
         "passes": [r.as_json() if hasattr(r, "as_json") else str(r) for r in records],
         "kernels": [k.as_json() for k in stats],
@@ -295,6 +297,37 @@ def generated_sample(graph: Graph) -> tuple[dict[str, np.ndarray], dict[str, np.
     raise EmberError(f"{first} (on the compile's generated sample: symbolic dims {dims} at 1"
                      f"{', the non-batch ones also at ' + ' and '.join(map(str, GENERATED_DIMS[1:])) if other else ''}); "
                      "give real inputs with --sample FILE.npz") from None
+
+
+def dim_checks(graph: Graph) -> list[dict[str, str]]:
+    """Dims of the graph's values that could come out negative for some input sizes: an
+    expression with a minus over the input dims alone (`S-3` from `x[:, 2:-1]`, which shape
+    inference, as onnxruntime's, takes to hold every index it names). The runtime evaluates them
+    on each new set of input dims and refuses inputs that make one negative, with the value and
+    the op that made it, where the library would fail on a negative allocation (std::bad_alloc)
+    or index outside a tensor. First value per expression, fused bodies included."""
+    symbols = {d for v in graph.inputs for d in v.type.shape if isinstance(d, str)}
+    found: dict[str, dict[str, str]] = {}
+
+    def visit(g: Graph) -> None:
+        for node in g.nodes:
+            for body in node.subgraphs():
+                if node.op == "Fused":
+                    visit(body)
+            if node.op == "Fused":
+                continue
+            for value in node.outputs:
+                for d in value.type.shape:
+                    if not isinstance(d, str) or "-" not in d or d in found:
+                        continue
+                    if set(_IDENTIFIER.findall(d)) <= symbols:
+                        found[d] = {"dim": str(d), "value": value.name, "op": node.op}
+
+    visit(graph)
+    return list(found.values())
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def sample_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import contextlib
 import ctypes
@@ -47,6 +48,39 @@ class ModelRunError(RuntimeError):
     """The compiled code failed while running (TVM's VM raised); the message says where."""
 
     exit_code = 1
+
+
+class DimCheck:
+    """One of the manifest's `dim_checks`: a dim expression over the input dims (`S-3`) that
+    the compiled shapes assume is >= 0, and the value and op it sizes. Only integer constants,
+    input dim names, + - * // % and parentheses are taken; anything else in a manifest is
+    ignored (never evaluated)."""
+
+    _ALLOWED = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Constant, ast.Add, ast.Sub,
+                ast.Mult, ast.FloorDiv, ast.Mod, ast.USub, ast.UAdd)
+
+    def __init__(self, entry: Mapping[str, Any]) -> None:
+        self.dim, self.value, self.op = str(entry.get("dim", "")), str(entry.get("value", "")), str(entry.get("op", ""))
+        self.names: tuple[str, ...] = ()
+        self._code: Any = None
+        try:
+            tree = ast.parse(self.dim, mode="eval")
+        except SyntaxError:
+            return
+        nodes = list(ast.walk(tree))
+        if all(isinstance(n, self._ALLOWED) for n in nodes) and all(
+                type(n.value) is int for n in nodes if isinstance(n, ast.Constant)):
+            self.names = tuple(sorted({n.id for n in nodes if isinstance(n, ast.Name)}))
+            self._code = compile(tree, "<dim>", "eval")
+
+    def evaluate(self, dims: Mapping[str, int]) -> int | None:
+        """The expression's value at these input dims (None when it cannot be evaluated)."""
+        if self._code is None or any(n not in dims for n in self.names):
+            return None
+        try:
+            return int(eval(self._code, {"__builtins__": {}}, {n: int(dims[n]) for n in self.names}))  # (an AST checked above)
+        except ZeroDivisionError:
+            return None
 
 
 def _np_dtype(name: str) -> np.dtype:
@@ -185,6 +219,8 @@ class Model:
         self._threads = threads or usable_cpus()
         self._loops = has_run_time_loops(manifest.data.get("build_stats", {}))
         self._deep: DeepStack | None = None  # made on the first call of a model with loops
+        self._dim_checks = [DimCheck(e) for e in manifest.data.get("dim_checks", []) if isinstance(e, Mapping)]
+        self._dims_ok: tuple[tuple[str, int], ...] | None = None  # the last input dims that passed them
 
     def _pool_setup(self) -> None:
         """Size the calling thread's TVM pool (run on the deep-stack thread)."""
@@ -234,7 +270,25 @@ class Model:
                 if isinstance(d, str) and bound.setdefault(d, s) != s:
                     raise RuntimeInputError(f"input {spec.name!r}: dim {d} is {s} here but {bound[d]} in another input")
             arrays.append(np.asarray(array, order="C"))  # (ascontiguousarray makes a 0-d input 1-d)
+        self._check_dims(bound)
         return arrays
+
+    def _check_dims(self, bound: Mapping[str, int]) -> None:
+        """Refuse input dims that make a value's dim negative (DimCheck), once per new set of dims."""
+        if not self._dim_checks:
+            return
+        key = tuple(sorted(bound.items()))
+        if key == self._dims_ok:
+            return
+        for check in self._dim_checks:
+            size = check.evaluate(bound)
+            if size is not None and size < 0:
+                given = ", ".join(f"{n}={bound[n]}" for n in check.names)
+                raise RuntimeInputError(
+                    f"inputs too small for this model: with {given}, {check.op} output {check.value!r} would be "
+                    f"{check.dim} = {size} long. The model was compiled assuming its indices fit these dims "
+                    "(as onnxruntime's shape inference does); give larger inputs")
+        self._dims_ok = key
 
     def _tensors(self, args: tuple[Any, ...], named: Mapping[str, Any]) -> list[Any]:
         import tvm

@@ -527,3 +527,49 @@ def test_a_float16_model_is_checked_at_float16_tolerance(tmp_path: Path, rng: np
     assert got["y"].dtype == np.float16
     assert all(c.ok and c.widened for c in compare(got, want)), compare(got, want)
     assert not all(c.ok for c in compare(got, {"y": want["y"] + np.float16(2 * HALF_TOLERANCE["float16"]["atol"])}))
+
+
+def test_inputs_too_small_for_a_slice_are_refused_with_the_slice_named(tmp_path: Path, rng: np.random.Generator) -> None:
+    """`x[:, 2:-1]` over a symbolic S is S-3 long, as shape inference assumes S >= 3 (onnxruntime's
+    too). At S = 2 the library allocated -1 elements: std::bad_alloc. The runtime now refuses such
+    dims before running, naming the op, the value and the expression; at S = 3 the slice is
+    empty and at S = 9 it matches onnxruntime."""
+    import onnxruntime as ort
+    from click.testing import CliRunner
+
+    from ember.compiler.cli import main
+
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"], name="cut"),
+             helper.make_node("Relu", ["y"], ["z"], name="relu")]
+    inits = {"starts": np.array([2], np.int64), "ends": np.array([-1], np.int64), "axes": np.array([1], np.int64)}
+    model = _save(make_model(nodes, [("x", T.FLOAT, [2, "S"])], [("z", T.FLOAT, [2, "R"])], inits), tmp_path / "cut.onnx")
+    art = compile_model(model, tmp_path / "cut.ember", sample={"x": rng.standard_normal((2, 5)).astype(np.float32)}).path
+    assert json.loads((art / "manifest.json").read_text())["dim_checks"] == [{"dim": "S-3", "op": "Slice", "value": "y"}]
+    m = load(art)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    for size in (9, 3):
+        x = rng.standard_normal((2, size)).astype(np.float32)
+        got = m(x=x)["z"]
+        assert got.shape == (2, size - 3)
+        np.testing.assert_allclose(got, session.run(None, {"x": x})[0], rtol=1e-6, atol=1e-6)
+    message = r"with S=2, Slice output 'y' would be S-3 = -1 long"
+    with pytest.raises(RuntimeInputError, match=message):
+        m(x=np.zeros((2, 2), np.float32))
+    assert m(x=np.ones((2, 4), np.float32))["z"].shape == (2, 1)  # (a later call with good dims runs)
+    np.savez(tmp_path / "s1.npz", x=np.zeros((2, 1), np.float32))
+    result = CliRunner().invoke(main, ["run", str(art), "--inputs", str(tmp_path / "s1.npz"), "-o", str(tmp_path / "o.npz")])
+    assert result.exit_code == 2 and "S-3 = -2 long" in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_a_manifest_dim_check_is_evaluated_only_as_arithmetic() -> None:
+    """dim_checks come from a manifest on disk: only integer arithmetic over dim names is
+    evaluated; anything else is ignored, never run."""
+    from ember.runtime.model import DimCheck
+
+    assert DimCheck({"dim": "(T-400)//320+1"}).evaluate({"T": 79}) == -1
+    assert DimCheck({"dim": "P+S-1", "value": "v", "op": "Concat"}).evaluate({"P": 0, "S": 1}) == 0
+    assert DimCheck({"dim": "S-3"}).evaluate({"N": 4}) is None  # (a dim the inputs do not bind)
+    for text in ("__import__('os').getpid()", "S.__class__", "S-3.5", "[S][0]", "S if S else 1", "S**99"):
+        check = DimCheck({"dim": text})
+        assert check.evaluate({"S": 2}) is None, text
