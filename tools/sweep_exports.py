@@ -140,13 +140,15 @@ def gpt2() -> Case:
                 axes | past_axes, make(2, 1, 12))
 
 
-def _causal_lm(arch: str) -> Case:
-    """A 2-layer grouped-query decoder LM without cache on a left-padded batch of 2 (9 tokens; other 17)."""
+def _causal_lm(arch: str, **extra: Any) -> Case:
+    """A 2-layer grouped-query decoder LM without cache on a left-padded batch of 2 (9 tokens; other 17)
+    (`extra`: more of its config; a config without grouped queries keeps num_key_value_heads as an
+    unused attribute)."""
     import torch
 
-    extra = {"sliding_window": None} if arch == "Mistral" else {}
-    model = _hf(lambda t: getattr(t, f"{arch}Config")(**TEXT | {"max_position_embeddings": 256}, num_key_value_heads=2,
-                                                       use_cache=False, **extra), f"{arch}ForCausalLM")
+    extra = ({"sliding_window": None} if arch == "Mistral" else {}) | extra
+    model = _hf(lambda t: getattr(t, f"{arch}Config")(**TEXT | {"max_position_embeddings": 256, "num_key_value_heads": 2}
+                                                       | extra, use_cache=False), f"{arch}ForCausalLM")
 
     def make(batch: int, seq: int) -> tuple:
         return torch.randint(0, 1000, (batch, seq)), _mask(batch, seq, left=3)
@@ -231,6 +233,18 @@ def _speech(config: Callable[[Any], Any], model_cls: str, masked: bool) -> Case:
 
 
 # ---- vision ----
+
+def whisper_encoder() -> Case:
+    """Whisper's encoder on 2 clips of 16 mel bins x 64 frames (other: 3; its frame count is fixed
+    at twice max_source_positions)."""
+    import torch
+
+    model = _hf(lambda t: t.WhisperConfig(**SEQ2SEQ, num_mel_bins=16, max_source_positions=32, max_target_positions=64, pad_token_id=0,
+                                          bos_token_id=1, eos_token_id=2, decoder_start_token_id=1), "WhisperForConditionalGeneration")
+    return Case(_call(model.model.encoder, lambda m, x: m(input_features=x).last_hidden_state), (torch.randn(2, 16, 64),),
+                ["input_features"], ["last_hidden_state"], {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}},
+                (torch.randn(3, 16, 64),))
+
 
 def _images(batch: int, height: int, width: int, channels: int = 3) -> Any:
     import torch
@@ -410,6 +424,17 @@ MODELS: dict[str, Callable[[], Case]] = {
     "llama": lambda: _causal_lm("Llama"),
     "qwen2": lambda: _causal_lm("Qwen2"),
     "mistral": lambda: _causal_lm("Mistral"),
+    "phi": lambda: _causal_lm("Phi"),  # partial rotary, attention and MLP in parallel
+    "gemma": lambda: _causal_lm("Gemma", head_dim=16),
+    "gpt_neox": lambda: _causal_lm("GPTNeoX", rotary_pct=0.25),
+    "falcon": lambda: _causal_lm("Falcon"),  # multi-query attention
+    "bloom": lambda: _causal_lm("Bloom"),  # ALiBi position biases from the mask
+    "opt": lambda: _causal_lm("OPT", ffn_dim=128),  # positions from the mask's cumulative sum
+    "mpnet": lambda: _encoder(lambda t: t.MPNetConfig(**TEXT), "MPNetModel", IDS_MASK),  # relative position buckets
+    "clip_text": lambda: _encoder(lambda t: t.CLIPTextConfig(vocab_size=1000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                             num_attention_heads=4, max_position_embeddings=64), "CLIPTextModel", IDS_MASK),
+    "marian": lambda: _seq2seq(lambda t: t.MarianConfig(**SEQ2SEQ, max_position_embeddings=128, decoder_start_token_id=0, pad_token_id=999),
+                               "MarianMTModel"),
     "distilbert": lambda: _encoder(lambda t: t.DistilBertConfig(vocab_size=1000, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
                                                                 max_position_embeddings=128), "DistilBertModel", IDS_MASK),
     "roberta": lambda: _encoder(lambda t: t.RobertaConfig(**TEXT, pad_token_id=1), "RobertaModel", pad_id=1),
@@ -425,6 +450,8 @@ MODELS: dict[str, Callable[[], Case]] = {
     "bart": lambda: _seq2seq(lambda t: t.BartConfig(**SEQ2SEQ, max_position_embeddings=128), "BartForConditionalGeneration"),
     # speech
     "whisper_decoder": whisper_decoder,
+    "whisper_encoder": whisper_encoder,
+    "data2vec_audio": lambda: _speech(lambda t: t.Data2VecAudioConfig(**SPEECH), "Data2VecAudioModel", masked=True),
     "hubert": lambda: _speech(lambda t: t.HubertConfig(**SPEECH, feat_extract_norm="group"), "HubertModel", masked=False),
     "wav2vec2_ctc": lambda: _speech(lambda t: t.Wav2Vec2Config(**SPEECH, feat_extract_norm="layer", do_stable_layer_norm=True), "Wav2Vec2ForCTC", masked=True),
     "wavlm": lambda: _speech(lambda t: t.WavLMConfig(**SPEECH, feat_extract_norm="layer", num_buckets=32, max_bucket_distance=100), "WavLMModel", masked=True),
@@ -449,6 +476,17 @@ MODELS: dict[str, Callable[[], Case]] = {
     # static H/W: MobileViT's unfold into patches is traced with the example's sizes
     "mobilevit": lambda: _image("MobileViTForImageClassification", lambda t: t.MobileViTConfig(
         image_size=128, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 40, 48, 64], num_labels=10), ["logits"], 128),
+    "clip_vision": lambda: _image("CLIPVisionModel", lambda t: t.CLIPVisionConfig(**VIT, image_size=64, patch_size=16),
+                                  ["last_hidden_state", "pooler_output"], 64),
+    "dpt": lambda: _image("DPTForDepthEstimation", lambda t: t.DPTConfig(**VIT | {"num_hidden_layers": 4}, image_size=64, patch_size=16,
+                                                                         backbone_out_indices=[0, 1, 2, 3], neck_hidden_sizes=[16, 32, 64, 64], fusion_hidden_size=32,
+                                                                         head_hidden_size=16), ["predicted_depth"], 64),
+    "regnet": lambda: _image("RegNetForImageClassification", lambda t: t.RegNetConfig(embedding_size=16, hidden_sizes=[16, 32, 64, 128],
+                                                                                      depths=[1, 1, 1, 1], groups_width=8, num_labels=10),
+                             ["logits"], 128, (160, 160)),
+    "poolformer": lambda: _image("PoolFormerForImageClassification", lambda t: t.PoolFormerConfig(hidden_sizes=[16, 32, 64, 128],
+                                                                                                  depths=[1, 1, 1, 1], num_labels=10),
+                                 ["logits"], 128, (160, 160)),
     "trocr_encoder": lambda: _trocr("encoder"),
     "trocr_decoder": lambda: _trocr("decoder"),
     # vision (torchvision)
