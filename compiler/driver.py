@@ -299,6 +299,9 @@ def generated_sample(graph: Graph) -> tuple[dict[str, np.ndarray], dict[str, np.
                      "give real inputs with --sample FILE.npz") from None
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def dim_checks(graph: Graph) -> list[dict[str, str]]:
     """Dims of the graph's values that could come out negative for some input sizes: an
     expression with a minus over the input dims alone (`S-3` from `x[:, 2:-1]`, which shape
@@ -311,10 +314,9 @@ def dim_checks(graph: Graph) -> list[dict[str, str]]:
 
     def visit(g: Graph) -> None:
         for node in g.nodes:
-            for body in node.subgraphs():
-                if node.op == "Fused":
+            if node.op == "Fused":  # (its body's nodes name the ops)
+                for body in node.subgraphs():
                     visit(body)
-            if node.op == "Fused":
                 continue
             for value in node.outputs:
                 for d in value.type.shape:
@@ -325,9 +327,6 @@ def dim_checks(graph: Graph) -> list[dict[str, str]]:
 
     visit(graph)
     return list(found.values())
-
-
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def sample_dims(graph: Graph, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:

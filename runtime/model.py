@@ -285,9 +285,9 @@ class Model:
             if size is not None and size < 0:
                 given = ", ".join(f"{n}={bound[n]}" for n in check.names)
                 raise RuntimeInputError(
-                    f"inputs too small for this model: with {given}, {check.op} output {check.value!r} would be "
-                    f"{check.dim} = {size} long. The model was compiled assuming its indices fit these dims "
-                    "(as onnxruntime's shape inference does); give larger inputs")
+                    f"input sizes outside what this model indexes: with {given}, {check.op} output {check.value!r} "
+                    f"would be {check.dim} = {size} long. Its shapes were compiled assuming {check.dim} >= 0 (as "
+                    "onnxruntime's shape inference does); give inputs of sizes that fit")
         self._dims_ok = key
 
     def _tensors(self, args: tuple[Any, ...], named: Mapping[str, Any]) -> list[Any]:

@@ -138,24 +138,17 @@ def _lanes_innermost(sch: s_tir.Schedule, block: Any, rows: Any) -> None:
     under = sch.get_loops(block)
     start = next(i for i, lp in enumerate(under) if sch.get(lp).same_as(sch.get(rows))) + 1
     under = under[start:]
-    binding = dict(zip([iv.var for iv in sch.get(block).iter_vars], _iter_values(sch, block)))
     ivs = sch.get(block).iter_vars
-    lane_value = binding[ivs[0].var]
-    reduce_value = next(binding[iv.var] for iv in ivs if int(iv.iter_type) == 2)
+    binding = dict(zip([iv.var for iv in ivs], _iter_values(sch, block)))
 
     def loop_of(value: Any) -> Any | None:
         return next((lp for lp in under if isinstance(value, tirx.Var) and sch.get(lp).loop_var.same_as(value)), None)
 
-    lane, red = loop_of(lane_value), loop_of(reduce_value)
-    if lane is None or red is None:  # (bindings not plain loop variables: as before)
-        sch.reorder(under[-1], under[-2])
-        sch.vectorize(sch.get_loops(block)[-1])
-        return
-    units = [lp for lp in under if not sch.get(lp).same_as(sch.get(lane)) and not sch.get(lp).same_as(sch.get(red))]
-    if any(sc.static_extent(sch, lp) != 1 for lp in units):
-        sch.reorder(under[-1], under[-2])
-        sch.vectorize(sch.get_loops(block)[-1])
-        return
+    lane = loop_of(binding[ivs[0].var])
+    red = loop_of(next(binding[iv.var] for iv in ivs if int(iv.iter_type) == 2))
+    units = [lp for lp in under if not any(sch.get(lp).same_as(sch.get(x)) for x in (lane, red) if x is not None)]
+    if lane is None or red is None or any(sc.static_extent(sch, lp) != 1 for lp in units):
+        lane, red, units = under[-2], under[-1], []  # (other bindings: the last two loops swapped, as before)
     sch.reorder(*units, red, lane)
     sch.vectorize(lane)
 
