@@ -232,8 +232,6 @@ def _speech(config: Callable[[Any], Any], model_cls: str, masked: bool) -> Case:
     return Case(_call(model, lambda m, *xs: m(*xs)[0]), make(2, 1600), names, ["out"], axes, make(2, 2720))
 
 
-# ---- vision ----
-
 def whisper_encoder() -> Case:
     """Whisper's encoder on 2 clips of 16 mel bins x 64 frames (other: 3; its frame count is fixed
     at twice max_source_positions)."""
@@ -245,6 +243,8 @@ def whisper_encoder() -> Case:
                 ["input_features"], ["last_hidden_state"], {"input_features": {0: "batch"}, "last_hidden_state": {0: "batch"}},
                 (torch.randn(3, 16, 64),))
 
+
+# ---- vision ----
 
 def _images(batch: int, height: int, width: int, channels: int = 3) -> Any:
     import torch
