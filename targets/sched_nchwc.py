@@ -588,6 +588,15 @@ class Relayout:
                 return None
             outer = [lp for lp in loops if lp is not channel and lp is not width]
             cb, ci = sch.split(channel, [None, lanes])
+            if sc.static_extent(sch, width) is None:
+                # a symbolic row: each pixel's lanes one vector store, gathered from the channel
+                # planes, the row a loop of its own; tiles of the row fused into the parallel
+                # loop divided by the symbolic width at every element (PP-OCRv4's detector
+                # at 640 x 640, 96 channels at 160 x 160: 24 ms, 0.8 GB/s; so, 1.0-2.2 ms)
+                sch.reorder(*outer, cb, width, ci)
+                sch.vectorize(ci)
+                sc.parallel(sch, sch.fuse(*outer, cb))
+                return sch
             wo, wi = sch.split(width, [None, RELAYOUT_PIXELS])
             sch.reorder(*outer, cb, wo, ci, wi)
             outer = [*outer, cb]
