@@ -152,7 +152,7 @@ def _conv_transpose_unshuffled(lw: Lowering, node: Node, a: list[Any]) -> relax.
     channels (the conv rules' code), then each pixel's kh x kw channels moved into its tile
     (DepthToSpace). TOPI's form dilates the input with zeros, pads it and runs a scalar conv over
     it, parallel over the batch only: PP-OCRv4's detector head at 640 x 640, 24 -> 24 channels
-    to 320 x 320, took 356 ms a call."""
+    to 320 x 320, took 177 ms a call; so, 19 ms."""
     w = lw.const_of(node.inputs[1])
     ci, co, kh, kw = w.shape
     x_t = in_type(lw, node, 0)
