@@ -24,6 +24,7 @@ from ember.targets.emit_common import (
     refuse,
     scalar,
 )
+from ember.targets.emit_shape import depth_to_space
 
 _LAYOUTS = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
 
@@ -159,8 +160,10 @@ def _conv_transpose_unshuffled(lw: Lowering, node: Node, a: list[Any]) -> relax.
     n, _, h, wd = lw.shape(x_t)
     w2 = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci, 1, 1))
     z = R.nn.conv2d(a[0], const(w2), strides=[1, 1], padding=[0, 0, 0, 0], data_layout="NCHW", kernel_layout="OIHW")
-    z = R.permute_dims(R.reshape(z, [n, co, kh, kw, h, wd]), [0, 1, 4, 2, 5, 3])
-    y = R.reshape(z, lw.shape(out_type(node)))
+    if kh == kw:
+        y = depth_to_space(lw, z, kh, "CRD", lw.shape(out_type(node)))
+    else:
+        y = R.reshape(R.permute_dims(R.reshape(z, [n, co, kh, kw, h, wd]), [0, 1, 4, 2, 5, 3]), lw.shape(out_type(node)))
     return _bias(y, a[2] if len(a) > 2 else None, 2)
 
 

@@ -313,3 +313,21 @@ def test_a_transposed_conv_whose_kernel_is_its_stride_runs_as_a_1x1_conv(rng: np
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     text = "\n".join(f.script() for _, f in built.module.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
     assert "data_dilate" not in text  # (TOPI's zero-dilated input)
+
+
+@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+def test_depth_to_space_over_a_symbolic_image_size(rng: np.random.Generator, mode: str) -> None:
+    """DepthToSpace is one gather with divisions by the constant block (emit_shape.depth_to_space),
+    against onnxruntime over symbolic N, H, W in both channel orders."""
+    import onnxruntime as ort
+
+    nodes = [helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=3, mode=mode)]
+    graph = helper.make_graph(nodes, "d2s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 18, "H", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H3", "W3"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    ir = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
+    built = build(ir, resolve_target("cpu"))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in ((1, 18, 4, 5), (2, 18, 7, 3)):
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(run_vm(built, ir, {"x": x})["y"], session.run(None, {"x": x})[0])
