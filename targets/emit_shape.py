@@ -518,11 +518,26 @@ def _depth_to_space(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
 
 
 def _space_to_depth(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    n, c, h, w = lw.shape(in_type(lw, node, 0))
-    b = node.attrs["blocksize"]
-    x = R.reshape(a[0], [n, c, h // b, b, w // b, b])
-    x = R.permute_dims(x, [0, 3, 5, 1, 2, 4])
-    return [R.reshape(x, lw.shape(out_type(node)))]
+    """Output channel (u*b + v)*C + c (DCR; CRD: c*b*b + u*b + v) at (y, x) reads channel c at
+    (y*b + u, x*b + v): one gather, as depth_to_space. (The reshape form ignored CRD.)"""
+    from tvm import te
+
+    c, b, shape = in_type(lw, node, 0).shape[1], node.attrs["blocksize"], lw.shape(out_type(node))
+    crd = node.attrs["mode"] == "CRD"
+
+    def kernel_fn(t: Any) -> Any:
+        channels = lw.dim(c)
+
+        def at(n: Any, k: Any, y: Any, x: Any) -> Any:
+            if crd:
+                ch, phase = tirx.floordiv(k, b * b), tirx.floormod(k, b * b)
+            else:
+                phase, ch = tirx.floordiv(k, channels), tirx.floormod(k, channels)
+            return t[n, ch, y * b + tirx.floordiv(phase, b), x * b + tirx.floormod(phase, b)]
+
+        return te.compute(shape, at, name="space_to_depth")
+
+    return [lw.emit(lw.kernels.call_te(kernel_fn, lw.emit(a[0]), primfunc_name_hint="space_to_depth"))]
 
 
 def _eye_like(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:

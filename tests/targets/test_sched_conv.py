@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import tvm
-from codegen_helpers import run_vm
+from codegen_helpers import check_graph, check_node_cases, onnx_node_cases, run_vm
 from onnx import TensorProto, helper, numpy_helper
 
 from ember.compiler import interp
@@ -289,7 +289,6 @@ def test_a_transposed_conv_whose_kernel_is_its_stride_runs_as_a_1x1_conv(rng: np
     the ReLU after it, against onnxruntime on fresh inputs, static and over symbolic N, H, W
     (TOPI's zero-dilated form took 177 ms a call on PP-OCRv4's detector head, 19 ms so)."""
     import onnxruntime as ort
-    from codegen_helpers import check_graph
 
     w = (rng.standard_normal((24, 8, kernel, kernel)) * 0.2).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
@@ -315,19 +314,34 @@ def test_a_transposed_conv_whose_kernel_is_its_stride_runs_as_a_1x1_conv(rng: np
     assert "data_dilate" not in text  # (TOPI's zero-dilated input)
 
 
-@pytest.mark.parametrize("mode", ["DCR", "CRD"])
+@pytest.mark.parametrize("mode", ["DCR", "CRD", "SpaceToDepth"])
 def test_depth_to_space_over_a_symbolic_image_size(rng: np.random.Generator, mode: str) -> None:
-    """DepthToSpace is one gather with divisions by the constant block (emit_shape.depth_to_space),
-    against onnxruntime over symbolic N, H, W in both channel orders."""
+    """DepthToSpace (both channel orders) and SpaceToDepth are each one gather with divisions by
+    the constant block (emit_shape.depth_to_space), against onnxruntime over symbolic N, H, W."""
     import onnxruntime as ort
 
-    nodes = [helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=3, mode=mode)]
-    graph = helper.make_graph(nodes, "d2s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 18, "H", "W"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, "H3", "W3"])])
+    if mode == "SpaceToDepth":  # (its CRD mode, opset 24's, is the onnx node test spacetodepth_crd_mode_example)
+        nodes = [helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=3)]
+        io = (["N", 18, "H", "W"], ["N", 162, "H3", "W3"])
+    else:
+        nodes = [helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=3, mode=mode)]
+        io = (["N", 18, "H", "W"], ["N", 2, "H3", "W3"])
+    graph = helper.make_graph(nodes, "d2s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, io[0])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, io[1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     ir = run_pipeline(import_proto(model), DEFAULT_PIPELINE).graph
     built = build(ir, resolve_target("cpu"))
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     for shape in ((1, 18, 4, 5), (2, 18, 7, 3)):
+        if mode == "SpaceToDepth":
+            shape = (shape[0], shape[1], shape[2] * 3, shape[3] * 3)
         x = rng.standard_normal(shape).astype(np.float32)
         np.testing.assert_array_equal(run_vm(built, ir, {"x": x})["y"], session.run(None, {"x": x})[0])
+
+
+def test_depth_and_space_node_cases_through_code_generation() -> None:
+    """ONNX's own DepthToSpace and SpaceToDepth cases, both modes, compiled. SpaceToDepth's CRD
+    mode (opset 24) came out in DCR order before: the reshape form ignored the mode."""
+    cases = onnx_node_cases("test_depthtospace", "test_spacetodepth")
+    assert any("crd" in c.name for c in cases if "spacetodepth" in c.name), [c.name for c in cases]
+    check_node_cases(cases)
