@@ -156,14 +156,9 @@ def _conv_transpose_unshuffled(lw: Lowering, node: Node, a: list[Any]) -> relax.
     to 320 x 320, took 177 ms a call; so, 19 ms."""
     w = lw.const_of(node.inputs[1])
     ci, co, kh, kw = w.shape
-    x_t = in_type(lw, node, 0)
-    n, _, h, wd = lw.shape(x_t)
     w2 = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci, 1, 1))
     z = R.nn.conv2d(a[0], const(w2), strides=[1, 1], padding=[0, 0, 0, 0], data_layout="NCHW", kernel_layout="OIHW")
-    if kh == kw:
-        y = depth_to_space(lw, z, kh, "CRD", lw.shape(out_type(node)))
-    else:
-        y = R.reshape(R.permute_dims(R.reshape(z, [n, co, kh, kw, h, wd]), [0, 1, 4, 2, 5, 3]), lw.shape(out_type(node)))
+    y = depth_to_space(lw, z, (kh, kw), "CRD", lw.shape(out_type(node)))
     return _bias(y, a[2] if len(a) > 2 else None, 2)
 
 

@@ -492,21 +492,24 @@ def _edge_pad(lw: Lowering, node: Node, x: relax.Expr, width: list[int]) -> rela
     return x
 
 
-def depth_to_space(lw: Lowering, x: relax.Expr, block: int, mode: str, shape: list[Any]) -> relax.Expr:
-    """ONNX's DepthToSpace of an NCHW tensor to `shape` as one gather: output pixel (Y, X) of
-    channel c reads input channel c*b*b + (Y % b)*b + X % b (CRD; DCR: ((Y % b)*b + X % b)*C + c)
-    at pixel (Y // b, X // b), divisions by the constant block only. (As reshape, transpose,
-    reshape over symbolic H, W, each element's index was a chain of divisions by symbolic
-    products: PP-OCRv4's detector head spent 19 ms on it.)"""
+def depth_to_space(lw: Lowering, x: relax.Expr, block: tuple[int, int], mode: str, shape: list[Any]) -> relax.Expr:
+    """ONNX's DepthToSpace of an NCHW tensor to `shape` as one gather, with a block of bh x bw
+    pixels: output pixel (Y, X) of channel c reads input channel c*bh*bw + (Y % bh)*bw + X % bw
+    (CRD; DCR: ((Y % bh)*bw + X % bw)*C + c) at pixel (Y // bh, X // bw), divisions by the
+    constant block only. (As reshape, transpose, reshape over symbolic H, W, each element's
+    index was a chain of divisions by symbolic products: PP-OCRv4's detector head spent 19 ms on
+    it.)"""
     from tvm import te
+
+    bh, bw = block
 
     def kernel_fn(t: Any) -> Any:
         channels = shape[1]
 
         def at(n: Any, c: Any, y: Any, x: Any) -> Any:
-            u, v = tirx.floormod(y, block), tirx.floormod(x, block)
-            src = c * (block * block) + u * block + v if mode == "CRD" else (u * block + v) * channels + c
-            return t[n, src, tirx.floordiv(y, block), tirx.floordiv(x, block)]
+            u, v = tirx.floormod(y, bh), tirx.floormod(x, bw)
+            src = c * (bh * bw) + u * bw + v if mode == "CRD" else (u * bw + v) * channels + c
+            return t[n, src, tirx.floordiv(y, bh), tirx.floordiv(x, bw)]
 
         return te.compute(shape, at, name="depth_to_space")
 
@@ -514,7 +517,8 @@ def depth_to_space(lw: Lowering, x: relax.Expr, block: int, mode: str, shape: li
 
 
 def _depth_to_space(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
-    return [depth_to_space(lw, a[0], node.attrs["blocksize"], node.attrs["mode"], lw.shape(out_type(node)))]
+    b = node.attrs["blocksize"]
+    return [depth_to_space(lw, a[0], (b, b), node.attrs["mode"], lw.shape(out_type(node)))]
 
 
 def _space_to_depth(lw: Lowering, node: Node, a: list[Any]) -> list[relax.Expr]:
